@@ -1,0 +1,50 @@
+# ferops — two commands: `make run` (pipeline) and `make test` (test suite). Both set up first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+HOST ?= 127.0.0.1
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run demo test test-all bench ui dashboard serve clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install ferops with its dependencies
+
+run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
+	dvc repro
+
+demo: setup  ## the pipeline on the synthetic demo set, whatever is in data/raw/
+	dvc repro -s ingest --force -- && dvc repro
+
+test: setup  ## the default test suite (fast tiers; slow ones are marked)
+	$(PY) -m pytest -q
+
+test-all: setup  ## every test, slow and real-data ones included
+	$(PY) -m pytest -q -m ""
+
+bench: setup  ## benchmarks (real data from ../shared/data); figures go to benchmarks/RESULTS.md by hand
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/inference.py
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port 5000
+
+dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080
+	optuna-dashboard sqlite:///$(CURDIR)/optuna.db --host $(HOST) --port 8080
+
+serve: setup  ## serve the champion over REST on http://127.0.0.1:5001/invocations
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	  mlflow models serve -m "models:/fer2013-resnet@champion" --env-manager local --host $(HOST) --port 5001
+
+clean:  ## remove pipeline outputs, stores and caches (keeps data/raw and .venv)
+	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlartifacts mlruns optuna.db optuna_journal* .dvc/cache .dvc/tmp

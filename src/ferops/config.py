@@ -1,0 +1,60 @@
+"""Typed access to params.yaml and the project's paths (no import-time side effects)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferops.errors import ConfigError
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The project root: the nearest parent holding dvc.yaml or params.yaml (else the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "dvc.yaml").exists() or (p / "params.yaml").exists():
+            return p
+    return here
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml into a plain dict, with a readable error when it is missing or malformed."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: params file not found (run from the project root or pass --params).")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at top level")
+    return data
+
+
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """One stage's params section; the error names the missing key."""
+    if name not in params:
+        raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
+    return params[name] or {}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (dicts merge, other values replace)."""
+    out = dict(base)
+    for k, v in (override or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

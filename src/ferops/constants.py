@@ -1,0 +1,9 @@
+"""Names shared by every stage: the FER2013 classes and image size."""
+
+EMOTIONS: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+NUM_CLASSES: int = len(EMOTIONS)
+IMG_SIZE: int = 48
+N_PIXELS: int = IMG_SIZE * IMG_SIZE
+UNLABELED: int = -1
+SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
+USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}

@@ -1,0 +1,1 @@
+"""Data: readers, synthetic demo set, validation, split, augmentation."""

@@ -1,0 +1,1 @@
+"""Model builders: classic baselines and the Keras zoo."""

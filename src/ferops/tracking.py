@@ -1,0 +1,106 @@
+"""MLflow at the edges: tracking URI, experiment, one run per model, tags, registry helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ferops.config import flatten, repo_root
+
+EXPERIMENT = "ferops"
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute sqlite:///<repo>/mlflow.db.
+
+    Absolute because `dvc exp run` executes stages in a temp copy of the repo.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
+    """Point MLflow at the store (created once, before any parallel writer) and select the experiment."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        art = None
+        if uri.startswith("sqlite:///"):
+            # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
+            art = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=art)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def git_commit(root: Path | None = None) -> str:
+    """Current git commit (or 'unknown' outside a repo)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dataset_tags(ingest_report: dict[str, Any]) -> dict[str, str]:
+    """Tags that tie a run to its data: dataset kind (real/synthetic) and the raw data's sha256."""
+    return {
+        "dataset": "synthetic" if ingest_report.get("synthetic") else "real",
+        "data_sha256": str(ingest_report.get("sha256", "unknown")),
+        "data_format": str(ingest_report.get("format", "unknown")),
+    }
+
+
+@contextmanager
+def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, str], run_dir: Path | None = None,
+              nested: bool = False) -> Iterator[Any]:
+    """Start (or resume, via <run_dir>/mlflow_run_id.txt) the MLflow run of one model.
+
+    Tags every run with stage, model, DVC stage name and git commit; logs flattened params.
+    """
+    import mlflow
+
+    run_id = None
+    if run_dir is not None and (run_dir / RUN_ID_FILE).exists():
+        run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
+        try:
+            mlflow.get_run(run_id)
+        except Exception:  # the store was reset: start a fresh run
+            run_id = None
+    all_tags = {"stage": stage, "model": model, "dvc_stage": f"{stage}@{model}", "git_commit": git_commit(), **tags}
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage}-{model}", nested=nested, tags=all_tags) as run:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        if not run_id:
+            log_params(params)
+        yield run
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log nested params flattened to dotted keys (values stringified, MLflow's 6000-char cap respected)."""
+    import mlflow
+
+    flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def reopen_run(run_dir: Path) -> str:
+    """The MLflow run id a training stage left in <run_dir>, for later stages to add to."""
+    from ferops.errors import DataError
+
+    f = run_dir / RUN_ID_FILE
+    if not f.exists():
+        raise DataError(f"{f}: missing — the model in {run_dir} was not trained through ferops (run `dvc repro`).")
+    return f.read_text().strip()
