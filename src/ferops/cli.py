@@ -1,0 +1,56 @@
+"""The `ferops` command: predict on photos, list the registry, promote a version."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ferops.runner import run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ferops", description="Facial-expression recognition MLOps tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", help="find faces in photos and classify their expression with the champion")
+    pr.add_argument("photos", nargs="+", help="image files (jpg/png/...)")
+    pr.add_argument("--model", default=None, help="model URI or .keras path (default: models:/<register.model_name>@champion)")
+    pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written")
+    pr.add_argument("--params", default="params.yaml")
+
+    rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
+    rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    rg.add_argument("--params", default="params.yaml")
+
+    pm = sub.add_parser("promote", help="point an alias (default champion) at a version, deliberately")
+    pm.add_argument("--version", required=True, help="model version number")
+    pm.add_argument("--alias", default="champion")
+    pm.add_argument("--name", default=None)
+    pm.add_argument("--reason", default="manual promotion")
+    pm.add_argument("--params", default="params.yaml")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `ferops` console script."""
+    args = _parser().parse_args(argv)
+
+    def dispatch() -> None:
+        if args.command == "predict":
+            from ferops.inference import cli_predict
+
+            cli_predict(args)
+        elif args.command == "registry":
+            from ferops.registry import cli_registry
+
+            cli_registry(args)
+        elif args.command == "promote":
+            from ferops.registry import cli_promote
+
+            cli_promote(args)
+
+    run(dispatch)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
