@@ -1,0 +1,38 @@
+"""The whole shrunk pipeline through training, tuning, evaluation and registration, for real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline_repo import dvc, make_repo
+
+pytestmark = pytest.mark.integration
+
+
+def test_full_pipeline_end_to_end_then_noop(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    first = dvc(repo, "repro", timeout=1200)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert {"naive_bayes", "cnn", "resnet"} <= set(metrics)
+    for m in metrics.values():
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["val_accuracy"] <= 1.0
+    assert "resnet" in (repo / "reports/model_comparison.md").read_text()
+    assert (repo / "reports/submission.csv").read_text().startswith("id,emotion")
+    tuning = json.loads((repo / "reports/tuning/resnet.json").read_text())
+    assert tuning["n_trials"] >= 1 and "best_params" in tuning
+    reg = json.loads((repo / "reports/register.json").read_text())
+    assert reg["name"] == "fer2013-resnet" and "champion" in reg["aliases"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ferops"], filter_string="tags.dataset = 'synthetic'")
+    assert {"train_baselines", "train_deep", "tune"} <= set(runs["tags.stage"])
+
+    second = dvc(repo, "repro")
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout, second.stdout
