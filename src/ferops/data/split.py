@@ -1,0 +1,169 @@
+"""Train/val/test/predict split (competition usage or stratified fractions) with an exact-duplicate leakage check.
+
+Duplicate policy (`split.duplicates`):
+  report  keep every row; list the duplicate groups in the report.
+  drop    remove leakage: a val/test row whose exact image already occurs in an earlier split
+          (priority train > val > test) is dropped, so the train copy is kept and no image is scored
+          that was trained on. Within-split duplicates and predict rows are never dropped (predict
+          rows make up the submission; duplicates inside train only re-weight an image).
+  fail    refuse to split when any image occurs in more than one of train/val/test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ferops.constants import EMOTIONS, NUM_CLASSES, SPLITS, UNLABELED, USAGE_TO_SPLIT
+from ferops.data.io import FerData
+from ferops.errors import ConfigError, DataError
+
+STRATEGIES = ("usage", "stratified")
+DUPLICATE_MODES = ("report", "drop", "fail")
+PREDICT_USAGES = ("Test", "Unlabeled")  # usages of prediction-only rows (e.g. Kaggle test.csv)
+_PRIORITY = {name: i for i, name in enumerate(SPLITS)}  # train < val < test < predict: earlier split keeps the image
+
+
+def image_hashes(pixels: np.ndarray) -> list[str]:
+    """Hex digest of each image's raw bytes (rows of any array shape [N, ...]): equal images ⇔ equal hash."""
+    flat = np.ascontiguousarray(pixels).reshape(len(pixels), -1)
+    return [hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in flat]
+
+
+def assign_usage(data: FerData) -> np.ndarray:
+    """Split name per row from the competition usage; unlabeled/prediction rows → predict."""
+    out = np.array([USAGE_TO_SPLIT.get(u, "") for u in data.usage], dtype=object)
+    out[(data.emotion == UNLABELED) | np.isin(data.usage, PREDICT_USAGES)] = "predict"
+    bad = np.flatnonzero(out == "")
+    if len(bad):
+        values = sorted(set(data.usage[bad].tolist()))
+        raise DataError(
+            f"{len(bad)} labeled row(s) have a usage the `usage` split strategy does not know: {values} "
+            f"(e.g. rows {bad[:10].tolist()}). It needs {', '.join(USAGE_TO_SPLIT)}. "
+            "Fix: set `split.strategy: stratified` in params.yaml for data without competition usage, "
+            "or correct the Usage column of the source.")
+    return out.astype(str)
+
+
+def assign_stratified(data: FerData, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Split name per row: per class, a seeded shuffle cut at the cumulative fractions; unlabeled → predict."""
+    fr = check_fractions(fractions)
+    names = ("train", "val", "test")
+    out = np.full(len(data), "predict", dtype=object)
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum([fr[k] for k in names])
+    for c in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero(data.emotion == c))
+        cuts = np.round(cum * len(idx)).astype(int)  # cumulative rounding: counts sum exactly to the class size
+        for name, lo, hi in zip(names, np.r_[0, cuts[:-1]], cuts):
+            out[idx[lo:hi]] = name
+    return out.astype(str)
+
+
+def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
+    """train/val/test fractions, each in [0,1] and summing to 1, else a ConfigError naming the fix."""
+    try:
+        fr = {k: float(fractions.get(k, 0.0)) for k in ("train", "val", "test")}
+    except (TypeError, ValueError, AttributeError):
+        raise ConfigError(f"split.fractions must map train/val/test to numbers, got {fractions!r}") from None
+    extra = set(fractions) - set(fr)
+    if extra or any(not 0 <= v <= 1 for v in fr.values()) or abs(sum(fr.values()) - 1) > 1e-6:
+        raise ConfigError(f"split.fractions = {dict(fractions)}: need keys train/val/test in [0,1] summing to 1 "
+                          "(e.g. {train: 0.8, val: 0.1, test: 0.1}).")
+    return fr
+
+
+def duplicate_groups(hashes: list[str] | np.ndarray, splits: np.ndarray, emotion: np.ndarray) -> dict[str, Any]:
+    """Exact duplicates: groups spanning splits (with pair counts), within-split copies, conflicting labels."""
+    h = np.asarray(hashes)
+    _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
+    dup_rows = np.flatnonzero(counts[inv] > 1)
+    groups: dict[int, list[int]] = {}
+    for r in dup_rows:
+        groups.setdefault(int(inv[r]), []).append(int(r))
+    cross, conflict, examples = [], 0, []
+    pairs: dict[str, int] = {}
+    within = {s: {"groups": 0, "extra_copies": 0} for s in SPLITS}
+    for rows in groups.values():
+        in_splits = sorted({str(splits[r]) for r in rows}, key=_PRIORITY.__getitem__)
+        for s in in_splits:
+            k = sum(1 for r in rows if splits[r] == s)
+            if k > 1:
+                within[s]["groups"] += 1
+                within[s]["extra_copies"] += k - 1
+        labels = {int(emotion[r]) for r in rows if emotion[r] != UNLABELED}
+        conflict += len(labels) > 1
+        if len(in_splits) > 1:
+            cross.append(rows)
+            for i, a in enumerate(in_splits):
+                for b in in_splits[i + 1:]:
+                    pairs[f"{a}-{b}"] = pairs.get(f"{a}-{b}", 0) + 1
+            if len(examples) < 20:
+                examples.append({"rows": rows, "splits": [str(splits[r]) for r in rows],
+                                 "labels": [int(emotion[r]) for r in rows]})
+    return {
+        "groups": len(groups),
+        "rows_in_groups": int(len(dup_rows)),
+        "cross_split_groups": len(cross),
+        "cross_split_rows": sum(len(g) for g in cross),
+        "cross_split_pairs": dict(sorted(pairs.items())),
+        "within_split": within,
+        "conflicting_label_groups": int(conflict),
+        "examples": examples,
+    }
+
+
+def leakage_drop_mask(hashes: list[str] | np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """True for val/test rows whose image already occurs in an earlier split (train > val > test)."""
+    seen: dict[str, int] = {}
+    for hsh, s in zip(hashes, splits):  # earliest split holding each image
+        p = _PRIORITY[str(s)]
+        if p < seen.get(hsh, len(SPLITS)):
+            seen[hsh] = p
+    pri = np.array([_PRIORITY[str(s)] for s in splits], dtype=int)
+    first = np.array([seen[x] for x in hashes], dtype=int)
+    return (pri > first) & np.isin(splits, ("val", "test"))
+
+
+def class_counts(emotion: np.ndarray) -> dict[str, int]:
+    """Labeled rows per class name (all classes listed)."""
+    return {name: int((emotion == c).sum()) for c, name in enumerate(EMOTIONS)}
+
+
+def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, float] | None = None,
+                  duplicates: str = "report", seed: int = 42) -> tuple[dict[str, FerData], dict[str, Any]]:
+    """Split into train/val/test/predict, handle exact duplicates per `duplicates`; returns (parts, report)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"split.strategy = {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
+    if duplicates not in DUPLICATE_MODES:
+        raise ConfigError(f"split.duplicates = {duplicates!r}: choose one of {', '.join(DUPLICATE_MODES)}.")
+    fr = check_fractions(fractions or {"train": 0.8, "val": 0.1, "test": 0.1}) if strategy == "stratified" else None
+    splits = assign_usage(data) if fr is None else assign_stratified(data, fr, seed)
+    hashes = image_hashes(data.pixels)
+    dup = duplicate_groups(hashes, splits, data.emotion)
+    leak = {k: v for k, v in dup["cross_split_pairs"].items() if "predict" not in k}
+    if duplicates == "fail" and leak:
+        ex = next((e for e in dup["examples"] if len(set(e["splits"]) - {"predict"}) > 1), None)
+        where = f", e.g. rows {ex['rows']} in {ex['splits']}" if ex else ""
+        raise DataError(
+            f"exact-duplicate images occur in more than one split ({leak} groups per split pair){where}. "
+            "Fix: set `split.duplicates: drop` to drop the "
+            "val/test copies, or `report` to keep them, or de-duplicate the source.")
+    keep = np.ones(len(data), dtype=bool)
+    if duplicates == "drop":
+        keep &= ~leakage_drop_mask(hashes, splits)
+    parts = {s: data.subset((splits == s) & keep) for s in SPLITS}
+    dup["mode"] = duplicates
+    dup["dropped"] = {s: int(((splits == s) & ~keep).sum()) for s in SPLITS}
+    report = {
+        "strategy": strategy,
+        "fractions": fr,
+        "seed": seed if strategy == "stratified" else None,
+        "n_in": len(data),
+        "n": {s: len(p) for s, p in parts.items()},
+        "per_class": {s: class_counts(p.emotion) for s, p in parts.items() if s != "predict"},
+        "duplicates": dup,
+    }
+    return parts, report

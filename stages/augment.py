@@ -1,0 +1,55 @@
+"""augment stage: offline augmentation + class balancing of the train split → augmented train .npz."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+
+from ferops.config import load_params, section
+from ferops.data.io import load_npz, save_npz, write_json
+from ferops.runner import run
+
+log = logging.getLogger("ferops.augment")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--train", required=True, help="train split (.npz) from the split stage")
+    ap.add_argument("--out", required=True, help="augmented train set (.npz)")
+    ap.add_argument("--report", required=True, help="augment report (JSON)")
+    ap.add_argument("--preview", required=True, help="augmentation preview (PNG)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+
+    from ferops.data.augment import augment_batch, augment_dataset, check_ops, class_counts, preview_rows
+    from ferops.plots import augmentation_preview
+
+    p = section(load_params(args.params), "augment")
+    seed, ops = int(p.get("seed", 42)), check_ops(p.get("ops"))
+    train = load_npz(args.train)
+    t0 = time.perf_counter()
+    out, kind = augment_dataset(train, ops, copies=int(p.get("copies", 1)), balance=p.get("balance", "none"),
+                                balance_target=float(p.get("balance_target", 0.5)), seed=seed)
+    wall = time.perf_counter() - t0
+    save_npz(out, args.out, kind=kind)  # kind: 0 original, 1 balancing row, 2 augmented copy
+    rows = preview_rows(train.emotion, int(p.get("preview_n", 8)), seed)
+    rng = np.random.default_rng(seed + 1)
+    augmentation_preview(train.pixels[rows], [augment_batch(train.pixels[rows], ops, rng) for _ in range(6)], args.preview)
+    report = {
+        "rows_in": len(train), "rows_out": len(out),
+        "rows_by_kind": {"original": int((kind == 0).sum()), "balance": int((kind == 1).sum()),
+                         "augmented": int((kind == 2).sum())},
+        "per_class_before": class_counts(train.emotion), "per_class_after": class_counts(out.emotion),
+        "copies": int(p.get("copies", 1)), "balance": p.get("balance", "none"),
+        "balance_target": float(p.get("balance_target", 0.5)), "seed": seed, "ops": ops, "wall_s": round(wall, 2),
+    }
+    write_json(report, args.report)
+    log.info("augmented %d → %d rows in %.1f s (balance=%s); per class %s", len(train), len(out), wall,
+             report["balance"], report["per_class_after"])
+
+
+if __name__ == "__main__":
+    run(main)

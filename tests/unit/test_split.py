@@ -1,0 +1,138 @@
+"""Split invariants: no row lost or duplicated, unlabeled → predict, stratified fractions, duplicate modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferops.constants import NUM_CLASSES, SPLITS
+from ferops.data.io import FerData, load_npz, save_npz
+from ferops.data.split import assign_stratified, image_hashes, leakage_drop_mask, split_dataset
+from ferops.data.synthetic import make_synthetic
+from ferops.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def data() -> FerData:
+    """Synthetic labeled rows (competition usages) plus 20 unlabeled Test rows."""
+    d = make_synthetic(400, seed=3)
+    unl = make_synthetic(20, seed=4)
+    unl = FerData(unl.pixels, np.full(20, -1, np.int8), np.full(20, "Test"), np.char.add(unl.source_id, "u"))
+    return FerData.concat([d, unl])
+
+
+def _ids(parts: dict[str, FerData]) -> list[str]:
+    return sorted(i for p in parts.values() for i in p.source_id.tolist())
+
+
+@pytest.mark.parametrize("strategy", ["usage", "stratified"])
+def test_no_row_lost_or_duplicated(data, strategy):
+    parts, report = split_dataset(data, strategy=strategy, seed=1)
+    assert set(parts) == set(SPLITS)
+    assert _ids(parts) == sorted(data.source_id.tolist())
+    assert sum(report["n"].values()) == len(data) == report["n_in"]
+
+
+@pytest.mark.parametrize("strategy", ["usage", "stratified"])
+def test_unlabeled_rows_go_to_predict_only(data, strategy):
+    parts, _ = split_dataset(data, strategy=strategy, seed=1)
+    assert len(parts["predict"]) == 20 and (parts["predict"].emotion == -1).all()
+    for s in ("train", "val", "test"):
+        assert (parts[s].emotion >= 0).all()
+
+
+def test_usage_strategy_maps_competition_usages(data):
+    parts, report = split_dataset(data, strategy="usage")
+    for usage, split in (("Training", "train"), ("PublicTest", "val"), ("PrivateTest", "test")):
+        assert (parts[split].usage == usage).all()
+        assert report["n"][split] == int(((data.usage == usage) & data.labeled).sum())
+
+
+def test_usage_strategy_refuses_labeled_rows_with_unknown_usage(data):
+    bad = FerData(data.pixels[:5], data.emotion[:5].copy(), np.array(["Training"] * 4 + ["Unknown"]), data.source_id[:5])
+    bad.emotion[4] = 2
+    with pytest.raises(DataError, match=r"Unknown.*rows \[4\].*stratified"):
+        split_dataset(bad, strategy="usage")
+
+
+def test_stratified_fractions_and_class_proportions():
+    d = make_synthetic(1000, seed=5)
+    fr = {"train": 0.7, "val": 0.2, "test": 0.1}
+    parts, report = split_dataset(d, strategy="stratified", fractions=fr, seed=7)
+    for s, f in fr.items():
+        assert abs(len(parts[s]) / len(d) - f) < 0.01
+        for c in range(NUM_CLASSES):  # each class is cut at the fractions (±1 row of rounding)
+            n_c = int((d.emotion == c).sum())
+            assert abs(int((parts[s].emotion == c).sum()) - f * n_c) <= 1
+    assert report["fractions"] == fr and report["seed"] == 7
+
+
+def test_stratified_is_deterministic_for_a_seed():
+    d = make_synthetic(300, seed=6)
+    fr = {"train": 0.8, "val": 0.1, "test": 0.1}
+    a, b, c = (assign_stratified(d, fr, s) for s in (1, 1, 2))
+    assert (a == b).all()
+    assert (a != c).any()
+
+
+def test_bad_fractions_and_modes_are_config_errors(data):
+    with pytest.raises(ConfigError, match="summing to 1"):
+        split_dataset(data, strategy="stratified", fractions={"train": 0.8, "val": 0.3, "test": 0.1})
+    with pytest.raises(ConfigError, match="split.strategy"):
+        split_dataset(data, strategy="random")
+    with pytest.raises(ConfigError, match="split.duplicates"):
+        split_dataset(data, duplicates="ignore")
+
+
+def _with_duplicates(data: FerData) -> FerData:
+    """Copies: train row → val (leak), train row → test with another label (leak + conflict), val row twice in val."""
+    d = FerData(data.pixels.copy(), data.emotion.copy(), data.usage.copy(), data.source_id.copy())
+    tr, va, te = (np.flatnonzero((d.usage == u) & d.labeled) for u in ("Training", "PublicTest", "PrivateTest"))
+    d.pixels[va[0]] = d.pixels[tr[0]]
+    d.pixels[te[0]] = d.pixels[tr[1]]
+    d.emotion[te[0]] = (d.emotion[tr[1]] + 1) % NUM_CLASSES
+    d.pixels[va[2]] = d.pixels[va[1]]
+    return d
+
+
+def test_duplicates_report_keeps_everything_and_counts_them(data):
+    d = _with_duplicates(data)
+    parts, report = split_dataset(d, duplicates="report")
+    dup = report["duplicates"]
+    assert dup["cross_split_groups"] == 2
+    assert dup["cross_split_pairs"] == {"train-test": 1, "train-val": 1}
+    assert dup["within_split"]["val"] == {"groups": 1, "extra_copies": 1}
+    assert dup["conflicting_label_groups"] >= 1
+    assert sum(report["n"].values()) == len(d) and sum(dup["dropped"].values()) == 0
+
+
+def test_duplicates_drop_removes_val_test_copies_keeps_train(data):
+    d = _with_duplicates(data)
+    parts, report = split_dataset(d, duplicates="drop")
+    assert report["duplicates"]["dropped"] == {"train": 0, "val": 1, "test": 1, "predict": 0}
+    train_h = set(image_hashes(parts["train"].pixels))
+    for s in ("val", "test"):
+        assert not train_h & set(image_hashes(parts[s].pixels))
+    assert report["n"]["train"] == int(((d.usage == "Training") & d.labeled).sum())
+    assert len(parts["val"]) == len(set(parts["val"].source_id))  # within-split copies are kept (report only)
+
+
+def test_duplicates_fail_names_rows_and_fix(data):
+    with pytest.raises(DataError, match=r"more than one split.*rows \[.*split.duplicates: drop"):
+        split_dataset(_with_duplicates(data), duplicates="fail")
+    parts, _ = split_dataset(data, duplicates="fail")  # clean data passes
+    assert sum(len(p) for p in parts.values()) == len(data)
+
+
+def test_leakage_mask_priority_train_then_val_then_test():
+    hashes = ["a", "a", "a", "b", "b", "c"]
+    splits = np.array(["test", "val", "train", "test", "val", "predict"])
+    assert leakage_drop_mask(hashes, splits).tolist() == [True, True, False, True, False, False]
+
+
+def test_empty_predict_split_round_trips(tmp_path):
+    d = make_synthetic(60, seed=8)
+    parts, report = split_dataset(d)
+    assert report["n"]["predict"] == 0
+    back = load_npz(save_npz(parts["predict"], tmp_path / "predict.npz"))
+    assert back.pixels.shape == (0, 48, 48) and back.pixels.dtype == np.uint8 and len(back.emotion) == 0
