@@ -1,0 +1,297 @@
+"""Score every trained model once on the test split, compare them, and predict the unlabeled rows.
+
+Selection (the submission model, the comparison order) uses validation accuracy only; the test split
+is scored here, once per model, and never feeds a choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.constants import EMOTIONS, NUM_CLASSES
+from ferops.data.io import FerData, read_json
+from ferops.errors import DataError
+from ferops.metrics import classification_metrics, confusion
+
+log = logging.getLogger("ferops.evaluation")
+
+MODEL_FILES: dict[str, str] = {"baseline": "model.joblib", "deep": "model.keras"}
+KIND_DIRS: dict[str, str] = {"baseline": "baselines", "deep": "deep"}
+TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
+# Keys of reports/metrics.json, per model (DVC metrics).
+SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
+                                 "test_macro_f1", "test_weighted_f1")
+
+
+@dataclass
+class ModelEntry:
+    """One trained model directory (train stages' contract) and its training metrics.json."""
+
+    name: str
+    kind: str
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # name in reports: `name`, or `<kind dir>/<name>` when a name exists in both kinds
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+    @property
+    def arch(self) -> str:
+        """Architecture of a deep model, the estimator kind of a baseline."""
+        return str(self.metrics.get("arch") or self.config.get("arch") or self.metrics.get("estimator") or self.name)
+
+
+def discover_models(models_root: str | Path) -> list[ModelEntry]:
+    """Every model dir under <root>/baselines/* and <root>/deep/* holding its model file and metrics.json."""
+    root = Path(models_root)
+    entries: list[ModelEntry] = []
+    for kind, sub in KIND_DIRS.items():
+        for d in sorted(p for p in (root / sub).glob("*") if p.is_dir()):
+            if not (d / MODEL_FILES[kind]).exists():
+                log.warning("%s: no %s — skipped (not a finished %s model)", d, MODEL_FILES[kind], kind)
+                continue
+            if not (d / "metrics.json").exists():
+                raise DataError(f"{d / 'metrics.json'}: missing — every trained model needs its validation metrics; "
+                                f"re-run its training stage (`dvc repro`).")
+            metrics = read_json(d / "metrics.json")
+            if "val_accuracy" not in metrics:
+                raise DataError(f"{d / 'metrics.json'}: no `val_accuracy` — it is what models are selected by; "
+                                f"re-run its training stage.")
+            config = read_json(d / "config.json") if (d / "config.json").exists() else {}
+            entries.append(ModelEntry(d.name, kind, d, metrics, config))
+    names = [e.name for e in entries]
+    for e in entries:  # the same name as a baseline and a deep model: keep both apart in reports
+        if names.count(e.name) > 1:
+            e.key = f"{KIND_DIRS[e.kind]}/{e.name}"
+    if not entries:
+        raise DataError(f"{root}: no trained models found under baselines/*/ or deep/*/ — run the training stages "
+                        f"first (`dvc repro train_baselines train_deep`).")
+    return entries
+
+
+def _baseline_proba(model: Any, pixels: np.ndarray) -> np.ndarray:
+    """predict_proba on flattened raw pixels, spread over all 7 classes (a class absent in training gets 0)."""
+    x = pixels.reshape(len(pixels), -1).astype(np.float32)
+    out = np.zeros((len(pixels), NUM_CLASSES), dtype=np.float64)
+    if len(pixels) == 0:
+        return out
+    p = model.predict_proba(x)
+    classes = np.asarray(getattr(model, "classes_", np.arange(p.shape[1]))).astype(int)
+    out[:, classes] = p
+    return out
+
+
+def load_model(entry: ModelEntry) -> Any:
+    """The model object of one entry (joblib estimator or Keras model, loaded without compiling)."""
+    if entry.kind == "baseline":
+        import joblib
+
+        return joblib.load(entry.path / MODEL_FILES["baseline"])
+    import keras
+
+    custom: dict[str, Any] = {}
+    try:  # ferops' own layers must be registered before a model that uses them can load
+        from ferops.models.zoo import custom_objects
+
+        custom = custom_objects()
+    except ImportError:
+        pass
+    return keras.models.load_model(entry.path / MODEL_FILES["deep"], compile=False, custom_objects=custom)
+
+
+def predict_probs(entry: ModelEntry, model: Any, pixels: np.ndarray, tta: str, batch_size: int) -> np.ndarray:
+    """Class probabilities [N,7] for raw pixels [N,48,48]; `tta` applies to deep models only."""
+    if entry.kind == "baseline":
+        return _baseline_proba(model, pixels)
+    if len(pixels) == 0:
+        return np.zeros((0, NUM_CLASSES))
+    from ferops.training import predict_proba
+
+    return np.asarray(predict_proba(model, pixels, batch_size=batch_size, tta=tta))
+
+
+def score(y_true: np.ndarray, probs: np.ndarray, probs_tta: np.ndarray | None) -> dict[str, Any]:
+    """test_* metrics of plain predictions, plus test_accuracy_tta / test_macro_f1_tta when TTA ran."""
+    out = classification_metrics(y_true, probs.argmax(1), prefix="test_")
+    if probs_tta is not None:
+        tta = classification_metrics(y_true, probs_tta.argmax(1), prefix="t_")
+        out["test_accuracy_tta"] = tta["t_accuracy"]
+        out["test_macro_f1_tta"] = tta["t_macro_f1"]
+    return out
+
+
+def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray) -> list[tuple[str, str]]:
+    """Long-format (actual, predicted) class-name pairs, one per test image (DVC `confusion` template)."""
+    return [(EMOTIONS[int(a)], EMOTIONS[int(p)]) for a, p in zip(y_true, y_pred)]
+
+
+def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title: str) -> list[Path]:
+    """confusion_test.png (row-normalised heat map) and confusion_test.csv (actual,predicted) in out_dir."""
+    from ferops.plots import confusion_matrix_plot
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "confusion_test.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["actual", "predicted"])
+        w.writerows(confusion_rows(y_true, y_pred))
+    png = confusion_matrix_plot(confusion(y_true, y_pred), out_dir / "confusion_test.png", title=title)
+    return [png, csv_path]
+
+
+def result_of(entry: ModelEntry, test_metrics: dict[str, Any]) -> dict[str, Any]:
+    """One model's row: identity, validation metrics from training, test metrics from here."""
+    m = entry.metrics
+    return {"model": entry.key, "kind": entry.kind, "arch": entry.arch, "dir": str(entry.path),
+            "val_accuracy": float(m["val_accuracy"]), "val_macro_f1": _num(m.get("val_macro_f1")),
+            "train_wall_s": _num(m.get("train_wall_s")), **test_metrics}
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def by_validation(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results ordered best first by VALIDATION accuracy (ties: val macro-F1, then name); test is ignored."""
+    return sorted(results, key=lambda r: (-r["val_accuracy"], -(r.get("val_macro_f1") or 0.0), r["model"]))
+
+
+def select_best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model with the best validation accuracy (the submission model)."""
+    if not results:
+        raise DataError("no evaluated models to choose from")
+    return by_validation(results)[0]
+
+
+def metrics_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """reports/metrics.json: per model the validation and headline test numbers (None where not applicable)."""
+    return {r["model"]: {k: (None if r.get(k) is None else round(float(r[k]), 6)) for k in SUMMARY_KEYS}
+            for r in results}
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * float(v):.2f}" if pct else f"{float(v):.0f}"
+
+
+def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str, Any] | None = None) -> str:
+    """Markdown table of all models sorted by validation accuracy, with a per-class test F1 table."""
+    rows = by_validation(results)
+    best = rows[0]["model"] if rows else None
+    data = data or {}
+    lines = [
+        "# Model comparison",
+        "",
+        f"Data: {'synthetic demo set' if data.get('synthetic') else 'real'} ({data.get('format', '?')}, "
+        f"sha256 `{str(data.get('sha256', '?'))[:12]}`). Accuracies in %.",
+        "",
+        "Rows are sorted by **validation** accuracy, which is what every selection uses (the submission model "
+        "and the registered ResNet). The test split is scored once per model here and never used to choose. "
+        f"Headline test metric: `test_accuracy` (single pass, comparable across all models); `test acc TTA` is "
+        f"the deep models' accuracy with test-time augmentation `{tta}` (baselines: –).",
+        "",
+        "| # | model | kind | arch | val acc | val macro-F1 | test acc | test acc TTA | test macro-F1 | "
+        "test weighted-F1 | train wall (s) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(rows, 1):
+        name = f"**{r['model']}** ★" if r["model"] == best else r["model"]
+        lines.append(f"| {i} | {name} | {r['kind']} | {r['arch']} | {_fmt(r['val_accuracy'])} | "
+                     f"{_fmt(r.get('val_macro_f1'))} | {_fmt(r.get('test_accuracy'))} | "
+                     f"{_fmt(r.get('test_accuracy_tta'))} | {_fmt(r.get('test_macro_f1'))} | "
+                     f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('train_wall_s'), pct=False)} |")
+    lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file).", "",
+              "## Test F1 per class (%)", "",
+              "| model | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * len(EMOTIONS)]
+    for r in rows:
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"test_f1_{e.lower()}")) for e in EMOTIONS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_predict(path: str | Path) -> FerData:
+    """The unlabeled rows to predict (an empty dataset when the split wrote none)."""
+    from ferops.data.io import load_npz
+
+    p = Path(path)
+    if p.exists():
+        return load_npz(p)
+    log.info("%s: absent — no unlabeled rows to predict (header-only submission)", p)
+    return FerData(np.zeros((0, 48, 48), np.uint8), np.zeros(0, np.int8), np.zeros(0, str), np.zeros(0, str))
+
+
+def write_submission(source_ids: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
+    """Kaggle-style `id,emotion` CSV (header only when there is nothing to predict)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "emotion"])
+        w.writerows((str(i), int(y)) for i, y in zip(source_ids, labels))
+    return p
+
+
+def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str) -> bool:
+    """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone)."""
+    import mlflow
+
+    from ferops.tracking import reopen_run
+
+    run_id = reopen_run(entry.path)
+    try:
+        mlflow.get_run(run_id)
+    except Exception:  # the tracking store was reset since training: keep the files, warn
+        log.warning("%s: MLflow run %s not in the store — test metrics only in reports/", entry.path, run_id)
+        return False
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a"})
+        for a in artifacts:
+            mlflow.log_artifact(str(a), artifact_path="evaluation")
+    return True
+
+
+def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out_dir: str | Path, tta: str = "flip",
+                 batch_size: int = 512, track: bool = True) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Score every model once on the labeled test rows; return results and the best-by-val model's predictions."""
+    from tqdm import tqdm
+
+    if tta not in TTA_MODES:
+        from ferops.errors import ConfigError
+
+        raise ConfigError(f"evaluate.tta={tta!r}: use one of {', '.join(TTA_MODES)}.")
+    labeled = test.labeled
+    if not labeled.any():
+        raise DataError("test split has no labeled rows — cannot score models (check the split stage).")
+    pixels, y = test.pixels[labeled], test.emotion[labeled].astype(int)
+    results: list[dict[str, Any]] = []
+    for entry in tqdm(entries, desc="evaluate", unit="model"):
+        model = load_model(entry)
+        probs = predict_probs(entry, model, pixels, "none", batch_size)
+        probs_tta = predict_probs(entry, model, pixels, tta, batch_size) if entry.kind == "deep" and tta != "none" \
+            else (probs if entry.kind == "deep" else None)
+        metrics = score(y, probs, probs_tta)
+        files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
+                                f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
+        if track:
+            log_to_run(entry, metrics, files, tta)
+        results.append(result_of(entry, metrics))
+        log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
+                 f"  test(TTA {tta}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
+        del model
+    best = select_best(results)
+    entry = next(e for e in entries if e.key == best["model"])
+    log.info("submission model (best by val accuracy): %s", best["model"])
+    if len(predict) == 0:
+        return results, np.zeros(0, dtype=int)
+    model = load_model(entry)
+    probs = predict_probs(entry, model, predict.pixels, tta if entry.kind == "deep" else "none", batch_size)
+    return results, probs.argmax(1)

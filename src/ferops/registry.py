@@ -1,0 +1,325 @@
+"""MLflow model registry: register the best ResNet (by validation accuracy), champion/challenger aliases,
+deliberate promotion and a readable listing (`ferops registry`, `ferops promote`).
+
+Aliases replace the deprecated registry stages. Rules: every newly registered version gets the
+challenger alias; it takes the champion alias only when there is no champion or its validation
+accuracy beats the champion's (same validation data) — a worse model never silently replaces a better one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ferops.errors import DataError, FerError
+
+log = logging.getLogger("ferops.registry")
+
+PARAMS_TAG_MAX = 5000  # model-version tag values: portable limit across SQL backends
+
+
+class RegistryError(FerError):
+    """Unknown registered model or version, or a registry state that needs a person's decision."""
+
+
+def find_candidates(models_dir: str | Path, family: str) -> list[Any]:
+    """Trained deep models under models_dir/* whose config.json `arch` is `family`, best validation accuracy first."""
+    from ferops.evaluation import ModelEntry, by_validation
+    from ferops.data.io import read_json
+
+    root = Path(models_dir)
+    found: list[ModelEntry] = []
+    for d in sorted(p for p in root.glob("*") if p.is_dir()):
+        if not (d / "model.keras").exists() or not (d / "config.json").exists():
+            continue
+        config = read_json(d / "config.json")
+        if config.get("arch") != family:
+            continue
+        metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
+        if "val_accuracy" not in metrics:
+            raise DataError(f"{d / 'metrics.json'}: missing or without `val_accuracy` — the registry chooses by it; "
+                            f"re-run `dvc repro train_deep@{d.name}`.")
+        found.append(ModelEntry(d.name, "deep", d, metrics, config))
+    if not found:
+        raise DataError(f"{root}: no trained model with arch `{family}` (register.family) — train one first, e.g. "
+                        f"`dvc repro train_deep@{family}`, or set register.family to a trained architecture.")
+    order = {r["model"]: i for i, r in enumerate(by_validation(
+        [{"model": e.name, "val_accuracy": float(e.metrics["val_accuracy"]),
+          "val_macro_f1": e.metrics.get("val_macro_f1")} for e in found]))}
+    return sorted(found, key=lambda e: order[e.name])
+
+
+def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
+                      champion: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the new version takes the champion alias, and why (pure: compares tags only).
+
+    `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`).
+    """
+    if champion is None:
+        return True, "no champion yet"
+    cv = str(champion["version"])
+    if cv == str(new_version):
+        return True, f"version {cv} is already the champion"
+    try:
+        champ_val = float(champion.get("val_accuracy"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False, (f"champion v{cv} has no val_accuracy tag to compare with; compare by hand and run "
+                       f"`ferops promote --version {new_version}` if it should win")
+    if champion.get("data_sha256") != new_data.get("data_sha256"):
+        if champion.get("dataset") == "synthetic" and new_data.get("dataset") == "real":
+            return True, f"a real-data model replaces champion v{cv}, trained on the synthetic demo set"
+        return False, (f"champion v{cv} was validated on other data (sha256 {str(champion.get('data_sha256'))[:12]} ≠ "
+                       f"{str(new_data.get('data_sha256'))[:12]}): accuracies are not comparable; promote "
+                       f"deliberately with `ferops promote --version {new_version}` if it should win")
+    if new_val > champ_val:
+        return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
+    return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
+
+
+def _client():
+    """An MlflowClient on the project's store (MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ferops.tracking import tracking_uri
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias_version(client: Any, name: str, alias: str) -> Any | None:
+    """The model version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_for_run(client: Any, name: str, run_id: str) -> Any | None:
+    """An existing version of `name` made from `run_id` (so re-running register creates no duplicate)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    mine = [v for v in versions if v.run_id == run_id or (v.tags or {}).get("run_id") == run_id]
+    return min(mine, key=lambda v: int(v.version)) if mine else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _test_metrics(metrics: dict[str, Any], model: str) -> dict[str, Any]:
+    """The evaluate stage's numbers for one deep model (keys `name` or `deep/name`)."""
+    return metrics.get(model) or metrics.get(f"deep/{model}") or {}
+
+
+def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_report: dict[str, Any],
+                  cfg: dict[str, Any]) -> dict[str, Any]:
+    """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ferops.tracking import dataset_tags, git_commit, reopen_run
+
+    name = str(cfg.get("model_name", "fer2013-resnet"))
+    family = str(cfg.get("family", "resnet"))
+    challenger_alias = str(cfg.get("challenger_alias", "challenger"))
+    champion_alias = str(cfg.get("champion_alias", "champion"))
+
+    cands = find_candidates(models_dir, family)
+    best = cands[0]
+    log.info("candidates (%s) by val accuracy: %s", family,
+             ", ".join(f"{e.name} {float(e.metrics['val_accuracy']):.4f}" for e in cands))
+    run_id = reopen_run(best.path)
+    client = _client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise DataError(f"{best.path / 'mlflow_run_id.txt'}: run {run_id} is not in the MLflow store "
+                        f"{mlflow.get_tracking_uri()} — the store was reset; retrain with "
+                        f"`dvc repro -f train_deep@{best.name}`.") from None
+    val = float(best.metrics["val_accuracy"])
+    test = _test_metrics(eval_metrics, best.name)
+    data = dataset_tags(ingest_report)
+    if run.data.tags.get("data_sha256") not in (None, data["data_sha256"]):
+        log.warning("run %s was trained on data %s but reports/ingest.json says %s", run_id,
+                    run.data.tags.get("data_sha256"), data["data_sha256"])
+
+    mv = version_for_run(client, name, run_id)
+    reused = mv is not None
+    if reused:
+        log.info("%s v%s already holds run %s (%s): reusing it, no new version", name, mv.version, run_id, best.name)
+    else:
+        from ferops.inference import log_pyfunc_model
+
+        with mlflow.start_run(run_id=run_id):
+            uri = log_pyfunc_model(best.path / "model.keras")
+        tags = {
+            "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
+            "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
+            "test_accuracy": str(test.get("test_accuracy", "unknown")),
+            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")),
+            **data, "git_commit": run.data.tags.get("git_commit") or git_commit(),
+            "params": json.dumps(best.config, sort_keys=True, default=str)[:PARAMS_TAG_MAX],
+        }
+        mv = mlflow.register_model(uri, name, tags=tags)
+        log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
+    version = str(mv.version)
+
+    client.set_registered_model_alias(name, challenger_alias, version)
+    current = alias_version(client, name, champion_alias)
+    champ = None if current is None else {"version": current.version, **(current.tags or {})}
+    promote, reason = champion_decision(version, val, data, champ)
+    if promote and (current is None or str(current.version) != version):
+        client.set_registered_model_alias(name, champion_alias, version)
+        for k, v in {"promoted_by": "register stage", "promotion_reason": reason, "promoted_at": _now(),
+                     f"previous_{champion_alias}_version": "none" if current is None else str(current.version)}.items():
+            client.set_model_version_tag(name, version, k, v)
+        log.info("%s v%s is the new @%s: %s", name, version, champion_alias, reason)
+    elif promote:
+        log.info("%s v%s stays @%s: %s", name, version, champion_alias, reason)
+    else:
+        log.warning("%s v%s is @%s only; @%s stays v%s: %s", name, version, challenger_alias, champion_alias,
+                    current.version if current else "?", reason)
+    aliases = sorted(client.get_model_version(name, version).aliases)
+    champion_now = alias_version(client, name, champion_alias)
+    return {
+        "name": name, "version": int(version), "model": best.name, "run_id": run_id, "aliases": aliases,
+        "decision": champion_alias if promote else challenger_alias, "reason": reason,
+        "reused_existing_version": reused, "champion_version": int(champion_now.version) if champion_now else None,
+        "val_accuracy": val, "test_accuracy": test.get("test_accuracy"),
+        "test_accuracy_tta": test.get("test_accuracy_tta"),
+    }
+
+
+# ---- CLI: `ferops registry`, `ferops promote` -------------------------------------------------------------
+
+def _model_name(args: Any) -> str:
+    """--name, else register.model_name from the params file."""
+    if getattr(args, "name", None):
+        return str(args.name)
+    from ferops.config import load_params, section
+
+    return str(section(load_params(getattr(args, "params", "params.yaml")), "register").get("model_name", "fer2013-resnet"))
+
+
+def _registered(client: Any, name: str) -> Any:
+    """The registered model, or a RegistryError listing the names that exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models()]
+        raise RegistryError(f"no registered model named {name!r} in {mlflow.get_registry_uri()}; "
+                            + (f"known: {', '.join(known)}." if known else
+                               "the registry is empty — run the register stage (`dvc repro register`).")) from None
+
+
+def _version(client: Any, name: str, version: str) -> Any:
+    """One model version, or a RegistryError listing the versions that exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        int(version)
+        return client.get_model_version(name, str(version))
+    except (MlflowException, ValueError):
+        have = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name!r} has no version {version!r}; versions: {', '.join(map(str, have)) or 'none'} "
+                            f"(see `ferops registry`).") from None
+
+
+def registry_rows(client: Any, name: str) -> list[dict[str, Any]]:
+    """One dict per version of `name` (newest first) with its aliases and key tags."""
+    rm = _registered(client, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in (rm.aliases or {}).items():  # search results carry no aliases (mlflow#16734)
+        by_version.setdefault(str(v), []).append(alias)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+        t = v.tags or {}
+        rows.append({"version": int(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+                     "model": t.get("model", ""), "val_accuracy": t.get("val_accuracy"),
+                     "test_accuracy": t.get("test_accuracy"), "dataset": t.get("dataset", ""),
+                     "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                     "run_id": v.run_id or t.get("run_id", "")})
+    return rows
+
+
+def _pct(v: Any) -> str:
+    try:
+        return f"{100 * float(v):.2f}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table of versions: aliases, val/test accuracy (%), dataset, created (UTC), run id."""
+    head = ["version", "aliases", "model", "val acc", "test acc", "data", "created (UTC)", "run id"]
+    body = [[str(r["version"]), ",".join(r["aliases"]) or "-", r["model"], _pct(r["val_accuracy"]),
+             _pct(r["test_accuracy"]), r["dataset"], r["created"], r["run_id"]] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{'>' if h in ('val acc', 'test acc', 'version') else '<'}{w}}}" for h, w in zip(head, widths))
+    lines = [f"{name}: {len(rows)} version(s)", fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*b) for b in body]
+    return "\n".join(ln.rstrip() for ln in lines)
+
+
+def cli_registry(args: Any) -> None:
+    """`ferops registry`: print the versions of the registered model with aliases and accuracies."""
+    client = _client()
+    name = _model_name(args)
+    print(format_registry(name, registry_rows(client, name)))
+
+
+def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",
+            by: str | None = None) -> dict[str, Any]:
+    """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags."""
+    _registered(client, name)
+    target = _version(client, name, str(version))
+    previous = alias_version(client, name, alias)
+    prev = None if previous is None else str(previous.version)
+    change = {"name": name, "alias": alias, "version": str(target.version), "previous_version": prev,
+              "changed": prev != str(target.version)}
+    if not change["changed"]:
+        return change
+    client.set_registered_model_alias(name, alias, str(target.version))
+    tags = {"promoted_by": by or os.environ.get("USER") or getpass.getuser(), "promotion_reason": reason,
+            "promoted_at": _now(), f"previous_{alias}_version": prev or "none"}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(target.version), k, v)
+    change["val_accuracy"] = (target.tags or {}).get("val_accuracy")
+    change["previous_val_accuracy"] = None if previous is None else (previous.tags or {}).get("val_accuracy")
+    return change
+
+
+def cli_promote(args: Any) -> None:
+    """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
+    client = _client()
+    name = _model_name(args)
+    c = promote(client, name, str(args.version), alias=args.alias, reason=args.reason)
+    if not c["changed"]:
+        print(f"{name}: @{c['alias']} already points at v{c['version']} — nothing changed.")
+        return
+    before = f"v{c['previous_version']} (val {_pct(c['previous_val_accuracy'])}%)" if c["previous_version"] else "nobody"
+    print(f"{name}: @{c['alias']} moved from {before} to v{c['version']} (val {_pct(c['val_accuracy'])}%); "
+          f"reason: {args.reason}. Load it as models:/{name}@{c['alias']}.")
+    try:
+        if float(c["val_accuracy"]) < float(c["previous_val_accuracy"]):
+            print(f"note: v{c['version']} has a lower validation accuracy than v{c['previous_version']} "
+                  f"(deliberate rollback?); undo with `ferops promote --version {c['previous_version']}`.")
+    except (TypeError, ValueError):
+        pass

@@ -1,0 +1,52 @@
+"""evaluate: score every trained model once on the test split; compare; predict the unlabeled rows.
+
+python stages/evaluate.py --split data/processed/split --models models --ingest-report reports/ingest.json \
+    --metrics reports/metrics.json --comparison reports/model_comparison.md --submission reports/submission.csv \
+    --out reports/evaluation
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ferops.config import load_params, section
+from ferops.runner import run
+
+
+def main() -> None:
+    """Parse paths, evaluate all models, write metrics.json, the comparison table and the submission."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", required=True, type=Path, help="folder with test.npz and predict.npz")
+    ap.add_argument("--models", required=True, type=Path, help="folder with baselines/*/ and deep/*/")
+    ap.add_argument("--ingest-report", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json (DVC metrics)")
+    ap.add_argument("--comparison", required=True, type=Path, help="markdown table of all models")
+    ap.add_argument("--submission", required=True, type=Path, help="id,emotion CSV for the unlabeled rows")
+    ap.add_argument("--out", required=True, type=Path, help="per-model confusion matrices (PNG + CSV)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+
+    from ferops.data.io import load_npz, read_json, write_json
+    from ferops.evaluation import (comparison_markdown, discover_models, evaluate_all, load_predict, metrics_summary,
+                                   write_submission)
+    from ferops.tracking import init_tracking
+
+    cfg = section(load_params(args.params), "evaluate")
+    tta, batch_size = str(cfg.get("tta", "flip")), int(cfg.get("batch_size", 512))
+    ingest = read_json(args.ingest_report)
+    test = load_npz(args.split / "test.npz")
+    predict = load_predict(args.split / "predict.npz")
+    entries = discover_models(args.models)
+    init_tracking()
+    results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size)
+    write_json(metrics_summary(results), args.metrics)
+    args.comparison.parent.mkdir(parents=True, exist_ok=True)
+    args.comparison.write_text(comparison_markdown(results, tta, ingest))
+    write_submission(predict.source_id, labels, args.submission)
+    print(f"evaluated {len(results)} models on {int(test.labeled.sum())} test images → {args.metrics}, "
+          f"{args.comparison}; {len(labels)} unlabeled rows predicted → {args.submission}")
+
+
+if __name__ == "__main__":
+    run(main)

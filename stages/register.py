@@ -1,0 +1,39 @@
+"""register: put the best ResNet (by validation accuracy) in the MLflow registry; challenger/champion aliases.
+
+python stages/register.py --metrics reports/metrics.json --models models/deep --ingest-report reports/ingest.json \
+    --out reports/register.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ferops.config import load_params, section
+from ferops.runner import run
+
+
+def main() -> None:
+    """Parse paths, register the best candidate, write reports/register.json."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json from evaluate (test numbers)")
+    ap.add_argument("--models", required=True, type=Path, help="folder of trained deep models (models/deep)")
+    ap.add_argument("--ingest-report", required=True, type=Path, help="reports/ingest.json (data sha256 for tags)")
+    ap.add_argument("--out", required=True, type=Path, help="reports/register.json")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+
+    from ferops.data.io import read_json, write_json
+    from ferops.registry import register_best
+    from ferops.tracking import init_tracking
+
+    cfg = section(load_params(args.params), "register")
+    init_tracking()
+    report = register_best(args.models, read_json(args.metrics), read_json(args.ingest_report), cfg)
+    write_json(report, args.out)
+    print(f"{report['name']} v{report['version']} ({report['model']}, val {report['val_accuracy']:.4f}) "
+          f"aliases {', '.join(report['aliases']) or '-'}; champion is v{report['champion_version']}: {report['reason']}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,151 @@
+"""register + `ferops registry` / `ferops promote` against a real sqlite MLflow store.
+
+Challenger/champion rules (a worse model never demotes the champion, a better one takes it), idempotent
+re-runs, deliberate promotion with its audit tags, and the readable listing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from ferops.errors import DataError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(importlib.util.find_spec("ferops.inference") is None,
+                       reason="ferops.inference.log_pyfunc_model not written yet (register logs the pyfunc with it)"),
+]
+
+NAME = "fer2013-resnet"
+CFG = {"model_name": NAME, "family": "resnet", "challenger_alias": "challenger", "champion_alias": "champion"}
+INGEST = {"synthetic": False, "format": "fer2013_csv", "sha256": "a" * 64, "source": "test", "rows": 10}
+
+
+def _train(models: Path, name: str, arch: str, val: float, seed: int) -> Path:
+    """A tiny Keras model dir by train_deep's contract (fresh dir + fresh MLflow run, as `dvc repro` makes)."""
+    import shutil
+
+    import keras
+
+    from ferops.tracking import dataset_tags, model_run
+
+    d = models / name
+    shutil.rmtree(d, ignore_errors=True)  # DVC deletes a stage's outs before re-running it
+    d.mkdir(parents=True)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 255.0), keras.layers.Flatten(),
+                              keras.layers.Dense(7, activation="softmax")])
+    model.save(d / "model.keras")
+    config = {"arch": arch, "lr": 0.001 * seed, "epochs": 1}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "metrics.json").write_text(json.dumps({"model": name, "kind": "deep", "arch": arch, "val_accuracy": val,
+                                                "val_macro_f1": val - 0.1, "train_wall_s": 1.0}))
+    with model_run("train_deep", name, config, dataset_tags(INGEST), run_dir=d):
+        pass
+    return d
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store and a params.yaml naming the registered model."""
+    from ferops.tracking import init_tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n")
+    return tmp_path
+
+
+def _register(models: Path, test_acc: float = 0.5) -> dict:
+    from ferops.registry import register_best
+
+    return register_best(models, {"resnet": {"test_accuracy": test_acc, "test_accuracy_tta": test_acc + 0.01}},
+                         INGEST, CFG)
+
+
+def test_register_promote_and_list(store, capsys):
+    from mlflow import MlflowClient
+
+    from ferops.registry import RegistryError, cli_promote, cli_registry
+
+    client = MlflowClient()
+    models = store / "models" / "deep"
+    _train(models, "cnn", "cnn", val=0.99, seed=1)  # another family never counts, however good
+    with pytest.raises(DataError, match="no trained model with arch `resnet`"):
+        _register(models)
+
+    # 1) first ResNet: no champion yet → v1 is champion and challenger
+    _train(models, "resnet", "resnet", val=0.50, seed=2)
+    r1 = _register(models, test_acc=0.48)
+    assert (r1["version"], r1["decision"], r1["aliases"]) == (1, "champion", ["challenger", "champion"])
+    tags = client.get_model_version(NAME, "1").tags
+    assert float(tags["val_accuracy"]) == 0.5 and float(tags["test_accuracy"]) == 0.48
+    assert tags["data_sha256"] == INGEST["sha256"] and tags["git_commit"] and tags["source_model_dir"].endswith("resnet")
+    assert json.loads(tags["params"])["arch"] == "resnet"
+
+    # 2) same run again: reuse v1, no duplicate version
+    r1b = _register(models, test_acc=0.48)
+    assert r1b["reused_existing_version"] and r1b["version"] == 1
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+    # 3) a worse retrain: v2 is challenger only, the champion stays v1
+    _train(models, "resnet", "resnet", val=0.40, seed=3)
+    r2 = _register(models)
+    assert (r2["version"], r2["decision"], r2["aliases"], r2["champion_version"]) == (2, "challenger", ["challenger"], 1)
+    assert "does not beat" in r2["reason"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+    # 4) a better retrain takes champion and records whom it replaced
+    _train(models, "resnet", "resnet", val=0.60, seed=4)
+    r3 = _register(models)
+    assert (r3["version"], r3["decision"], r3["champion_version"]) == (3, "champion", 3)
+    assert client.get_model_version(NAME, "3").tags["previous_champion_version"] == "1"
+
+    # 5) deliberate rollback to v1: alias moves, audit tags written, the change is printed
+    capsys.readouterr()
+    cli_promote(Namespace(name=None, version="1", alias="champion", reason="rollback drill",
+                          params=str(store / "params.yaml")))
+    out = capsys.readouterr().out
+    assert "v3" in out and "v1" in out and "rollback drill" in out
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    t1 = client.get_model_version(NAME, "1").tags
+    assert t1["promotion_reason"] == "rollback drill" and t1["previous_champion_version"] == "3"
+    assert t1["promoted_by"] and t1["promoted_at"].startswith("20")
+
+    # 6) the listing shows every version with its aliases and accuracies
+    cli_registry(Namespace(name=None, params=str(store / "params.yaml")))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{NAME}: 3 version")
+    row = {ln.split()[0]: ln for ln in lines[3:]}
+    assert set(row) == {"3", "2", "1"}
+    assert "champion" in row["1"] and "challenger" in row["3"] and "champion" not in row["3"]
+    assert "60.00" in row["3"] and "40.00" in row["2"]
+
+    # 7) mistakes get clear errors, not tracebacks (FerError subclasses)
+    with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):
+        cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
+    with pytest.raises(RegistryError, match="no registered model named 'nope'"):
+        cli_registry(Namespace(name="nope", params=str(store / "params.yaml")))
+
+
+def test_champion_decision_rules():
+    from ferops.registry import champion_decision
+
+    data = {"data_sha256": "s1", "dataset": "real"}
+    champ = {"version": "4", "val_accuracy": "0.6", "data_sha256": "s1", "dataset": "real"}
+    assert champion_decision("5", 0.7, data, None)[0]
+    assert champion_decision("5", 0.7, data, champ)[0]
+    assert not champion_decision("5", 0.6, data, champ)[0]  # a tie does not beat the champion
+    assert not champion_decision("5", 0.5, data, champ)[0]
+    assert champion_decision("4", 0.6, data, champ) == (True, "version 4 is already the champion")
+    # validated on other data: not comparable → no silent replacement...
+    ok, why = champion_decision("5", 0.9, data, {**champ, "data_sha256": "s0"})
+    assert not ok and "ferops promote --version 5" in why
+    # ...except a real-data model replacing a synthetic-demo champion
+    assert champion_decision("5", 0.3, data, {**champ, "data_sha256": "s0", "dataset": "synthetic", "val_accuracy": "0.99"})[0]
+    assert not champion_decision("5", 0.9, data, {"version": "4"})[0]  # champion without a val tag

@@ -1,0 +1,193 @@
+"""evaluate: model discovery, metrics/comparison building, submission writing, selection by validation only."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferops.constants import EMOTIONS
+from ferops.data.io import FerData
+from ferops.errors import DataError
+from ferops.evaluation import (SUMMARY_KEYS, comparison_markdown, confusion_rows, discover_models, evaluate_all,
+                               metrics_summary, select_best, write_confusion, write_submission)
+
+
+def _data(n: int, seed: int) -> FerData:
+    """Synthetic faces (the project's generator when present, else random pixels with cycling labels)."""
+    try:
+        from ferops.data.synthetic import make_synthetic
+
+        return make_synthetic(n, seed)
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return FerData(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), (np.arange(n) % 7).astype(np.int8),
+                       np.array(["Training"] * n), np.array([f"r{i}" for i in range(n)]))
+
+
+def _separable(n: int, seed: int) -> FerData:
+    """Faces whose brightness encodes the class: any sensible model learns it in milliseconds."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 7, n).astype(np.int8)
+    pixels = np.clip(20 + 30 * y[:, None, None] + rng.normal(0, 8, (n, 48, 48)), 0, 255).astype(np.uint8)
+    return FerData(pixels, y, np.array(["Training"] * n), np.array([f"r{i}" for i in range(n)]))
+
+
+def _write(d: Path, name: str, obj) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(json.dumps(obj))
+
+
+def _result(model: str, val: float, test: float, kind: str = "baseline", **kw) -> dict:
+    r = {"model": model, "kind": kind, "arch": kw.pop("arch", model), "val_accuracy": val, "val_macro_f1": val - 0.05,
+         "train_wall_s": 12.0, "test_accuracy": test, "test_macro_f1": test - 0.1, "test_weighted_f1": test - 0.02}
+    r.update(kw)
+    return r
+
+
+def test_discover_models_by_contract(tmp_path):
+    root = tmp_path / "models"
+    _write(root / "baselines" / "logreg", "metrics.json", {"model": "logreg", "kind": "baseline", "val_accuracy": 0.3})
+    (root / "baselines" / "logreg" / "model.joblib").write_bytes(b"x")
+    _write(root / "baselines" / "unfinished", "metrics.json", {"val_accuracy": 0.9})  # no model file → skipped
+    _write(root / "deep" / "cnn", "metrics.json", {"model": "cnn", "kind": "deep", "val_accuracy": 0.5})
+    _write(root / "deep" / "cnn", "config.json", {"arch": "cnn"})
+    (root / "deep" / "cnn" / "model.keras").write_bytes(b"x")
+    _write(root / "deep" / "logreg", "metrics.json", {"val_accuracy": 0.4})  # same name as a baseline
+    _write(root / "deep" / "logreg", "config.json", {"arch": "dnn"})
+    (root / "deep" / "logreg" / "model.keras").write_bytes(b"x")
+
+    entries = discover_models(root)
+    assert [(e.key, e.kind, e.arch) for e in entries] == [
+        ("baselines/logreg", "baseline", "logreg"), ("cnn", "deep", "cnn"), ("deep/logreg", "deep", "dnn")]
+
+
+def test_discover_models_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="no trained models"):
+        discover_models(tmp_path / "models")
+    d = tmp_path / "models" / "baselines" / "knn"
+    _write(d, "metrics.json", {"model": "knn"})
+    (d / "model.joblib").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"knn/metrics\.json.*val_accuracy"):
+        discover_models(tmp_path / "models")
+
+
+def test_selection_uses_validation_never_test():
+    # val and test disagree: the model that is best on test must NOT be chosen.
+    results = [_result("test_winner", val=0.50, test=0.90), _result("val_winner", val=0.60, test=0.40)]
+    assert select_best(results)["model"] == "val_winner"
+    # ties on val accuracy are broken by val macro-F1, still never by test
+    tie = [_result("a", 0.6, 0.9, val_macro_f1=0.40), _result("b", 0.6, 0.1, val_macro_f1=0.50)]
+    assert select_best(tie)["model"] == "b"
+
+
+def test_metrics_summary_and_comparison_table():
+    results = [_result("logreg", 0.31, 0.33),
+               _result("resnet", 0.66, 0.65, kind="deep", arch="resnet", test_accuracy_tta=0.67, test_f1_happy=0.8),
+               _result("cnn", 0.55, 0.57, kind="deep", arch="cnn", test_accuracy_tta=0.58)]
+    summary = metrics_summary(results)
+    assert set(summary) == {"logreg", "resnet", "cnn"}
+    assert all(set(v) == set(SUMMARY_KEYS) for v in summary.values())
+    assert summary["logreg"]["test_accuracy_tta"] is None  # no TTA for baselines
+    assert summary["resnet"]["test_accuracy_tta"] == 0.67
+    json.dumps(summary)  # DVC reads it: plain JSON
+
+    md = comparison_markdown(results, "flip", {"synthetic": True, "format": "synthetic", "sha256": "abc"})
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [ln.split("|")[2].strip() for ln in table] == ["**resnet** ★", "cnn", "logreg"]  # sorted by val
+    assert "| 66.00 |" in table[0] and "| 67.00 |" in table[0]  # val and TTA test accuracy in %
+    assert "validation" in md and "flip" in md and "synthetic" in md
+    assert "| resnet | " in md and "80.00" in md  # per-class F1 table
+
+
+def test_write_submission(tmp_path):
+    p = write_submission(np.array(["id7", "id9"]), np.array([3, 6]), tmp_path / "sub.csv")
+    assert p.read_text().splitlines() == ["id,emotion", "id7,3", "id9,6"]
+    empty = write_submission(np.zeros(0, str), np.zeros(0, int), tmp_path / "empty.csv")
+    assert empty.read_text().splitlines() == ["id,emotion"]
+
+
+def test_confusion_csv_is_long_format(tmp_path):
+    y, p = np.array([0, 3, 3, 6]), np.array([0, 3, 4, 6])
+    assert confusion_rows(y, p)[2] == ("Happy", "Sad")
+    png, csv_path = write_confusion(y, p, tmp_path / "m", "m")
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 4 and set(rows[0]) == {"actual", "predicted"}
+    assert {r["actual"] for r in rows} <= set(EMOTIONS)
+    assert png.stat().st_size > 1000
+
+
+def _baseline_dir(root: Path, name: str, est, val: float, train: FerData) -> Path:
+    """A baseline model dir by the train stage's contract, with its MLflow run."""
+    import joblib
+
+    from ferops.tracking import model_run
+
+    d = root / "baselines" / name
+    d.mkdir(parents=True)
+    est.fit(train.pixels.reshape(len(train), -1).astype(np.float32), train.emotion)
+    joblib.dump(est, d / "model.joblib")
+    (d / "metrics.json").write_text(json.dumps({"model": name, "kind": "baseline", "val_accuracy": val,
+                                                "val_macro_f1": val, "train_wall_s": 1.0}))
+    with model_run("train_baselines", name, {"kind": name}, {}, run_dir=d):
+        pass
+    return d
+
+
+def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, monkeypatch):
+    """Real sklearn models + a real sqlite MLflow store; val says `dummy`, test says `nb` → dummy is used."""
+    import mlflow
+    from sklearn.dummy import DummyClassifier
+    from sklearn.naive_bayes import GaussianNB
+
+    from ferops.tracking import init_tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    data = _separable(420, seed=3)
+    train, test = data.subset(np.arange(300)), data.subset(np.arange(300, 400))
+    predict = data.subset(np.arange(400, 420))
+    root = tmp_path / "models"
+    _baseline_dir(root, "nb", GaussianNB(), val=0.30, train=train)  # fits in ms
+    dummy = _baseline_dir(root, "dummy", DummyClassifier(strategy="most_frequent"), val=0.95, train=train)
+
+    results, labels = evaluate_all(discover_models(root), test, predict, tmp_path / "eval", tta="flip")
+    by = {r["model"]: r for r in results}
+    assert by["nb"]["test_accuracy"] > by["dummy"]["test_accuracy"]  # test disagrees with val...
+    majority = int(np.bincount(train.emotion).argmax())
+    assert labels.tolist() == [majority] * 20  # ...and the submission still comes from the best-by-val model
+    assert "test_accuracy_tta" not in by["nb"]  # TTA applies to deep models only
+    assert (tmp_path / "eval" / "nb" / "confusion_test.csv").read_text().count("\n") == 101
+
+    run = mlflow.get_run((dummy / "mlflow_run_id.txt").read_text().strip())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(by["dummy"]["test_accuracy"])
+    assert "test_recall_happy" in run.data.metrics
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert arts == {"evaluation/confusion_test.png", "evaluation/confusion_test.csv"}
+
+    _, none = evaluate_all(discover_models(root), test, data.subset(np.arange(0)), tmp_path / "eval2", track=False)
+    assert none.shape == (0,)  # no unlabeled rows → nothing to predict (header-only submission)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ferops.training") is None,
+                    reason="ferops.training (predict_proba) not written yet")
+def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
+    import keras
+
+    data = _data(120, seed=5)
+    d = tmp_path / "models" / "deep" / "tiny"
+    d.mkdir(parents=True)
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(7, activation="softmax")])
+    model.save(d / "model.keras")
+    (d / "config.json").write_text(json.dumps({"arch": "dnn"}))
+    (d / "metrics.json").write_text(json.dumps({"model": "tiny", "kind": "deep", "arch": "dnn", "val_accuracy": 0.2}))
+    results, labels = evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)),
+                                   data.subset(np.arange(100, 120)), tmp_path / "eval", tta="flip", track=False)
+    r = results[0]
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_accuracy_tta"] <= 1.0
+    assert labels.shape == (20,) and set(labels.tolist()) <= set(range(7))
