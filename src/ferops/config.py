@@ -19,6 +19,19 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def store_root(root: Path | None = None) -> Path:
+    """Where shared stores (mlflow.db, optuna.db) live: the repo root, also under `dvc exp run --temp`.
+
+    DVC runs temp experiments in <repo>/.dvc/tmp/exps/<tmp>/; their runs must land in the real repo's stores.
+    """
+    root = Path(root or repo_root()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml into a plain dict, with a readable error when it is missing or malformed."""
     p = Path(path)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ferops.config import flatten, repo_root
+from ferops.config import flatten, repo_root, store_root
 
 EXPERIMENT = "ferops"
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -17,12 +17,12 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute sqlite:///<repo>/mlflow.db.
 
-    Absolute because `dvc exp run` executes stages in a temp copy of the repo.
+    Absolute, and in the real repo, because `dvc exp run` executes stages in a temp copy of the repo.
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str:

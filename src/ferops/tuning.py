@@ -1,0 +1,751 @@
+"""Optuna hyperparameter search for the deep families: search space, storage, resumable and parallel studies.
+
+One Optuna study per (family, data, search settings); one MLflow parent run per study with a nested run
+per trial. The objective is the best *validation* accuracy of a short training run (never the test split).
+
+Resume: only COMPLETE and PRUNED trials count toward `n_trials`, so a killed study continues where it
+stopped. A RUNNING trial left by a dead process on this machine (recognised by the worker id stored on the
+trial) is failed and its parameters re-queued. Across machines, use an RDB URL (PostgreSQL): it runs with
+Optuna's heartbeat, which fails stale trials after `grace_period` seconds. The sqlite default has no
+heartbeat, so a RUNNING trial of a process that died on *another* host stays RUNNING until failed by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from ferops.config import repo_root, store_root
+from ferops.data.io import FerData
+from ferops.errors import ConfigError, FerError
+
+if TYPE_CHECKING:  # optuna is imported lazily (stage scripts stay quick to start)
+    import optuna
+
+log = logging.getLogger("ferops.tuning")
+
+STORAGE_ENV = "FEROPS_OPTUNA_STORAGE"      # overrides tune.storage (e.g. a PostgreSQL URL for many machines)
+DEFAULT_DB = "optuna.db"
+DEFAULT_JOURNAL = "optuna_journal.log"
+STALE_GRACE_S = 120                        # a RUNNING trial without a worker id this old is taken as dead
+HEARTBEAT_S, GRACE_S, MAX_RETRY = 60, 120, 2
+AUG_STRENGTH_KEYS = ("rotate_deg", "translate", "zoom", "contrast", "erasing")
+DIRECT_KEYS = ("lr", "weight_decay", "dropout", "label_smoothing", "batch_size")
+
+# A trial function trains/evaluates one configuration: (trial, cfg, train, val, *, seed, epochs) -> val score.
+TrialFn = Callable[..., float]
+
+
+# --------------------------------------------------------------------------- search space → config
+
+
+def suggest_params(trial: "optuna.trial.BaseTrial", space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sample one value per entry of a params.yaml space: {low, high, log?, step?} (int when both ends are ints) or {choices}."""
+    out: dict[str, Any] = {}
+    for name, spec in (space or {}).items():
+        where = f"tune space `{name}`"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected {{low, high}} or {{choices: [...]}}, got {spec!r}.")
+        if "choices" in spec:
+            choices = list(spec["choices"] or [])
+            if not choices:
+                raise ConfigError(f"{where}: `choices` is empty; list at least one value.")
+            out[name] = trial.suggest_categorical(name, choices)
+            continue
+        if "low" not in spec or "high" not in spec:
+            raise ConfigError(f"{where}: needs both `low` and `high` (or `choices`).")
+        low, high, use_log = spec["low"], spec["high"], bool(spec.get("log", False))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise ConfigError(f"{where}: low/high must be numbers, got {low!r}/{high!r}.")
+        if low > high:
+            raise ConfigError(f"{where}: low={low} is above high={high}; swap them.")
+        if use_log and low <= 0:
+            raise ConfigError(f"{where}: a log scale needs low > 0 (got {low}).")
+        if isinstance(low, int) and isinstance(high, int):
+            out[name] = trial.suggest_int(name, low, high, step=int(spec.get("step", 1)), log=use_log)
+        else:
+            step = spec.get("step")
+            out[name] = trial.suggest_float(name, float(low), float(high), log=use_log,
+                                            step=None if step is None else float(step))
+    return out
+
+
+def _doubling(base: int, n: int) -> list[int]:
+    return [int(base) * 2 ** i for i in range(n)]
+
+
+def _resize(seq: list[Any], n: int, grow: Callable[[Any], Any]) -> list[Any]:
+    """`seq` cut or extended to n entries (new entries derived from the last one)."""
+    out = list(seq[:n])
+    while len(out) < n:
+        out.append(grow(out[-1]))
+    return out
+
+
+def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a training config with sampled values applied (direct keys, `depth`, `base_width`, `aug_strength`, dotted keys)."""
+    out = copy.deepcopy(cfg)
+    arch = out.get("arch")
+    rest = dict(sampled)
+    if "depth" in rest:  # before base_width: depth changes how many widths there are
+        d = int(rest.pop("depth"))
+        if d < 1:
+            raise ConfigError(f"depth={d}: must be at least 1.")
+        if arch == "resnet":  # blocks per stage
+            out["stages"] = [d] * len(out.get("stages", [2, 2, 2, 2]))
+        elif arch == "cnn":  # conv/pool blocks
+            out["filters"] = _resize(list(out.get("filters", [32, 64])), d, lambda f: 2 * f)
+        elif arch == "vgg":  # convs per block
+            out["blocks"] = [[blk[0]] * d for blk in out.get("blocks", [[32, 32], [64, 64], [128, 128]])]
+        elif arch == "dnn":  # hidden layers
+            out["hidden"] = _resize(list(out.get("hidden", [500, 300, 100])), d, lambda h: max(8, h // 2))
+        elif arch == "mini_xception":  # residual modules
+            out["module_widths"] = _resize(list(out.get("module_widths", [16, 32, 64, 128])), d, lambda w: 2 * w)
+        else:
+            raise ConfigError(f"depth: not defined for arch={arch!r}.")
+    if "base_width" in rest:
+        w = int(rest.pop("base_width"))
+        out.pop("base_width", None)  # the zoo would prefer it over the widths set here
+        if arch == "resnet":
+            out["widths"] = _doubling(w, len(out.get("stages", [2, 2, 2, 2])))
+        elif arch == "cnn":
+            out["filters"] = _doubling(w, len(out.get("filters", [32, 64])))
+        elif arch == "vgg":
+            out["blocks"] = [[w * 2 ** i] * len(blk) for i, blk in enumerate(out.get("blocks", [[32, 32], [64, 64], [128, 128]]))]
+        elif arch == "mini_xception":
+            out["module_widths"] = _doubling(w, len(out.get("module_widths", [16, 32, 64, 128])))
+        elif arch == "dnn":  # first layer = w, the others keep their ratio to it
+            hidden = list(out.get("hidden", [500, 300, 100]))
+            out["hidden"] = [max(8, round(h * w / hidden[0])) for h in hidden]
+        else:
+            raise ConfigError(f"base_width: not defined for arch={arch!r}.")
+    if "aug_strength" in rest:
+        k = float(rest.pop("aug_strength"))
+        aug = dict(out.get("online_aug") or {})
+        for key in AUG_STRENGTH_KEYS:
+            if key in aug and not isinstance(aug[key], bool):
+                aug[key] = float(aug[key] or 0.0) * k
+        if "erasing" in aug:
+            aug["erasing"] = min(1.0, aug["erasing"])  # a probability
+        out["online_aug"] = aug
+    for name, value in rest.items():
+        if "." in name:  # e.g. online_aug.erasing
+            node = out
+            *parents, leaf = name.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"tune space `{name}`: `{p}` is not a mapping in the training config.")
+            node[leaf] = value
+        elif name in DIRECT_KEYS or name in out:
+            out[name] = value
+        else:
+            raise ConfigError(f"tune space `{name}`: not a training config key; use one of "
+                              f"{', '.join(DIRECT_KEYS)}, depth, base_width, aug_strength, or an existing key of the config.")
+    return out
+
+
+# --------------------------------------------------------------------------- budget, data, naming
+
+
+def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: bool) -> dict[str, Any]:
+    """n_trials, epochs, train_rows and timeout_s of one family, capped by `demo:` on the synthetic set."""
+    try:
+        b = {"n_trials": int(family_cfg["n_trials"]), "epochs": int(family_cfg["epochs"])}
+    except KeyError as exc:
+        raise ConfigError(f"tune.families: `{exc.args[0]}` is missing (n_trials and epochs are required).") from None
+    rows = family_cfg.get("train_max_rows")
+    b["train_rows"] = int(rows) if rows else None
+    t = family_cfg.get("timeout_min")
+    b["timeout_s"] = float(t) * 60 if t else None
+    if synthetic and demo:
+        b["n_trials"] = min(b["n_trials"], int(demo.get("max_trials", b["n_trials"])))
+        b["epochs"] = min(b["epochs"], int(demo.get("max_epochs", b["epochs"])))
+        if demo.get("max_train_rows"):
+            b["train_rows"] = min(b["train_rows"] or 10**12, int(demo["max_train_rows"]))
+    if b["n_trials"] < 1 or b["epochs"] < 1:
+        raise ConfigError(f"tune: n_trials={b['n_trials']} and epochs={b['epochs']} must both be ≥ 1.")
+    return b
+
+
+def stratified_subsample(data: FerData, n: int | None, seed: int) -> FerData:
+    """The labeled rows, cut to n with every class kept in proportion (largest remainder; seeded)."""
+    lab = data.subset(data.labeled)
+    if n is None or n >= len(lab):
+        return lab
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(lab.emotion, return_counts=True)
+    exact = counts / counts.sum() * n
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota))[: n - quota.sum()]:
+        quota[i] += 1
+    idx = np.concatenate([rng.choice(np.flatnonzero(lab.emotion == c), size=q, replace=False)
+                          for c, q in zip(classes, quota, strict=True)])
+    return lab.subset(np.sort(idx))
+
+
+def study_name(family: str, fingerprint_of: dict[str, Any]) -> str:
+    """`ferops-<family>-<hash>`: a new study when the space, data or trial budget per trial changes, the same one to resume."""
+    blob = json.dumps(fingerprint_of, sort_keys=True, default=str)
+    return f"ferops-{family}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+
+
+def data_digest(*datasets: FerData) -> str:
+    """A short digest of which rows (and labels) a study trains/validates on, for its fingerprint."""
+    h = hashlib.sha1()
+    for d in datasets:
+        h.update(np.asarray(d.source_id).astype(str).tobytes())
+        h.update(np.asarray(d.emotion, dtype=np.int8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":
+    """MedianPruner from `tune.pruner` ({n_startup_trials, n_warmup_steps}); defaults 2 and epochs // 3."""
+    import optuna
+
+    cfg = cfg or {}
+    return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.get("n_startup_trials", 2)),
+                                       n_warmup_steps=int(cfg.get("n_warmup_steps", max(1, epochs // 3))))
+
+
+def redact(url: str) -> str:
+    """A storage URL with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", str(url))
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_spec(spec: str | None, root: Path, workers: int = 1) -> str:
+    """The concrete storage string: $FEROPS_OPTUNA_STORAGE, else `spec`, else sqlite (1 worker) / journal (>1) under root."""
+    spec = os.environ.get(STORAGE_ENV) or spec
+    if not spec:
+        # Absolute, and outside any temp copy of the repo, so every run of the stage finds the same study.
+        if workers > 1:  # sqlite is not for parallel writers
+            return f"journal:{store_root(root) / DEFAULT_JOURNAL}"
+        return f"sqlite:///{store_root(root) / DEFAULT_DB}"
+    return str(spec)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///"):]).resolve()
+    return None
+
+
+def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optuna.storages.BaseStorage":
+    """Open an Optuna storage: sqlite URL (default), JournalStorage (`journal:<path>` or workers > 1), or RDB with heartbeat."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = storage_spec(spec, root, workers)
+    if spec.startswith("journal:"):
+        path = Path(spec[len("journal:"):]).expanduser()
+        path = path if path.is_absolute() else (Path(root) / path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path.resolve())))
+    db = _sqlite_path(spec)
+    if db is not None:
+        from ferops.tracking import tracking_uri
+
+        ml = _sqlite_path(tracking_uri(Path(root)))
+        if ml is not None and ml == db:
+            raise ConfigError(f"tune.storage {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{db.parent}/{DEFAULT_DB}).")
+        if workers > 1:
+            raise ConfigError(f"tune.storage {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "
+                              "(one machine) or a PostgreSQL URL (several machines).")
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return spec  # no heartbeat on the single-process default; dead local workers are handled by worker id
+    if "://" not in spec:
+        raise ConfigError(f"tune.storage {spec!r}: use null, journal:<path>, or a SQLAlchemy URL such as postgresql://user:pw@host/db.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Heartbeat: trials of workers that died anywhere are failed after GRACE_S and re-queued.
+        return RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+
+
+# --------------------------------------------------------------------------- worker ids, dead trials, claims
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def worker_id() -> str:
+    """host:pid:start-time of this process (start time guards against a reused pid)."""
+    st = _proc_stat(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}:{st[19] if st else ''}"
+
+
+def _alive(wid: str) -> bool:
+    """Whether the worker that wrote `wid` still runs (processes on other hosts are assumed alive)."""
+    host, pid, start = (wid.split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    st = _proc_stat(int(pid))
+    if st is None:
+        if Path("/proc").is_dir():
+            return False
+        try:  # no /proc (macOS): signal 0 only tells whether the pid exists
+            os.kill(int(pid), 0)
+            return True
+        except OSError:
+            return False
+    return st[0] not in ("Z", "X") and (not start or st[19] == start)
+
+
+def fail_dead_trials(study: "optuna.Study", track: bool = True) -> list[int]:
+    """Fail RUNNING trials whose worker died (this host), re-queue their params (≤ MAX_RETRY times); returns their numbers."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    now = time.time()
+    dead = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        wid = t.user_attrs.get("worker")
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if (wid and not _alive(wid)) or (not wid and now - started > STALE_GRACE_S):
+            dead.append(t.number)
+    failed = []
+    for number in dead:
+        try:
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        except (ValueError, RuntimeError) as exc:  # another process got there first
+            log.debug("trial %d: %s", number, exc)
+            continue
+        frozen = next(t for t in study.get_trials(deepcopy=True) if t.number == number)
+        if frozen.state != TrialState.FAIL:
+            continue
+        failed.append(number)
+        log.warning("trial %d was left RUNNING by a dead worker (%s): marked FAIL, parameters re-queued",
+                    number, frozen.user_attrs.get("worker", "unknown"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+        run_id = frozen.user_attrs.get("mlflow_run_id")
+        if track and run_id:
+            _close_mlflow_run(run_id)
+    return failed
+
+
+def _close_mlflow_run(run_id: str) -> None:
+    """End the MLflow run of a trial whose process was killed (it would stay RUNNING forever)."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        client.set_tag(run_id, "state", "FAIL")
+        client.set_tag(run_id, "killed", "true")
+        client.set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # the tracking store may have been reset; the Optuna record is what matters
+        log.debug("could not close MLflow run %s: %s", run_id, exc)
+
+
+def counted(study: "optuna.Study", running: bool = False) -> int:
+    """Trials that count toward n_trials: COMPLETE + PRUNED (+ RUNNING when `running`)."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if running else ())
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class _Claim:
+    """A file lock held from 'is there room for another trial?' until that trial exists (exact n_trials across local workers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._fh = path, None
+
+    def acquire(self) -> "_Claim":
+        self._fh = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_EX)
+        except ImportError:  # no fcntl (Windows): claims are best effort
+            pass
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+
+def _claim_path(spec: str, name: str) -> Path:
+    key = hashlib.sha1(f"{spec}|{name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"ferops-optuna-{key}.lock"
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def report_epoch(trial: "optuna.trial.Trial", epoch: int, value: float, **metrics: float) -> None:
+    """Report one epoch's validation score to Optuna (+ MLflow when a run is active); raise TrialPruned when pruned."""
+    import optuna
+
+    trial.report(float(value), step=int(epoch))  # Optuna steps are 0-based epochs (as KerasPruningCallback's)
+    _log_metrics({"val_accuracy": float(value), **metrics}, epoch + 1)  # MLflow steps are 1-based (as train_deep's)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+
+def _log_metrics(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+
+def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
+                epochs: int) -> float:
+    """Train `cfg` for ≤ epochs with Median pruning on val_accuracy; returns the best val accuracy (val split only)."""
+    import keras
+    from optuna_integration import KerasPruningCallback
+
+    from ferops.training import MlflowEpochLogger, train_keras
+
+    import mlflow
+
+    # The epoch logger runs before the pruning callback so a pruned epoch is still logged.
+    cbs = ([MlflowEpochLogger(prefix="")] if mlflow.active_run() is not None else []) + [
+        KerasPruningCallback(trial, "val_accuracy")]
+    keras.backend.clear_session()  # trials must not pile up graphs/layers in one process
+    try:
+        res = train_keras(train, val, cfg, seed=seed, verbose=2, max_epochs=epochs, extra_callbacks=cbs)
+    finally:
+        keras.backend.clear_session()
+        gc.collect()
+    hist = [float(v) for v in (res.history or {}).get("val_accuracy", [])]
+    return max(hist) if hist else float(res.val_accuracy)
+
+
+def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any], train: FerData, val: FerData, *,
+               seed: int, epochs: int, track: bool, parent_run_id: str | None, experiment_id: str | None,
+               claim: _Claim | None = None) -> Callable[["optuna.trial.Trial"], float]:
+    """The Optuna objective: record the worker, sample, apply, run the trial function inside a nested MLflow run."""
+    import optuna
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        if claim is not None:
+            claim.release()  # the trial now exists (RUNNING): other workers may claim theirs
+        sampled = suggest_params(trial, space)
+        cfg = apply_params(cfg_base, sampled)
+        if not track:
+            return float(trial_fn(trial, cfg, train, val, seed=seed, epochs=epochs))
+        import mlflow
+
+        run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id,
+                               experiment_id=experiment_id,
+                               tags={"optuna_trial_number": str(trial.number), "optuna_study": trial.study.study_name,
+                                     "stage": "tune", "model": str(cfg.get("arch")), "state": "RUNNING"})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        try:
+            mlflow.log_params({k: str(v) for k, v in sampled.items()})
+            value = float(trial_fn(trial, cfg, train, val, seed=seed, epochs=epochs))
+        except optuna.TrialPruned:
+            # Left alone MLflow would end a pruned trial FAILED: it is a deliberate stop.
+            mlflow.set_tags({"state": "PRUNED", "pruned": "true"})
+            mlflow.end_run(status="KILLED")
+            raise
+        except KeyboardInterrupt:
+            mlflow.set_tag("state", "FAIL")
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            mlflow.set_tag("state", "FAIL")
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.log_metric("best_val_accuracy", value)
+        mlflow.set_tags({"state": "COMPLETE", "pruned": "false"})
+        mlflow.end_run(status="FINISHED")
+        return value
+
+    return objective
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int = 0) -> "optuna.Study":
+    """Create or load the study; the sampler seed moves on with the trials done and the worker index,
+    so a resumed run or a second worker does not replay the same random configurations."""
+    import optuna
+
+    def sampler(s: int) -> optuna.samplers.TPESampler:
+        return optuna.samplers.TPESampler(seed=s, n_startup_trials=n_startup)
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(seed),
+                                pruner=pruner, load_if_exists=True)
+    offset = len(study.trials) + 7919 * worker_index
+    if offset:
+        study.sampler = sampler(seed + offset)
+    return study
+
+
+def _optimize(study: "optuna.Study", objective_kwargs: dict[str, Any], n_trials: int, timeout_s: float | None,
+              claim_path: Path, track: bool, bar: Any = None) -> None:
+    """Run trials until COMPLETE+PRUNED (+ running elsewhere) reach n_trials, or the timeout; one claim per trial."""
+    t0 = time.monotonic()
+    while timeout_s is None or time.monotonic() - t0 < timeout_s:
+        claim = _Claim(claim_path).acquire()
+        try:
+            fail_dead_trials(study, track)
+            if counted(study, running=True) >= n_trials:
+                break
+            objective = _objective(claim=claim, track=track, **objective_kwargs)
+            study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
+        finally:
+            claim.release()
+        if bar is not None:
+            bar.n = counted(study)
+            best = _best_value(study)
+            bar.set_postfix_str(f"best val_acc {best:.4f}" if best is not None else "")
+            bar.refresh()
+
+
+def _best_value(study: "optuna.Study") -> float | None:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(t.value for t in done) if done else None
+
+
+def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int,
+                 workers: int, n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
+                 objective_kwargs: dict[str, Any]) -> None:
+    """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study."""
+    from ferops.runner import setup_logging
+
+    # Share the cores instead of every worker's TF using all of them (read when TF first loads, i.e. later).
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    setup_logging()
+    if track and tracking_uri:
+        import mlflow
+
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+    storage = make_storage(spec, Path(root), workers=2 if spec.startswith("journal:") else 1)
+    study = _open_study(storage, name, seed, pruner, n_startup, worker_index)
+    _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name), track)
+
+
+def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> None:
+    """Run `workers` spawned processes on the shared study and wait for them, showing progress."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fork after TF/threads is unsafe
+    procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers},
+                         name=f"tune-worker-{i + 1}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(1.0)
+            n = counted(study)
+            if bar is not None and n != bar.n:
+                bar.n = n
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for p in procs:
+            p.join()
+    bad = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
+    if bad:
+        raise FerError(f"tuning workers failed: {', '.join(bad)}. Finished trials are kept in the study; rerun the "
+                       "stage to resume.")
+
+
+@contextlib.contextmanager
+def _parent_run(study: "optuna.Study", family: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Any]:
+    """The study's MLflow parent run: reopened when the study already has one (resume), else created."""
+    import mlflow
+
+    from ferops.tracking import RUN_ID_FILE, model_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id:
+            try:
+                ok = mlflow.get_run(run_id).info.lifecycle_stage == "active"
+            except Exception:  # another tracking store
+                ok = False
+            if ok:
+                Path(tmp, RUN_ID_FILE).write_text(run_id + "\n")
+        all_tags = {**tags, "optuna_study": study.study_name}
+        with model_run(stage="tune", model=family, params=params, tags=all_tags, run_dir=Path(tmp)) as run:
+            study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+            yield run
+
+
+def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
+    """Optuna's matplotlib plots as PNGs: optimization history, intermediate values, importances (≥2 complete), parallel coordinate."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from ferops.plots import _plt
+
+    plt = _plt()
+    vis = optuna.visualization.matplotlib
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots: list[tuple[str, Callable[[], Any]]] = [("optimization_history", lambda: vis.plot_optimization_history(study)),
+                                                  ("intermediate_values", lambda: vis.plot_intermediate_values(study))]
+    if n_complete >= 2:
+        plots += [("param_importances", lambda: vis.plot_param_importances(study)),
+                  ("parallel_coordinate", lambda: vis.plot_parallel_coordinate(study))]
+    paths = []
+    for name, make in plots:
+        if n_complete == 0:
+            break
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # e.g. "importances will be equal" on tiny studies
+                ax = make()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            paths.append(path)
+        except Exception as exc:  # e.g. importances of a parameter that never varied
+            log.warning("plot %s skipped: %s", name, exc)
+        finally:
+            plt.close("all")
+    return paths
+
+
+def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: str, wall_s: float) -> dict[str, Any]:
+    """The tuning report: best params/value (validation accuracy) and trial counts by state."""
+    from optuna.trial import TrialState
+
+    by = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    best = study.best_trial if by[TrialState.COMPLETE] else None
+    return {
+        "family": family, "study_name": study.study_name, "storage": redact(storage),
+        "best_params": dict(best.params) if best else {}, "best_value": float(best.value) if best else None,
+        "best_trial": best.number if best else None, "metric": "val_accuracy",
+        "n_trials": n_trials, "n_complete": by[TrialState.COMPLETE], "n_pruned": by[TrialState.PRUNED],
+        "n_failed": by[TrialState.FAIL], "n_running": by[TrialState.RUNNING], "wall_s": round(float(wall_s), 2),
+        "mlflow_run_id": study.user_attrs.get("mlflow_parent_run_id"),
+    }
+
+
+def _log_summary(summary: dict[str, Any], figures: list[Path]) -> None:
+    """Best params (`best_` params, as tags when a resumed run already holds other values), best value, plots."""
+    import mlflow
+
+    run = mlflow.active_run()
+    have = mlflow.get_run(run.info.run_id).data.params if run else {}
+    new, changed = {}, {}
+    for k, v in summary["best_params"].items():
+        key = f"best_{k}"
+        (changed if key in have and have[key] != str(v) else new)[key] = str(v)
+    if new:
+        mlflow.log_params(new)
+    if changed:  # params are immutable; a resumed study can find a better trial
+        mlflow.set_tags(changed)
+    if summary["best_value"] is not None:
+        mlflow.log_metric("best_val_accuracy", summary["best_value"])
+    mlflow.log_metrics({k: summary[k] for k in ("n_complete", "n_pruned", "n_failed")})
+    mlflow.set_tag("best_trial", str(summary["best_trial"]))
+    for p in figures:
+        mlflow.log_artifact(str(p), artifact_path="optuna")
+    mlflow.log_dict(summary, "tuning.json")
+
+
+def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], train: FerData, val: FerData, *,
+              storage: "str | None | optuna.storages.BaseStorage", study_name: str, n_trials: int,
+              timeout_s: float | None = None, seed: int = 42, epochs: int = 6, workers: int = 1,
+              pruner: Any = None, n_startup_trials: int | None = None, trial_fn: TrialFn | None = None,
+              track: bool = True, mlflow_tags: dict[str, str] | None = None, figures_dir: Path | None = None,
+              root: Path | None = None, progress: bool = True) -> "optuna.Study":
+    """Run (or resume) a maximise-val-accuracy study until n_trials COMPLETE+PRUNED trials; returns the study.
+
+    `storage`: a spec for `make_storage` (None/sqlite URL/journal:<path>/RDB URL) or an Optuna storage
+    object (one worker only). `trial_fn` defaults to `keras_trial`; a cheap one can test the machinery.
+    With `track`, MLflow must already be initialised (`ferops.tracking.init_tracking`).
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.monotonic()
+    root = Path(root or repo_root())
+    if workers < 1:
+        raise ConfigError(f"tune.workers={workers}: must be ≥ 1.")
+    if isinstance(storage, (str, type(None))):
+        spec = storage_spec(storage, root, workers)
+        store = make_storage(spec, root, workers)
+    elif workers > 1:
+        raise ConfigError("parallel workers need the storage as a spec string (journal:<path> or a URL), not an object.")
+    else:
+        spec, store = f"object:{id(storage)}", storage
+    pruner = pruner if pruner is not None else make_pruner(None, epochs)
+    n_startup = n_startup_trials or min(10, max(3, n_trials // 3))
+    study = _open_study(store, study_name, seed, pruner, n_startup)
+    claim_path = _claim_path(spec, study_name)
+    claim = _Claim(claim_path).acquire()
+    try:
+        fail_dead_trials(study, track)
+    finally:
+        claim.release()
+    for k, v in {"family": family, "epochs": epochs, "n_trials": n_trials, "train_rows": len(train), "val_rows": len(val)}.items():
+        study.set_user_attr(k, v)
+    params = {"study_name": study_name, "storage": redact(spec), "n_trials": n_trials, "epochs": epochs,
+              "timeout_s": timeout_s, "seed": seed, "workers": workers, "train_rows": len(train), "val_rows": len(val),
+              "space": space, "base": cfg_base}
+    experiment_id = tracking = None
+    if track:
+        import mlflow
+
+        tracking = mlflow.get_tracking_uri()
+        ctx = _parent_run(study, family, params, mlflow_tags or {})
+    else:
+        ctx = contextlib.nullcontext()
+    with ctx as parent:
+        if parent is not None:
+            experiment_id = parent.info.experiment_id
+        okw = {"trial_fn": trial_fn or keras_trial, "cfg_base": cfg_base, "space": space, "train": train, "val": val,
+               "seed": seed, "epochs": epochs, "parent_run_id": parent.info.run_id if parent else None,
+               "experiment_id": experiment_id}
+        done = counted(study)
+        log.info("study %s: %d/%d trials counted so far, storage %s", study_name, done, n_trials, redact(spec))
+        bar = tqdm(total=n_trials, initial=done, desc=f"tune {family}", unit="trial", disable=not progress)
+        try:
+            if workers == 1:
+                _optimize(study, okw, n_trials, timeout_s, claim_path, track, bar)
+            else:
+                _spawn_workers(workers, bar, study, spec=spec, root=str(root), name=study_name, seed=seed, pruner=pruner,
+                               n_startup=n_startup, n_trials=n_trials, timeout_s=timeout_s, track=track,
+                               tracking_uri=tracking, objective_kwargs=okw)
+        finally:
+            bar.close()
+        figures = study_plots(study, figures_dir) if figures_dir is not None else []
+        summary = study_summary(study, family, n_trials, spec, time.monotonic() - t0)
+        if track:
+            _log_summary(summary, figures)
+    return study

@@ -1,0 +1,65 @@
+"""tune stage: Optuna search for one deep family (objective: val accuracy) → reports/tuning/<family>.json + plots."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ferops.runner import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--family", required=True, help="a key of tune.families (and of train_deep.models)")
+    ap.add_argument("--split", required=True, type=Path, help="folder with train.npz and val.npz")
+    ap.add_argument("--ingest-report", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path, help="tuning report (JSON)")
+    ap.add_argument("--figures", required=True, type=Path, help="folder for the Optuna plots")
+    ap.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: tune.workers)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+
+    from ferops import tuning
+    from ferops.config import load_params, repo_root, section
+    from ferops.data.io import load_npz, read_json, write_json
+    from ferops.errors import ConfigError
+    from ferops.tracking import dataset_tags, init_tracking
+    from ferops.training import resolve_config
+
+    params = load_params(args.params)
+    tune, deep = section(params, "tune"), section(params, "train_deep")
+    fam = (tune.get("families") or {}).get(args.family)
+    model = (deep.get("models") or {}).get(args.family)
+    if not fam or not model or not fam.get("space"):
+        raise ConfigError(f"--family {args.family}: params.yaml needs tune.families.{args.family} (with a `space:`) "
+                          f"and train_deep.models.{args.family} (the base config).")
+    seed = int(params.get("seed", 42))
+    ingest = read_json(args.ingest_report)
+    b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")))
+    cfg = resolve_config(deep.get("common") or {}, model)
+    train = tuning.stratified_subsample(load_npz(args.split / "train.npz"), b["train_rows"], seed)
+    val = tuning.stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
+    # Same space/config/data/epochs → same study (a rerun resumes it); any change → a fresh study.
+    name = tuning.study_name(args.family, {"cfg": cfg, "space": fam["space"], "epochs": b["epochs"], "seed": seed,
+                                           "pruner": tune.get("pruner"), "data": tuning.data_digest(train, val)})
+    workers = int(args.workers or tune.get("workers") or 1)
+    root = repo_root()
+    init_tracking()
+
+    t0 = time.monotonic()
+    study = tuning.run_study(args.family, cfg, fam["space"], train, val, storage=tune.get("storage"), study_name=name,
+                             n_trials=b["n_trials"], timeout_s=b["timeout_s"], seed=seed, epochs=b["epochs"],
+                             workers=workers, pruner=tuning.make_pruner(tune.get("pruner"), b["epochs"]),
+                             mlflow_tags=dataset_tags(ingest), figures_dir=args.figures, root=root)
+    spec = tuning.storage_spec(tune.get("storage"), root, workers)
+    report = tuning.study_summary(study, args.family, b["n_trials"], spec, time.monotonic() - t0)
+    report.update(epochs=b["epochs"], train_rows=len(train), val_rows=len(val), workers=workers,
+                  dataset=dataset_tags(ingest)["dataset"])
+    write_json(report, args.out)
+    print(f"tune {args.family}: best val_accuracy {report['best_value']} with {report['best_params']} "
+          f"({report['n_complete']} complete, {report['n_pruned']} pruned) → {args.out}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,238 @@
+"""Tuning machinery end to end on real storages: pruning (Optuna PRUNED / MLflow KILLED), resume after SIGKILL,
+parallel workers on one JournalFileBackend study, and a real Keras trial.
+
+The resume/parallel tests use a cheap trial function (no TF) so they take seconds; it goes through the
+same `run_study` machinery (claims, dead-worker recovery, nested MLflow runs) as the Keras objective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ferops import tuning
+from ferops.data.io import FerData
+
+pytestmark = pytest.mark.integration
+
+SPACE = {"lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "batch_size": {"choices": [16, 32]}}
+CNN = {"arch": "cnn", "filters": [4, 8], "dense": 16, "dropout": 0.1, "lr": 1e-3, "batch_size": 32, "epochs": 2,
+       "optimizer": "adam", "schedule": "cosine", "warmup_epochs": 0, "label_smoothing": 0.0, "weight_decay": 0.0,
+       "early_stopping_patience": 5, "precision": "fp32",
+       "online_aug": {"hflip": True, "rotate_deg": 0, "translate": 0.0, "zoom": 0.0, "contrast": 0.0, "crop": 0, "erasing": 0.0}}
+
+
+def _fer(n: int, seed: int = 0) -> FerData:
+    try:
+        from ferops.data.synthetic import make_synthetic
+
+        return make_synthetic(n, seed)
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return FerData(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), (np.arange(n) % 7).astype(np.int8),
+                       np.array(["Training"] * n), np.array([f"r{i}" for i in range(n)]))
+
+
+def cheap_trial(trial, cfg, train, val, *, seed, epochs):
+    """Stand-in for training: the score peaks at lr = 1e-3; optional sleep per epoch (env FEROPS_TEST_EPOCH_S)."""
+    score = 0.9 - 0.1 * abs(np.log10(cfg["lr"]) + 3)
+    markers = os.environ.get("FEROPS_TEST_MARKERS")  # a folder: one file per reported epoch (t<trial>e<epoch>)
+    for e in range(epochs):
+        time.sleep(float(os.environ.get("FEROPS_TEST_EPOCH_S", "0")))
+        tuning.report_epoch(trial, e, score * (e + 1) / epochs)
+        if markers:
+            Path(markers, f"t{trial.number}e{e}").touch()
+    return score
+
+
+def barrier_trial(trial, cfg, train, val, *, seed, epochs):
+    """cheap_trial that first waits (≤ 60 s) until two workers have trials, so both workers surely take part."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len({t.user_attrs.get("worker") for t in trial.study.get_trials(deepcopy=False)} - {None}) >= 2:
+            break
+        time.sleep(0.1)
+    return cheap_trial(trial, cfg, train, val, seed=seed, epochs=epochs)
+
+
+class PruneNumbers(optuna.pruners.BasePruner):
+    """Prunes the trials whose number is in `numbers` at their first report; never the others."""
+
+    def __init__(self, numbers: set[int]):
+        self.numbers = set(numbers)
+
+    def prune(self, study, trial):
+        return trial.number in self.numbers
+
+
+def _runs(study_name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("ferops")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.optuna_study = '{study_name}'", max_results=500)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children, client
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """One real sqlite MLflow store for the module (creating one costs seconds); tests use distinct study names."""
+    from ferops.tracking import init_tracking
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+        yield init_tracking()
+
+
+def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, tracking):
+    data = _fer(40)
+    study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="prune", n_trials=4, epochs=3,
+                             seed=0, pruner=PruneNumbers({1, 3}), trial_fn=cheap_trial, root=tmp_path,
+                             figures_dir=tmp_path / "fig", progress=False)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED] * 2
+    assert (tmp_path / "optuna.db").exists()
+
+    parents, children, client = _runs("prune")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.data.tags["stage"] == "tune" and parent.data.tags["model"] == "cnn"
+    assert parent.info.status == "FINISHED"
+    by_number = {int(r.data.tags["optuna_trial_number"]): r for r in children}
+    for n, t in enumerate(study.trials):
+        run = by_number[n]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["lr"] == str(t.params["lr"])
+        if t.state == TrialState.PRUNED:
+            assert run.info.status == "KILLED"
+            assert run.data.tags["pruned"] == "true" and run.data.tags["state"] == "PRUNED"
+            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # pruned at the first epoch
+        else:
+            assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+            assert run.data.metrics["best_val_accuracy"] == pytest.approx(t.value)
+            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    assert parent.data.params["best_lr"] == str(study.best_params["lr"])
+    assert parent.data.metrics["n_pruned"] == 2
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= arts
+    assert (tmp_path / "fig" / "optimization_history.png").stat().st_size > 1000
+
+    summary = tuning.study_summary(study, "cnn", 4, "sqlite:///x", 1.0)
+    assert (summary["n_complete"], summary["n_pruned"], summary["n_failed"]) == (2, 2, 0)
+    assert summary["best_params"] == study.best_params and summary["mlflow_run_id"] == parent.info.run_id
+
+
+RESUME_SCRIPT = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    import optuna
+    from ferops import tuning
+    from ferops.tracking import init_tracking
+    sys.path.insert(0, sys.argv[2])
+    from test_tune_resume import CNN, SPACE, _fer, cheap_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    init_tracking()
+    root = Path(sys.argv[1])
+    data = _fer(30)
+    study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="resume", n_trials=4, epochs=3,
+                             seed=0, pruner=optuna.pruners.NopPruner(), trial_fn=cheap_trial, root=root, progress=False)
+    print("DONE", len(study.trials))
+''')
+
+
+def test_killed_study_resumes_without_losing_trials(tmp_path, tracking, monkeypatch):
+    script = tmp_path / "tune_script.py"
+    script.write_text(RESUME_SCRIPT)
+    monkeypatch.setenv("FEROPS_TEST_EPOCH_S", "0.3")
+    cmd = [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("FEROPS_TEST_MARKERS", str(markers))
+    # The test never opens the study while the subprocess runs (two processes creating one sqlite schema race).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not (markers / "t2e0").exists():
+            time.sleep(0.05)
+        mid_trial = (markers / "t2e0").exists()  # trials 0 and 1 told, trial 2 has reported its first epoch
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        out = proc.communicate()[0]
+    assert mid_trial, f"study never reached a killable point:\n{out}"
+    after_kill = optuna.load_study(study_name="resume", storage=storage).trials
+    before = {t.number: t.value for t in after_kill if t.state == TrialState.COMPLETE}
+    running = [t.number for t in after_kill if t.state == TrialState.RUNNING]
+    assert len(before) >= 2 and len(running) == 1, [(t.number, t.state) for t in after_kill]
+    killed = running[0]  # left RUNNING by the dead process
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study = optuna.load_study(study_name="resume", storage=storage)
+    trials = study.trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert tuning.counted(study) == 4  # exactly n_trials finished, the killed one replaced
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for n, v in before.items():  # no finished trial lost or rerun
+        assert trials[n].state == TrialState.COMPLETE and trials[n].value == v
+    assert trials[killed].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].params == trials[killed].params
+    assert retried[0].state == TrialState.COMPLETE
+
+    parents, children, _ = _runs("resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # one parent run, reopened on resume
+    status = {int(r.data.tags["optuna_trial_number"]): r.info.status for r in children}
+    assert status[killed] == "KILLED"
+    assert all(status[t.number] == "FINISHED" for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_parallel_workers_share_one_journal_study(tmp_path, tracking):
+    data = _fer(30)
+    spec = f"journal:{tmp_path / 'journal.log'}"
+    study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=spec, study_name="parallel", n_trials=6, epochs=2,
+                             seed=0, workers=2, trial_fn=barrier_trial, root=tmp_path, progress=False)
+    trials = study.trials
+    assert tuning.counted(study) == 6
+    assert len(trials) == 6 and sorted(t.number for t in trials) == list(range(6))  # no surplus trial started
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2 and all(f":{os.getpid()}:" not in w for w in workers)
+    assert isinstance(tuning.make_storage(spec, tmp_path, 2), optuna.storages.JournalStorage)
+    parents, children, _ = _runs("parallel")
+    assert len(parents) == 1 and len(children) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+def test_keras_trials_complete_and_prune(tmp_path, tracking):
+    pytest.importorskip("ferops.training")
+    train, val = _fer(84, seed=1), _fer(42, seed=2)
+    study = tuning.run_study("cnn", CNN, {"lr": {"low": 1e-3, "high": 3e-3, "log": True}}, train, val, storage=None,
+                             study_name="keras", n_trials=2, epochs=2, seed=0, pruner=PruneNumbers({1}),
+                             root=tmp_path, progress=False)
+    complete, pruned = study.trials
+    assert complete.state == TrialState.COMPLETE and pruned.state == TrialState.PRUNED
+    assert sorted(complete.intermediate_values) == [0, 1] and list(pruned.intermediate_values) == [0]
+    assert complete.value == pytest.approx(max(complete.intermediate_values.values()))
+    _, children, client = _runs("keras")
+    status = {int(r.data.tags["optuna_trial_number"]): r for r in children}
+    assert status[0].info.status == "FINISHED" and status[1].info.status == "KILLED"
+    assert status[1].data.tags["pruned"] == "true"
+    assert len(client.get_metric_history(status[1].info.run_id, "val_accuracy")) == 1  # the pruned epoch is logged

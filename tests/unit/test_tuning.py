@@ -1,0 +1,205 @@
+"""Unit tests of the tuning module: search space, config mapping, storages, budgets, dead-trial recovery."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from ferops import tuning
+from ferops.data.io import FerData
+from ferops.errors import ConfigError
+
+SPACE = {
+    "lr": {"low": 3.0e-4, "high": 3.0e-3, "log": True},
+    "dropout": {"low": 0.0, "high": 0.4},
+    "depth": {"low": 1, "high": 3},
+    "base_width": {"choices": [24, 32, 48]},
+}
+RESNET = {"arch": "resnet", "stages": [2, 2, 2, 2], "widths": [32, 64, 128, 256], "lr": 2e-3, "dropout": 0.2,
+          "batch_size": 128, "online_aug": {"hflip": True, "rotate_deg": 10, "translate": 0.1, "zoom": 0.1,
+                                            "contrast": 0.1, "crop": 44, "erasing": 0.25}}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _fer(n: int, labels: np.ndarray | None = None) -> FerData:
+    y = (np.arange(n) % 7 if labels is None else labels).astype(np.int8)
+    return FerData(np.zeros((n, 48, 48), np.uint8), y, np.array(["Training"] * n), np.array([str(i) for i in range(n)]))
+
+
+def test_suggest_params_types_ranges_and_distributions():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        p = tuning.suggest_params(trial, SPACE)
+        assert set(p) == set(SPACE)
+        assert isinstance(p["lr"], float) and 3.0e-4 <= p["lr"] <= 3.0e-3
+        assert isinstance(p["dropout"], float) and 0.0 <= p["dropout"] <= 0.4
+        assert isinstance(p["depth"], int) and 1 <= p["depth"] <= 3
+        assert p["base_width"] in (24, 32, 48)
+        study.tell(trial, 0.5)
+    d = study.trials[0].distributions
+    assert isinstance(d["lr"], FloatDistribution) and d["lr"].log
+    assert isinstance(d["dropout"], FloatDistribution) and not d["dropout"].log
+    assert isinstance(d["depth"], IntDistribution)
+    assert isinstance(d["base_width"], CategoricalDistribution)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"x": {"low": 1.0}}, "low` and `high"),
+    ({"x": {"low": 2.0, "high": 1.0}}, "swap"),
+    ({"x": {"low": 0.0, "high": 1.0, "log": True}}, "log scale"),
+    ({"x": {"choices": []}}, "empty"),
+    ({"x": 3}, "expected"),
+])
+def test_suggest_params_rejects_bad_spaces_with_the_name(spec, words):
+    trial = optuna.create_study().ask()
+    with pytest.raises(ConfigError, match=words) as exc:
+        tuning.suggest_params(trial, spec)
+    assert "`x`" in str(exc.value)
+
+
+def test_apply_params_resnet_width_aug_and_direct_keys_without_mutating():
+    before = repr(RESNET)
+    out = tuning.apply_params(RESNET, {"base_width": 24, "aug_strength": 0.5, "lr": 1e-3, "dropout": 0.35,
+                                       "batch_size": 64, "label_smoothing": 0.05, "weight_decay": 1e-4})
+    assert repr(RESNET) == before  # the input config is left alone
+    assert out["widths"] == [24, 48, 96, 192] and "base_width" not in out
+    aug = out["online_aug"]
+    assert aug["rotate_deg"] == pytest.approx(5.0) and aug["translate"] == pytest.approx(0.05)
+    assert aug["zoom"] == pytest.approx(0.05) and aug["contrast"] == pytest.approx(0.05)
+    assert aug["erasing"] == pytest.approx(0.125)
+    assert aug["hflip"] is True and aug["crop"] == 44  # not strengths
+    assert (out["lr"], out["dropout"], out["batch_size"], out["label_smoothing"], out["weight_decay"]) == (1e-3, 0.35, 64, 0.05, 1e-4)
+
+
+def test_apply_params_is_applied_once_by_the_model_zoo():
+    """The zoo also understands base_width/aug_strength keys: the mapped config must not be scaled twice."""
+    zoo = pytest.importorskip("ferops.models.zoo")
+    out = tuning.apply_params({**RESNET, "base_width": 64}, {"base_width": 16, "aug_strength": 2.0})
+    assert zoo.resnet_widths(out) == [16, 32, 64, 128]
+    aug = zoo.aug_config(out)
+    assert aug["rotate_deg"] == pytest.approx(20.0) and aug["erasing"] == pytest.approx(0.5)
+
+
+def test_apply_params_cnn_depth_dotted_and_unknown_keys():
+    cnn = {"arch": "cnn", "filters": [32, 64], "dense": 128, "online_aug": {"erasing": 0.6}}
+    out = tuning.apply_params(cnn, {"depth": 3, "base_width": 16, "dense": 64, "online_aug.crop": 40,
+                                    "aug_strength": 2.0})
+    assert out["filters"] == [16, 32, 64] and out["dense"] == 64
+    assert out["online_aug"]["crop"] == 40 and out["online_aug"]["erasing"] == 1.0  # clipped: a probability
+    assert tuning.apply_params(RESNET, {"depth": 3})["stages"] == [3, 3, 3, 3]
+    with pytest.raises(ConfigError, match="not a training config key"):
+        tuning.apply_params(cnn, {"momentum_typo": 0.9})
+
+
+def test_apply_params_round_trips_study_best_params():
+    """train_deep applies reports/tuning/<family>.json best_params with the same function."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(lambda t: len(tuning.apply_params(RESNET, tuning.suggest_params(t, SPACE))["widths"]), n_trials=3)
+    out = tuning.apply_params(RESNET, study.best_params)
+    assert out["widths"][0] == study.best_params["base_width"]
+    assert out["stages"] == [study.best_params["depth"]] * 4
+
+
+def test_make_storage_defaults_journal_rdb_and_guards(tmp_path, monkeypatch):
+    monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    default = tuning.make_storage(None, tmp_path, 1)
+    assert default == f"sqlite:///{(tmp_path / 'optuna.db').resolve()}"
+    assert Path(default[len("sqlite:///"):]).is_absolute()
+
+    js = tuning.make_storage(None, tmp_path, 2)
+    assert isinstance(js, optuna.storages.JournalStorage)
+    assert (tmp_path / tuning.DEFAULT_JOURNAL).exists()
+    rel = tuning.make_storage("journal:sub/j.log", tmp_path, 1)
+    assert isinstance(rel, optuna.storages.JournalStorage) and (tmp_path / "sub" / "j.log").exists()
+
+    # Any other SQLAlchemy URL (here sqlite through an explicit driver, standing in for PostgreSQL): heartbeat + retry.
+    rdb = tuning.make_storage(f"sqlite+pysqlite:///{tmp_path / 'rdb.db'}", tmp_path, 1)
+    assert isinstance(rdb, optuna.storages.RDBStorage)
+    assert rdb.get_heartbeat_interval() == tuning.HEARTBEAT_S
+    assert isinstance(rdb.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
+
+    with pytest.raises(ConfigError, match="MLflow database"):
+        tuning.make_storage(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, 1)
+    with pytest.raises(ConfigError, match="parallel workers"):
+        tuning.make_storage(f"sqlite:///{tmp_path / 'o.db'}", tmp_path, 2)
+    with pytest.raises(ConfigError, match="SQLAlchemy URL"):
+        tuning.make_storage("optuna.db", tmp_path, 1)
+    monkeypatch.setenv(tuning.STORAGE_ENV, "journal:env.log")
+    assert tuning.storage_spec(None, tmp_path) == "journal:env.log"
+
+
+def test_budget_demo_caps_and_redaction():
+    fam = {"n_trials": 6, "epochs": 6, "timeout_min": 20, "train_max_rows": 12000}
+    demo = {"max_trials": 3, "max_epochs": 2, "max_train_rows": 2000}
+    assert tuning.budget(fam, demo, synthetic=False) == {"n_trials": 6, "epochs": 6, "train_rows": 12000, "timeout_s": 1200.0}
+    assert tuning.budget(fam, demo, synthetic=True) == {"n_trials": 3, "epochs": 2, "train_rows": 2000, "timeout_s": 1200.0}
+    with pytest.raises(ConfigError, match="n_trials"):
+        tuning.budget({"epochs": 2}, None, False)
+    assert tuning.redact("postgresql://ann:s3cret@db:5432/optuna") == "postgresql://ann:***@db:5432/optuna"
+    assert tuning.redact("sqlite:////a/b.db") == "sqlite:////a/b.db"
+
+
+def test_study_name_tracks_the_fingerprint():
+    a = tuning.study_name("resnet", {"space": SPACE, "epochs": 6})
+    assert a.startswith("ferops-resnet-") and a == tuning.study_name("resnet", {"epochs": 6, "space": SPACE})
+    assert a != tuning.study_name("resnet", {"space": SPACE, "epochs": 7})
+
+
+def test_stratified_subsample_exact_proportional_seeded():
+    y = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 300, 500])
+    y = np.concatenate([y, [-1] * 50])  # unlabeled rows are never trained on
+    d = _fer(len(y), y)
+    s = tuning.stratified_subsample(d, 1000, seed=3)
+    assert len(s) == 1000 and (s.emotion >= 0).all()
+    counts = np.bincount(s.emotion, minlength=7)
+    assert np.abs(counts - np.bincount(y[y >= 0], minlength=7) * 1000 / 2840).max() <= 1
+    assert np.array_equal(s.source_id, tuning.stratified_subsample(d, 1000, seed=3).source_id)
+    assert not np.array_equal(s.source_id, tuning.stratified_subsample(d, 1000, seed=4).source_id)
+    assert len(tuning.stratified_subsample(d, None, 0)) == 2840
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_fail_dead_trials_fails_and_requeues_only_dead_workers(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = tuning.worker_id().split(":")[0]
+    t_dead = study.ask({"lr": FloatDistribution(1e-4, 1e-2, log=True)})
+    t_dead.set_user_attr("worker", f"{host}:{dead.stdout.strip()}:1")
+    t_live = study.ask({"lr": FloatDistribution(1e-4, 1e-2, log=True)})
+    t_live.set_user_attr("worker", tuning.worker_id())
+    t_remote = study.ask()
+    t_remote.set_user_attr("worker", "some-other-host:1:1")
+
+    assert tuning.fail_dead_trials(study, track=False) == [t_dead.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[t_dead.number] == TrialState.FAIL
+    assert states[t_live.number] == states[t_remote.number] == TrialState.RUNNING
+    retry = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == study.trials[t_dead.number].params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry[0]) == t_dead.number
+    assert tuning.fail_dead_trials(study, track=False) == []  # idempotent
+
+
+def test_store_root_leaves_dvc_temp_copies_and_digest_tracks_rows(tmp_path):
+    assert tuning.store_root(tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12") == tmp_path.resolve()
+    assert tuning.store_root(tmp_path) == tmp_path.resolve()
+    spec = tuning.storage_spec(None, tmp_path / ".dvc" / "tmp" / "exps" / "x")
+    assert spec == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"  # the experiment's trials land in the real repo's DB
+    a, b = _fer(20), _fer(20)
+    assert tuning.data_digest(a) == tuning.data_digest(b)
+    b.emotion[0] = 6
+    assert tuning.data_digest(a) != tuning.data_digest(b)
+    assert isinstance(tuning.make_pruner({"n_warmup_steps": 2}, 6), optuna.pruners.MedianPruner)
