@@ -1,0 +1,77 @@
+"""Benchmark: the seed reports' per-row `np.fromstring` loop vs ferops' reader on the full FER2013 CSV.
+
+Usage:  python benchmarks/ingest.py [--data ../shared/data/fer2013.csv.gz] [--repeats 3] [--baseline-repeats 1]
+Both readers run interleaved in one process on the same file; medians, end to end (gunzip included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fer2013.csv.gz"
+
+
+def baseline(path: Path) -> np.ndarray:
+    """The reports' reader: pandas for the table, then np.fromstring per row."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    faces = [np.fromstring(row, sep=" ") for row in df["pixels"]]
+    return np.stack(faces).reshape(-1, 48, 48).astype(np.uint8)
+
+
+def ours(path: Path) -> np.ndarray:
+    """ferops.data.formats.read_any (validation included)."""
+    from ferops.data.formats import read_any
+
+    data, _ = read_any(path)
+    return data.pixels
+
+
+def timed(fn, path: Path) -> tuple[float, float, np.ndarray]:
+    """Wall and CPU seconds of one call (CPU time is the fairer figure on a shared machine), and its output."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(path)
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("FER2013_CSV", DEFAULT)))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-repeats", type=int, default=1)
+    args = ap.parse_args()
+    if not args.data.exists():
+        print(f"skip: {args.data} not found (the real FER2013 CSV; see ../shared/data/README.md)")
+        return 0
+    print(f"data: {args.data.resolve()} ({args.data.stat().st_size / 1e6:.1f} MB)")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {sys.version.split()[0]}, numpy {np.__version__}")
+    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
+    px: dict[str, np.ndarray] = {}
+    for i in range(max(args.repeats, args.baseline_repeats)):  # interleaved, so both see the same machine load
+        for name, fn, n in (("ours", ours, args.repeats), ("baseline", baseline, args.baseline_repeats)):
+            if i < n:
+                wall, cpu, px[name] = timed(fn, args.data)
+                runs[name].append((wall, cpu))
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+    for k, label in (("ours", "ferops read_any            "), ("baseline", "baseline per-row fromstring")):
+        print(f"{label}: median {med[k][0]:6.2f} s wall, {med[k][1]:6.2f} s CPU; "
+              f"wall runs {[round(w, 2) for w, _ in runs[k]]}")
+    px_base, px_ours = px["baseline"], px["ours"]
+    same = px_base.shape == px_ours.shape and np.array_equal(px_base, px_ours)
+    print(f"rows: {len(px_ours)}; identical pixels: {same}")
+    print(f"speed-up: {med['baseline'][0] / med['ours'][0]:.1f}x wall, {med['baseline'][1] / med['ours'][1]:.1f}x CPU")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

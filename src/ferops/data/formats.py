@@ -1,0 +1,590 @@
+"""Readers for every FER2013 layout people download, into one canonical FerData.
+
+Formats (auto-detected by `detect_source`):
+  fer2013  competition `fer2013.csv`: `emotion,pixels,Usage`
+  icml     `icml_face_data.csv`: `emotion, Usage, pixels` (leading spaces in the header)
+  kaggle   `train.csv` (`emotion,pixels`, maybe `id`/`Usage`) + `test.csv` (`id,pixels`, no labels)
+  folders  `train|test/<class>/*.jpg|png` of any size or colour (→ 48x48 grey); `<Usage>_<id>.jpg`
+           file names set the usage when present
+`.csv.gz` works everywhere. Bad rows either fail with a message naming the file, rows and reason
+(`on_bad_rows: fail`), or are returned untouched as `Rejected` for the quarantine file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS, UNLABELED
+from ferops.data.io import FerData, sha256_file
+from ferops.errors import ConfigError, DataError
+
+log = logging.getLogger("ferops.formats")
+
+FORMATS: tuple[str, ...] = ("fer2013", "icml", "kaggle", "folders")
+ON_BAD_ROWS: tuple[str, ...] = ("fail", "quarantine")
+USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
+UNLABELED_USAGE = "Unlabeled"
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
+QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "row", "reason", "raw")
+
+# Class folder names seen in the wild (case-insensitive), plus the label digits.
+CLASS_ALIASES: dict[str, int] = {
+    **{name.lower(): i for i, name in enumerate(EMOTIONS)}, **{str(i): i for i in range(len(EMOTIONS))},
+    "anger": 0, "disgusted": 1, "fearful": 2, "scared": 2, "happiness": 3, "sadness": 4, "surprised": 5,
+}
+# Split folder names → usage when the file name carries none.
+FOLDER_USAGE: dict[str, str] = {"train": "Training", "training": "Training", "val": "PublicTest",
+                                "validation": "PublicTest", "publictest": "PublicTest", "test": "PrivateTest",
+                                "privatetest": "PrivateTest"}
+_SENTINEL = -7777  # joins rows in one fast parse; never a valid pixel, so its positions give per-row counts
+_CHUNK_ROWS = 2000
+_PROGRESS_ROWS = 5000  # show progress bars above this many rows/files
+_PROGRESS_BYTES = 16 << 20
+_FIX = ("Fix or delete them, or set `ingest.on_bad_rows: quarantine` in params.yaml to skip them "
+        "(they are written untouched to reports/quarantine.csv).")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One input row or file that was not accepted, kept untouched for the quarantine file."""
+
+    source: str  # the file (or image folder root) it came from
+    row: int  # 1-based data row (header not counted) or file index in a folder
+    reason: str
+    raw: str  # the original line text, or the image file's path
+
+
+# --------------------------------------------------------------------------------------------- detection
+
+
+def detect_source(path: str | Path) -> tuple[str, Path] | None:
+    """(format, path to read) for a dataset file/folder, or None when `path` holds no dataset."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if p.is_file():
+        return _classify_file(p), p
+    for d in (p, *sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))):
+        for name, fmt in (("fer2013.csv", "fer2013"), ("icml_face_data.csv", "icml"), ("train.csv", "kaggle"),
+                          ("test.csv", "kaggle")):
+            for f in (d / name, d / f"{name}.gz"):
+                if f.is_file():
+                    return (_classify_file(f) if fmt != "kaggle" else "kaggle"), f
+        if _is_image_root(d):
+            return "folders", d
+        other = sorted(f for f in d.iterdir() if f.is_file() and _strip_gz(f.name).lower().endswith(".csv"))
+        if other:
+            return _classify_file(other[0]), other[0]
+    archives = sorted(f.name for f in p.iterdir() if f.name.lower().endswith(ARCHIVE_EXTS))
+    if archives:
+        raise DataError(f"{p}: found archive(s) {', '.join(archives)} but no dataset — extract them into {p}/ first "
+                        "(expected fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ folders).")
+    return None
+
+
+def _strip_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _classify_file(f: Path) -> str:
+    """Format of one CSV file, from its header (and name)."""
+    name = _strip_gz(f.name).lower()
+    if not name.endswith(".csv"):
+        raise DataError(f"{f}: not a CSV file or image folder — point ingest.source at fer2013.csv, "
+                        "icml_face_data.csv, train.csv or an image folder.")
+    cols = [c.strip().lower() for c in _header(f)]
+    if "pixels" not in cols:
+        raise DataError(f"{f}: missing column 'pixels' (header: {','.join(cols)}). Expected `emotion,pixels,Usage` "
+                        "(fer2013.csv), `emotion, Usage, pixels` (icml_face_data.csv) or `id,pixels` (test.csv).")
+    if name.startswith("icml") or cols[:3] == ["emotion", "usage", "pixels"]:
+        return "icml"
+    if name.startswith("fer2013"):
+        return "fer2013"  # the competition file: its Usage column is required
+    if name in ("train.csv", "test.csv") or "usage" not in cols:
+        return "kaggle"
+    return "fer2013"
+
+
+def _header(f: Path) -> list[str]:
+    """The first line of a (maybe gzipped) CSV, split on commas."""
+    with open(f, "rb") as fh:
+        head = fh.read(1 << 16)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(wbits=47).decompress(head, 1 << 16)
+        except zlib.error as exc:
+            raise DataError(f"{f}: not a readable gzip file ({exc}) — re-download or decompress it.") from None
+    line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
+    if not line:
+        raise DataError(f"{f}: empty file (no header, no rows) — re-download it.")
+    return next(csv.reader([line]))
+
+
+def _is_image_root(d: Path) -> bool:
+    """True when d holds split folders (train/test/...) or class folders with images."""
+    subs = [c for c in d.iterdir() if c.is_dir()]
+    split_dirs = [c for c in subs if c.name.lower() in FOLDER_USAGE]
+    class_dirs = [c for c in subs if c.name.lower() in CLASS_ALIASES]
+    return any(_has_images(c) for c in split_dirs + class_dirs)
+
+
+def _has_images(d: Path) -> bool:
+    return any(f.suffix.lower() in IMAGE_EXTS for f in d.rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+def read_any(path: str | Path, on_bad_rows: str = "fail", fmt: str | None = None) -> tuple[FerData, list[Rejected]]:
+    """Read any supported dataset file/folder; bad rows fail (default) or come back as Rejected."""
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ConfigError(f"ingest.on_bad_rows: {on_bad_rows!r} is not one of {', '.join(ON_BAD_ROWS)}.")
+    p = Path(path)
+    if fmt is None:
+        found = detect_source(p)
+        if found is None:
+            raise DataError(f"{p}: no dataset found (expected fer2013.csv, icml_face_data.csv, train.csv+test.csv "
+                            "or train|test/<class>/ image folders).")
+        fmt, p = found
+    if fmt == "folders":
+        return read_image_folders(p, on_bad_rows)
+    if fmt == "kaggle":
+        return read_kaggle(p, on_bad_rows)
+    if fmt in ("fer2013", "icml"):
+        return read_csv(p, on_bad_rows, require=("emotion", "usage"))
+    raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+
+
+def read_kaggle(path: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, list[Rejected]]:
+    """Kaggle `train.csv` (+ sibling `test.csv`, unlabeled rows → emotion −1, usage Unlabeled)."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    files = [f for n in ("train.csv", "test.csv") for f in (folder / n, folder / f"{n}.gz") if f.is_file()]
+    if p.is_file() and p not in files:
+        files = [p]
+    if not files:
+        raise DataError(f"{folder}: no train.csv or test.csv found.")
+    parts, rejected = [], []
+    for f in files:
+        is_test = _strip_gz(f.name).lower() == "test.csv"
+        # No Usage column: "Unknown" (the split stage's `stratified` strategy assigns train/val/test).
+        data, rej = read_csv(f, on_bad_rows, default_usage="PrivateTest" if is_test else "Unknown",
+                             require=() if is_test else ("emotion",))
+        parts.append(data)
+        rejected += rej
+    return FerData.concat(parts), rejected
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+
+def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "Training",
+             require: Sequence[str] = ("emotion",)) -> tuple[FerData, list[Rejected]]:
+    """One pixels CSV (fer2013 / icml / kaggle train or test) → FerData + rejected rows.
+
+    Columns are matched by stripped, case-insensitive name; `pixels` and the `require`d columns must
+    exist. Without `emotion` (or, when `emotion` is not required, an empty label) a row is unlabeled
+    (−1, usage Unlabeled); `Usage` defaults to `default_usage`; an `id` column names rows.
+    """
+    p = Path(path)
+    table = _read_table(p)
+    cols = [c.strip().lower() for c in table.header]
+    missing = [c for c in ("pixels", *require) if c not in cols]
+    if missing:
+        raise DataError(f"{p}: missing column(s) {', '.join(repr(m) for m in missing)} (header: {','.join(table.header)}). "
+                        "Expected `emotion,pixels,Usage` (fer2013.csv) or `emotion, Usage, pixels` (icml_face_data.csv).")
+    n, ncol = len(table.line_no), len(cols)
+    if n == 0:
+        raise DataError(f"{p}: no data rows below the header — the file is empty or was cut short; re-download it.")
+    # A last line without its newline that is too short is the classic sign of a cut-off download.
+    cut = " — the line is cut short (truncated file?)" if not table.complete else ""
+    reasons: dict[int, str] = {}
+    for i in np.flatnonzero(table.nfields != ncol).tolist():
+        k = int(table.nfields[i])
+        reasons[i] = f"expected {ncol} fields, found {k}" + (cut if i == n - 1 and k < ncol else "")
+
+    pixels, pix_bad = parse_pixel_strings(table.column(cols.index("pixels"), views=True), desc=f"parse {p.name}")
+    for i, why in pix_bad.items():
+        if i not in reasons:
+            reasons[i] = why + (cut if i == n - 1 and why.startswith("expected") else "")
+    emotion = np.full(n, UNLABELED, np.int8)
+    if "emotion" in cols:
+        for i, s in enumerate(table.column(cols.index("emotion"))):
+            if i in reasons:
+                continue
+            lab, why = _parse_label(s)
+            if why and not (not s.strip() and "emotion" not in require):  # test files may leave labels empty
+                reasons[i] = why
+            else:
+                emotion[i] = lab
+    if "usage" in cols:
+        usage = np.array([s.strip() for s in table.column(cols.index("usage"))], dtype=object)
+        for i in np.flatnonzero(~np.isin(usage, USAGES)).tolist():
+            reasons.setdefault(i, f"Usage {usage[i]!r} is not one of {', '.join(USAGES)}")
+    else:
+        usage = np.full(n, default_usage, dtype=object)
+    usage[emotion == UNLABELED] = UNLABELED_USAGE
+    ids = [s.strip() for s in table.column(cols.index("id"))] if "id" in cols else [str(k) for k in table.line_no]
+    stem = _strip_gz(p.name)[:-4]
+    source_id = np.array([f"{stem}:{x}" for x in ids])
+
+    rejected = [Rejected(str(p), table.line_no[i], reasons[i], table.raw_line(i)) for i in sorted(reasons)]
+    _check_bad(p, rejected, n, on_bad_rows)
+    keep = np.ones(n, bool)
+    keep[list(reasons)] = False
+    return FerData(pixels[keep], emotion[keep], usage[keep].astype(str), source_id[keep]), rejected
+
+
+@dataclass
+class _Table:
+    """A CSV split into fields without copying the big pixel field (bytes views into the raw file)."""
+
+    header: list[str]
+    line_no: list[int]  # 1-based data row number of each kept line (blank lines skipped)
+    nfields: np.ndarray  # fields found on each line (rows with the wrong count get empty fields)
+    raw: bytes | list[str]  # the whole file's bytes (fast path) or its raw lines (quoted-CSV path)
+    starts: np.ndarray
+    ends: np.ndarray
+    bounds: list[tuple[np.ndarray, np.ndarray]]  # per column: (start, end) byte offsets, fast path only
+    rows: list[list[str]] | None = None  # quoted-CSV path: fields per line
+    complete: bool = True  # the file ends with a newline
+
+    def column(self, k: int, views: bool = False) -> list:
+        """Field k of every line as str, or (fast path, views=True) as zero-copy memoryviews of the raw bytes."""
+        if self.rows is not None:
+            return [r[k] if len(r) > k else "" for r in self.rows]
+        a, b = self.bounds[k]
+        if views:  # the big pixel field: no per-row copies; parse_pixel_strings joins them in one pass
+            mv = memoryview(self.raw)  # type: ignore[arg-type]
+            return [mv[x:y] for x, y in zip(a.tolist(), b.tolist())]
+        raw = self.raw
+        return [raw[x:y].decode("utf-8", "replace") for x, y in zip(a.tolist(), b.tolist())]  # type: ignore[index]
+
+    def raw_line(self, i: int) -> str:
+        """The original text of line i (untouched, without its line ending)."""
+        if self.rows is not None:
+            return self.raw[i]  # type: ignore[return-value]
+        return self.raw[int(self.starts[i]):int(self.ends[i])].decode("utf-8", "replace")  # type: ignore[index]
+
+
+def _read_table(p: Path) -> _Table:
+    """Split a CSV into header + per-line fields; numpy finds the commas (fast), csv handles quoted files."""
+    raw = _read_bytes(p)
+    if raw[:3] == b"\xef\xbb\xbf":
+        raw = raw[3:]
+    if not raw or raw.isspace():
+        raise DataError(f"{p}: empty file (no header, no rows) — re-download it.")
+    h = raw.find(b"\n")
+    h = len(raw) if h < 0 else h
+    header = next(csv.reader([raw[:h].decode("utf-8", "replace").rstrip("\r")]))
+    if b'"' in raw:  # quoted fields: let the csv module unquote them (slower, rare)
+        lines = raw[h + 1:].decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
+        kept = [(k, ln) for k, ln in enumerate(lines, start=1) if ln and not ln.isspace()]
+        rows = [next(csv.reader([ln]), []) for _, ln in kept]
+        return _Table(header, [k for k, _ in kept], np.array([len(r) for r in rows], int), [ln for _, ln in kept],
+                      np.empty(0, int), np.empty(0, int), [], rows, raw.endswith(b"\n"))
+    buf = np.frombuffer(raw, np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    starts = nl + 1  # data line k starts after newline k (newline 0 ends the header) …
+    ends = np.r_[nl[1:], len(raw)][:len(starts)]  # … and ends at the next newline or the end of the file
+    if b"\r" in raw:
+        ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13))
+    line_no = np.arange(1, len(starts) + 1)
+    keep = ends > starts  # blank lines (e.g. the end of the file) are not rows
+    starts, ends, line_no = starts[keep], ends[keep], line_no[keep]
+    commas = np.r_[np.flatnonzero(buf == 44), len(raw)]  # a final dummy keeps clipped indices valid
+    first = np.searchsorted(commas, starts)
+    nfields = np.searchsorted(commas, ends) - first + 1
+    ncol = len(header)
+    good = nfields == ncol
+    bounds = []
+    for j in range(ncol):
+        a = starts.copy() if j == 0 else commas[np.minimum(first + j - 1, len(commas) - 1)] + 1
+        b = ends.copy() if j == ncol - 1 else commas[np.minimum(first + j, len(commas) - 1)]
+        a[~good] = starts[~good]
+        b[~good] = starts[~good]  # rows with the wrong field count get empty fields
+        bounds.append((a, b))
+    return _Table(header, line_no.tolist(), nfields, raw, starts, ends, bounds, None, raw.endswith(b"\n"))
+
+
+def _read_bytes(p: Path) -> bytes:
+    """Whole file as bytes, gunzipping when compressed, with a byte progress bar on big files."""
+    from tqdm import tqdm
+
+    size = p.stat().st_size
+    parts: list[bytes] = []
+    with open(p, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"read {p.name}",
+                                   disable=size < _PROGRESS_BYTES, leave=False) as bar:
+        magic = fh.read(2)
+        fh.seek(0)
+        dec = zlib.decompressobj(wbits=47) if magic == b"\x1f\x8b" else None
+        try:
+            while block := fh.read(16 << 20):
+                bar.update(len(block))
+                if dec is None:
+                    parts.append(block)
+                    continue
+                parts.append(dec.decompress(block))
+                while dec.eof and dec.unused_data:  # concatenated gzip members
+                    rest = dec.unused_data
+                    dec = zlib.decompressobj(wbits=47)
+                    parts.append(dec.decompress(rest))
+        except zlib.error as exc:
+            raise DataError(f"{p}: corrupt gzip data ({exc}) — re-download the file.") from None
+    if dec is not None and not dec.eof:
+        raise DataError(f"{p}: the compressed file ends early (truncated download?) — re-download it.")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _parse_label(s: str) -> tuple[int, str]:
+    """(label, "") for an integer 0..6 (also "3.0"), else (−1, reason)."""
+    t = s.strip()
+    if len(t) == 1 and "0" <= t <= "6":
+        return int(t), ""
+    if not t:
+        return UNLABELED, "missing emotion label"
+    try:
+        v = float(t)
+    except ValueError:
+        return UNLABELED, f"emotion label {t[:20]!r} is not an integer 0..6"
+    if not v.is_integer():
+        return UNLABELED, f"emotion label {t[:20]!r} is not an integer 0..6"
+    if not 0 <= v < len(EMOTIONS):
+        return UNLABELED, f"emotion label {int(v)} outside 0..6"
+    return int(v), ""
+
+
+def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
+                        desc: str = "parse pixels") -> tuple[np.ndarray, dict[int, str]]:
+    """Space-separated pixel strings → uint8[N,48,48] + {row index: reason} for rows not 2304 values in 0..255.
+
+    Fast path: a chunk of rows joined by a sentinel value is parsed by one C call (np.fromstring);
+    sentinel positions give per-row counts, and a chunk with anything odd is re-checked row by row.
+    """
+    from tqdm import tqdm
+
+    n = len(strings)
+    out = np.zeros((n, IMG_SIZE, IMG_SIZE), np.uint8)
+    flat = out.reshape(n, N_PIXELS)
+    bad: dict[int, str] = {}
+    sep: str | bytes = f" {_SENTINEL} "
+    if n and not isinstance(strings[0], str):
+        sep = sep.encode()
+    with tqdm(total=n, unit="row", desc=desc, disable=n < _PROGRESS_ROWS, leave=False) as bar:
+        for lo in range(0, n, _CHUNK_ROWS):
+            hi = min(lo + _CHUNK_ROWS, n)
+            vals = _fromstring(sep.join(strings[lo:hi]) + sep)
+            ends = np.flatnonzero(vals == _SENTINEL) if vals is not None else np.empty(0, int)
+            if vals is None or len(ends) != hi - lo or ends[-1] != len(vals) - 1:
+                for i in range(lo, hi):  # the C parse stopped early (non-numeric text): check each row
+                    row, why = _parse_one(_text(strings[i]))
+                    if why:
+                        bad[i] = why
+                    else:
+                        flat[i] = row
+                bar.update(hi - lo)
+                continue
+            starts = np.r_[0, ends[:-1] + 1]
+            good = (ends - starts) == N_PIXELS
+            idx = np.flatnonzero(good)
+            if len(idx) == hi - lo:  # every row has 2304 values: a zero-copy view, sentinel column dropped
+                block = vals.reshape(hi - lo, N_PIXELS + 1)[:, :N_PIXELS]
+            else:
+                block = vals[starts[idx, None] + np.arange(N_PIXELS)]
+            in_range = (block.view(np.uint32) <= 255).all(axis=1)  # negatives wrap to huge values
+            flat[lo + idx[in_range]] = block[in_range]
+            for k in np.r_[np.flatnonzero(~good), idx[~in_range]]:
+                bad[lo + int(k)] = _pixel_problem(_text(strings[lo + int(k)]))
+            bar.update(hi - lo)
+    return out, bad
+
+
+def _text(s: str | bytes | memoryview) -> str:
+    return s if isinstance(s, str) else bytes(s).decode("utf-8", "replace")
+
+
+def _fromstring(s: str | bytes) -> np.ndarray | None:
+    """np.fromstring of whitespace-separated ints, or None when it cannot read to the end."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # older NumPy only warns on unparsable text
+        try:
+            return np.fromstring(s, sep=" ", dtype=np.int32)
+        except (ValueError, DeprecationWarning):
+            return None
+
+
+def _parse_one(s: str) -> tuple[np.ndarray | None, str]:
+    """One pixel string → (2304 uint8 values, "") or (None, reason)."""
+    vals = _fromstring(s)
+    if vals is not None and len(vals) == N_PIXELS and vals.min() >= 0 and vals.max() <= 255:
+        return vals.astype(np.uint8), ""
+    return None, _pixel_problem(s)
+
+
+def _pixel_problem(s: str) -> str:
+    """The first thing wrong with a pixel string, in words."""
+    toks = s.split()
+    if len(toks) != N_PIXELS:
+        return f"expected {N_PIXELS} pixel values, found {len(toks)}"
+    for k, t in enumerate(toks, start=1):
+        try:
+            v = int(t)
+        except ValueError:
+            return f"non-numeric pixel value {t[:20]!r} at position {k}"
+        if not 0 <= v <= 255:
+            return f"pixel value {v} at position {k} outside 0..255"
+    return "unparsable pixel values"
+
+
+def _check_bad(source: Path, rejected: list[Rejected], total: int, on_bad_rows: str, unit: str = "row") -> None:
+    """In `fail` mode, raise one DataError listing the first bad rows, the count, the reasons and the fix."""
+    if not rejected or on_bad_rows == "quarantine":
+        if rejected:
+            log.warning("%s: %d of %d %ss rejected (quarantined)", source, len(rejected), total, unit)
+        return
+    shown = "; ".join(f"{unit} {r.row}{' (' + Path(r.raw).name + ')' if unit == 'file' else ''}: {r.reason}"
+                      for r in rejected[:5])
+    more = f" … and {len(rejected) - 5} more" if len(rejected) > 5 else ""
+    raise DataError(f"{source}: {len(rejected)} bad {unit}(s) of {total} ({unit}s numbered from 1"
+                    f"{', header not counted' if unit == 'row' else ''}) — {shown}{more}. {_FIX}")
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, list[Rejected]]:
+    """`train|test/<class>/*.jpg|png` (any size/colour) → 48x48 grey FerData + rejected files.
+
+    Usage comes from a `<Usage>_<id>` file-name prefix when present, else from the split folder
+    (train → Training, val → PublicTest, test → PrivateTest). Images directly inside a split folder
+    are unlabeled.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    root = Path(root)
+    items = list(_image_files(root))
+    if not items:
+        raise DataError(f"{root}: no images found (expected train|test/<class>/*.jpg|png).")
+    n = len(items)
+    pixels = np.zeros((n, IMG_SIZE, IMG_SIZE), np.uint8)
+    emotion = np.full(n, UNLABELED, np.int8)
+    usage = np.empty(n, dtype=object)
+    source_id = np.empty(n, dtype=object)
+    keep = np.zeros(n, bool)
+    rejected: list[Rejected] = []
+    for i, (f, split_usage, cls_name) in enumerate(tqdm(items, unit="img", desc=f"read {root.name}",
+                                                        disable=n < _PROGRESS_ROWS, leave=False)):
+        label = CLASS_ALIASES.get(cls_name.lower()) if cls_name else UNLABELED
+        if label is None:
+            rejected.append(Rejected(str(root), i + 1, f"unknown class folder {cls_name!r} (expected one of "
+                                     f"{', '.join(e.lower() for e in EMOTIONS)})", str(f)))
+            continue
+        img = _load_image(f, cv2)
+        if img is None:
+            rejected.append(Rejected(str(root), i + 1, "unreadable or corrupt image", str(f)))
+            continue
+        prefix = f.stem.split("_", 1)[0]
+        pixels[i], emotion[i], keep[i] = img, label, True
+        usage[i] = prefix if prefix in USAGES else split_usage
+        if label == UNLABELED:
+            usage[i] = UNLABELED_USAGE
+        source_id[i] = f.relative_to(root).as_posix()
+    _check_bad(root, rejected, n, on_bad_rows, unit="file")
+    return FerData(pixels[keep], emotion[keep], usage[keep].astype(str), source_id[keep].astype(str)), rejected
+
+
+def _image_files(root: Path) -> Iterable[tuple[Path, str, str]]:
+    """(file, usage from its split folder, class folder name or "") for every image, in sorted order."""
+    subs = sorted(c for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
+    splits = [c for c in subs if c.name.lower() in FOLDER_USAGE]
+    # Without split folders, the root holds the class folders directly (all Training).
+    for split_dir, split_usage in ([(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, "Training")]):
+        for f in sorted(split_dir.rglob("*")):
+            if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS or f.name.startswith("."):
+                continue
+            rel = f.relative_to(split_dir).parts
+            yield f, split_usage, (rel[0] if len(rel) > 1 else "")
+
+
+def _load_image(f: Path, cv2) -> np.ndarray | None:  # noqa: ANN001 - cv2 module passed in (lazy import)
+    """Any image file → uint8[48,48] grey (centre-cropped to square, then resized), or None if unreadable."""
+    buf = np.fromfile(f, np.uint8)  # imdecode(fromfile) also handles non-ASCII paths
+    if buf.size == 0:
+        return None
+    img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    if img is None or img.size == 0:
+        return None
+    h, w = img.shape[:2]
+    if h != w:  # keep the face's aspect ratio: centre-crop to a square first
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    if img.shape != (IMG_SIZE, IMG_SIZE):
+        interp = cv2.INTER_AREA if img.shape[0] > IMG_SIZE else cv2.INTER_LINEAR
+        img = cv2.resize(img, (IMG_SIZE, IMG_SIZE), interpolation=interp)
+    return img
+
+
+# --------------------------------------------------------------------------------------------- quarantine
+
+
+def write_quarantine(rejected: Sequence[Rejected], path: str | Path) -> Path:
+    """Write every rejected row/file (header only when none) as CSV: source,row,reason,raw."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(QUARANTINE_COLUMNS)
+        w.writerows((r.source, r.row, r.reason, r.raw) for r in rejected)
+    return p
+
+
+# --------------------------------------------------------------------------------------------- summaries
+
+
+def source_sha256(fmt: str, path: str | Path) -> str:
+    """sha256 of the raw input: the file, the image folder, or (kaggle) train.csv + test.csv together."""
+    p = Path(path)
+    if fmt != "kaggle":
+        return sha256_file(p)
+    folder = p if p.is_dir() else p.parent
+    files = [f for n in ("train.csv", "test.csv") for f in (folder / n, folder / f"{n}.gz") if f.is_file()] or [p]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def dataset_sha256(data: FerData) -> str:
+    """sha256 of a dataset's arrays (pixels, labels, usage, ids): the fingerprint of generated data."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data.pixels).tobytes())
+    h.update(np.asarray(data.emotion, np.int8).tobytes())
+    for col in (data.usage, data.source_id):
+        h.update("\n".join(map(str, col)).encode())
+    return h.hexdigest()
+
+
+def summarize(data: FerData) -> dict[str, object]:
+    """Row counts: labeled/unlabeled, per usage, per class name, per usage × class name."""
+    labeled = data.emotion != UNLABELED
+    present = set(data.usage.tolist())
+    usages = [u for u in USAGES if u in present] + sorted(present - set(USAGES))  # competition order first
+    per_usage_class = {u: {name: int(((data.usage == u) & (data.emotion == c)).sum()) for c, name in enumerate(EMOTIONS)}
+                       for u in usages if ((data.usage == u) & labeled).any()}
+    return {
+        "rows": len(data), "labeled": int(labeled.sum()), "unlabeled": int((~labeled).sum()),
+        "per_usage": {u: int((data.usage == u).sum()) for u in usages},
+        "per_class": {name: int((data.emotion == c).sum()) for c, name in enumerate(EMOTIONS)},
+        "per_usage_class": per_usage_class,
+    }

@@ -1,0 +1,348 @@
+"""Readers of every FER2013 layout, format detection, and bad-input handling (fail vs quarantine)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ferops.constants import EMOTIONS
+from ferops.data import formats
+from ferops.data.formats import detect_source, parse_pixel_strings, read_any, write_quarantine
+from ferops.data.io import FerData
+from ferops.data.synthetic import make_synthetic
+from ferops.errors import ConfigError, DataError
+
+REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fer2013.csv.gz"
+SAMPLE_IMAGES = REAL.parent / "fer2013_images_sample"
+
+
+@pytest.fixture(scope="module")
+def faces() -> FerData:
+    return make_synthetic(12, seed=3)
+
+
+def pix(img: np.ndarray) -> str:
+    return " ".join(map(str, img.reshape(-1).tolist()))
+
+
+def competition_lines(d: FerData) -> list[str]:
+    return [f"{e},{pix(p)},{u}" for p, e, u in zip(d.pixels, d.emotion, d.usage)]
+
+
+def write(path: Path, header: str, lines: list[str], newline: str = "\n") -> Path:
+    path.write_text(newline.join([header, *lines]) + newline)
+    return path
+
+
+def assert_same(got: FerData, want: FerData) -> None:
+    np.testing.assert_array_equal(got.pixels, want.pixels)
+    np.testing.assert_array_equal(got.emotion, want.emotion)
+    np.testing.assert_array_equal(got.usage, want.usage)
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def test_competition_csv_roundtrip_and_detection(tmp_path, faces):
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))
+    assert detect_source(tmp_path) == ("fer2013", f)
+    data, rejected = read_any(tmp_path)
+    assert rejected == []
+    assert_same(data, faces)
+    assert data.pixels.dtype == np.uint8 and data.emotion.dtype == np.int8
+    assert data.source_id[0] == "fer2013:1" and data.source_id[-1] == f"fer2013:{len(faces)}"
+
+
+def test_icml_csv_with_spaced_header(tmp_path, faces):
+    lines = [f"{e},{u},{pix(p)}" for p, e, u in zip(faces.pixels, faces.emotion, faces.usage)]
+    f = write(tmp_path / "icml_face_data.csv", "emotion, Usage, pixels", lines)
+    assert detect_source(tmp_path) == ("icml", f)
+    data, _ = read_any(f)
+    assert_same(data, faces)
+
+
+def test_icml_header_detected_by_column_order_under_any_name(tmp_path, faces):
+    lines = [f"{e},{u},{pix(p)}" for p, e, u in zip(faces.pixels, faces.emotion, faces.usage)]
+    f = write(tmp_path / "faces.csv", "emotion, Usage, pixels", lines)
+    assert detect_source(f) == ("icml", f)
+    assert_same(read_any(f)[0], faces)
+
+
+def test_gzipped_csv_and_crlf(tmp_path, faces):
+    text = "\r\n".join(["emotion,pixels,Usage", *competition_lines(faces)]) + "\r\n"
+    f = tmp_path / "fer2013.csv.gz"
+    f.write_bytes(gzip.compress(text.encode()))
+    assert detect_source(tmp_path) == ("fer2013", f)
+    assert_same(read_any(f)[0], faces)
+
+
+def test_quoted_fields_are_unquoted(tmp_path, faces):
+    lines = [f'"{e}","{pix(p)}","{u}"' for p, e, u in zip(faces.pixels, faces.emotion, faces.usage)]
+    f = write(tmp_path / "fer2013.csv", '"emotion","pixels","Usage"', lines)
+    assert_same(read_any(f)[0], faces)
+
+
+def test_nested_folder_is_found(tmp_path, faces):
+    (tmp_path / "fer2013").mkdir()
+    f = write(tmp_path / "fer2013" / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))
+    assert detect_source(tmp_path) == ("fer2013", f)
+
+
+def test_kaggle_train_and_unlabeled_test(tmp_path, faces):
+    tr, te = faces.subset(np.arange(8)), faces.subset(np.arange(8, 12))
+    write(tmp_path / "train.csv", "id,emotion,pixels", [f"{i},{e},{pix(p)}" for i, (p, e) in enumerate(zip(tr.pixels, tr.emotion))])
+    write(tmp_path / "test.csv", "id,pixels", [f"{100 + i},{pix(p)}" for i, p in enumerate(te.pixels)])
+    fmt, path = detect_source(tmp_path)
+    assert fmt == "kaggle"
+    data, rejected = read_any(path)
+    assert rejected == [] and len(data) == 12
+    np.testing.assert_array_equal(data.pixels, faces.pixels)
+    np.testing.assert_array_equal(data.emotion[:8], tr.emotion)
+    assert (data.emotion[8:] == -1).all()
+    assert set(data.usage[8:]) == {"Unlabeled"} and set(data.usage[:8]) == {"Unknown"}
+    assert data.source_id[8] == "test:100" and data.source_id[0] == "train:0"
+
+
+def test_kaggle_test_without_id_and_empty_label_column(tmp_path, faces):
+    write(tmp_path / "test.csv", "emotion,pixels", [f",{pix(p)}" for p in faces.pixels[:3]])
+    data, rejected = read_any(tmp_path)
+    assert rejected == [] and (data.emotion == -1).all() and list(data.source_id) == ["test:1", "test:2", "test:3"]
+
+
+def _write_image_tree(root: Path, faces: FerData) -> dict[str, tuple[int, str]]:
+    """train/<Class>/ colour + large images, test/<class>/ with <Usage>_<id> names; returns name → (label, usage)."""
+    want = {}
+    for i, (img, e) in enumerate(zip(faces.pixels, faces.emotion)):
+        split = "train" if i % 2 == 0 else "test"
+        cls = EMOTIONS[e] if i % 3 else EMOTIONS[e].upper()  # class folders are case-insensitive
+        d = root / split / cls
+        d.mkdir(parents=True, exist_ok=True)
+        if split == "train":
+            big = cv2.resize(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), (144, 144), interpolation=cv2.INTER_CUBIC)
+            name = f"img{i}.jpg"
+            cv2.imwrite(str(d / name), big)
+            want[name] = (int(e), "Training")
+        else:
+            name = f"PublicTest_{i}.png" if i % 4 == 1 else f"{i}.png"
+            cv2.imwrite(str(d / name), img)
+            want[name] = (int(e), "PublicTest" if name.startswith("PublicTest") else "PrivateTest")
+    return want
+
+
+def test_image_folders_any_size_and_colour(tmp_path, faces):
+    want = _write_image_tree(tmp_path / "imgs", faces)
+    assert detect_source(tmp_path) == ("folders", tmp_path / "imgs")
+    data, rejected = read_any(tmp_path / "imgs")
+    assert rejected == [] and len(data) == len(faces)
+    assert data.pixels.shape == (len(faces), 48, 48) and data.pixels.dtype == np.uint8
+    for sid, e, u, img in zip(data.source_id, data.emotion, data.usage, data.pixels):
+        name = Path(sid).name
+        assert (e, u) == want[name], sid
+        if name.endswith(".png"):  # lossless 48x48 grey: exact
+            np.testing.assert_array_equal(img, faces.pixels[int(name.split("_")[-1][:-4])])
+        else:  # colour, 160x120 JPEG → centre crop + resize: close to the original face
+            orig = faces.pixels[int(name[3:-4])].astype(float)
+            assert np.abs(img.astype(float) - orig).mean() < 8
+
+
+def test_non_square_image_is_centre_cropped(tmp_path):
+    img = np.zeros((60, 120, 3), np.uint8)
+    img[:, 30:90] = (0, 0, 255)  # a red centre square between black side bands
+    (tmp_path / "train" / "sad").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "sad" / "wide.png"), img)
+    data, _ = read_any(tmp_path)
+    assert data.pixels.shape == (1, 48, 48) and data.emotion.tolist() == [4] and data.usage.tolist() == ["Training"]
+    assert (data.pixels[0] == cv2.cvtColor(img[:1, 30:31], cv2.COLOR_BGR2GRAY)[0, 0]).all()  # no black band left
+
+
+@pytest.mark.realdata
+def test_shared_image_sample():
+    if not SAMPLE_IMAGES.exists():
+        pytest.skip(f"{SAMPLE_IMAGES} not present")
+    data, rejected = read_any(SAMPLE_IMAGES)
+    assert len(data) == 280 and rejected == []
+    assert np.bincount(data.emotion, minlength=7).tolist() == [40] * 7
+    assert set(data.usage) <= {"Training", "PublicTest", "PrivateTest"}
+
+
+def test_no_dataset_returns_none(tmp_path):
+    (tmp_path / ".gitkeep").write_text("")
+    assert detect_source(tmp_path) is None
+    assert detect_source(tmp_path / "missing") is None
+
+
+def test_archive_only_asks_to_extract(tmp_path):
+    (tmp_path / "fer2013.tar.gz").write_bytes(b"x")
+    with pytest.raises(DataError, match="extract"):
+        detect_source(tmp_path)
+
+
+def test_bad_on_bad_rows_value(tmp_path, faces):
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))
+    with pytest.raises(ConfigError, match="on_bad_rows"):
+        read_any(f, "skip")
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+BAD_CASES = {
+    "wrong_count": (lambda line: line.rsplit(" ", 1)[0] + "," + line.rsplit(",", 1)[1], "expected 2304 pixel values, found 2303"),
+    "out_of_range": (lambda line: line.split(",")[0] + ",300 " + line.split(",", 1)[1].split(" ", 1)[1], "outside 0..255"),
+    "negative": (lambda line: line.split(",")[0] + ",-5 " + line.split(",", 1)[1].split(" ", 1)[1], "outside 0..255"),
+    "float_pixel": (lambda line: line.split(",")[0] + ",1.5 " + line.split(",", 1)[1].split(" ", 1)[1], "non-numeric"),
+    "label_range": (lambda line: "9" + line[1:], "emotion label 9 outside 0..6"),
+    "label_text": (lambda line: "happy" + line[1:], "not an integer 0..6"),
+    "bad_usage": (lambda line: line.rsplit(",", 1)[0] + ",Trainig", "Usage 'Trainig'"),
+    "extra_field": (lambda line: line + ",x", "expected 3 fields, found 4"),
+}
+
+
+def _non_numeric(line: str) -> str:
+    head, rest = line.split(",", 1)
+    return head + ",12 abc " + rest.split(" ", 2)[2]
+
+
+BAD_CASES["non_numeric"] = (_non_numeric, "non-numeric pixel value 'abc' at position 2")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_row_fails_with_file_row_reason_and_fix(tmp_path, faces, case):
+    lines = competition_lines(faces)
+    mutate, reason = BAD_CASES[case]
+    lines[2] = mutate(lines[2])
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines)
+    with pytest.raises(DataError) as exc:
+        read_any(f)
+    msg = str(exc.value)
+    assert "fer2013.csv" in msg and "row 3" in msg and reason in msg
+    assert "on_bad_rows: quarantine" in msg
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_row_quarantined_untouched(tmp_path, faces, case):
+    lines = competition_lines(faces)
+    mutate, reason = BAD_CASES[case]
+    lines[2] = mutate(lines[2])
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines)
+    data, rejected = read_any(f, "quarantine")
+    assert len(data) + len(rejected) == len(lines) == len(faces)
+    assert [r.row for r in rejected] == [3] and reason in rejected[0].reason
+    assert rejected[0].raw == lines[2] and rejected[0].source == str(f)
+    keep = np.arange(len(faces)) != 2
+    assert_same(data, faces.subset(keep))
+    q = write_quarantine(rejected, tmp_path / "q.csv")
+    with open(q, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"source": str(f), "row": "3", "reason": rejected[0].reason, "raw": lines[2]}]
+
+
+def test_truncated_last_line(tmp_path, faces):
+    text = "\n".join(["emotion,pixels,Usage", *competition_lines(faces)])
+    f = tmp_path / "fer2013.csv"
+    f.write_text(text[: len(text) - 3000])  # cut in the middle of the last row's pixels
+    with pytest.raises(DataError, match=r"row 12: expected 3 fields, found 2 — the line is cut short"):
+        read_any(f)
+    data, rejected = read_any(f, "quarantine")
+    assert len(data) == 11 and len(rejected) == 1 and rejected[0].raw == text[: len(text) - 3000].split("\n")[-1]
+
+
+def test_truncated_gzip_always_fails(tmp_path, faces):
+    blob = gzip.compress("\n".join(["emotion,pixels,Usage", *competition_lines(faces)]).encode())
+    f = tmp_path / "fer2013.csv.gz"
+    f.write_bytes(blob[: len(blob) // 2])
+    for mode in ("fail", "quarantine"):
+        with pytest.raises(DataError, match="ends early"):
+            read_any(f, mode)
+
+
+def test_many_bad_rows_listed_first_five_and_total(tmp_path, faces):
+    lines = competition_lines(faces)
+    for k in range(1, 12, 2):
+        lines[k] = "7" + lines[k][1:]
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines)
+    with pytest.raises(DataError) as exc:
+        read_any(f)
+    msg = str(exc.value)
+    assert "6 bad row(s) of 12" in msg and "row 2:" in msg and "row 10:" in msg and "row 12:" not in msg
+    assert "and 1 more" in msg
+    data, rejected = read_any(f, "quarantine")
+    assert [r.row for r in rejected] == [2, 4, 6, 8, 10, 12] and len(data) == 6
+
+
+def test_blank_lines_keep_row_numbers(tmp_path, faces):
+    lines = competition_lines(faces)
+    lines.insert(1, "")
+    lines[4] = "8" + lines[4][1:]  # data line 5 (the blank line counts as a line)
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines)
+    data, rejected = read_any(f, "quarantine")
+    assert len(data) == 11 and [r.row for r in rejected] == [5]
+
+
+@pytest.mark.parametrize("mode", ["fail", "quarantine"])
+def test_missing_column_always_fails(tmp_path, faces, mode):
+    f = write(tmp_path / "fer2013.csv", "emotion,pixel_values,Usage", competition_lines(faces))
+    with pytest.raises(DataError, match="missing column 'pixels'"):
+        read_any(f, mode)
+    (tmp_path / "x").mkdir()
+    g = write(tmp_path / "x" / "fer2013.csv", "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(faces.pixels, faces.emotion)])
+    with pytest.raises(DataError, match="missing column.*'usage'"):
+        read_any(g, mode)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"emotion,pixels,Usage\n"])
+@pytest.mark.parametrize("mode", ["fail", "quarantine"])
+def test_empty_file_always_fails(tmp_path, content, mode):
+    f = tmp_path / "fer2013.csv"
+    f.write_bytes(content)
+    with pytest.raises(DataError, match="empty|no data rows"):
+        read_any(f, mode)
+
+
+def test_corrupt_images_fail_or_quarantine(tmp_path, faces):
+    root = tmp_path / "imgs"
+    _write_image_tree(root, faces)
+    bad = root / "train" / "Happy" / "broken.jpg"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (root / "train" / "Happy" / "empty.png").write_bytes(b"")
+    (root / "train" / "grumpy").mkdir()
+    cv2.imwrite(str(root / "train" / "grumpy" / "g.png"), faces.pixels[0])
+    with pytest.raises(DataError) as exc:
+        read_any(root)
+    msg = str(exc.value)
+    assert "broken.jpg" in msg and "unreadable or corrupt image" in msg and "unknown class folder 'grumpy'" in msg
+    assert "3 bad file(s)" in msg and "on_bad_rows: quarantine" in msg
+    data, rejected = read_any(root, "quarantine")
+    assert len(data) == len(faces) and len(rejected) == 3
+    assert {Path(r.raw).name for r in rejected} == {"broken.jpg", "empty.png", "g.png"}
+    assert bad.read_bytes() == b"\xff\xd8 definitely not a jpeg"  # untouched
+
+
+def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces):
+    monkeypatch.setattr(formats, "_CHUNK_ROWS", 5)
+    rows = [pix(p) for p in faces.pixels]
+    rows[1] = rows[1] + " 7"  # extra value: caught by the fast path's count
+    rows[6] = "12 x " + rows[6].split(" ", 2)[2]  # non-numeric: the chunk falls back to row-by-row
+    rows[11] = "256 " + rows[11].split(" ", 1)[1]
+    out, bad = parse_pixel_strings(rows)
+    assert sorted(bad) == [1, 6, 11]
+    assert "found 2305" in bad[1] and "non-numeric" in bad[6] and "256" in bad[11]
+    good = [i for i in range(len(rows)) if i not in bad]
+    np.testing.assert_array_equal(out[good], faces.pixels[good])
+
+
+@pytest.mark.realdata
+def test_real_fer2013_counts():
+    if not REAL.exists():
+        pytest.skip(f"{REAL} not present (real FER2013; see ../shared/data/README.md)")
+    assert detect_source(REAL.parent)[0] == "fer2013"
+    data, rejected = read_any(REAL)
+    assert len(data) == 35887 and rejected == []
+    counts = {u: int((data.usage == u).sum()) for u in ("Training", "PublicTest", "PrivateTest")}
+    assert counts == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
+    assert np.bincount(data.emotion[data.usage == "Training"]).tolist() == [3995, 436, 4097, 7215, 4830, 3171, 4965]

@@ -1,0 +1,88 @@
+"""stages/ingest.py as DVC runs it: a subprocess with dvc.yaml's arguments and a params file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ferops.data.io import load_npz
+from ferops.data.synthetic import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_stage(tmp: Path, raw: Path, **ingest) -> subprocess.CompletedProcess:
+    params = {"ingest": {"raw_dir": str(raw), "source": "auto", "on_bad_rows": "fail",
+                         "synthetic": {"n": 70, "seed": 5}, **ingest}}
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(ROOT / "stages" / "ingest.py"), "--raw-dir", str(raw), "--out", str(tmp / "fer.npz"),
+           "--report", str(tmp / "ingest.json"), "--quarantine", str(tmp / "quarantine.csv"),
+           "--figures", str(tmp / "figures"), "--params", str(tmp / "params.yaml")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
+
+
+def write_csv(path: Path, n: int, bad_row: int | None = None) -> list[str]:
+    d = make_synthetic(n, seed=2)
+    lines = [f"{e},{' '.join(map(str, p.reshape(-1)))},{u}" for p, e, u in zip(d.pixels, d.emotion, d.usage)]
+    if bad_row is not None:
+        lines[bad_row - 1] = lines[bad_row - 1].rsplit(" ", 5)[0] + "," + lines[bad_row - 1].rsplit(",", 1)[1]
+    path.write_text("\n".join(["emotion,pixels,Usage", *lines]) + "\n")
+    return lines
+
+
+def test_corrupt_file_fails_cleanly(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(raw / "fer2013.csv", 20, bad_row=4)
+    r = run_stage(tmp_path, raw)
+    assert r.returncode != 0
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+    assert "fer2013.csv" in r.stderr and "row 4" in r.stderr and "found 2299" in r.stderr
+    assert "on_bad_rows: quarantine" in r.stderr
+    assert not (tmp_path / "fer.npz").exists()
+
+
+def test_quarantine_mode_writes_everything(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = write_csv(raw / "fer2013.csv", 20, bad_row=4)
+    r = run_stage(tmp_path, raw, on_bad_rows="quarantine")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "ingest.json").read_text())
+    assert rep["synthetic"] is False and rep["format"] == "fer2013" and len(rep["sha256"]) == 64
+    assert rep["rows"] == 19 and rep["quarantined"] == 1 and rep["rows_in"] == 20
+    assert sum(rep["per_usage"].values()) == 19 and sum(rep["per_class"].values()) == 19
+    by_class = {c: sum(u[c] for u in rep["per_usage_class"].values()) for c in rep["per_class"]}
+    assert by_class == rep["per_class"]
+    with open(tmp_path / "quarantine.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["row"] == "4" and rows[0]["raw"] == lines[3]
+    assert len(load_npz(tmp_path / "fer.npz")) == 19
+    assert (tmp_path / "figures" / "samples.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "class_hist.png").stat().st_size > 1000
+
+
+def test_empty_raw_dir_generates_synthetic_with_warning(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / ".gitkeep").write_text("")
+    r = run_stage(tmp_path, raw)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" in r.stderr and "SYNTHETIC DEMO DATA" in r.stderr
+    rep = json.loads((tmp_path / "ingest.json").read_text())
+    assert rep["synthetic"] is True and rep["format"] == "synthetic" and rep["rows"] == 70 and rep["quarantined"] == 0
+    data = load_npz(tmp_path / "fer.npz")
+    np.testing.assert_array_equal(data.pixels, make_synthetic(70, seed=5).pixels)
+    assert (tmp_path / "quarantine.csv").read_text() == "source,row,reason,raw\n"  # header only
+    assert (tmp_path / "figures" / "samples.png").exists() and (tmp_path / "figures" / "class_hist.png").exists()
+
+
+def test_missing_source_path_is_a_config_error(tmp_path):
+    r = run_stage(tmp_path, tmp_path / "raw", source=str(tmp_path / "nope.csv"))
+    assert r.returncode != 0 and "error: ingest.source" in r.stderr and "Traceback" not in r.stderr
