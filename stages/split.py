@@ -34,7 +34,11 @@ def main() -> None:
     p = section(load_params(args.params), "split")
     data = load_npz(args.data)
     parts, report = split_dataset(data, strategy=p.get("strategy", "usage"), fractions=p.get("fractions"),
-                                  duplicates=p.get("duplicates", "report"), seed=int(p.get("seed", 42)))
+                                  duplicates=p.get("duplicates", "report"), seed=int(p.get("seed", 42)),
+                                  val_from_train=float(p.get("val_from_train", 0.1)))
+    if report["val_carved_from_train"]:
+        log.warning("no PublicTest rows: %d train rows (split.val_from_train) became the validation split",
+                    report["val_carved_from_train"])
     for name, part in parts.items():
         save_npz(part, Path(args.out) / f"{name}.npz")
     report["validation_suite"] = validation.get("suite")

@@ -229,13 +229,16 @@ def load_predict(path: str | Path) -> FerData:
 
 
 def write_submission(source_ids: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
-    """Kaggle-style `id,emotion` CSV (header only when there is nothing to predict)."""
+    """Kaggle-style `id,emotion` CSV (header only when there is nothing to predict).
+
+    Ingest's source ids are `<file stem>:<id or row>`; the submission keeps the id part (Kaggle's `id` column).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "emotion"])
-        w.writerows((str(i), int(y)) for i, y in zip(source_ids, labels))
+        w.writerows((str(i).rsplit(":", 1)[-1], int(y)) for i, y in zip(source_ids, labels))
     return p
 
 

@@ -25,7 +25,7 @@ def test_data_stages_repro_cache_and_param_change(tmp_path):
     ingest = json.loads((repo / "reports/ingest.json").read_text())
     assert ingest["synthetic"] is True and ingest["rows"] == 700
     split = json.loads((repo / "reports/split.json").read_text())
-    assert sum(split["splits"][s]["n"] for s in ("train", "val", "test", "predict")) == 700
+    assert sum(split["n"][s] for s in ("train", "val", "test", "predict")) == 700
     for f in ("data/processed/split/train.npz", "data/processed/augmented/train.npz", "reports/figures/samples.png",
               "reports/figures/class_hist.png", "reports/figures/augment_preview.png", "reports/validation.json"):
         assert (repo / f).exists(), f

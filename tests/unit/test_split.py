@@ -136,3 +136,15 @@ def test_empty_predict_split_round_trips(tmp_path):
     assert report["n"]["predict"] == 0
     back = load_npz(save_npz(parts["predict"], tmp_path / "predict.npz"))
     assert back.pixels.shape == (0, 48, 48) and back.pixels.dtype == np.uint8 and len(back.emotion) == 0
+
+
+def test_usage_without_publictest_carves_val_from_train_never_from_test():
+    from ferops.data.synthetic import make_synthetic
+
+    data = make_synthetic(400, seed=3)
+    data.usage[data.usage == "PublicTest"] = "Training"
+    parts, report = split_dataset(data, "usage", val_from_train=0.1)
+    test_ids = set(data.source_id[data.usage == "PrivateTest"])
+    assert report["val_carved_from_train"] == len(parts["val"]) > 0
+    assert set(parts["test"].source_id) == test_ids and not (set(parts["val"].source_id) & test_ids)
+    assert len(parts["train"]) + len(parts["val"]) == int((data.usage == "Training").sum())

@@ -47,6 +47,16 @@ def assign_usage(data: FerData) -> np.ndarray:
     return out.astype(str)
 
 
+def carve_val(splits: np.ndarray, emotion: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Move a seeded, per-class `fraction` of train rows to val (for usage data without PublicTest rows)."""
+    out = splits.astype(object).copy()
+    rng = np.random.default_rng(seed)
+    for c in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero((out == "train") & (emotion == c)))
+        out[idx[: int(round(fraction * len(idx)))]] = "val"
+    return out.astype(str)
+
+
 def assign_stratified(data: FerData, fractions: dict[str, float], seed: int) -> np.ndarray:
     """Split name per row: per class, a seeded shuffle cut at the cumulative fractions; unlabeled → predict."""
     fr = check_fractions(fractions)
@@ -133,7 +143,8 @@ def class_counts(emotion: np.ndarray) -> dict[str, int]:
 
 
 def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, float] | None = None,
-                  duplicates: str = "report", seed: int = 42) -> tuple[dict[str, FerData], dict[str, Any]]:
+                  duplicates: str = "report", seed: int = 42, val_from_train: float = 0.1,
+                  ) -> tuple[dict[str, FerData], dict[str, Any]]:
     """Split into train/val/test/predict, handle exact duplicates per `duplicates`; returns (parts, report)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"split.strategy = {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
@@ -141,6 +152,11 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         raise ConfigError(f"split.duplicates = {duplicates!r}: choose one of {', '.join(DUPLICATE_MODES)}.")
     fr = check_fractions(fractions or {"train": 0.8, "val": 0.1, "test": 0.1}) if strategy == "stratified" else None
     splits = assign_usage(data) if fr is None else assign_stratified(data, fr, seed)
+    carved = 0
+    if fr is None and not (splits == "val").any() and (splits == "train").any() and val_from_train > 0:
+        # e.g. image folders train/ + test/ without PublicTest: validation must never come from test.
+        splits = carve_val(splits, data.emotion, val_from_train, seed)
+        carved = int((splits == "val").sum())
     hashes = image_hashes(data.pixels)
     dup = duplicate_groups(hashes, splits, data.emotion)
     leak = {k: v for k, v in dup["cross_split_pairs"].items() if "predict" not in k}
@@ -162,6 +178,7 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         "fractions": fr,
         "seed": seed if strategy == "stratified" else None,
         "n_in": len(data),
+        "val_carved_from_train": carved,
         "n": {s: len(p) for s, p in parts.items()},
         "per_class": {s: class_counts(p.emotion) for s, p in parts.items() if s != "predict"},
         "duplicates": dup,
