@@ -1,0 +1,347 @@
+"""Keras 3 model builders (dnn, cnn, vgg, resnet, mini_xception) that take RAW 0..255 pixels.
+
+Every model starts with the online augmentation layers (active only in training) and its own
+scaling, so a saved `.keras` file takes raw pixels [N,48,48,1] and predicts deterministically.
+Custom layers are registered (no Lambda) so `keras.models.load_model` works in safe mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ferops.constants import IMG_SIZE, NUM_CLASSES
+from ferops.errors import ConfigError
+
+ARCHS = ("dnn", "cnn", "vgg", "resnet", "mini_xception")
+# PyTorch's default (Keras' 0.99 needs thousands of steps before the moving statistics fit: short/demo runs fail).
+BN_MOMENTUM = 0.9
+
+# Defaults of the online augmentation block (merged under cfg["online_aug"]).
+AUG_DEFAULTS: dict[str, Any] = {"hflip": True, "rotate_deg": 0.0, "translate": 0.0, "zoom": 0.0, "contrast": 0.0,
+                                "crop": 0, "erasing": 0.0}
+
+
+def _layers():
+    """Build the custom layer classes lazily (keras import is heavy) and register them once."""
+    global _CUSTOM
+    if _CUSTOM is not None:
+        return _CUSTOM
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="ferops")
+    class RandomCropOrCenter(keras.layers.Layer):
+        """Per-image random `size`x`size` crop in training, the centre crop at inference."""
+
+        def __init__(self, size: int, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.size = int(size)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=None):
+            h, w = images.shape[1], images.shape[2]
+            s = self.size
+            if not training:
+                top, left = (h - s) // 2, (w - s) // 2
+                return images[:, top:top + s, left:left + s, :]
+            b = ops.shape(images)[0]
+            oy = ops.cast(keras.random.uniform((b,), 0, h - s + 1, seed=self.generator), "int32")
+            ox = ops.cast(keras.random.uniform((b,), 0, w - s + 1, seed=self.generator), "int32")
+            oy, ox = ops.minimum(oy, h - s), ops.minimum(ox, w - s)
+            rows = oy[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
+            cols = ox[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
+            c = images.shape[3]
+            x = ops.take_along_axis(images, ops.broadcast_to(rows[:, :, None, None], (b, s, w, c)), axis=1)
+            return ops.take_along_axis(x, ops.broadcast_to(cols[:, None, :, None], (b, s, s, c)), axis=2)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], self.size, self.size, input_shape[3])
+
+        def get_config(self):
+            return {**super().get_config(), "size": self.size, "seed": self.seed}
+
+    @keras.saving.register_keras_serializable(package="ferops")
+    class RandomErasing(keras.layers.Layer):
+        """With probability `p` per image, replace a random rectangle (2–25 % of the area) by noise; training only."""
+
+        def __init__(self, p: float, min_area: float = 0.02, max_area: float = 0.25, max_value: float = 255.0,
+                     seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.p, self.min_area, self.max_area, self.max_value = float(p), float(min_area), float(max_area), float(max_value)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=None):
+            if not training or self.p <= 0:
+                return images
+            h, w = images.shape[1], images.shape[2]
+            b = ops.shape(images)[0]
+            u = lambda lo, hi: keras.random.uniform((b,), lo, hi, seed=self.generator)  # noqa: E731
+            area = u(self.min_area, self.max_area) * (h * w)
+            log_r = u(-1.2, 1.2)                                   # aspect ratio in ~[0.3, 3.3]
+            eh = ops.clip(ops.sqrt(area * ops.exp(log_r)), 1.0, float(h))
+            ew = ops.clip(ops.sqrt(area / ops.exp(log_r)), 1.0, float(w))
+            y0 = u(0.0, 1.0) * (h - eh)
+            x0 = u(0.0, 1.0) * (w - ew)
+            apply = ops.cast(u(0.0, 1.0) < self.p, images.dtype)
+            ys = ops.arange(h, dtype="float32")[None, :]
+            xs = ops.arange(w, dtype="float32")[None, :]
+            in_y = ops.logical_and(ys >= y0[:, None], ys < (y0 + eh)[:, None])  # (B,h)
+            in_x = ops.logical_and(xs >= x0[:, None], xs < (x0 + ew)[:, None])  # (B,w)
+            mask = ops.cast(ops.logical_and(in_y[:, :, None], in_x[:, None, :]), images.dtype)[..., None]
+            mask = mask * apply[:, None, None, None]
+            noise = ops.cast(keras.random.uniform(ops.shape(images), 0.0, self.max_value, seed=self.generator), images.dtype)
+            return images * (1 - mask) + noise * mask
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "p": self.p, "min_area": self.min_area, "max_area": self.max_area,
+                    "max_value": self.max_value, "seed": self.seed}
+
+    _CUSTOM = {"RandomCropOrCenter": RandomCropOrCenter, "RandomErasing": RandomErasing}
+    return _CUSTOM
+
+
+_CUSTOM: dict[str, Any] | None = None
+
+
+def custom_objects() -> dict[str, Any]:
+    """The registered ferops layers (for code that loads models outside the registry)."""
+    return dict(_layers())
+
+
+def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Online-augmentation settings with defaults, magnitudes scaled by `aug_strength` (tuning knob)."""
+    aug = {**AUG_DEFAULTS, **(cfg.get("online_aug") or {})}
+    k = float(cfg.get("aug_strength", 1.0) or 0.0)
+    for key in ("rotate_deg", "translate", "zoom", "contrast"):
+        aug[key] = float(aug[key] or 0.0) * k
+    aug["erasing"] = min(1.0, float(aug["erasing"] or 0.0) * k)
+    aug["crop"] = int(aug["crop"] or 0)
+    if aug["crop"] and not 8 <= aug["crop"] <= IMG_SIZE:
+        raise ConfigError(f"online_aug.crop={aug['crop']}: must be 0 (off) or between 8 and {IMG_SIZE}.")
+    return aug
+
+
+def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
+    """Input (48,48,1) raw 0..255 → online augmentation (training only) → scaling. Returns (inputs, x).
+
+    `inference=True` leaves the augmentation out and crops with the built-in CenterCrop, so the
+    exported model holds built-in layers only (loads anywhere, also in MLflow serving).
+    """
+    import keras
+    from keras import layers
+
+    L = _layers()
+    aug = aug_config(cfg)
+    inputs = keras.Input((IMG_SIZE, IMG_SIZE, 1), name="pixels")
+    # Augmentation runs in float32 on raw pixels (cheap; avoids low-precision interpolation artefacts).
+    x = inputs
+    f32 = {"dtype": "float32"}
+    crop = aug["crop"] if aug["crop"] and aug["crop"] < IMG_SIZE else 0
+    if inference:
+        if crop:
+            x = layers.CenterCrop(crop, crop, name="crop", **f32)(x)
+        return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    if aug["hflip"]:
+        x = layers.RandomFlip("horizontal", seed=seed, name="aug_hflip", **f32)(x)
+    if aug["rotate_deg"] > 0:
+        x = layers.RandomRotation(aug["rotate_deg"] / 360.0, fill_mode="nearest", seed=seed, name="aug_rotate", **f32)(x)
+    if aug["translate"] > 0:
+        x = layers.RandomTranslation(aug["translate"], aug["translate"], fill_mode="nearest", seed=seed,
+                                     name="aug_translate", **f32)(x)
+    if aug["zoom"] > 0:
+        x = layers.RandomZoom(aug["zoom"], fill_mode="nearest", seed=seed, name="aug_zoom", **f32)(x)
+    if aug["contrast"] > 0:
+        x = layers.RandomContrast(aug["contrast"], value_range=(0, 255), seed=seed, name="aug_contrast", **f32)(x)
+    if crop:
+        x = L["RandomCropOrCenter"](crop, seed=seed, name="crop", **f32)(x)
+    if aug["erasing"] > 0:
+        x = L["RandomErasing"](aug["erasing"], seed=seed, name="aug_erasing", **f32)(x)
+    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+
+
+def _head(x, cfg: dict[str, Any]):
+    """Final float32 softmax (float32 keeps mixed-precision outputs stable)."""
+    from keras import layers
+
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
+
+
+def _act(name: str):
+    from keras import layers
+
+    if name not in ("relu", "elu", "gelu", "swish"):
+        raise ConfigError(f"activation={name!r}: use relu | elu | gelu | swish.")
+    return layers.Activation(name)
+
+
+def _conv_bn(x, filters: int, kernel: int = 3, stride: int = 1, act: str | None = "relu", name: str = ""):
+    from keras import layers
+
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return _act(act)(x) if act else x
+
+
+def build_dnn(cfg: dict[str, Any], x):
+    """Report 1's fully connected net: hidden [500,300,100], each Dense → BN → ReLU → Dropout."""
+    from keras import layers
+
+    x = layers.Flatten()(x)
+    for i, h in enumerate(cfg.get("hidden", [500, 300, 100])):
+        x = layers.Dense(int(h), use_bias=False, name=f"fc{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"fc{i}_bn")(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Dropout(float(cfg.get("dropout", 0.3)))(x)
+    return x
+
+
+def build_cnn(cfg: dict[str, Any], x):
+    """Report 1's CNN: conv/pool per filter count, dropout, dense."""
+    from keras import layers
+
+    for i, f in enumerate(cfg.get("filters", [32, 64])):
+        x = layers.Conv2D(int(f), 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(int(cfg.get("dense", 128)), activation="relu", name="fc")(x)
+    return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
+
+
+def build_vgg(cfg: dict[str, Any], x):
+    """VGG-style blocks of 3x3 conv+BN+ReLU, max-pool and dropout per block, then a dense layer."""
+    from keras import layers
+
+    drop = float(cfg.get("dropout", 0.4))
+    for b, block in enumerate(cfg.get("blocks", [[32, 32], [64, 64], [128, 128]])):
+        for j, w in enumerate(block):
+            x = _conv_bn(x, int(w), name=f"b{b}_{j}")
+        x = layers.MaxPooling2D(2, name=f"b{b}_pool")(x)
+        x = layers.Dropout(drop / 2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(int(cfg.get("dense", 256)), use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="fc_bn")(x)
+    x = layers.Activation("relu")(x)
+    return layers.Dropout(drop)(x)
+
+
+def resnet_widths(cfg: dict[str, Any]) -> list[int]:
+    """Stage widths: `widths`, or `base_width` doubled per stage (the tuning knob)."""
+    stages = list(cfg.get("stages", [2, 2, 2, 2]))
+    if cfg.get("base_width"):
+        return [int(cfg["base_width"]) * 2 ** i for i in range(len(stages))]
+    widths = list(cfg.get("widths", [32, 64, 128, 256]))
+    if len(widths) != len(stages):
+        raise ConfigError(f"resnet: widths {widths} and stages {stages} must have the same length.")
+    return [int(w) for w in widths]
+
+
+def build_resnet(cfg: dict[str, Any], x):
+    """BN ResNet: stem conv (stride `stem_stride`, optional max-pool), basic (or bottleneck) residual
+    blocks, `stages` blocks per stage, stride 2 at the first block of every stage after the first."""
+    from keras import layers
+
+    act = cfg.get("activation", "relu")
+    stages = [int(n) for n in cfg.get("stages", [2, 2, 2, 2])]
+    widths = resnet_widths(cfg)
+    bottleneck = bool(cfg.get("bottleneck", False))
+    x = _conv_bn(x, widths[0] if not bottleneck else max(16, widths[0] // 4 * 2), 3, int(cfg.get("stem_stride", 1)),
+                 act, name="stem")
+    if cfg.get("stem_pool", True):
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for s, (n, w) in enumerate(zip(stages, widths)):
+        for b in range(n):
+            stride = 2 if (b == 0 and s > 0) else 1
+            name = f"s{s}b{b}"
+            shortcut = x
+            if bottleneck:
+                mid = max(8, w // 4)
+                y = _conv_bn(x, mid, 1, 1, act, name=f"{name}_a")
+                y = _conv_bn(y, mid, 3, stride, act, name=f"{name}_b")
+                y = _conv_bn(y, w, 1, 1, None, name=f"{name}_c")
+            else:
+                y = _conv_bn(x, w, 3, stride, act, name=f"{name}_a")
+                y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b")
+            if stride != 1 or x.shape[-1] != w:
+                shortcut = _conv_bn(x, w, 1, stride, None, name=f"{name}_proj")
+            x = layers.Add(name=f"{name}_add")([y, shortcut])
+            x = _act(act)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
+
+
+def build_mini_xception(cfg: dict[str, Any], x):
+    """Mini-Xception (Arriaga et al. 2017): 2 plain convs, 4 depthwise-separable residual modules, GAP (~60k params)."""
+    from keras import layers
+
+    base = int(cfg.get("base_filters", 8))
+    x = _conv_bn(x, base, name="stem0")
+    x = _conv_bn(x, base, name="stem1")
+    for i, w in enumerate(cfg.get("module_widths", [16, 32, 64, 128])):
+        res = layers.Conv2D(int(w), 1, strides=2, padding="same", use_bias=False, name=f"m{i}_res")(x)
+        res = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_res_bn")(res)
+        y = layers.SeparableConv2D(int(w), 3, padding="same", use_bias=False, name=f"m{i}_sep0")(x)
+        y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_bn0")(y)
+        y = layers.Activation("relu")(y)
+        y = layers.SeparableConv2D(int(w), 3, padding="same", use_bias=False, name=f"m{i}_sep1")(y)
+        y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_bn1")(y)
+        y = layers.MaxPooling2D(3, strides=2, padding="same", name=f"m{i}_pool")(y)
+        x = layers.Add(name=f"m{i}_add")([y, res])
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dropout(float(cfg.get("dropout", 0.0)))(x)
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any], Any], Any]] = {
+    "dnn": build_dnn, "cnn": build_cnn, "vgg": build_vgg, "resnet": build_resnet, "mini_xception": build_mini_xception,
+}
+
+
+def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
+    """A keras.Model for `cfg["arch"]`: raw pixels (N,48,48,1) in 0..255 → softmax (N,7).
+
+    The training model carries the online augmentation (active only when training=True);
+    `inference=True` builds the same network without it (see `inference_model`).
+    """
+    import keras
+
+    arch = cfg.get("arch")
+    if arch not in BUILDERS:
+        raise ConfigError(f"arch={arch!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
+    inputs, x = input_block(cfg, seed=seed, inference=inference)
+    x = BUILDERS[arch](cfg, x)
+    return keras.Model(inputs, _head(x, cfg), name=str(cfg.get("name", arch)))
+
+
+def inference_model(model, cfg: dict[str, Any]):
+    """A float32 copy of a trained model without augmentation layers (built-in layers only), for saving/serving."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")  # the exported model runs fast on any CPU
+    try:
+        clean = build_model(cfg, inference=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for layer in clean.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return clean
+
+
+def crop_size(model) -> int:
+    """The inference crop of a built/loaded model (0 when it has no crop layer)."""
+    import keras
+
+    cls = _layers()["RandomCropOrCenter"]
+    for layer in model.layers:
+        if isinstance(layer, cls):
+            return int(layer.size)
+        if isinstance(layer, keras.layers.CenterCrop):
+            return int(layer.height)
+    return 0

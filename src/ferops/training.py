@@ -1,0 +1,567 @@
+"""Keras training for the deep models: config merge, seeds, precision, tf.data, schedules, resume, TTA.
+
+`train_keras` is shared by the train_deep stage and the Optuna trials (tune).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferops.config import deep_merge
+from ferops.constants import IMG_SIZE, NUM_CLASSES
+from ferops.data.io import FerData
+from ferops.errors import ConfigError, DataError
+
+PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16",
+              "fp16": "mixed_float16", "mixed_float16": "mixed_float16"}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the (best-epoch) model, its per-epoch history and summary numbers."""
+
+    model: Any               # float32 inference model (no augmentation layers): save/serve/evaluate this one
+    history: dict[str, list[float]]
+    best_epoch: int          # 1-based epoch whose weights the model holds
+    epochs_run: int
+    val_accuracy: float
+    val_macro_f1: float
+    wall_s: float
+    images_per_s: float      # training throughput (train steps only, first epoch's tracing excluded when possible)
+    precision: str
+    val_proba: np.ndarray | None = field(default=None, repr=False)
+    train_model: Any = field(default=None, repr=False)  # the model as trained (augmentation layers, training precision)
+
+
+def resolve_config(common: dict[str, Any], model_cfg: dict[str, Any], tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Model config = common defaults ← model section ← tuned params (deep merge, later wins)."""
+    return deep_merge(deep_merge(common or {}, model_cfg or {}), tuned or {})
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and TF/Keras and make TF ops deterministic (same data + params → same metrics on CPU)."""
+    import keras
+    import tensorflow as tf
+
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_precision(setting: str = "auto") -> str:
+    """Keras dtype policy name: auto → mixed_float16 on GPU, mixed_bfloat16 on avx512_bf16/AMX CPUs, else float32."""
+    s = str(setting or "auto").lower()
+    if s in PRECISIONS:
+        return PRECISIONS[s]
+    if s != "auto":
+        raise ConfigError(f"precision={setting!r}: use auto | fp32 | bf16 | fp16.")
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    if _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def _lr_schedules():
+    """Registered (serialisable) per-step LR schedules, built lazily."""
+    global _SCHEDULES
+    if _SCHEDULES is not None:
+        return _SCHEDULES
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="ferops")
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warm-up over `warmup_steps`, then cosine decay to `base_lr * final_ratio` at `total_steps`."""
+
+        def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, final_ratio: float = 0.01):
+            self.base_lr, self.total_steps = float(base_lr), int(max(1, total_steps))
+            self.warmup_steps, self.final_ratio = int(max(0, warmup_steps)), float(final_ratio)
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            warm = self.base_lr * (step + 1.0) / float(max(1, self.warmup_steps))
+            t = ops.clip((step - self.warmup_steps) / float(max(1, self.total_steps - self.warmup_steps)), 0.0, 1.0)
+            low = self.base_lr * self.final_ratio
+            cos = low + 0.5 * (self.base_lr - low) * (1.0 + ops.cos(math.pi * t))
+            return ops.where(step < self.warmup_steps, warm, cos)
+
+        def get_config(self):
+            return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                    "final_ratio": self.final_ratio}
+
+    @keras.saving.register_keras_serializable(package="ferops")
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        """One-cycle: linear rise from base/25 to base over `pct_start`, then cosine down to base/1e4."""
+
+        def __init__(self, base_lr: float, total_steps: int, pct_start: float = 0.3):
+            self.base_lr, self.total_steps, self.pct_start = float(base_lr), int(max(1, total_steps)), float(pct_start)
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            up = max(1.0, self.pct_start * self.total_steps)
+            start, end = self.base_lr / 25.0, self.base_lr / 1e4
+            rise = start + (self.base_lr - start) * ops.minimum(step / up, 1.0)
+            t = ops.clip((step - up) / max(1.0, self.total_steps - up), 0.0, 1.0)
+            fall = end + 0.5 * (self.base_lr - end) * (1.0 + ops.cos(math.pi * t))
+            return ops.where(step < up, rise, fall)
+
+        def get_config(self):
+            return {"base_lr": self.base_lr, "total_steps": self.total_steps, "pct_start": self.pct_start}
+
+    _SCHEDULES = {"WarmupCosine": WarmupCosine, "OneCycle": OneCycle}
+    return _SCHEDULES
+
+
+_SCHEDULES: dict[str, Any] | None = None
+
+
+def make_optimizer(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
+    """Optimizer (adam | adamw | sgd_nesterov) with the configured LR schedule (plateau | cosine | onecycle)."""
+    import keras
+
+    lr = float(cfg.get("lr", 1e-3))
+    schedule = cfg.get("schedule", "plateau")
+    total = steps_per_epoch * epochs
+    if schedule == "cosine":
+        lr = _lr_schedules()["WarmupCosine"](lr, total, int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    elif schedule == "onecycle":
+        lr = _lr_schedules()["OneCycle"](lr, total)
+    elif schedule not in ("plateau", "constant", None):
+        raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
+    wd = float(cfg.get("weight_decay", 0.0) or 0.0) or None
+    name = cfg.get("optimizer", "adam")
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=wd or 0.0)
+    if name == "sgd_nesterov":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
+
+
+def class_weight_vector(labels: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weight per class, normalised so the average sample weight is 1 (absent classes: 0)."""
+    counts = np.bincount(labels.astype(int), minlength=NUM_CLASSES).astype(float)
+    present = counts > 0
+    w = np.zeros(NUM_CLASSES)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def _labeled(data: FerData, what: str) -> FerData:
+    sub = data.subset(data.labeled)
+    if len(sub) == 0:
+        raise DataError(f"{what} split has no labelled rows — check the split stage output.")
+    return sub
+
+
+def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, *, shuffle: bool = False,
+                 seed: int = 0, sample_weight: np.ndarray | None = None):
+    """tf.data pipeline from uint8 arrays: cache → (seeded shuffle) → batch → float32 + one-hot → prefetch."""
+    import tensorflow as tf
+
+    x = np.asarray(pixels, dtype=np.uint8).reshape(-1, IMG_SIZE, IMG_SIZE, 1)
+    parts: tuple = (x,) if labels is None else (x, np.asarray(labels, dtype=np.int32))
+    if sample_weight is not None:
+        parts = parts + (np.asarray(sample_weight, dtype=np.float32),)
+    ds = tf.data.Dataset.from_tensor_slices(parts).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(int(batch_size))
+
+    def prep(x, *rest):
+        x = tf.cast(x, tf.float32)
+        if not rest:
+            return x
+        return (x, tf.one_hot(rest[0], NUM_CLASSES)) + tuple(rest[1:])  # one-hot for label smoothing
+
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _callbacks():
+    """Callback classes, built lazily (keras import is heavy)."""
+    global _CALLBACKS
+    if _CALLBACKS is not None:
+        return _CALLBACKS
+    import keras
+
+    class LrLogger(keras.callbacks.Callback):
+        """Put the optimizer's current learning rate into the epoch logs as `lr` (History, progress bar, MLflow)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                # ReduceLROnPlateau (which runs first) logs the rate used this epoch, before it reduces it.
+                lr = logs.pop("learning_rate", None)
+                logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate) if lr is None else lr)
+
+    class Throughput(keras.callbacks.Callback):
+        """Training images/s, measured over train steps only (the first epoch, which traces, is dropped when possible)."""
+
+        def __init__(self, n_images: int):
+            super().__init__()
+            self.n, self.times, self._t0, self.t_start = n_images, [], None, time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            if self._t0 is not None:
+                self.times.append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.on_test_begin()
+
+        def images_per_s(self) -> float:
+            t = self.times[1:] or self.times
+            return float(self.n * len(t) / sum(t)) if t and sum(t) > 0 else 0.0
+
+    class TrainState(keras.callbacks.Callback):
+        """Resumable state beside BackupAndRestore: full history, early-stopping/plateau state, best weights."""
+
+        def __init__(self, ckpt_dir: Path, backup_dir: Path, early, plateau=None):
+            super().__init__()
+            self.dir, self.backup_dir, self.early, self.plateau = ckpt_dir, backup_dir, early, plateau
+            self.history: dict[str, list[float]] = {}
+            self.resumed_from = 0
+            self._best_saved = None
+
+        @property
+        def state_file(self) -> Path:
+            return self.dir / "state.json"
+
+        def on_train_begin(self, logs=None):
+            # Runs after BackupAndRestore (which restored weights + optimizer) and EarlyStopping's reset.
+            meta = self.backup_dir / "training_metadata.json"
+            if not (meta.exists() and self.state_file.exists()):
+                return
+            done = int(json.loads(meta.read_text())["epoch"])
+            st = json.loads(self.state_file.read_text())
+            self.history = {k: v[:done] for k, v in st["history"].items()}
+            self.resumed_from = done
+            es = st.get("early") or {}
+            self.early.best, self.early.wait, self.early.best_epoch = es.get("best"), es.get("wait", 0), es.get("best_epoch", 0)
+            best = self.dir / "best_weights.npz"
+            if es.get("best") is not None and best.exists():
+                with np.load(best) as z:
+                    self.early.best_weights = [z[f"w{i}"] for i in range(len(z.files))]
+                self._best_saved = self.early.best_epoch
+            if self.plateau is not None and st.get("plateau"):
+                for k, v in st["plateau"].items():
+                    setattr(self.plateau, k, v)
+            print(f"resuming from checkpoint {self.dir}: {done} epoch(s) done", file=sys.stderr)
+
+        def on_epoch_end(self, epoch, logs=None):
+            for k, v in (logs or {}).items():
+                self.history.setdefault(k, []).append(float(v))
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.early.best_weights is not None and self._best_saved != self.early.best_epoch:
+                np.savez(self.dir / "best_weights.npz", **{f"w{i}": w for i, w in enumerate(self.early.best_weights)})
+                self._best_saved = self.early.best_epoch
+            st = {"epoch": epoch + 1, "history": self.history,
+                  "early": {"best": None if self.early.best is None else float(self.early.best),
+                            "wait": int(self.early.wait), "best_epoch": int(self.early.best_epoch)}}
+            if self.plateau is not None:
+                st["plateau"] = {"best": float(self.plateau.best), "wait": int(self.plateau.wait),
+                                 "cooldown_counter": int(self.plateau.cooldown_counter)}
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st))
+            tmp.replace(self.state_file)  # atomic: a kill never leaves half a state file
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        """Log per-epoch loss/accuracy/val_*/lr to the active MLflow run as `epoch_<key>` (step = 1-based epoch).
+
+        The prefix keeps the curves apart from the final `val_accuracy` of the best-epoch model.
+        """
+
+        def __init__(self, prefix: str = "epoch_"):
+            super().__init__()
+            self.prefix = prefix
+
+        def on_epoch_end(self, epoch, logs=None):
+            import mlflow
+
+            vals = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
+            if vals:
+                mlflow.log_metrics(vals, step=epoch + 1)
+
+    _CALLBACKS = {"LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
+                  "MlflowEpochLogger": MlflowEpochLogger}
+    return _CALLBACKS
+
+
+_CALLBACKS: dict[str, Any] | None = None
+
+
+def MlflowEpochLogger(prefix: str = "epoch_"):  # noqa: N802 — reads like the class it returns
+    """A Keras callback logging per-epoch train/val loss, accuracy and lr to the active MLflow run."""
+    return _callbacks()["MlflowEpochLogger"](prefix)
+
+
+def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int, extra_callbacks: list | None = None,
+                checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None) -> TrainResult:
+    """Build `cfg["arch"]`, train on `train` with early stopping on val accuracy, return the best-epoch model.
+
+    With `checkpoint_dir`, every finished epoch is checkpointed (weights, optimizer, epoch, history,
+    early-stopping state) and a killed run resumes at the next epoch; the checkpoint is removed on success.
+    """
+    import keras
+
+    from ferops.metrics import classification_metrics
+    from ferops.models.zoo import build_model, inference_model
+
+    train, val = _labeled(train, "train"), _labeled(val, "validation")
+    set_seeds(seed)
+    precision = choose_precision(cfg.get("precision", "auto"))
+    keras.mixed_precision.set_global_policy(precision)
+    keras.backend.clear_session()
+    set_seeds(seed)  # clear_session resets the layer-name counters; seed again so builds are identical
+
+    epochs = int(cfg.get("epochs", 10))
+    if max_epochs is not None:
+        epochs = min(epochs, int(max_epochs))
+    batch = int(cfg.get("batch_size", 128))
+    steps = math.ceil(len(train) / batch)
+    y_train = train.emotion.astype(int)
+    sw = class_weight_vector(y_train)[y_train] if cfg.get("class_weights") else None
+    ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw)
+    ds_val = make_dataset(val.pixels, val.emotion.astype(int), max(batch, 256))
+
+    model = build_model(cfg, seed=seed)
+    model.compile(optimizer=make_optimizer(cfg, steps, epochs),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg.get("label_smoothing", 0.0))),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+    cbs = _callbacks()
+    throughput = cbs["Throughput"](len(train))
+    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
+                                          patience=int(cfg.get("early_stopping_patience", 8)))
+    plateau = None
+    callbacks: list = [cbs["LrLogger"](), throughput, early]
+    if cfg.get("schedule", "plateau") == "plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5,
+                                                    patience=int(cfg.get("plateau_patience", 3)), min_lr=1e-6)
+        callbacks.insert(0, plateau)  # first, so LrLogger sees the rate this epoch used
+    state = None
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir)
+        _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "n_train": len(train)})
+        backup = ckpt / "backup"
+        state = cbs["TrainState"](ckpt, backup, early, plateau)
+        callbacks += [keras.callbacks.BackupAndRestore(str(backup)), state]
+    callbacks += list(extra_callbacks or [])
+    if verbose == 1 and not sys.stdout.isatty():
+        verbose = 2  # one line per epoch in logs and CI instead of a redrawn bar
+
+    t0 = time.perf_counter()
+    fit = model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    wall = time.perf_counter() - t0
+
+    history = state.history if state is not None else {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    if not history.get("val_accuracy"):
+        raise DataError("training ran no epoch (epochs=0 or the run had already finished); nothing to return.")
+    best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
+
+    clean = inference_model(model, cfg)
+    proba = predict_proba(clean, val.pixels, batch_size=512)
+    m = classification_metrics(val.emotion.astype(int), proba.argmax(1), prefix="val_")
+    return TrainResult(model=clean, train_model=model, history=history, best_epoch=best_epoch, epochs_run=len(history["val_accuracy"]),
+                       val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
+                       images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba)
+
+
+def _guard_checkpoint(ckpt: Path, cfg: dict[str, Any]) -> None:
+    """Keep a checkpoint only if it was made with the same config; otherwise start fresh (say so)."""
+    f = ckpt / "config.json"
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    if f.exists() and f.read_text() != text:
+        print(f"checkpoint {ckpt} was made with another config: starting fresh", file=sys.stderr)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+
+
+def _as_input(pixels: np.ndarray) -> np.ndarray:
+    x = np.asarray(pixels, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[1:] != (IMG_SIZE, IMG_SIZE, 1):
+        raise DataError(f"pixels have shape {x.shape}; expected (N,{IMG_SIZE},{IMG_SIZE}) or (N,{IMG_SIZE},{IMG_SIZE},1).")
+    return x
+
+
+def tta_views(pixels: np.ndarray, tta: str = "none", crop: int = 0) -> list[np.ndarray]:
+    """The test-time views of a batch: none → [x]; flip → x and its mirror; tencrop → 5 crops x 2 flips.
+
+    Ten-crop works through the model's own centre crop: shifting the 48x48 image by ±(48-crop)/2 px
+    makes the centre crop land on a corner crop (np.roll's wrapped rows fall outside the crop).
+    """
+    x = _as_input(pixels)
+    if tta == "none":
+        return [x]
+    if tta not in ("flip", "tencrop"):
+        raise ConfigError(f"tta={tta!r}: use none | flip | tencrop.")
+    bases = [x]
+    if tta == "tencrop" and crop and crop < IMG_SIZE:
+        d = (IMG_SIZE - crop) // 2
+        bases += [np.roll(x, (dy, dx), axis=(1, 2)) for dy in (-d, d) for dx in (-d, d)]
+    return [v for b in bases for v in (b, b[:, :, ::-1, :])]
+
+
+def predict_proba(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
+    """Class probabilities [N,7] for raw 0..255 pixels, averaged over test-time-augmented views."""
+    from ferops.models.zoo import crop_size
+
+    if len(pixels) == 0:
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    views = tta_views(pixels, tta, crop_size(model) if tta == "tencrop" else 0)
+    out = np.zeros((len(pixels), NUM_CLASSES), dtype=np.float64)
+    for v in views:
+        out += np.asarray(model.predict(v, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return (out / len(views)).astype(np.float32)
+
+
+# --- the train_deep stage: config resolution, MLflow logging, model directory -------------------------------
+
+HISTORY_COLUMNS = ("epoch", "accuracy", "val_accuracy", "loss", "val_loss", "lr")
+
+
+def tuned_params(tuning_dir: str | Path, model: str, arch: str) -> tuple[dict[str, Any], Path | None]:
+    """`best_params` of reports/tuning/<model>.json (else <arch>.json) and the file used; ({}, None) if none."""
+    from ferops.data.io import read_json
+
+    for key in dict.fromkeys((model, arch)):
+        f = Path(tuning_dir) / f"{key}.json"
+        if f.exists():
+            return dict(read_json(f).get("best_params") or {}), f
+    return {}, None
+
+
+def apply_tuned(cfg: dict[str, Any], best_params: dict[str, Any]) -> dict[str, Any]:
+    """Tuned params over a model config (the tuning module's mapping when it has one)."""
+    if not best_params:
+        return cfg
+    try:
+        from ferops.tuning import apply_params
+    except ImportError:
+        return {**cfg, **best_params}
+    return apply_params(cfg, best_params)
+
+
+def subsample(data: FerData, n: int | None, seed: int) -> FerData:
+    """About n rows, drawn per class in proportion (seeded; every class keeps at least one row)."""
+    if not n or len(data) <= n:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(data.emotion):
+        idx = np.flatnonzero(data.emotion == c)
+        keep.append(rng.choice(idx, size=min(len(idx), max(1, round(len(idx) * n / len(data)))), replace=False))
+    return data.subset(np.sort(np.concatenate(keep)))
+
+
+def history_table(history: dict[str, list[float]]):
+    """Per-epoch history as a DataFrame: epoch (1-based), accuracy, val_accuracy, loss, val_loss, lr, then the rest."""
+    import pandas as pd
+
+    n = len(next(iter(history.values()), []))
+    df = pd.DataFrame({"epoch": np.arange(1, n + 1), **{k: list(v) for k, v in history.items()}})
+    return df[[c for c in HISTORY_COLUMNS if c in df] + [c for c in df if c not in HISTORY_COLUMNS]]
+
+
+def model_signature():
+    """MLflow signature: raw pixels float32 [-1,48,48,1] → probabilities float32 [-1,7]."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, IMG_SIZE, IMG_SIZE, 1))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]))
+
+
+def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
+                     ingest_report: dict[str, Any], out_dir: str | Path, checkpoint_dir: str | Path | None = None,
+                     curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Train one deep model inside its MLflow run and write the model directory; returns metrics.json's content."""
+    import keras
+    import mlflow
+
+    from ferops.data.io import write_json
+    from ferops.metrics import classification_metrics, confusion
+    from ferops.plots import confusion_matrix_plot, training_curves
+    from ferops.tracking import RUN_ID_FILE, dataset_tags, init_tracking, model_run
+
+    out = Path(out_dir)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    out.mkdir(parents=True, exist_ok=True)
+    # A killed run resumes its MLflow run too (DVC empties `out` before a stage runs; the checkpoint keeps the id).
+    if ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
+        shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
+    init_tracking()
+    tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch"))}
+    with model_run(stage="train_deep", model=name, params=cfg, tags=tags, run_dir=out) as run:
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
+        res = train_keras(train, val, cfg, seed=seed, extra_callbacks=[MlflowEpochLogger()], checkpoint_dir=ckpt,
+                          verbose=verbose, max_epochs=max_epochs)
+        labels = val.subset(val.labeled).emotion.astype(int)
+        metrics = classification_metrics(labels, res.val_proba.argmax(1), prefix="val_")
+        metrics.update({"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "train_wall_s": round(res.wall_s, 2),
+                        "images_per_s": round(res.images_per_s, 1), "n_params": int(res.model.count_params())})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tag("precision", res.precision)
+
+        hist = history_table(res.history)
+        hist.to_csv(out / "history.csv", index=False)
+        if curves_csv:
+            Path(curves_csv).parent.mkdir(parents=True, exist_ok=True)
+            hist[[c for c in HISTORY_COLUMNS if c in hist]].to_csv(curves_csv, index=False)
+        training_curves(res.history, out / "curves.png", title=f"{name} ({cfg.get('arch')})")
+        confusion_matrix_plot(confusion(labels, res.val_proba.argmax(1)), out / "confusion_val.png",
+                              title=f"{name} — validation")
+        res.model.save(out / "model.keras")
+        write_json({**cfg, "name": name, "seed": seed, "precision": res.precision, "max_epochs": max_epochs},
+                   out / "config.json")
+        for f in ("history.csv", "curves.png", "confusion_val.png", "config.json"):
+            mlflow.log_artifact(str(out / f))
+        import tensorflow as tf
+
+        info = mlflow.keras.log_model(res.model, name="model", signature=model_signature(),
+                                      pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+        summary = {"model": name, "kind": "deep", "arch": cfg.get("arch"), **metrics, "precision": res.precision,
+                   "mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri}
+        write_json(summary, out / "metrics.json")
+        mlflow.log_artifact(str(out / "metrics.json"))
+    if ckpt is not None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return summary

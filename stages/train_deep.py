@@ -1,0 +1,64 @@
+"""train_deep stage: train one Keras model (params `train_deep.models.<model>`), log it to MLflow, write models/deep/<model>/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ferops.config import load_params, section
+from ferops.data.io import load_npz, read_json
+from ferops.errors import ConfigError
+from ferops.runner import run
+
+log = logging.getLogger("ferops.train_deep")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="key under train_deep.models in params.yaml")
+    ap.add_argument("--split", type=Path, required=True, help="folder with train.npz / val.npz")
+    ap.add_argument("--augmented", type=Path, required=True, help="augment stage's train.npz (used when use_augmented)")
+    ap.add_argument("--tuning", type=Path, required=True, help="folder of tune stage results (<family>.json)")
+    ap.add_argument("--ingest-report", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="model directory to write")
+    ap.add_argument("--checkpoints", type=Path, required=True, help="per-epoch checkpoint folder (resume after a kill)")
+    ap.add_argument("--curves", type=Path, default=None, help="per-epoch CSV for DVC plots (default reports/curves/<model>.csv)")
+    args = ap.parse_args()
+
+    from ferops.training import apply_tuned, resolve_config, subsample, train_deep_model, tuned_params
+
+    params = load_params()
+    td, demo = section(params, "train_deep"), params.get("demo") or {}
+    models = td.get("models") or {}
+    if args.model not in models:
+        raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
+    cfg = resolve_config(td.get("common") or {}, models[args.model])
+    if td.get("use_tuned"):
+        best, source = tuned_params(args.tuning, args.model, str(cfg.get("arch")))
+        if source:
+            log.info("using tuned params from %s: %s", source, best)
+            cfg = apply_tuned(cfg, best)
+        else:
+            log.warning("use_tuned is true but %s has no %s.json — training with params.yaml values", args.tuning, args.model)
+
+    report = read_json(args.ingest_report)
+    seed = int(params.get("seed", 42))
+    train = load_npz(args.augmented if cfg.get("use_augmented") else args.split / "train.npz")
+    val = load_npz(args.split / "val.npz")  # model selection on validation only; the test split is for evaluate
+    max_epochs = None
+    if report.get("synthetic"):
+        max_epochs = demo.get("max_epochs")
+        train = subsample(train.subset(train.labeled), demo.get("max_train_rows"), seed)
+        log.info("synthetic demo data: at most %s epochs, %d train rows", max_epochs, len(train))
+
+    m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
+                         checkpoint_dir=args.checkpoints, curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv",
+                         max_epochs=max_epochs)
+    log.info("%s: val_accuracy %.4f, val_macro_f1 %.4f, %d epochs (best %d), %.0f s, %.0f images/s",
+             args.model, m["val_accuracy"], m["val_macro_f1"], m["epochs_run"], m["best_epoch"], m["train_wall_s"],
+             m["images_per_s"])
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,71 @@
+"""train_deep through MLflow: params, per-epoch metrics, artifacts, and a logged model that predicts like model.keras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+mlflow = pytest.importorskip("mlflow")
+
+from ferops.data.io import read_json  # noqa: E402
+from ferops.tracking import init_tracking  # noqa: E402
+from ferops.training import train_deep_model  # noqa: E402
+
+CFG = {"arch": "cnn", "filters": [8, 16], "dense": 16, "dropout": 0.1, "epochs": 2, "batch_size": 32, "lr": 2e-3,
+       "optimizer": "adam", "schedule": "plateau", "label_smoothing": 0.0, "early_stopping_patience": 3,
+       "online_aug": {"hflip": True, "crop": 44}, "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training through the stage function, into a fresh sqlite MLflow store (shared by the tests)."""
+    from ferops.data.synthetic import make_synthetic
+
+    tmp_path = tmp_path_factory.mktemp("train_deep")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    init_tracking()
+    d = make_synthetic(260, 3)
+    train, val = d.subset(np.arange(260) < 200), d.subset(np.arange(260) >= 200)
+    out = tmp_path / "models" / "cnn"
+    summary = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report={"synthetic": True, "sha256": "abc", "format": "synthetic"},
+                               out_dir=out, checkpoint_dir=tmp_path / "ckpt", curves_csv=tmp_path / "curves" / "cnn.csv", verbose=0)
+    yield summary, out, val, tmp_path
+    mp.undo()
+
+
+def test_model_dir_contract_and_dvc_curves(trained):
+    summary, out, _, tmp_path = trained
+    for f in ("model.keras", "config.json", "metrics.json", "history.csv", "curves.png", "confusion_val.png", "mlflow_run_id.txt"):
+        assert (out / f).exists(), f
+    m = read_json(out / "metrics.json")
+    assert m["kind"] == "deep" and m["arch"] == "cnn" and m["model"] == "cnn" and m == summary
+    assert {"val_accuracy", "val_macro_f1", "train_wall_s", "epochs_run", "best_epoch", "images_per_s"} <= set(m)
+    assert read_json(out / "config.json")["arch"] == "cnn"
+    header = (tmp_path / "curves" / "cnn.csv").read_text().splitlines()[0]
+    assert header == "epoch,accuracy,val_accuracy,loss,val_loss,lr"
+    assert not (tmp_path / "ckpt").exists()  # finished: checkpoint removed
+
+
+def test_mlflow_run_has_params_epoch_metrics_artifacts_and_a_loadable_model(trained):
+    summary, out, val, _ = trained
+    run_id = (out / "mlflow_run_id.txt").read_text().strip()
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["arch"] == "cnn" and run.data.params["online_aug.crop"] == "44"
+    assert run.data.tags["stage"] == "train_deep" and run.data.tags["dataset"] == "synthetic"
+    assert run.data.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"])
+    client = mlflow.MlflowClient()
+    epochs = client.get_metric_history(run_id, "epoch_val_accuracy")
+    assert [h.step for h in epochs] == list(range(1, summary["epochs_run"] + 1))
+    assert len(client.get_metric_history(run_id, "epoch_lr")) == summary["epochs_run"]
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"curves.png", "history.csv", "confusion_val.png", "config.json", "metrics.json"} <= names
+
+    x = val.pixels[:16, :, :, None].astype("float32")
+    local = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
+    logged = mlflow.keras.load_model(summary["mlflow_model_uri"])
+    np.testing.assert_allclose(logged.predict(x, verbose=0), local, atol=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), local, atol=1e-6)

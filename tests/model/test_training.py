@@ -1,0 +1,164 @@
+"""Training behaviour: config/precision helpers, a smoke run, kill-and-resume, learning the synthetic set, flip invariance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from ferops.data.io import FerData  # noqa: E402
+from ferops.errors import ConfigError  # noqa: E402
+from ferops.training import (  # noqa: E402
+    _lr_schedules,
+    choose_precision,
+    class_weight_vector,
+    predict_proba,
+    resolve_config,
+    subsample,
+    train_keras,
+    tta_views,
+)
+
+TINY = {"arch": "dnn", "hidden": [16], "dropout": 0.0, "epochs": 3, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
+        "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1, "class_weights": True,
+        "early_stopping_patience": 5, "online_aug": {"hflip": True, "crop": 44, "erasing": 0.2}, "precision": "fp32"}
+
+
+def _data(n: int, seed: int) -> FerData:
+    try:
+        from ferops.data.synthetic import make_synthetic
+    except ImportError:  # pragma: no cover - the generator ships with ferops
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 7, n).astype(np.int8)
+        px = (rng.normal(0, 20, (n, 48, 48)) + 30 * y[:, None, None]).clip(0, 255).astype(np.uint8)
+        return FerData(px, y, np.array(["Training"] * n), np.array([str(i) for i in range(n)]))
+    return make_synthetic(n, seed)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    d = _data(240, 1)
+    return d.subset(np.arange(240) < 180), d.subset(np.arange(240) >= 180)
+
+
+def test_resolve_config_deep_merges_and_tuned_wins():
+    common = {"lr": 1e-3, "online_aug": {"hflip": True, "crop": 44}, "epochs": 30}
+    cfg = resolve_config(common, {"arch": "resnet", "online_aug": {"crop": 40}}, {"lr": 5e-4})
+    assert cfg == {"lr": 5e-4, "online_aug": {"hflip": True, "crop": 40}, "epochs": 30, "arch": "resnet"}
+    assert common["online_aug"]["crop"] == 44  # inputs untouched
+
+
+def test_choose_precision():
+    assert choose_precision("fp32") == "float32"
+    assert choose_precision("bf16") == "mixed_bfloat16"
+    assert choose_precision("auto") in {"float32", "mixed_bfloat16", "mixed_float16"}
+    with pytest.raises(ConfigError):
+        choose_precision("int8")
+
+
+def test_class_weights_average_one_and_favour_rare_classes():
+    y = np.array([0] * 90 + [1] * 10)
+    w = class_weight_vector(y)
+    assert w[1] > w[0] and w[2] == 0
+    assert math.isclose(w[y].mean(), 1.0)
+
+
+def test_warmup_cosine_and_onecycle_schedules():
+    s = _lr_schedules()
+    wc = s["WarmupCosine"](1.0, total_steps=100, warmup_steps=10)
+    vals = [float(keras.ops.convert_to_numpy(wc(i))) for i in (0, 9, 10, 55, 100)]
+    assert vals[0] < vals[1] <= 1.0 and math.isclose(vals[2], 1.0, rel_tol=1e-5) and vals[3] < 1.0
+    assert math.isclose(vals[4], 0.01, rel_tol=1e-3)
+    oc = s["OneCycle"](1.0, total_steps=100)
+    assert float(keras.ops.convert_to_numpy(oc(0))) == pytest.approx(0.04)
+    assert float(keras.ops.convert_to_numpy(oc(30))) == pytest.approx(1.0)
+    assert float(keras.ops.convert_to_numpy(oc(100))) < 1e-3
+    assert type(wc).from_config(wc.get_config()).get_config() == wc.get_config()  # serialisable
+
+
+def test_subsample_keeps_every_class():
+    d = _data(700, 2)
+    sub = subsample(d, 70, seed=0)
+    assert 60 <= len(sub) <= 80
+    assert set(np.unique(sub.emotion)) == set(np.unique(d.emotion))
+
+
+def test_tencrop_views_hit_the_corner_crops():
+    x = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
+    views = tta_views(x, "tencrop", crop=44)
+    assert len(views) == 10 and len(tta_views(x, "flip")) == 2 and len(tta_views(x, "tencrop", crop=0)) == 2
+    centre = [v[:, 2:46, 2:46, 0] for v in views[::2]]  # the model's centre crop of each unflipped view
+    corners = [x[:, 2:46, 2:46]] + [x[:, r:r + 44, c:c + 44] for r in (4, 0) for c in (4, 0)]
+    for got, want in zip(centre, corners):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_smoke_training_returns_history_with_lr(tiny):
+    train, val = tiny
+    res = train_keras(train, val, TINY, seed=0, verbose=0, max_epochs=2)
+    assert res.epochs_run == 2 and len(res.history["lr"]) == 2
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(res.history)
+    assert 1 <= res.best_epoch <= 2 and res.images_per_s > 0 and res.precision == "float32"
+    assert 0 <= res.val_accuracy <= 1 and res.val_proba.shape == (len(val), 7)
+    # the returned model is the float32 inference copy and agrees with val_proba
+    np.testing.assert_allclose(predict_proba(res.model, val.pixels), res.val_proba, atol=1e-6)
+
+
+def test_killed_run_resumes_at_the_next_epoch(tiny, tmp_path):
+    train, val = tiny
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed after epoch 2")
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed"):
+        train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Kill()])
+    assert (ckpt / "state.json").exists()
+
+    seen: list[int] = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    resumed = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
+    assert seen == [2]  # only the third epoch ran
+    assert resumed.epochs_run == 3 and not ckpt.exists()  # full history, checkpoint removed on success
+    straight = train_keras(train, val, TINY, seed=0, verbose=0)
+    # epochs 1-2 come from the checkpoint; the LR schedule continues from the restored optimizer step.
+    # (Epoch 3 sees a fresh shuffle order after a restart, so it is not bit-identical to a straight run.)
+    np.testing.assert_allclose(resumed.history["val_loss"][:2], straight.history["val_loss"][:2], rtol=1e-5)
+    np.testing.assert_allclose(resumed.history["lr"], straight.history["lr"], rtol=1e-6)
+    assert np.isfinite(resumed.history["val_loss"][2])
+
+
+@pytest.fixture(scope="module")
+def learned():
+    """A small CNN trained on the synthetic faces (~20-40 s on 2 cores)."""
+    d = _data(2500, 0)
+    train, val = d.subset(np.arange(2500) < 2000), d.subset(np.arange(2500) >= 2000)
+    cfg = {"arch": "cnn", "filters": [16, 32], "dense": 64, "dropout": 0.1, "epochs": 7, "batch_size": 64, "lr": 3e-3,
+           "optimizer": "adam", "schedule": "onecycle", "label_smoothing": 0.0, "early_stopping_patience": 7,
+           "online_aug": {"hflip": True}, "precision": "fp32"}
+    return train_keras(train, val, cfg, seed=0, verbose=0), val
+
+
+def test_small_cnn_learns_the_synthetic_set(learned):
+    res, _ = learned
+    assert res.val_accuracy >= 0.90, res.history["val_accuracy"]
+    assert res.val_macro_f1 >= 0.80
+
+
+def test_predictions_are_invariant_to_horizontal_flip(learned):
+    res, val = learned
+    p = predict_proba(res.model, val.pixels).argmax(1)
+    p_flip = predict_proba(res.model, val.pixels[:, :, ::-1]).argmax(1)
+    assert (p == p_flip).mean() >= 0.85
+    # flip TTA averages both views, so it can only differ where the two disagree
+    p_tta = predict_proba(res.model, val.pixels, tta="flip").argmax(1)
+    assert np.all((p_tta == p) | (p != p_flip))

@@ -1,0 +1,117 @@
+"""Keras model zoo: shapes, sizes, raw-pixel input, train-only augmentation, .keras round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from ferops.config import deep_merge  # noqa: E402
+from ferops.errors import ConfigError  # noqa: E402
+from ferops.models import zoo  # noqa: E402
+
+AUG = {"hflip": True, "rotate_deg": 10, "translate": 0.1, "zoom": 0.1, "contrast": 0.1, "crop": 44, "erasing": 0.5}
+SMALL = {
+    "dnn": {"arch": "dnn", "hidden": [500, 300, 100], "dropout": 0.3},
+    "cnn": {"arch": "cnn", "filters": [32, 64], "dense": 128, "dropout": 0.2},
+    "vgg": {"arch": "vgg", "blocks": [[32, 32], [64, 64], [128, 128]], "dense": 256, "dropout": 0.4},
+    "resnet": {"arch": "resnet", "stages": [2, 2, 2, 2], "widths": [32, 64, 128, 256], "stem_stride": 1, "stem_pool": True},
+    "mini_xception": {"arch": "mini_xception"},
+}
+PARAM_RANGES = {"dnn": (0.8e6, 2e6), "cnn": (0.3e6, 2e6), "vgg": (0.3e6, 3e6), "resnet": (1.5e6, 5e6),
+                "mini_xception": (40e3, 80e3)}
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (6, 48, 48, 1)).astype("float32")
+
+
+@pytest.mark.parametrize("arch", list(SMALL))
+def test_each_arch_gives_softmax_over_7_classes_with_sane_size(arch, pixels):
+    model = zoo.build_model({**SMALL[arch], "online_aug": AUG}, seed=0)
+    p = model.predict(pixels, verbose=0)
+    assert p.shape == (6, 7)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    lo, hi = PARAM_RANGES[arch]
+    assert lo <= model.count_params() <= hi, f"{arch}: {model.count_params()} params"
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"  # softmax stays float32 under mixed precision
+
+
+def test_resnet_expresses_report2_elu_3463_and_bottleneck():
+    cfg = {"arch": "resnet", "stages": [3, 4, 6, 3], "widths": [16, 32, 64, 128], "activation": "elu",
+           "stem_stride": 2, "stem_pool": False, "online_aug": {"crop": 0}}
+    model = zoo.build_model(cfg)
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 16
+    acts = {layer.get_config()["activation"] for layer in model.layers if isinstance(layer, keras.layers.Activation)}
+    assert acts == {"elu"}
+    # stride-2 at the first block of stages 2..4: 48 → 24 (stem) → 12 → 6 → 3
+    assert model.get_layer("s3b2_add").output.shape[1:3] == (3, 3)
+    bott = zoo.build_model({**cfg, "bottleneck": True, "activation": "relu"})
+    assert bott.get_layer("s0b0_c_conv").kernel.shape[:2] == (1, 1)
+
+
+def test_unknown_arch_and_bad_crop_are_config_errors():
+    with pytest.raises(ConfigError, match="arch"):
+        zoo.build_model({"arch": "transformer"})
+    with pytest.raises(ConfigError, match="crop"):
+        zoo.build_model({"arch": "cnn", "online_aug": {"crop": 60}})
+
+
+def test_raw_pixels_are_scaled_inside_and_inference_is_deterministic(pixels):
+    model = zoo.build_model({**SMALL["cnn"], "online_aug": AUG}, seed=1)
+    assert any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
+    a, b = model.predict(pixels, verbose=0), model.predict(pixels, verbose=0)
+    np.testing.assert_array_equal(a, b)
+    # augmentation is live in training mode only
+    t1 = keras.ops.convert_to_numpy(model(pixels, training=True))
+    assert not np.allclose(t1, a)
+
+
+def test_crop_layer_random_windows_in_training_centre_at_inference():
+    layer = zoo._layers()["RandomCropOrCenter"](40, seed=3)
+    x = np.arange(2 * 48 * 48, dtype="float32").reshape(2, 48, 48, 1)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x[:, 4:44, 4:44])
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    assert out.shape == (2, 40, 40, 1)
+    for i in range(2):  # each output is some 40x40 window of its own input
+        top, left = divmod(int(out[i, 0, 0, 0] - x[i, 0, 0, 0]), 48)
+        np.testing.assert_array_equal(out[i], x[i, top:top + 40, left:left + 40])
+
+
+def test_random_erasing_changes_a_rectangle_in_training_only():
+    layer = zoo._layers()["RandomErasing"](1.0, seed=0)
+    x = np.full((4, 48, 48, 1), 100.0, dtype="float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    changed = (out != x).mean(axis=(1, 2, 3))
+    assert np.all(changed > 0.005) and np.all(changed < 0.3)
+
+
+def test_keras_round_trip_in_safe_mode_for_training_and_inference_models(tmp_path, pixels):
+    cfg = {**SMALL["mini_xception"], "online_aug": AUG}
+    model = zoo.build_model(cfg, seed=0)
+    model.save(tmp_path / "train.keras")
+    again = keras.models.load_model(tmp_path / "train.keras")  # safe_mode=True by default
+    np.testing.assert_array_equal(again.predict(pixels, verbose=0), model.predict(pixels, verbose=0))
+
+    clean = zoo.inference_model(model, cfg)
+    custom = tuple(zoo.custom_objects().values())
+    assert not any(isinstance(layer, custom) for layer in clean.layers)  # built-in layers only: loads anywhere
+    np.testing.assert_allclose(clean.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-6)
+    clean.save(tmp_path / "clean.keras")
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "clean.keras").predict(pixels, verbose=0),
+                                  clean.predict(pixels, verbose=0))
+    assert zoo.crop_size(clean) == zoo.crop_size(model) == 44
+
+
+def test_aug_strength_scales_magnitudes_and_caps_erasing_probability():
+    aug = zoo.aug_config({"online_aug": {"rotate_deg": 10, "erasing": 0.6}, "aug_strength": 2.0})
+    assert aug["rotate_deg"] == 20 and aug["erasing"] == 1.0 and aug["hflip"] is True
+
+
+def test_base_width_doubles_per_stage():
+    assert zoo.resnet_widths({"stages": [2, 2, 2], "base_width": 24}) == [24, 48, 96]
+    assert zoo.resnet_widths(deep_merge({"stages": [1, 1]}, {"widths": [8, 16]})) == [8, 16]
