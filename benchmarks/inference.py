@@ -1,0 +1,149 @@
+"""Inference benchmark: champion batch throughput (images/s) and `ferops predict` latency for one photo.
+
+    python benchmarks/inference.py                       # fresh default resnet from params.yaml (untrained: speed only)
+    python benchmarks/inference.py --model models:/fer2013-resnet@champion
+    python benchmarks/inference.py --model models/deep/resnet/model.keras --photo-runs 50
+
+(a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
+    plus parsing FER2013 `pixels` strings (the REST/CSV input path);
+(b) latency: `predict_photos` on one photo — read, face detection, crop, classify, annotate, write —
+    median over --photo-runs, on a real photo that scikit-image ships (512x512) and on a 4000x3000 upscale.
+Targets: ≥ 1,000 images/s and ≤ 150 ms per photo on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_model(params_path: Path):
+    """The default resnet of params.yaml, freshly built for inference (weights untrained: speed is the same)."""
+    from ferops.config import load_params, section
+    from ferops.models.zoo import build_model
+
+    deep = section(load_params(params_path), "train_deep")
+    cfg = {**(deep.get("common") or {}), **(deep["models"]["resnet"] or {})}
+    return build_model(cfg, seed=0, inference=True), "fresh resnet from params.yaml (train_deep.models.resnet)"
+
+
+def timed(fn, runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process-CPU seconds of `runs` calls (after one warm-up call)."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(runs):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
+def throughput(model, batch: int, repeats: int) -> dict:
+    """Images/s of predict_on_batch on `batch` raw images, and of parsing `pixels` strings."""
+    from ferops.inference import parse_pixel_strings, predict_proba
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, 48, 48), dtype=np.uint8)
+    secs, cpu = timed(lambda: predict_proba(model, x, batch_size=batch), repeats)
+    strings = [" ".join(map(str, p.ravel())) for p in x]
+    parse, _ = timed(lambda: parse_pixel_strings(strings), 3)
+    return {"batch": batch, "repeats": repeats, "median_s": statistics.median(secs),
+            "images_per_s": batch / statistics.median(secs), "best_images_per_s": batch / min(secs),
+            # CPU time is no steadier here: TF's worker threads spin while they wait for a busy core.
+            "cpu_ms_per_image": 1000 * statistics.median(cpu) / batch,
+            "parse_rows_per_s": batch / statistics.median(parse)}
+
+
+def latency(model, photo: Path, runs: int, out_dir: Path) -> dict:
+    """Median ms of predict_photos on one photo (model loaded, detector warm)."""
+    from ferops.inference import face_detector, predict_photos
+
+    res = predict_photos([photo], model, out_dir)[0]
+    secs, cpu = timed(lambda: predict_photos([photo], model, out_dir), runs)
+    return {"photo": photo.name, "size": res.get("image_size"), "faces": len(res["faces"]), "runs": runs,
+            "median_ms": 1000 * statistics.median(secs), "p90_ms": 1000 * float(np.percentile(secs, 90)),
+            "median_cpu_ms": 1000 * statistics.median(cpu), "detector": face_detector()[0]}
+
+
+def machine() -> str:
+    """CPU model, core count and SIMD flags that matter for TF."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {'/'.join(simd) or 'no AVX2'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model URI or .keras path (default: a fresh resnet from params.yaml)")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=5, help="timed batches for throughput")
+    ap.add_argument("--photo-runs", type=int, default=30)
+    ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    import cv2
+    from skimage.data import astronaut
+
+    from ferops.inference import load_classifier
+
+    if args.model:
+        model, what = load_classifier(args.model, args.params), args.model
+    else:
+        try:
+            model, what = default_model(Path(args.params))
+        except ImportError as exc:  # zoo not there yet: nothing to time for (a)
+            sys.exit(f"no model: pass --model ({exc})")
+    report = {"model": what, "machine": machine(), "cmd": " ".join([Path(sys.executable).name, *sys.argv])}
+    print(f"model: {what}\nmachine: {report['machine']}", flush=True)
+
+    t = throughput(model, args.batch, args.repeats)
+    report["throughput"] = t
+    print(f"(a) batch {t['batch']}: {t['images_per_s']:.0f} images/s median (best {t['best_images_per_s']:.0f}); "
+          f"{t['cpu_ms_per_image']:.2f} ms CPU/image; "
+          f"pixels-string parsing {t['parse_rows_per_s']:.0f} rows/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photo = tmp / "astronaut.jpg"
+        bgr = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(photo), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        report["latency"] = [latency(model, photo, args.photo_runs, tmp / "out")]
+        if args.huge_runs:
+            huge = tmp / "astronaut_4000x3000.jpg"
+            cv2.imwrite(str(huge), cv2.resize(bgr[64:448], (4000, 3000), interpolation=cv2.INTER_CUBIC),
+                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            report["latency"].append(latency(model, huge, args.huge_runs, tmp / "out"))
+    for lat in report["latency"]:
+        print(f"(b) {lat['photo']} {lat['size'][0]}x{lat['size'][1]}, {lat['faces']} face(s), detector "
+              f"{lat['detector']}: {lat['median_ms']:.0f} ms median (CPU {lat['median_cpu_ms']:.0f} ms), "
+              f"p90 {lat['p90_ms']:.0f} ms over {lat['runs']} runs",
+              flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

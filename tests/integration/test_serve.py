@@ -1,0 +1,108 @@
+"""Serving the champion over REST: `mlflow models serve models:/<name>@champion --env-manager local`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from ferops.constants import EMOTIONS, IMG_SIZE
+
+pytestmark = pytest.mark.integration
+
+NAME = "fer-serve-test"
+PING_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _register_champion(tmp_path: Path) -> None:
+    """A tiny Keras model (raw pixels → Rescaling → Dense softmax) logged as FerPyfunc, registered @champion."""
+    import keras
+    import mlflow
+
+    from ferops.inference import log_pyfunc_model
+    from ferops.tracking import init_tracking
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((IMG_SIZE, IMG_SIZE, 1)), keras.layers.Rescaling(1.0 / 255),
+                              keras.layers.Flatten(), keras.layers.Dense(len(EMOTIONS), activation="softmax")])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    init_tracking()
+    with mlflow.start_run():
+        uri = log_pyfunc_model(path)
+    mv = mlflow.register_model(uri, NAME)
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", mv.version)
+
+
+def _wait_for_ping(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + PING_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no /ping answer within {PING_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_serve_champion_over_rest(tmp_path, mlflow_store):
+    import cv2
+
+    _register_champion(tmp_path)
+    port, log = _free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_bin), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(log, "w") as out:
+        # Own process group: the server's worker processes are stopped with it.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                start_new_session=True)
+    try:
+        _wait_for_ping(url, proc, log)
+        rng = np.random.default_rng(0)
+        pixels = [" ".join(map(str, rng.integers(0, 256, IMG_SIZE * IMG_SIZE))) for _ in range(2)]
+        ok, png = cv2.imencode(".png", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+        image = base64.b64encode(png.tobytes()).decode()
+        payload = {"dataframe_split": {"columns": ["pixels", "image"],
+                                       "data": [[pixels[0], None], [pixels[1], None], [None, image]]}}
+        r = requests.post(f"{url}/invocations", json=payload, timeout=60)
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert len(preds) == 3
+        for p in preds:
+            probs = [p[f"prob_{n}"] for n in EMOTIONS]
+            assert abs(sum(probs) - 1.0) < 1e-4 and min(probs) >= 0
+            assert p["label"] == int(np.argmax(probs)) and p["label_name"] == EMOTIONS[p["label"]]
+
+        bad = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["pixels"], "data": [["1 2 3"]]}},
+                            timeout=60)
+        assert bad.status_code == 400 and "row 0: `pixels` has 3 values" in bad.json()["message"]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -1,0 +1,266 @@
+"""ferops.inference: pyfunc parity with Keras, input errors, face detection, `ferops predict` on photos."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferops import inference as inf
+from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS
+from ferops.errors import FerError
+
+REPO = Path(__file__).resolve().parents[2]
+SKIN = np.array((150, 175, 225), np.float32)  # BGR
+
+
+def draw_face_photo(w: int = 640, h: int = 480, faces: tuple[tuple[int, int, int], ...] = ((320, 240, 160),),
+                    seed: int = 0) -> np.ndarray:
+    """A colour 'photo' of drawn frontal faces (cx, cy, face width): shaded skin, eye sockets, brows,
+    a bright nose bridge, nostrils and a mouth — the light/dark pattern face cascades look for."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = (200, 210, 220)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for cx, cy, fw in faces:
+        fh = fw * 1.3
+        r = ((xx - cx) / (fw / 2)) ** 2 + ((yy - cy) / (fh / 2)) ** 2
+        img = np.where((r <= 1)[..., None], SKIN * np.clip(1.05 - 0.35 * r, 0, 1)[..., None], img)
+    img = img.astype(np.uint8)
+    for cx, cy, fw in faces:
+        fh = fw * 1.3
+        p = lambda v: int(round(v))  # noqa: E731
+        cv2.ellipse(img, (cx, p(cy - fh * 0.38)), (fw // 2 + 6, p(fh * 0.22)), 0, 180, 360, (30, 35, 50), -1, cv2.LINE_AA)
+        ey = p(cy - fh * 0.08)
+        for s in (-1, 1):
+            c = (p(cx + s * fw * 0.2), ey)
+            cv2.ellipse(img, c, (p(fw * 0.14), p(fw * 0.08)), 0, 0, 360, tuple(int(v) for v in SKIN * 0.55), -1,
+                        cv2.LINE_AA)
+            cv2.ellipse(img, c, (p(fw * 0.09), p(fw * 0.04)), 0, 0, 360, (235, 235, 235), -1, cv2.LINE_AA)
+            cv2.circle(img, c, max(2, p(fw * 0.035)), (30, 25, 20), -1, cv2.LINE_AA)
+            cv2.ellipse(img, (c[0], p(ey - fw * 0.13)), (p(fw * 0.13), p(fw * 0.035)), 0, 180, 360, (35, 40, 55),
+                        max(2, fw // 25), cv2.LINE_AA)
+        cv2.line(img, (cx, ey), (cx, p(cy + fh * 0.1)), (175, 200, 245), max(2, fw // 14), cv2.LINE_AA)
+        for s in (-1, 1):
+            cv2.ellipse(img, (p(cx + s * fw * 0.05), p(cy + fh * 0.12)), (p(fw * 0.03), p(fw * 0.018)), 0, 0, 360,
+                        (70, 80, 120), -1, cv2.LINE_AA)
+        cv2.ellipse(img, (cx, p(cy + fh * 0.26)), (p(fw * 0.17), p(fw * 0.035)), 0, 0, 360, (70, 70, 150), -1,
+                    cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0)
+    return np.clip(img.astype(np.int16) + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def pixel_strings(pixels: np.ndarray) -> list[str]:
+    return [" ".join(map(str, p.ravel())) for p in pixels]
+
+
+def b64(img: np.ndarray, ext: str) -> str:
+    ok, buf = cv2.imencode(ext, img)
+    assert ok
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def expected_48(encoded: str) -> np.ndarray:
+    """Independent reference preprocessing (ingest's image reader): grey, centre square, INTER_AREA resize."""
+    gray = cv2.imdecode(np.frombuffer(base64.b64decode(encoded), np.uint8), cv2.IMREAD_GRAYSCALE)
+    h, w = gray.shape
+    s = min(h, w)
+    gray = gray[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return cv2.resize(gray, (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def keras_path(tmp_path_factory) -> Path:
+    """A tiny saved Keras model with the project contract: raw 0..255 [N,48,48,1] → softmax [N,7]."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((IMG_SIZE, IMG_SIZE, 1)),
+        keras.layers.Rescaling(1.0 / 255),
+        keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(len(EMOTIONS), activation="softmax"),
+    ])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_model(keras_path):
+    return inf.load_keras(keras_path)
+
+
+@pytest.fixture(scope="module")
+def registered(keras_path, tmp_path_factory):
+    """FerPyfunc logged into a real sqlite store, registered as fer-test@champion; yields (store URI, loaded pyfunc)."""
+    import mlflow
+
+    from ferops.tracking import init_tracking
+
+    store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store)
+        init_tracking()
+        with mlflow.start_run():
+            uri = inf.log_pyfunc_model(keras_path)
+        mv = mlflow.register_model(uri, "fer-test")
+        mlflow.MlflowClient().set_registered_model_alias("fer-test", "champion", mv.version)
+        yield store, mlflow.pyfunc.load_model(uri)
+
+
+def test_parse_pixel_strings_roundtrip():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    strings = pixel_strings(pixels)
+    strings[1] = "  " + strings[1].replace(" ", "  ") + "\n"  # extra whitespace is fine
+    np.testing.assert_array_equal(inf.parse_pixel_strings(strings), pixels)
+
+
+def test_bad_pixel_rows_are_named():
+    good = " ".join(["7"] * N_PIXELS)
+    rows = [good, " ".join(["7"] * (N_PIXELS - 1)), good.replace("7", "x", 1), good.replace("7", "300", 1), None]
+    with pytest.raises(ValueError) as err:
+        inf.parse_pixel_strings(rows)
+    msg = str(err.value)
+    assert "4 bad" in msg
+    assert f"row 1: has {N_PIXELS - 1} values, expected {N_PIXELS}" in msg
+    assert "row 2: non-integer value 'x'" in msg
+    assert "row 3: value 300 outside 0..255" in msg
+    assert "row 4: expected a string" in msg
+    assert "row 0" not in msg
+
+
+def test_pyfunc_pixels_match_keras(registered, keras_model):
+    pixels = np.random.default_rng(1).integers(0, 256, (6, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    out = registered[1].predict(pd.DataFrame({"pixels": pixel_strings(pixels)}))
+    want = keras_model.predict_on_batch(pixels[..., None].astype(np.float32))
+    assert list(out.columns) == list(inf.OUTPUT_COLUMNS)
+    np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
+    np.testing.assert_array_equal(out["label"].to_numpy(), want.argmax(1))
+    assert list(out["label_name"]) == [EMOTIONS[k] for k in want.argmax(1)]
+    np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_pyfunc_base64_images_match_keras(registered, keras_model):
+    rng = np.random.default_rng(2)
+    grey48 = rng.integers(0, 256, (IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    big_colour = cv2.resize(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), (1200, 900))  # large, colour
+    images = [b64(grey48, ".png"), b64(big_colour, ".png"), "data:image/jpeg;base64," + b64(big_colour, ".jpg")]
+    out = registered[1].predict(pd.DataFrame({"image": images}))
+    ref = np.stack([grey48, expected_48(images[1]), expected_48(images[2].split(",", 1)[1])])
+    want = keras_model.predict_on_batch(ref[..., None].astype(np.float32))
+    np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
+
+
+def test_pyfunc_crop_face_param(registered, keras_model):
+    photo = b64(draw_face_photo(), ".png")
+    gray = cv2.imdecode(np.frombuffer(base64.b64decode(photo), np.uint8), cv2.IMREAD_GRAYSCALE)
+    (box,) = inf.detect_faces(gray)
+    out = registered[1].predict(pd.DataFrame({"image": [photo]}), params={"crop_face": True})
+    face = cv2.resize(inf.crop_square(gray, box), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_AREA)
+    want = keras_model.predict_on_batch(face[None, ..., None].astype(np.float32))
+    np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
+
+
+def test_image_preprocessing_matches_ingest(tmp_path):
+    """Serving must see images exactly as training did: compare with ingest's image-folder reader."""
+    formats = pytest.importorskip("ferops.data.formats")
+    rng = np.random.default_rng(4)
+    for i, shape in enumerate([(900, 1200, 3), (30, 20), (IMG_SIZE, IMG_SIZE), (200, 120, 3)]):
+        f = tmp_path / f"img{i}.jpg"
+        cv2.imwrite(str(f), cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), shape[1::-1])
+                    if len(shape) == 3 else rng.integers(0, 256, shape, dtype=np.uint8))
+        np.testing.assert_array_equal(inf.resize_to_model(inf.decode_image(f.read_bytes())),
+                                      formats._load_image(f, cv2))
+
+
+def test_pyfunc_bad_rows_give_clear_errors(registered):
+    model = registered[1]
+    with pytest.raises(Exception) as err:
+        model.predict(pd.DataFrame({"image": [b64(np.zeros((60, 60), np.uint8), ".png"), "bm90IGFuIGltYWdl", "%%%"]}))
+    assert isinstance(err.value, ValueError)
+    msg = str(err.value)
+    assert "row 1: `image` not a decodable image" in msg and "row 2: `image` not valid base64" in msg
+    with pytest.raises(ValueError, match="row 0: `pixels` has 3 values"):
+        model.predict(pd.DataFrame({"pixels": ["1 2 3"]}))
+    with pytest.raises(ValueError, match="needs a `pixels` column"):
+        inf.frame_to_faces(pd.DataFrame({"text": ["a"]}))
+
+
+def test_detect_faces_on_drawn_face_and_blank():
+    photo = draw_face_photo()
+    boxes = inf.detect_faces(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    assert abs(x + w / 2 - 320) < 40 and abs(y + h / 2 - 240) < 50 and 60 < w < 260
+    assert inf.detect_faces(np.full((480, 640), 128, np.uint8)) == []
+    assert inf.detect_faces(np.zeros((10, 10), np.uint8)) == []
+
+
+def test_detect_faces_many_and_huge():
+    two = draw_face_photo(faces=((460, 240, 150), (170, 250, 150)))
+    boxes = inf.detect_faces(cv2.cvtColor(two, cv2.COLOR_BGR2GRAY))
+    assert len(boxes) == 2 and boxes[0][0] < boxes[1][0]  # left to right
+    huge = cv2.resize(draw_face_photo(), (4000, 3000), interpolation=cv2.INTER_LINEAR)
+    (x, y, w, h), = inf.detect_faces(cv2.cvtColor(huge, cv2.COLOR_BGR2GRAY))
+    assert abs(x + w / 2 - 2000) < 250 and abs(y + h / 2 - 1500) < 300  # mapped back to full-size pixels
+
+
+def test_predict_photos_per_file_answers(tmp_path, keras_model):
+    face, blank, junk = tmp_path / "face.jpg", tmp_path / "blank.png", tmp_path / "notes.jpg"
+    cv2.imwrite(str(face), draw_face_photo())
+    cv2.imwrite(str(blank), np.full((200, 300, 3), 90, np.uint8))
+    junk.write_text("not an image")
+    res = inf.predict_photos([face, blank, junk, tmp_path / "missing.png"], keras_model, tmp_path / "out")
+    assert [r["error"] is None for r in res] == [True, True, False, False]
+    (f,) = res[0]["faces"]
+    assert f["label_name"] == EMOTIONS[f["label"]] and abs(sum(f["probabilities"].values()) - 1) < 1e-3
+    ann = cv2.imread(res[0]["annotated"])
+    assert ann is not None and ann.shape == (480, 640, 3)
+    assert res[1]["faces"] == [] and res[1]["note"] == "no face found"
+    assert "not an image" in res[2]["error"] and res[2]["annotated"] is None
+    assert res[3]["error"] == "file not found"
+
+
+def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path, monkeypatch):
+    from ferops.tracking import init_tracking
+
+    params = tmp_path / "params.yaml"
+    params.write_text("register:\n  model_name: fer-test\n  champion_alias: champion\n")
+    x = np.random.default_rng(3).integers(0, 256, (2, IMG_SIZE, IMG_SIZE, 1)).astype(np.float32)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered[0])
+    champ = inf.load_classifier(None, params)
+    np.testing.assert_allclose(inf.predict_proba(champ, x), keras_model.predict_on_batch(x), atol=1e-6)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent.db'}")
+    with pytest.raises(FerError, match="make run"):
+        inf.load_classifier(None, params)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    init_tracking()
+    with pytest.raises(FerError, match=r"no model 'fer-test' with alias @champion: run `make run`"):
+        inf.load_classifier(None, params)
+
+
+def test_cli_predict_subprocess(tmp_path, keras_path):
+    face, junk = tmp_path / "face.png", tmp_path / "junk.png"
+    cv2.imwrite(str(face), draw_face_photo())
+    junk.write_bytes(b"\x89PNG but not really")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "ferops.cli", "predict", str(face), str(junk), "--model", str(keras_path),
+           "--out-dir", str(tmp_path / "pred")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    res = json.loads(proc.stdout)
+    assert len(res[0]["faces"]) == 1 and Path(res[0]["annotated"]).is_file() and res[0]["error"] is None
+    assert "not an image" in res[1]["error"]
+    assert "error: 1 bad file(s)" in proc.stderr and "junk.png" in proc.stderr
+    assert "Traceback" not in proc.stderr
