@@ -33,14 +33,9 @@ CNN = {"arch": "cnn", "filters": [4, 8], "dense": 16, "dropout": 0.1, "lr": 1e-3
 
 
 def _fer(n: int, seed: int = 0) -> FerData:
-    try:
-        from ferops.data.synthetic import make_synthetic
+    from ferops.data.synthetic import make_synthetic
 
-        return make_synthetic(n, seed)
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        return FerData(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), (np.arange(n) % 7).astype(np.int8),
-                       np.array(["Training"] * n), np.array([f"r{i}" for i in range(n)]))
+    return make_synthetic(n, seed)
 
 
 def cheap_trial(trial, cfg, train, val, *, seed, epochs):

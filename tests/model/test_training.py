@@ -28,13 +28,8 @@ TINY = {"arch": "dnn", "hidden": [16], "dropout": 0.0, "epochs": 3, "batch_size"
 
 
 def _data(n: int, seed: int) -> FerData:
-    try:
-        from ferops.data.synthetic import make_synthetic
-    except ImportError:  # pragma: no cover - the generator ships with ferops
-        rng = np.random.default_rng(seed)
-        y = rng.integers(0, 7, n).astype(np.int8)
-        px = (rng.normal(0, 20, (n, 48, 48)) + 30 * y[:, None, None]).clip(0, 255).astype(np.uint8)
-        return FerData(px, y, np.array(["Training"] * n), np.array([str(i) for i in range(n)]))
+    from ferops.data.synthetic import make_synthetic
+
     return make_synthetic(n, seed)
 
 

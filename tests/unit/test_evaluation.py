@@ -18,15 +18,10 @@ from ferops.evaluation import (SUMMARY_KEYS, comparison_markdown, confusion_rows
 
 
 def _data(n: int, seed: int) -> FerData:
-    """Synthetic faces (the project's generator when present, else random pixels with cycling labels)."""
-    try:
-        from ferops.data.synthetic import make_synthetic
+    """Synthetic demo faces."""
+    from ferops.data.synthetic import make_synthetic
 
-        return make_synthetic(n, seed)
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        return FerData(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), (np.arange(n) % 7).astype(np.int8),
-                       np.array(["Training"] * n), np.array([f"r{i}" for i in range(n)]))
+    return make_synthetic(n, seed)
 
 
 def _separable(n: int, seed: int) -> FerData:
