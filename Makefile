@@ -23,8 +23,8 @@ setup: $(STAMP)  ## create .venv and install ferops with its dependencies
 run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
 	dvc repro
 
-demo: setup  ## the pipeline on the synthetic demo set, whatever is in data/raw/
-	dvc repro -s ingest --force -- && dvc repro
+demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
+	dvc exp run -S ingest.source=synthetic
 
 test: setup  ## the default test suite (fast tiers; slow ones are marked)
 	$(PY) -m pytest -q

@@ -35,10 +35,10 @@ def main() -> None:
 
     p = section(load_params(args.params), "ingest")
     source = str(p.get("source") or "auto")
-    if source != "auto" and not Path(source).exists():
+    if source not in ("auto", "synthetic") and not Path(source).exists():
         raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")
-    found = detect_source(args.raw_dir if source == "auto" else Path(source))
-    if found is None and source != "auto":
+    found = None if source == "synthetic" else detect_source(args.raw_dir if source == "auto" else Path(source))
+    if found is None and source not in ("auto", "synthetic"):
         raise DataError(f"ingest.source: {source} holds no dataset (expected fer2013.csv, icml_face_data.csv, "
                         "train.csv+test.csv or train|test/<class>/ image folders).")
     if found is None:

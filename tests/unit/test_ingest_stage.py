@@ -86,3 +86,13 @@ def test_empty_raw_dir_generates_synthetic_with_warning(tmp_path):
 def test_missing_source_path_is_a_config_error(tmp_path):
     r = run_stage(tmp_path, tmp_path / "raw", source=str(tmp_path / "nope.csv"))
     assert r.returncode != 0 and "error: ingest.source" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_source_synthetic_ignores_real_data_in_raw_dir(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(raw / "fer2013.csv", 20)
+    r = run_stage(tmp_path, raw, source="synthetic")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "ingest.json").read_text())
+    assert rep["synthetic"] is True and rep["rows"] == 70
