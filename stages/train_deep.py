@@ -26,7 +26,8 @@ def main() -> None:
     ap.add_argument("--curves", type=Path, default=None, help="per-epoch CSV for DVC plots (default reports/curves/<model>.csv)")
     args = ap.parse_args()
 
-    from ferops.training import apply_tuned, resolve_config, subsample, train_deep_model, tuned_params
+    from ferops.data.split import stratified_subsample
+    from ferops.training import apply_tuned, resolve_config, train_deep_model, tuned_params
 
     params = load_params()
     td, demo = section(params, "train_deep"), params.get("demo") or {}
@@ -49,7 +50,7 @@ def main() -> None:
     max_epochs = None
     if report.get("synthetic"):
         max_epochs = demo.get("max_epochs")
-        train = subsample(train.subset(train.labeled), demo.get("max_train_rows"), seed)
+        train = stratified_subsample(train, demo.get("max_train_rows"), seed)
         log.info("synthetic demo data: at most %s epochs, %d train rows", max_epochs, len(train))
 
     m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,

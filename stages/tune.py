@@ -23,6 +23,7 @@ def main() -> None:
     from ferops import tuning
     from ferops.config import load_params, repo_root, section
     from ferops.data.io import load_npz, read_json, write_json
+    from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
     from ferops.tracking import dataset_tags, init_tracking
     from ferops.training import resolve_config
@@ -38,8 +39,8 @@ def main() -> None:
     ingest = read_json(args.ingest_report)
     b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")))
     cfg = resolve_config(deep.get("common") or {}, model)
-    train = tuning.stratified_subsample(load_npz(args.split / "train.npz"), b["train_rows"], seed)
-    val = tuning.stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
+    train = stratified_subsample(load_npz(args.split / "train.npz"), b["train_rows"], seed)
+    val = stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
     # Same space/config/data/epochs → same study (a rerun resumes it); any change → a fresh study.
     name = tuning.study_name(args.family, {"cfg": cfg, "space": fam["space"], "epochs": b["epochs"], "seed": seed,
                                            "pruner": tune.get("pruner"), "data": tuning.data_digest(train, val)})

@@ -477,18 +477,6 @@ def apply_tuned(cfg: dict[str, Any], best_params: dict[str, Any]) -> dict[str, A
     return apply_params(cfg, best_params)
 
 
-def subsample(data: FerData, n: int | None, seed: int) -> FerData:
-    """About n rows, drawn per class in proportion (seeded; every class keeps at least one row)."""
-    if not n or len(data) <= n:
-        return data
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(data.emotion):
-        idx = np.flatnonzero(data.emotion == c)
-        keep.append(rng.choice(idx, size=min(len(idx), max(1, round(len(idx) * n / len(data)))), replace=False))
-    return data.subset(np.sort(np.concatenate(keep)))
-
-
 def history_table(history: dict[str, list[float]]):
     """Per-epoch history as a DataFrame: epoch (1-based), accuracy, val_accuracy, loss, val_loss, lr, then the rest."""
     import pandas as pd

@@ -182,22 +182,6 @@ def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: b
     return b
 
 
-def stratified_subsample(data: FerData, n: int | None, seed: int) -> FerData:
-    """The labeled rows, cut to n with every class kept in proportion (largest remainder; seeded)."""
-    lab = data.subset(data.labeled)
-    if n is None or n >= len(lab):
-        return lab
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(lab.emotion, return_counts=True)
-    exact = counts / counts.sum() * n
-    quota = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - quota))[: n - quota.sum()]:
-        quota[i] += 1
-    idx = np.concatenate([rng.choice(np.flatnonzero(lab.emotion == c), size=q, replace=False)
-                          for c, q in zip(classes, quota, strict=True)])
-    return lab.subset(np.sort(idx))
-
-
 def study_name(family: str, fingerprint_of: dict[str, Any]) -> str:
     """`ferops-<family>-<hash>`: a new study when the space, data or trial budget per trial changes, the same one to resume."""
     blob = json.dumps(fingerprint_of, sort_keys=True, default=str)

@@ -10,6 +10,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from ferops.data.io import FerData  # noqa: E402
+from ferops.data.split import stratified_subsample  # noqa: E402
 from ferops.errors import ConfigError  # noqa: E402
 from ferops.training import (  # noqa: E402
     _lr_schedules,
@@ -17,7 +18,6 @@ from ferops.training import (  # noqa: E402
     class_weight_vector,
     predict_proba,
     resolve_config,
-    subsample,
     train_keras,
     tta_views,
 )
@@ -76,7 +76,7 @@ def test_warmup_cosine_and_onecycle_schedules():
 
 def test_subsample_keeps_every_class():
     d = _data(700, 2)
-    sub = subsample(d, 70, seed=0)
+    sub = stratified_subsample(d, 70, seed=0)
     assert 60 <= len(sub) <= 80
     assert set(np.unique(sub.emotion)) == set(np.unique(d.emotion))
 

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from ferops import tuning
 from ferops.data.io import FerData
+from ferops.data.split import stratified_subsample
 from ferops.errors import ConfigError
 
 SPACE = {
@@ -162,13 +163,13 @@ def test_stratified_subsample_exact_proportional_seeded():
     y = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 300, 500])
     y = np.concatenate([y, [-1] * 50])  # unlabeled rows are never trained on
     d = _fer(len(y), y)
-    s = tuning.stratified_subsample(d, 1000, seed=3)
+    s = stratified_subsample(d, 1000, seed=3)
     assert len(s) == 1000 and (s.emotion >= 0).all()
     counts = np.bincount(s.emotion, minlength=7)
     assert np.abs(counts - np.bincount(y[y >= 0], minlength=7) * 1000 / 2840).max() <= 1
-    assert np.array_equal(s.source_id, tuning.stratified_subsample(d, 1000, seed=3).source_id)
-    assert not np.array_equal(s.source_id, tuning.stratified_subsample(d, 1000, seed=4).source_id)
-    assert len(tuning.stratified_subsample(d, None, 0)) == 2840
+    assert np.array_equal(s.source_id, stratified_subsample(d, 1000, seed=3).source_id)
+    assert not np.array_equal(s.source_id, stratified_subsample(d, 1000, seed=4).source_id)
+    assert len(stratified_subsample(d, None, 0)) == 2840
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

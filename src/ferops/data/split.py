@@ -184,3 +184,19 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         "duplicates": dup,
     }
     return parts, report
+
+
+def stratified_subsample(data: FerData, n: int | None, seed: int) -> FerData:
+    """The labeled rows, cut to n with every class kept in proportion (largest remainder; seeded)."""
+    lab = data.subset(data.labeled)
+    if n is None or n >= len(lab):
+        return lab
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(lab.emotion, return_counts=True)
+    exact = counts / counts.sum() * n
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota))[: n - quota.sum()]:
+        quota[i] += 1
+    idx = np.concatenate([rng.choice(np.flatnonzero(lab.emotion == c), size=q, replace=False)
+                          for c, q in zip(classes, quota, strict=True)])
+    return lab.subset(np.sort(idx))
