@@ -79,11 +79,15 @@ def main() -> None:
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params")})
         result["val_accuracy_tta"] = classification_metrics(y_val, predict_proba(model, val.pixels, tta=tta).argmax(1))["accuracy"]
+        # Every TTA mode on val too, so the evaluate setting can be chosen on val (never on test).
+        result["val_accuracy_by_tta"] = {t: classification_metrics(y_val, predict_proba(model, val.pixels, tta=t).argmax(1))["accuracy"]
+                                         for t in ("none", "flip", "tencrop")}
         # The test split is scored once, after training and selection are finished.
         plain = classification_metrics(y_test, predict_proba(model, test.pixels).argmax(1), prefix="test_")
         with_tta = classification_metrics(y_test, predict_proba(model, test.pixels, tta=tta).argmax(1))
         result.update({"test_accuracy": plain["test_accuracy"], "test_macro_f1": plain["test_macro_f1"],
-                       "test_accuracy_tta": with_tta["accuracy"], "tta": tta, "config": cfg})
+                       "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta,
+                       "config": cfg})
     else:
         from ferops.models.baselines import fit_with_grid, to_xy
 

@@ -72,36 +72,23 @@ def _error_summary(errors: list[str], what: str) -> str:
     return f"{len(errors)} bad {what}: {head}{more}"
 
 
-def _parse_pixel_row(value: Any) -> tuple[np.ndarray | None, str]:
-    """One FER2013 `pixels` string → uint8[2304] or (None, reason)."""
-    if not isinstance(value, str):
-        return None, f"expected a string of {N_PIXELS} space-separated grey levels, got {type(value).__name__}"
-    try:
-        # C-speed parsing of one row; raises on any non-integer token.
-        vals = np.fromstring(value, dtype=np.int64, sep=" ")
-    except ValueError:
-        bad = next((t for t in value.split() if not t.isdigit()), value[:20])
-        return None, f"non-integer value {bad[:20]!r} (grey levels are integers 0..255)"
-    if vals.size != N_PIXELS:
-        return None, f"has {vals.size} values, expected {N_PIXELS} (48x48)"
-    if vals.min() < 0 or vals.max() > 255:
-        return None, f"value {int(vals.min() if vals.min() < 0 else vals.max())} outside 0..255"
-    return vals.astype(np.uint8), ""
+def _parse_rows(values: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
+    """`pixels` values → uint8[N,48,48] + {position: reason} for bad rows (ingest's parser: one C pass)."""
+    from ferops.data.formats import parse_pixel_strings as parse
+
+    values = list(values)
+    not_text = {i: f"expected a string of {N_PIXELS} space-separated grey levels, got {type(v).__name__}"
+                for i, v in enumerate(values) if not isinstance(v, str)}
+    faces, bad = parse([v if isinstance(v, str) else "" for v in values])
+    return faces, {**bad, **not_text}
 
 
 def parse_pixel_strings(values: Sequence[Any]) -> np.ndarray:
     """FER2013 `pixels` strings → uint8[N,48,48]; InputError names every bad row and why."""
-    out = np.empty((len(values), N_PIXELS), dtype=np.uint8)
-    errors = []
-    for i, v in enumerate(values):
-        row, reason = _parse_pixel_row(v)
-        if row is None:
-            errors.append(f"row {i}: {reason}")
-        else:
-            out[i] = row
-    if errors:
-        raise InputError(_error_summary(errors, "`pixels` row(s)"))
-    return out.reshape(-1, IMG_SIZE, IMG_SIZE)
+    faces, bad = _parse_rows(values)
+    if bad:
+        raise InputError(_error_summary([f"row {i}: {why}" for i, why in sorted(bad.items())], "`pixels` row(s)"))
+    return faces
 
 
 def decode_image(data: str | bytes) -> np.ndarray:
@@ -143,13 +130,8 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
     faces = np.zeros((n, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
     if use_pixels.any():
         idx = np.flatnonzero(use_pixels)
-        try:
-            faces[idx] = parse_pixel_strings(df["pixels"].to_numpy()[idx])
-        except InputError:
-            # Re-parse row by row only on failure, to name rows by their position in the whole frame.
-            for i in idx:
-                if (reason := _parse_pixel_row(df["pixels"].iat[i])[1]):
-                    errors.append(f"row {i}: `pixels` {reason}")
+        faces[idx], bad = _parse_rows(df["pixels"].to_numpy()[idx])
+        errors += [f"row {idx[k]}: `pixels` {why}" for k, why in bad.items()]
     for i in np.flatnonzero(use_image):
         try:
             gray = decode_image(df["image"].iat[i])

@@ -96,7 +96,7 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
 
         bad = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["pixels"], "data": [["1 2 3"]]}},
                             timeout=60)
-        assert bad.status_code == 400 and "row 0: `pixels` has 3 values" in bad.json()["message"]
+        assert bad.status_code == 400 and "row 0: `pixels` expected 2304 pixel values, found 3" in bad.json()["message"]
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -132,9 +132,9 @@ def test_bad_pixel_rows_are_named():
         inf.parse_pixel_strings(rows)
     msg = str(err.value)
     assert "4 bad" in msg
-    assert f"row 1: has {N_PIXELS - 1} values, expected {N_PIXELS}" in msg
-    assert "row 2: non-integer value 'x'" in msg
-    assert "row 3: value 300 outside 0..255" in msg
+    assert f"row 1: expected {N_PIXELS} pixel values, found {N_PIXELS - 1}" in msg
+    assert "row 2: non-numeric pixel value 'x' at position 1" in msg
+    assert "row 3: pixel value 300 at position 1 outside 0..255" in msg
     assert "row 4: expected a string" in msg
     assert "row 0" not in msg
 
@@ -190,7 +190,7 @@ def test_pyfunc_bad_rows_give_clear_errors(registered):
     assert isinstance(err.value, ValueError)
     msg = str(err.value)
     assert "row 1: `image` not a decodable image" in msg and "row 2: `image` not valid base64" in msg
-    with pytest.raises(ValueError, match="row 0: `pixels` has 3 values"):
+    with pytest.raises(ValueError, match="row 0: `pixels` expected 2304 pixel values, found 3"):
         model.predict(pd.DataFrame({"pixels": ["1 2 3"]}))
     with pytest.raises(ValueError, match="needs a `pixels` column"):
         inf.frame_to_faces(pd.DataFrame({"text": ["a"]}))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ferops.constants import IMG_SIZE, N_PIXELS, UNLABELED
+from ferops.constants import IMG_SIZE, N_PIXELS
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, DataError
 
@@ -140,19 +140,12 @@ def build_estimator(kind: str, fixed: dict[str, Any], seed: int):
 
 
 def to_xy(data: FerData, max_rows: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labeled rows as (raw pixels float32 [N, 2304], labels int64 [N]), optionally a stratified subsample."""
-    data = data.subset(data.emotion != UNLABELED)
-    idx = np.arange(len(data))
-    if max_rows is not None and 0 < int(max_rows) < len(data):
-        from sklearn.model_selection import train_test_split
+    """Labeled rows as (raw pixels float32 [N, 2304], labels int64 [N]), optionally a stratified subsample
+    (the same cut as the deep models and tuning: `ferops.data.split.stratified_subsample`)."""
+    from ferops.data.split import stratified_subsample
 
-        # Stratified so rare classes (Disgust) keep their share; falls back to random if a class is a singleton.
-        counts = np.bincount(data.emotion.astype(int))
-        strat = data.emotion if counts[counts > 0].min() >= 2 else None
-        idx, _ = train_test_split(idx, train_size=int(max_rows), random_state=seed, stratify=strat)
-        idx = np.sort(idx)
-    X = data.pixels[idx].reshape(len(idx), N_PIXELS).astype(np.float32)
-    return X, data.emotion[idx].astype(np.int64)
+    data = stratified_subsample(data, int(max_rows) if max_rows else None, seed)
+    return data.pixels.reshape(len(data), N_PIXELS).astype(np.float32), data.emotion.astype(np.int64)
 
 
 def _grid_points(grid: Any, kind: str) -> list[dict[str, Any]]:

@@ -1,0 +1,90 @@
+"""Training throughput (images/s) of deep-model variants, measured side by side in one process.
+
+    python benchmarks/throughput.py --model resnet \
+        --variant base= --variant noaug=online_aug.rotate_deg=0,online_aug.zoom=0,online_aug.translate=0 \
+        --variant xla=jit_compile=true --rounds 3 --steps 20
+
+Each variant is train_deep.models.<model> (merged over common) plus `key=value` overrides (dotted keys,
+YAML values). Variants are timed round-robin (`--rounds`) so machine noise hits them alike; the median
+images/s per variant is printed with the ratio to the first. Random pixels: speed only, no accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, body = text.partition("=")
+    overrides: dict = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        node = overrides
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return name, overrides
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--variant", action="append", default=[], help="name=key=value,key=value (repeatable)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round")
+    args = ap.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from ferops.config import deep_merge, load_params
+    from ferops.models.zoo import build_model
+    from ferops.training import choose_precision, make_optimizer, set_seeds
+
+    params = load_params(args.params)
+    base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
+    variants = [parse_variant(v) for v in (args.variant or ["base="])]
+    runs = {}
+    for name, over in variants:
+        cfg = deep_merge(base, over)
+        set_seeds(0)
+        keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
+        batch = int(cfg.get("batch_size", 128))
+        model = build_model(cfg, seed=0)
+        model.compile(optimizer=make_optimizer(cfg, 100, 10), jit_compile=bool(cfg.get("jit_compile", False)),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (batch * args.steps, 48, 48, 1)).astype(np.float32)
+        y = keras.utils.to_categorical(rng.integers(0, 7, len(x)), 7)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(2)
+        model.fit(ds.take(3), epochs=1, verbose=0)  # trace + warm up
+        runs[name] = {"model": model, "ds": ds, "n": len(x), "ips": []}
+    for _ in range(args.rounds):
+        for name, r in runs.items():
+            t0 = time.perf_counter()
+            r["model"].fit(r["ds"], epochs=1, verbose=0)
+            r["ips"].append(r["n"] / (time.perf_counter() - t0))
+    first = None
+    out = {}
+    for name, r in runs.items():
+        med = statistics.median(r["ips"])
+        first = first or med
+        out[name] = {"images_per_s": round(med, 1), "ratio": round(med / first, 2), "params": r["model"].count_params(),
+                     "all": [round(v, 1) for v in r["ips"]]}
+        print(f"{name:>16}: {med:8.1f} img/s  x{med / first:.2f}  ({r['model'].count_params():,} params)", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
