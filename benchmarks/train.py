@@ -65,8 +65,9 @@ def main() -> None:
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv)}
     if args.model in deep:
-        from ferops.training import predict_proba, resolve_config, train_deep_model
+        from ferops.evaluation import TTA_MODES, best_tta
         from ferops.inference import load_keras
+        from ferops.training import predict_proba, resolve_config, train_deep_model
 
         cfg = resolve_config(params["train_deep"]["common"], deep[args.model])
         if args.epochs:
@@ -78,10 +79,11 @@ def main() -> None:
         y_val, y_test = val.emotion.astype(int), test.emotion.astype(int)
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params")})
-        result["val_accuracy_tta"] = classification_metrics(y_val, predict_proba(model, val.pixels, tta=tta).argmax(1))["accuracy"]
-        # Every TTA mode on val too, so the evaluate setting can be chosen on val (never on test).
+        # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.
         result["val_accuracy_by_tta"] = {t: classification_metrics(y_val, predict_proba(model, val.pixels, tta=t).argmax(1))["accuracy"]
-                                         for t in ("none", "flip", "tencrop")}
+                                         for t in TTA_MODES}
+        tta = best_tta(result["val_accuracy_by_tta"]) if tta == "auto" else tta
+        result["val_accuracy_tta"] = result["val_accuracy_by_tta"][tta]
         # The test split is scored once, after training and selection are finished.
         plain = classification_metrics(y_test, predict_proba(model, test.pixels).argmax(1), prefix="test_")
         with_tta = classification_metrics(y_test, predict_proba(model, test.pixels, tta=tta).argmax(1))

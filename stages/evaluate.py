@@ -17,7 +17,7 @@ from ferops.runner import run
 def main() -> None:
     """Parse paths, evaluate all models, write metrics.json, the comparison table and the submission."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", required=True, type=Path, help="folder with test.npz and predict.npz")
+    ap.add_argument("--split", required=True, type=Path, help="folder with val.npz, test.npz and predict.npz")
     ap.add_argument("--models", required=True, type=Path, help="folder with baselines/*/ and deep/*/")
     ap.add_argument("--ingest-report", required=True, type=Path)
     ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json (DVC metrics)")
@@ -33,13 +33,13 @@ def main() -> None:
     from ferops.tracking import init_tracking
 
     cfg = section(load_params(args.params), "evaluate")
-    tta, batch_size = str(cfg.get("tta", "flip")), int(cfg.get("batch_size", 512))
+    tta, batch_size = str(cfg.get("tta", "auto")), int(cfg.get("batch_size", 512))
     ingest = read_json(args.ingest_report)
-    test = load_npz(args.split / "test.npz")
+    test, val = load_npz(args.split / "test.npz"), load_npz(args.split / "val.npz")
     predict = load_predict(args.split / "predict.npz")
     entries = discover_models(args.models)
     init_tracking()
-    results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size)
+    results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val)
     write_json(metrics_summary(results), args.metrics)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)
     args.comparison.write_text(comparison_markdown(results, tta, ingest))

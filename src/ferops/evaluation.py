@@ -24,6 +24,8 @@ log = logging.getLogger("ferops.evaluation")
 MODEL_FILES: dict[str, str] = {"baseline": "model.joblib", "deep": "model.keras"}
 KIND_DIRS: dict[str, str] = {"baseline": "baselines", "deep": "deep"}
 TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
+# `auto`: each deep model gets the TTA mode with the best VALIDATION accuracy (ties: the cheaper mode).
+TTA_SETTINGS: tuple[str, ...] = (*TTA_MODES, "auto")
 # Keys of reports/metrics.json, per model (DVC metrics).
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
                                  "test_macro_f1", "test_weighted_f1")
@@ -183,6 +185,26 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return f"{100 * float(v):.2f}" if pct else f"{float(v):.0f}"
 
 
+def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, batch_size: int) -> tuple[str, dict[str, float]]:
+    """The TTA mode to use on test for one model and the val accuracy of each mode tried (`auto` only)."""
+    if entry.kind != "deep":
+        return "none", {}
+    if tta != "auto":
+        return tta, {}
+    if val is None or not val.labeled.any():
+        raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled rows; "
+                        "set evaluate.tta to none | flip | tencrop.")
+    y = val.emotion[val.labeled].astype(int)
+    acc = {m: float((predict_probs(entry, model, val.pixels[val.labeled], m, batch_size).argmax(1) == y).mean())
+           for m in TTA_MODES}
+    return best_tta(acc), acc
+
+
+def best_tta(val_accuracy_by_mode: dict[str, float]) -> str:
+    """The mode with the best val accuracy; ties go to the cheaper mode (fewer views)."""
+    return max(val_accuracy_by_mode, key=lambda m: (val_accuracy_by_mode[m], -TTA_MODES.index(m)))
+
+
 def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str, Any] | None = None) -> str:
     """Markdown table of all models sorted by validation accuracy, with a per-class test F1 table."""
     rows = by_validation(results)
@@ -197,7 +219,8 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         "Rows are sorted by **validation** accuracy, which is what every selection uses (the submission model "
         "and the registered ResNet). The test split is scored once per model here and never used to choose. "
         f"Headline test metric: `test_accuracy` (single pass, comparable across all models); `test acc TTA` is "
-        f"the deep models' accuracy with test-time augmentation `{tta}` (baselines: –).",
+        f"the deep models' accuracy with test-time augmentation `{tta}`"
+        + (" (per model, the mode with the best val accuracy; in brackets)" if tta == "auto" else "") + " (baselines: –).",
         "",
         "| # | model | kind | arch | val acc | val macro-F1 | test acc | test acc TTA | test macro-F1 | "
         "test weighted-F1 | train wall (s) |",
@@ -207,7 +230,7 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         name = f"**{r['model']}** ★" if r["model"] == best else r["model"]
         lines.append(f"| {i} | {name} | {r['kind']} | {r['arch']} | {_fmt(r['val_accuracy'])} | "
                      f"{_fmt(r.get('val_macro_f1'))} | {_fmt(r.get('test_accuracy'))} | "
-                     f"{_fmt(r.get('test_accuracy_tta'))} | {_fmt(r.get('test_macro_f1'))} | "
+                     f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {_fmt(r.get('test_macro_f1'))} | "
                      f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('train_wall_s'), pct=False)} |")
     lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file).", "",
               "## Test F1 per class (%)", "",
@@ -215,6 +238,10 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"test_f1_{e.lower()}")) for e in EMOTIONS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _mode(r: dict[str, Any], tta: str) -> str:
+    return f" ({r['tta_mode']})" if tta == "auto" and r.get("tta_mode") else ""
 
 
 def load_predict(path: str | Path) -> FerData:
@@ -263,32 +290,40 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
 
 
 def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out_dir: str | Path, tta: str = "flip",
-                 batch_size: int = 512, track: bool = True) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Score every model once on the labeled test rows; return results and the best-by-val model's predictions."""
+                 batch_size: int = 512, track: bool = True, val: FerData | None = None
+                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Score every model once on the labeled test rows; return results and the best-by-val model's predictions.
+
+    `tta` is one mode for every deep model, or `auto`: per model, the mode with the best accuracy on `val`.
+    """
     from tqdm import tqdm
 
-    if tta not in TTA_MODES:
+    if tta not in TTA_SETTINGS:
         from ferops.errors import ConfigError
 
-        raise ConfigError(f"evaluate.tta={tta!r}: use one of {', '.join(TTA_MODES)}.")
+        raise ConfigError(f"evaluate.tta={tta!r}: use one of {', '.join(TTA_SETTINGS)}.")
     labeled = test.labeled
     if not labeled.any():
         raise DataError("test split has no labeled rows — cannot score models (check the split stage).")
     pixels, y = test.pixels[labeled], test.emotion[labeled].astype(int)
     results: list[dict[str, Any]] = []
+    modes: dict[str, str] = {}
     for entry in tqdm(entries, desc="evaluate", unit="model"):
         model = load_model(entry)
+        mode, val_by_mode = choose_tta(model, entry, val, tta, batch_size)
+        modes[entry.key] = mode
         probs = predict_probs(entry, model, pixels, "none", batch_size)
-        probs_tta = predict_probs(entry, model, pixels, tta, batch_size) if entry.kind == "deep" and tta != "none" \
+        probs_tta = predict_probs(entry, model, pixels, mode, batch_size) if entry.kind == "deep" and mode != "none" \
             else (probs if entry.kind == "deep" else None)
         metrics = score(y, probs, probs_tta)
+        metrics.update({f"val_accuracy_tta_{m}": a for m, a in val_by_mode.items()})
         files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
                                 f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
         if track:
-            log_to_run(entry, metrics, files, tta)
-        results.append(result_of(entry, metrics))
+            log_to_run(entry, metrics, files, mode)
+        results.append({**result_of(entry, metrics), **({"tta_mode": mode} if entry.kind == "deep" else {})})
         log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
-                 f"  test(TTA {tta}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
+                 f"  test(TTA {mode}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
         del model
     best = select_best(results)
     entry = next(e for e in entries if e.key == best["model"])
@@ -296,5 +331,5 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     if len(predict) == 0:
         return results, np.zeros(0, dtype=int)
     model = load_model(entry)
-    probs = predict_probs(entry, model, predict.pixels, tta if entry.kind == "deep" else "none", batch_size)
+    probs = predict_probs(entry, model, predict.pixels, modes[entry.key], batch_size)
     return results, probs.argmax(1)

@@ -13,7 +13,7 @@ import pytest
 from ferops.constants import EMOTIONS
 from ferops.data.io import FerData
 from ferops.errors import DataError
-from ferops.evaluation import (SUMMARY_KEYS, comparison_markdown, confusion_rows, discover_models, evaluate_all,
+from ferops.evaluation import (SUMMARY_KEYS, best_tta, comparison_markdown, confusion_rows, discover_models, evaluate_all,
                                metrics_summary, select_best, write_confusion, write_submission)
 
 
@@ -186,3 +186,14 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
     r = results[0]
     assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_accuracy_tta"] <= 1.0
     assert labels.shape == (20,) and set(labels.tolist()) <= set(range(7))
+
+    # auto: the mode is chosen per model on val, never on test
+    val = data.subset(np.arange(100, 120))
+    auto, _ = evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val,
+                           tmp_path / "eval", tta="auto", track=False, val=val)
+    by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop")}
+    assert auto[0]["tta_mode"] == best_tta(by_mode)
+    assert best_tta({"none": 0.5, "flip": 0.6, "tencrop": 0.6}) == "flip"  # ties → fewer views
+    with pytest.raises(DataError, match="validation split"):
+        evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val, tmp_path / "eval",
+                     tta="auto", track=False)
