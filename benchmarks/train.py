@@ -65,7 +65,7 @@ def main() -> None:
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv)}
     if args.model in deep:
-        from ferops.evaluation import TTA_MODES, best_tta
+        from ferops.evaluation import best_tta, val_accuracy_by_tta
         from ferops.inference import load_keras
         from ferops.training import predict_proba, resolve_config, train_deep_model
 
@@ -76,12 +76,11 @@ def main() -> None:
         m = train_deep_model(args.model, cfg, train, val, seed=params["seed"], ingest_report=ingest, out_dir=out / "model",
                              checkpoint_dir=out / "checkpoint", verbose=2)
         model = load_keras(out / "model" / "model.keras")
-        y_val, y_test = val.emotion.astype(int), test.emotion.astype(int)
+        y_test = test.emotion.astype(int)
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params")})
         # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.
-        result["val_accuracy_by_tta"] = {t: classification_metrics(y_val, predict_proba(model, val.pixels, tta=t).argmax(1))["accuracy"]
-                                         for t in TTA_MODES}
+        result["val_accuracy_by_tta"] = val_accuracy_by_tta(model, val)
         tta = best_tta(result["val_accuracy_by_tta"]) if tta == "auto" else tta
         result["val_accuracy_tta"] = result["val_accuracy_by_tta"][tta]
         # The test split is scored once, after training and selection are finished.

@@ -194,10 +194,17 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     if val is None or not val.labeled.any():
         raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled rows; "
                         "set evaluate.tta to none | flip | tencrop.")
-    y = val.emotion[val.labeled].astype(int)
-    acc = {m: float((predict_probs(entry, model, val.pixels[val.labeled], m, batch_size).argmax(1) == y).mean())
-           for m in TTA_MODES}
+    acc = val_accuracy_by_tta(model, val, batch_size)
     return best_tta(acc), acc
+
+
+def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict[str, float]:
+    """A deep model's accuracy on the labeled val rows under every TTA mode."""
+    from ferops.training import predict_proba
+
+    y = val.emotion[val.labeled].astype(int)
+    return {m: float((predict_proba(model, val.pixels[val.labeled], batch_size=batch_size, tta=m).argmax(1) == y).mean())
+            for m in TTA_MODES}
 
 
 def best_tta(val_accuracy_by_mode: dict[str, float]) -> str:
