@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# oneDNN kernels on AVX2 CPUs too (TF enables them only on AVX-512/AMX CPUs): 1.5-2x faster training
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as ferops.runner.tf_environment: the project's setting
 ROOT = Path(__file__).resolve().parents[1]
 
 

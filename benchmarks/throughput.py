@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, body = text.partition("=")
     overrides: dict = {}
-    for item in filter(None, body.split(",")):
+    # split on commas outside [...] / {...} so list values like stages=[2,2,2,2] survive
+    for item in filter(None, re.split(r",(?![^\[{]*[\]}])", body)):
         key, _, value = item.partition("=")
         node = overrides
         *parents, leaf = key.strip().split(".")
@@ -45,6 +47,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round")
     args = ap.parse_args()
 
+    from ferops.runner import tf_environment
+
+    tf_environment()  # the project's TF settings (oneDNN on); override with TF_ENABLE_ONEDNN_OPTS=0
     import keras
     import tensorflow as tf
 

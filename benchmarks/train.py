@@ -46,6 +46,9 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
 
+    from ferops.runner import tf_environment
+
+    tf_environment()  # as the stages run it (oneDNN on), before TensorFlow is imported
     from ferops.config import load_params, section
     from ferops.data.formats import read_any
     from ferops.data.split import split_dataset

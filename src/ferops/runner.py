@@ -23,7 +23,18 @@ def setup_logging(level: str | None = None) -> None:
     # Quieten chatty libraries so our own messages stay visible.
     for noisy in ("great_expectations", "mlflow", "alembic", "urllib3", "matplotlib", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    tf_environment()
+
+
+def tf_environment() -> None:
+    """TensorFlow settings that must be in place before its first import (a user's own values win).
+
+    oneDNN: TF turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on
+    AVX2 CPUs (e.g. AMD EPYC Zen 3) it falls back to Eigen, and training the ResNet runs 1.5-2x slower
+    (benchmarks/RESULTS.md, "oneDNN").
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def run(main: Callable[[], object]) -> None:

@@ -193,6 +193,7 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
                            tmp_path / "eval", tta="auto", track=False, val=val)
     by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop")}
     assert auto[0]["tta_mode"] == best_tta(by_mode)
+    assert by_mode["tencrop"] == by_mode["flip"]  # no crop layer: ten-crop's views are flip's
     assert best_tta({"none": 0.5, "flip": 0.6, "tencrop": 0.6}) == "flip"  # ties → fewer views
     with pytest.raises(DataError, match="validation split"):
         evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val, tmp_path / "eval",
