@@ -179,6 +179,9 @@ def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE) -
 
 def load_keras(path: str | Path) -> Any:
     """A saved `.keras` model (ferops custom layers registered first), without its training config."""
+    from ferops.runner import tf_environment
+
+    tf_environment()  # `mlflow models serve` workers start here: oneDNN on if TF is not imported yet
     import keras
 
     custom: dict[str, Any] = {}
