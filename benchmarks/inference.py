@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as ferops.runner.tf_environment: the project's setting
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,6 +103,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
+    from ferops.runner import tf_environment
+
+    tf_environment()  # the project's TF settings (oneDNN on), before TensorFlow is imported
     import cv2
     from skimage.data import astronaut
 

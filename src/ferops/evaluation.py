@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ferops.constants import EMOTIONS, IMG_SIZE, NUM_CLASSES
+from ferops.constants import EMOTIONS, NUM_CLASSES
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
 from ferops.metrics import classification_metrics, confusion
@@ -200,17 +200,13 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
 
 def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict[str, float]:
     """A deep model's accuracy on the labeled val rows under every TTA mode."""
-    from ferops.models.zoo import crop_size
-    from ferops.training import predict_proba
+    from ferops.training import average_views, view_probas
 
     y = val.emotion[val.labeled].astype(int)
-    out: dict[str, float] = {}
-    for m in TTA_MODES:
-        if m == "tencrop" and not 0 < crop_size(model) < IMG_SIZE and "flip" in out:
-            out[m] = out["flip"]  # no crop layer: ten-crop's views are flip's two, so the score is the same
-            continue
-        out[m] = float((predict_proba(model, val.pixels[val.labeled], batch_size=batch_size, tta=m).argmax(1) == y).mean())
-    return out
+    # Each mode's views are a prefix of ten-crop's: predict every view once (a crop-less model has only two).
+    probas = view_probas(model, val.pixels[val.labeled], batch_size, "tencrop")
+    n_views = {"none": 1, "flip": 2, "tencrop": len(probas)}
+    return {m: float((average_views(probas[:n_views[m]]).argmax(1) == y).mean()) for m in TTA_MODES}
 
 
 def best_tta(val_accuracy_by_mode: dict[str, float]) -> str:

@@ -437,17 +437,31 @@ def tta_views(pixels: np.ndarray, tta: str = "none", crop: int = 0) -> list[np.n
     return [v for b in bases for v in (b, b[:, :, ::-1, :])]
 
 
-def predict_proba(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
-    """Class probabilities [N,7] for raw 0..255 pixels, averaged over test-time-augmented views."""
+def view_probas(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
+    """Class probabilities (float64) of each test-time view, in `tta_views` order.
+
+    That order makes every mode's views a prefix of ten-crop's (plain, its mirror, then the corners), so one
+    ten-crop pass also gives `none` (first view) and `flip` (first two).
+    """
     from ferops.models.zoo import crop_size
 
+    views = tta_views(pixels, tta, crop_size(model) if tta == "tencrop" else 0)
+    return [np.asarray(model.predict(v, batch_size=batch_size, verbose=0), dtype=np.float64) for v in views]
+
+
+def average_views(probas: list[np.ndarray]) -> np.ndarray:
+    """The mean of per-view probabilities, as float32."""
+    out = np.zeros_like(probas[0])
+    for p in probas:
+        out += p
+    return (out / len(probas)).astype(np.float32)
+
+
+def predict_proba(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
+    """Class probabilities [N,7] for raw 0..255 pixels, averaged over test-time-augmented views."""
     if len(pixels) == 0:
         return np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    views = tta_views(pixels, tta, crop_size(model) if tta == "tencrop" else 0)
-    out = np.zeros((len(pixels), NUM_CLASSES), dtype=np.float64)
-    for v in views:
-        out += np.asarray(model.predict(v, batch_size=batch_size, verbose=0), dtype=np.float64)
-    return (out / len(views)).astype(np.float32)
+    return average_views(view_probas(model, pixels, batch_size, tta))
 
 
 # --- the train_deep stage: config resolution, MLflow logging, model directory -------------------------------

@@ -85,6 +85,9 @@ def test_tencrop_views_hit_the_corner_crops():
     x = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
     views = tta_views(x, "tencrop", crop=44)
     assert len(views) == 10 and len(tta_views(x, "flip")) == 2 and len(tta_views(x, "tencrop", crop=0)) == 2
+    for fewer in (tta_views(x, "none"), tta_views(x, "flip")):  # every mode's views are a prefix of ten-crop's
+        for got, want in zip(fewer, views):
+            np.testing.assert_array_equal(got, want)
     centre = [v[:, 2:46, 2:46, 0] for v in views[::2]]  # the model's centre crop of each unflipped view
     corners = [x[:, 2:46, 2:46]] + [x[:, r:r + 44, c:c + 44] for r in (4, 0) for c in (4, 0)]
     for got, want in zip(centre, corners):

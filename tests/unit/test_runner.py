@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ferops.errors import DataError
@@ -12,8 +14,6 @@ def test_tf_environment_sets_defaults_but_keeps_user_values(monkeypatch):
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     tf_environment()
-    import os
-
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"  # oneDNN on AVX2 CPUs too (TF's default is off there)
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # the user's choice wins
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -23,6 +23,7 @@ def test_tf_environment_sets_defaults_but_keeps_user_values(monkeypatch):
 
 def test_run_prints_expected_failures_without_traceback(capsys, monkeypatch):
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")  # run() sets TF defaults; keep them test-local
+
     def main():
         raise DataError("data/raw/x.csv row 3: expected 2304 pixel values, found 7")
 
