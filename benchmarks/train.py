@@ -2,9 +2,12 @@
 
     python benchmarks/train.py --model resnet            # deep model from train_deep.models
     python benchmarks/train.py --model logreg            # baseline from train_baselines.models
+    KERAS_BACKEND=jax python benchmarks/train.py --model resnet --profile profiles/gpu.yaml \
+        --data .gpu/fer2013.npz.xz --no-mlflow          # GPU recipe on a machine without TensorFlow/MLflow
 
 Validation (PublicTest) drives early stopping/selection; the test split (PrivateTest) is scored once,
-after training. Writes benchmarks/out/<model>/ (model dir + result.json) and its own MLflow store.
+after training. Writes benchmarks/out/<model>/ (model dir + result.json + probas.npz, the val/test
+probabilities of every ten-crop view, for ensembles) and its own MLflow store.
 """
 
 from __future__ import annotations
@@ -28,10 +31,76 @@ def hardware() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import tensorflow as tf
+    import subprocess
 
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"{os.cpu_count()} cores {cpu}" + (f", {len(gpus)} GPU" if gpus else ", no GPU")
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        gpus = []
+    gpus = [g.strip() for g in gpus if g.strip()]
+    return f"{os.cpu_count()} cores {cpu}" + (f", {len(gpus)}x {gpus[0]}" if gpus else ", no GPU")
+
+
+def read_splits(path: str) -> dict:
+    """{train, val, test} from a FER2013 CSV (any format `ingest` reads) or a file of benchmarks/pack_data.py."""
+    if str(path).endswith(".npz.xz"):
+        sys.path.insert(0, str(Path(__file__).parent))
+        from pack_data import unpack
+
+        return unpack(path)
+    from ferops.data.formats import read_any
+    from ferops.data.split import split_dataset
+
+    data, _ = read_any(path)
+    return split_dataset(data, "usage")[0]
+
+
+def train_deep(args, params: dict, model_cfg: dict, train, val, test, ingest: dict, out: Path) -> dict:
+    """Train a deep model as train_deep does, pick its TTA mode on val, then score test once."""
+    import keras
+    import numpy as np
+
+    from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
+    from ferops.metrics import classification_metrics
+    from ferops.training import resolve_config, train_deep_model, train_keras, view_probas
+
+    cfg = resolve_config(params["train_deep"]["common"], model_cfg)
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    result: dict = {"keras_backend": keras.backend.backend()}
+    if args.no_mlflow:
+        res = train_keras(train, val, cfg, seed=params["seed"], verbose=2)
+        model = res.model
+        result.update({"val_accuracy": res.val_accuracy, "val_macro_f1": res.val_macro_f1, "epochs_run": res.epochs_run,
+                       "best_epoch": res.best_epoch, "train_wall_s": round(res.wall_s, 1),
+                       "images_per_s": round(res.images_per_s, 1), "n_params": int(model.count_params()),
+                       "precision": res.precision, "history": res.history})
+    else:
+        from ferops.inference import load_keras
+
+        m = train_deep_model(args.model, cfg, train, val, seed=params["seed"], ingest_report=ingest,
+                             out_dir=out / "model", checkpoint_dir=out / "checkpoint", verbose=2)
+        model = load_keras(out / "model" / "model.keras")
+        result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
+                                         "images_per_s", "n_params")})
+    # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.
+    y_val, y_test = val.emotion.astype(int), test.emotion.astype(int)
+    val_views = view_probas(model, val.pixels, tta="tencrop")
+    result["val_accuracy_by_tta"] = accuracy_by_tta(val_views, y_val)
+    tta = args.tta or params["evaluate"]["tta"]
+    tta = best_tta(result["val_accuracy_by_tta"]) if tta == "auto" else tta
+    result["val_accuracy_tta"] = result["val_accuracy_by_tta"][tta]
+    # The test split is scored once, after training and selection are finished.
+    test_views = view_probas(model, test.pixels, tta="tencrop")
+    plain = classification_metrics(y_test, test_views[0].argmax(1), prefix="test_")
+    with_tta = classification_metrics(y_test, tta_probas(test_views, tta).argmax(1))
+    np.savez_compressed(out / "probas.npz", val=np.stack(val_views).astype(np.float32),
+                        test=np.stack(test_views).astype(np.float32), y_val=y_val, y_test=y_test)
+    result.update({"test_accuracy": plain["test_accuracy"], "test_macro_f1": plain["test_macro_f1"],
+                   "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta,
+                   "config": cfg})
+    return result
 
 
 def main() -> None:
@@ -42,6 +111,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     ap.add_argument("--epochs", type=int, default=None, help="override epochs (default: params)")
     ap.add_argument("--tta", default=None, help="test-time augmentation for deep models (default: evaluate.tta)")
+    ap.add_argument("--profile", default=None, help="params overrides merged over --params (e.g. profiles/gpu.yaml)")
+    ap.add_argument("--seed", type=int, default=None, help="override params' seed")
+    ap.add_argument("--no-mlflow", action="store_true",
+                    help="deep models: train without MLflow and without writing the model directory")
     args = ap.parse_args()
     if not Path(args.data).exists():
         sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
@@ -49,49 +122,27 @@ def main() -> None:
     from ferops.runner import tf_environment
 
     tf_environment()  # as the stages run it (oneDNN on), before TensorFlow is imported
-    from ferops.config import load_params, section
-    from ferops.data.formats import read_any
-    from ferops.data.split import split_dataset
+    from ferops.config import deep_merge, load_params, section
     from ferops.metrics import classification_metrics
 
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     params = load_params(args.params)
+    if args.profile:
+        params = deep_merge(params, load_params(args.profile))
+    if args.seed is not None:
+        params["seed"] = args.seed
     t0 = time.perf_counter()
-    data, _ = read_any(args.data)
-    parts, _ = split_dataset(data, "usage")
+    parts = read_splits(args.data)
     print(f"data: {', '.join(f'{k}={len(v)}' for k, v in parts.items())} ({time.perf_counter() - t0:.1f}s)", flush=True)
     ingest = {"synthetic": False, "format": "fer2013_csv", "sha256": "benchmark", "source": args.data}
     train, val, test = parts["train"], parts["val"], parts["test"]
     deep = section(params, "train_deep")["models"]
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
-                    "command": "python " + " ".join(sys.argv)}
+                    "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.model in deep:
-        from ferops.evaluation import best_tta, val_accuracy_by_tta
-        from ferops.inference import load_keras
-        from ferops.training import predict_proba, resolve_config, train_deep_model
-
-        cfg = resolve_config(params["train_deep"]["common"], deep[args.model])
-        if args.epochs:
-            cfg["epochs"] = args.epochs
-        tta = args.tta or params["evaluate"]["tta"]
-        m = train_deep_model(args.model, cfg, train, val, seed=params["seed"], ingest_report=ingest, out_dir=out / "model",
-                             checkpoint_dir=out / "checkpoint", verbose=2)
-        model = load_keras(out / "model" / "model.keras")
-        y_test = test.emotion.astype(int)
-        result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
-                                         "images_per_s", "n_params")})
-        # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.
-        result["val_accuracy_by_tta"] = val_accuracy_by_tta(model, val)
-        tta = best_tta(result["val_accuracy_by_tta"]) if tta == "auto" else tta
-        result["val_accuracy_tta"] = result["val_accuracy_by_tta"][tta]
-        # The test split is scored once, after training and selection are finished.
-        plain = classification_metrics(y_test, predict_proba(model, test.pixels).argmax(1), prefix="test_")
-        with_tta = classification_metrics(y_test, predict_proba(model, test.pixels, tta=tta).argmax(1))
-        result.update({"test_accuracy": plain["test_accuracy"], "test_macro_f1": plain["test_macro_f1"],
-                       "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta,
-                       "config": cfg})
+        result.update(train_deep(args, params, deep[args.model], train, val, test, ingest, out))
     else:
         from ferops.models.baselines import fit_with_grid, to_xy
 
@@ -106,7 +157,7 @@ def main() -> None:
                        "test_accuracy": test_m["test_accuracy"], "test_macro_f1": test_m["test_macro_f1"],
                        "best_params": best, "grid": grid})
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "grid")}, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "grid", "history")}, indent=2, default=str))
 
 
 if __name__ == "__main__":

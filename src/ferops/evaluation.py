@@ -200,13 +200,24 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
 
 def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict[str, float]:
     """A deep model's accuracy on the labeled val rows under every TTA mode."""
-    from ferops.training import average_views, view_probas
+    from ferops.training import view_probas
 
     y = val.emotion[val.labeled].astype(int)
     # Each mode's views are a prefix of ten-crop's: predict every view once (a crop-less model has only two).
-    probas = view_probas(model, val.pixels[val.labeled], batch_size, "tencrop")
-    n_views = {"none": 1, "flip": 2, "tencrop": len(probas)}
-    return {m: float((average_views(probas[:n_views[m]]).argmax(1) == y).mean()) for m in TTA_MODES}
+    return accuracy_by_tta(view_probas(model, val.pixels[val.labeled], batch_size, "tencrop"), y)
+
+
+def tta_probas(tencrop_views: list[np.ndarray], tta: str) -> np.ndarray:
+    """Averaged probabilities of mode `tta`, from the per-view probabilities of a ten-crop `view_probas` call."""
+    from ferops.training import average_views
+
+    n_views = {"none": 1, "flip": 2, "tencrop": len(tencrop_views)}[tta]
+    return average_views(tencrop_views[:n_views])
+
+
+def accuracy_by_tta(tencrop_views: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Accuracy of every TTA mode, from the per-view probabilities of a ten-crop `view_probas` call."""
+    return {m: float((tta_probas(tencrop_views, m).argmax(1) == y).mean()) for m in TTA_MODES}
 
 
 def best_tta(val_accuracy_by_mode: dict[str, float]) -> str:

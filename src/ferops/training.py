@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,13 +53,47 @@ def resolve_config(common: dict[str, Any], model_cfg: dict[str, Any], tuned: dic
 def set_seeds(seed: int) -> None:
     """Seed Python, NumPy and TF/Keras and make TF ops deterministic (same data + params → same metrics on CPU)."""
     import keras
-    import tensorflow as tf
 
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """CUDA compute capability of the first GPU the Keras backend sees (None: no GPU).
+
+    Works for the tensorflow, jax and torch backends, so a GPU machine without TensorFlow can train
+    (KERAS_BACKEND=jax, see benchmarks/RESULTS.md, "GPU recipe").
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        return int(cc[0]), int(cc[1])
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            return None
+        major, _, minor = str(getattr(gpus[0], "compute_capability", "0.0")).partition(".")
+        return int(major or 0), int(minor or 0)
+    if backend == "torch":
+        import torch
+
+        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None  # type: ignore[return-value]
+    return None
 
 
 def _cpu_flags() -> set[str]:
@@ -73,16 +108,18 @@ def _cpu_flags() -> set[str]:
 
 
 def choose_precision(setting: str = "auto") -> str:
-    """Keras dtype policy name: auto → mixed_float16 on GPU, mixed_bfloat16 on avx512_bf16/AMX CPUs, else float32."""
+    """Keras dtype policy: auto → mixed_bfloat16 on Ampere+ GPUs and avx512_bf16/AMX CPUs, mixed_float16 on older GPUs, else float32.
+
+    bf16 needs no loss scaling and runs as fast as fp16 on compute capability ≥ 8.0.
+    """
     s = str(setting or "auto").lower()
     if s in PRECISIONS:
         return PRECISIONS[s]
     if s != "auto":
         raise ConfigError(f"precision={setting!r}: use auto | fp32 | bf16 | fp16.")
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
+    cc = gpu_capability()
+    if cc is not None:
+        return "mixed_bfloat16" if cc >= (8, 0) else "mixed_float16"
     if _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         return "mixed_bfloat16"
     return "float32"
@@ -184,13 +221,21 @@ def _labeled(data: FerData, what: str) -> FerData:
 
 def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, sample_weight: np.ndarray | None = None):
-    """tf.data pipeline from uint8 arrays: cache → (seeded shuffle) → batch → float32 + one-hot → prefetch."""
-    import tensorflow as tf
+    """Batches of (float32 pixels, one-hot labels[, weights]) from uint8 arrays, reshuffled every epoch (seeded).
+
+    TensorFlow backend: a tf.data pipeline (cache → shuffle → batch → cast → prefetch). Other Keras
+    backends (jax, torch): a keras.utils.PyDataset over the same arrays.
+    """
+    import keras
 
     x = np.asarray(pixels, dtype=np.uint8).reshape(-1, IMG_SIZE, IMG_SIZE, 1)
     parts: tuple = (x,) if labels is None else (x, np.asarray(labels, dtype=np.int32))
     if sample_weight is not None:
         parts = parts + (np.asarray(sample_weight, dtype=np.float32),)
+    if keras.backend.backend() != "tensorflow":
+        return _array_batches()(parts, int(batch_size), shuffle=shuffle, seed=seed)
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices(parts).cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -203,6 +248,36 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int,
         return (x, tf.one_hot(rest[0], NUM_CLASSES)) + tuple(rest[1:])  # one-hot for label smoothing
 
     return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@functools.cache
+def _array_batches():
+    """The PyDataset class behind make_dataset on non-TensorFlow backends, built lazily (keras import is heavy)."""
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        def __init__(self, parts: tuple, batch_size: int, *, shuffle: bool, seed: int):
+            super().__init__()
+            self.parts, self.batch_size, self.shuffle = parts, batch_size, shuffle
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(parts[0])) if shuffle else np.arange(len(parts[0]))
+
+        def __len__(self) -> int:
+            return math.ceil(len(self.order) / self.batch_size)
+
+        def __getitem__(self, i: int):
+            idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.parts[0][idx].astype(np.float32)
+            if len(self.parts) == 1:
+                return (x,)
+            onehot = np.eye(NUM_CLASSES, dtype=np.float32)[self.parts[1][idx]]  # one-hot for label smoothing
+            return (x, onehot) + tuple(p[idx] for p in self.parts[2:])
+
+        def on_epoch_end(self) -> None:
+            if self.shuffle:
+                self.rng.shuffle(self.order)
+
+    return ArrayBatches
 
 
 def _callbacks():
@@ -556,10 +631,11 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
                    out / "config.json")
         for f in ("history.csv", "curves.png", "confusion_val.png", "config.json"):
             mlflow.log_artifact(str(out / f))
-        import tensorflow as tf
+        from importlib.metadata import version
 
+        backend = keras.backend.backend()  # the serving environment needs the backend the model was saved with
         info = mlflow.keras.log_model(res.model, name="model", signature=model_signature(),
-                                      pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+                                      pip_requirements=[f"{backend}=={version(backend)}", f"keras=={keras.__version__}"])
         summary = {"model": name, "kind": "deep", "arch": cfg.get("arch"), **metrics, "precision": res.precision,
                    "mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri}
         write_json(summary, out / "metrics.json")

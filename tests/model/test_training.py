@@ -160,3 +160,32 @@ def test_predictions_are_invariant_to_horizontal_flip(learned):
     # flip TTA averages both views, so it can only differ where the two disagree
     p_tta = predict_proba(res.model, val.pixels, tta="flip").argmax(1)
     assert np.all((p_tta == p) | (p != p_flip))
+
+
+def test_array_batches_feed_non_tensorflow_backends():
+    """The PyDataset that make_dataset returns under KERAS_BACKEND=jax/torch: shapes, one-hot, seeded reshuffles."""
+    from ferops.training import _array_batches
+
+    x = np.arange(10 * 48 * 48, dtype=np.int64).reshape(10, 48, 48, 1).astype(np.uint8)
+    y, w = np.arange(10, dtype=np.int32) % 7, np.linspace(0.5, 1.5, 10).astype(np.float32)
+    ds = _array_batches()((x, y, w), 4, shuffle=True, seed=3)
+    assert len(ds) == 3
+    xb, yb, wb = ds[0]
+    assert xb.dtype == np.float32 and xb.shape == (4, 48, 48, 1) and yb.shape == (4, 7)
+    first = np.concatenate([ds[i][1].argmax(1) for i in range(3)])
+    assert sorted(first.tolist()) == sorted(y.tolist())  # every row once per epoch
+    ds.on_epoch_end()
+    again = _array_batches()((x, y, w), 4, shuffle=True, seed=3)
+    assert np.array_equal(again[0][0], xb)  # same seed → same order
+    assert not np.array_equal(np.concatenate([ds[i][2] for i in range(3)]), np.concatenate([again[i][2] for i in range(3)]))
+    plain = _array_batches()((x,), 4, shuffle=False, seed=0)
+    assert len(plain[2]) == 1 and np.array_equal(plain[2][0], x[8:].astype(np.float32))
+
+
+def test_no_gpu_means_no_capability_and_cpu_precision():
+    from ferops.training import _cpu_flags, gpu_capability
+
+    if gpu_capability() is not None:
+        pytest.skip("a GPU is visible")
+    bf16 = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert choose_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")

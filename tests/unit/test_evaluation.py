@@ -198,3 +198,15 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
     with pytest.raises(DataError, match="validation split"):
         evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val, tmp_path / "eval",
                      tta="auto", track=False)
+
+
+def test_tta_modes_are_prefixes_of_the_tencrop_views():
+    from ferops.evaluation import accuracy_by_tta, tta_probas
+
+    y = np.array([0, 1, 2])
+    eye = np.eye(7)[y]
+    wrong = np.eye(7)[[3, 3, 3]]
+    views = [wrong, wrong] + [eye] * 8  # plain view and its mirror wrong, the eight corner views right
+    np.testing.assert_array_equal(tta_probas(views, "none"), wrong.astype(np.float32))
+    assert accuracy_by_tta(views, y) == {"none": 0.0, "flip": 0.0, "tencrop": 1.0}
+    assert tta_probas(views[:2], "tencrop").shape == (3, 7)  # a crop-less model has two views only

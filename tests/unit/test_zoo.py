@@ -115,3 +115,29 @@ def test_aug_strength_scales_magnitudes_and_caps_erasing_probability():
 def test_base_width_doubles_per_stage():
     assert zoo.resnet_widths({"stages": [2, 2, 2], "base_width": 24}) == [24, 48, 96]
     assert zoo.resnet_widths(deep_merge({"stages": [1, 1]}, {"widths": [8, 16]})) == [8, 16]
+
+
+def test_random_affine_is_identity_at_zero_and_moves_content_in_training_only():
+    affine = zoo._layers()["RandomAffine"]
+    ramp = np.tile(np.arange(48, dtype="float32") * 5.0, (4, 48, 1))[..., None]  # brightness grows left → right
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(affine(0, 0, 0, seed=0)(ramp, training=True)), ramp)
+    layer = affine(15, 0.1, 0.15, seed=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(ramp, training=False)), ramp)
+    out = keras.ops.convert_to_numpy(layer(ramp, training=True))
+    assert out.shape == ramp.shape and not np.allclose(out, ramp)
+    assert out.min() >= ramp.min() - 1e-3 and out.max() <= ramp.max() + 1e-3  # edge pixels extend, no black fill
+    # A pure shift of a ramp stays a ramp: the mean column slope is unchanged away from the clamped border.
+    shifted = keras.ops.convert_to_numpy(affine(0, 0.05, 0, seed=1)(ramp, training=True))
+    np.testing.assert_allclose(np.diff(shifted[:, 20, 8:40, 0], axis=1), 5.0, atol=1e-3)
+
+
+def test_warp_setting_picks_builtin_or_affine_layers_and_rejects_others(pixels):
+    aug = {**AUG, "crop": 0, "erasing": 0.0}
+    names = lambda m: {layer.name for layer in m.layers}  # noqa: E731
+    builtin = zoo.build_model({**SMALL["cnn"], "online_aug": {**aug, "warp": "builtin"}}, seed=0)
+    affine = zoo.build_model({**SMALL["cnn"], "online_aug": {**aug, "warp": "affine"}}, seed=0)
+    assert {"aug_rotate", "aug_translate", "aug_zoom"} <= names(builtin) and "aug_affine" not in names(builtin)
+    assert "aug_affine" in names(affine) and not {"aug_rotate", "aug_translate", "aug_zoom"} & names(affine)
+    assert affine.predict(pixels, verbose=0).shape == (6, 7)
+    with pytest.raises(ConfigError, match="warp"):
+        zoo.build_model({**SMALL["cnn"], "online_aug": {**aug, "warp": "spline"}}, seed=0)
