@@ -2,7 +2,7 @@
 
     KERAS_BACKEND=jax python benchmarks/aug_speed.py [--data .gpu/fer2013.npz.xz] [--steps 40]
 
-Found that Keras' RandomRotation/Translation/Zoom cost ~90x a whole ResNet-18 step on JAX (H100), which is
+Found that Keras' RandomRotation/Translation/Zoom cost ~100x a whole ResNet-18 step on JAX (H100), which is
 why ferops warps with its own RandomAffine on non-TensorFlow backends (benchmarks/RESULTS.md, "GPU recipe").
 Each case fits 2 epochs of `--steps` steps (batch 128) on real faces; the second epoch is timed.
 """

@@ -108,7 +108,7 @@ def _layers():
         bilinear warp, edge pixels extended (like fill_mode="nearest"); training only.
 
         Used instead of RandomRotation/RandomTranslation/RandomZoom on non-TensorFlow backends: on JAX their
-        map_coordinates warp made a ResNet-18 step on an H100 ~90x slower (717 vs 8 ms, benchmarks/RESULTS.md).
+        map_coordinates warp made a ResNet-18 step on an H100 ~100x slower (786 vs 8 ms, benchmarks/RESULTS.md).
         """
 
         def __init__(self, rotate_deg: float = 0.0, translate: float = 0.0, zoom: float = 0.0, seed: int | None = None,
