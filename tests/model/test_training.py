@@ -189,3 +189,12 @@ def test_no_gpu_means_no_capability_and_cpu_precision():
         pytest.skip("a GPU is visible")
     bf16 = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
     assert choose_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")
+
+
+@pytest.mark.parametrize("cc, policy", [((7, 5), "mixed_float16"), ((8, 0), "mixed_bfloat16"), ((9, 0), "mixed_bfloat16")])
+def test_auto_precision_on_gpus_prefers_bf16_from_ampere(monkeypatch, cc, policy):
+    import ferops.training as training
+
+    monkeypatch.setattr(training, "gpu_capability", lambda: cc)
+    assert training.choose_precision("auto") == policy
+    assert training.choose_precision("fp32") == "float32"  # an explicit setting always wins
