@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 OFF = {"hflip": False, "rotate_deg": 0, "translate": 0, "zoom": 0, "contrast": 0, "crop": 0, "erasing": 0}
 
@@ -31,7 +29,12 @@ def main() -> None:
 
     from ferops.config import deep_merge, load_params
     from ferops.models.zoo import build_model
-    from ferops.training import choose_precision, make_dataset, make_optimizer, resolve_config
+    from ferops.training import (
+        choose_precision,
+        make_dataset,
+        make_optimizer,
+        resolve_config,
+    )
 
     params = deep_merge(load_params(ROOT / "params.yaml"), load_params(ROOT / "profiles" / "gpu.yaml"))
     base = resolve_config(params["train_deep"]["common"], params["train_deep"]["models"]["resnet"])

@@ -35,7 +35,7 @@ def hardware() -> str:
 
     try:
         gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=30).stdout.split("\n")
+                              text=True, timeout=30, check=False).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         gpus = []
     gpus = [g.strip() for g in gpus if g.strip()]
@@ -63,7 +63,12 @@ def train_deep(args, params: dict, model_cfg: dict, train, val, test, ingest: di
 
     from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
     from ferops.metrics import classification_metrics
-    from ferops.training import resolve_config, train_deep_model, train_keras, view_probas
+    from ferops.training import (
+        resolve_config,
+        train_deep_model,
+        train_keras,
+        view_probas,
+    )
 
     cfg = resolve_config(params["train_deep"]["common"], model_cfg)
     if args.epochs:

@@ -176,6 +176,8 @@ def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
     aug["crop"] = int(aug["crop"] or 0)
     if aug["crop"] and not 8 <= aug["crop"] <= IMG_SIZE:
         raise ConfigError(f"online_aug.crop={aug['crop']}: must be 0 (off) or between 8 and {IMG_SIZE}.")
+    if aug["warp"] not in ("auto", "builtin", "affine"):
+        raise ConfigError(f"online_aug.warp={aug['warp']!r}: use auto | builtin | affine.")
     return aug
 
 
@@ -202,21 +204,21 @@ def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     if aug["hflip"]:
         x = layers.RandomFlip("horizontal", seed=seed, name="aug_hflip", **f32)(x)
     # warp: builtin = Keras' Random{Rotation,Translation,Zoom}; affine = our one-pass warp; auto = builtin on TF only.
-    warp = aug.get("warp", "auto")
-    if warp not in ("auto", "builtin", "affine"):
-        raise ConfigError(f"online_aug.warp={warp!r}: use auto | builtin | affine.")
+    warp = aug["warp"]
     if warp == "auto":
         warp = "builtin" if keras.backend.backend() == "tensorflow" else "affine"
-    if warp == "affine" and (aug["rotate_deg"] or aug["translate"] or aug["zoom"]):
-        x = L["RandomAffine"](aug["rotate_deg"], aug["translate"], aug["zoom"], seed=seed, name="aug_affine", **f32)(x)
-        aug = {**aug, "rotate_deg": 0.0, "translate": 0.0, "zoom": 0.0}  # done above
-    if aug["rotate_deg"] > 0:
-        x = layers.RandomRotation(aug["rotate_deg"] / 360.0, fill_mode="nearest", seed=seed, name="aug_rotate", **f32)(x)
-    if aug["translate"] > 0:
-        x = layers.RandomTranslation(aug["translate"], aug["translate"], fill_mode="nearest", seed=seed,
-                                     name="aug_translate", **f32)(x)
-    if aug["zoom"] > 0:
-        x = layers.RandomZoom(aug["zoom"], fill_mode="nearest", seed=seed, name="aug_zoom", **f32)(x)
+    if warp == "affine":
+        if aug["rotate_deg"] or aug["translate"] or aug["zoom"]:
+            x = L["RandomAffine"](aug["rotate_deg"], aug["translate"], aug["zoom"], seed=seed, name="aug_affine", **f32)(x)
+    else:
+        if aug["rotate_deg"] > 0:
+            x = layers.RandomRotation(aug["rotate_deg"] / 360.0, fill_mode="nearest", seed=seed, name="aug_rotate",
+                                      **f32)(x)
+        if aug["translate"] > 0:
+            x = layers.RandomTranslation(aug["translate"], aug["translate"], fill_mode="nearest", seed=seed,
+                                         name="aug_translate", **f32)(x)
+        if aug["zoom"] > 0:
+            x = layers.RandomZoom(aug["zoom"], fill_mode="nearest", seed=seed, name="aug_zoom", **f32)(x)
     if aug["contrast"] > 0:
         x = layers.RandomContrast(aug["contrast"], value_range=(0, 255), seed=seed, name="aug_contrast", **f32)(x)
     if crop:
