@@ -141,3 +141,17 @@ def test_warp_setting_picks_builtin_or_affine_layers_and_rejects_others(pixels):
     assert affine.predict(pixels, verbose=0).shape == (6, 7)
     with pytest.raises(ConfigError, match="warp"):
         zoo.build_model({**SMALL["cnn"], "online_aug": {**aug, "warp": "spline"}}, seed=0)
+
+
+def test_input_norm_image_standardises_each_image_in_both_models(pixels):
+    cfg = {"arch": "cnn", "filters": [8], "dense": 8, "input_norm": "image", "online_aug": {"crop": 40}}
+    for inference in (False, True):
+        model = zoo.build_model(cfg, seed=0, inference=inference)
+        probe = keras.Model(model.input, model.get_layer("image_norm").output)
+        # brightness and contrast are taken out: a*x+b standardises to the same image as x
+        z = keras.ops.convert_to_numpy(probe(pixels * 0.5 + 40.0, training=False))
+        np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+        np.testing.assert_allclose(z.std(axis=(1, 2, 3)), 1.0, atol=0.01)  # epsilon 1e-4
+        np.testing.assert_allclose(z, keras.ops.convert_to_numpy(probe(pixels, training=False)), atol=2e-2)
+    with pytest.raises(ConfigError, match="input_norm"):
+        zoo.build_model({**cfg, "input_norm": "global"})

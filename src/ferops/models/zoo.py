@@ -200,7 +200,7 @@ def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     if inference:
         if crop:
             x = layers.CenterCrop(crop, crop, name="crop", **f32)(x)
-        return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+        return inputs, _normalize(x, cfg)
     if aug["hflip"]:
         x = layers.RandomFlip("horizontal", seed=seed, name="aug_hflip", **f32)(x)
     # warp: builtin = Keras' Random{Rotation,Translation,Zoom}; affine = our one-pass warp; auto = builtin on TF only.
@@ -225,7 +225,22 @@ def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
         x = L["RandomCropOrCenter"](crop, seed=seed, name="crop", **f32)(x)
     if aug["erasing"] > 0:
         x = L["RandomErasing"](aug["erasing"], seed=seed, name="aug_erasing", **f32)(x)
-    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    return inputs, _normalize(x, cfg)
+
+
+def _normalize(x, cfg: dict[str, Any]):
+    """Pixels 0..255 → 0..1; `input_norm: image` then standardises each image (zero mean, unit variance),
+    which takes lighting and contrast out of what the first layers must learn. Built-in layers only."""
+    from keras import layers
+
+    norm = cfg.get("input_norm", "scale")
+    if norm not in ("scale", "image"):
+        raise ConfigError(f"input_norm={norm!r}: use scale (pixels / 255) | image (per-image standardisation).")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    if norm == "image":
+        x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-4, dtype="float32",
+                                      name="image_norm")(x)
+    return x
 
 
 def _head(x, cfg: dict[str, Any]):
