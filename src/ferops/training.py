@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -94,6 +95,53 @@ def gpu_capability() -> tuple[int, int] | None:
 
         return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None  # type: ignore[return-value]
     return None
+
+
+def gpu_count() -> int:
+    """How many GPUs the Keras backend sees (0 on CPU-only machines)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return int(torch.cuda.device_count())
+    return 0
+
+
+def data_parallel(setting: Any = "auto"):
+    """The distribution under which to build, compile and fit so each step splits its batch over every local GPU
+    (an object whose `.scope()` is entered for each), or None to train on one device.
+
+    `auto` turns it on with two or more GPUs; `true` forces it (one replica on a CPU-only machine: how
+    the tests run it); `false` never. TensorFlow: `tf.distribute.MirroredStrategy`; JAX: Keras'
+    `DataParallel` distribution. `batch_size` stays the global batch (each GPU gets batch / n).
+    """
+    import keras
+
+    s = str(setting).lower() if setting is not None else "false"
+    if s not in ("auto", "true", "false"):
+        raise ConfigError(f"data_parallel={setting!r}: use auto (every GPU when there are several) | true | false.")
+    if s == "false" or (s == "auto" and gpu_count() < 2):
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy()
+    if backend == "jax":
+        devices = keras.distribution.list_devices("gpu") or keras.distribution.list_devices()
+        return keras.distribution.DataParallel(devices=devices)
+    raise ConfigError(f"data_parallel={setting!r} is not supported on the {backend} backend; "
+                      "use KERAS_BACKEND=tensorflow or jax, or data_parallel: false.")
 
 
 def _cpu_flags() -> set[str]:
@@ -429,10 +477,13 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw)
     ds_val = make_dataset(val.pixels, val.emotion.astype(int), max(batch, 256))
 
-    model = build_model(cfg, seed=seed)
-    model.compile(optimizer=make_optimizer(cfg, steps, epochs),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg.get("label_smoothing", 0.0))),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    dist = data_parallel(cfg.get("data_parallel", "auto"))
+    scope = dist.scope if dist is not None else contextlib.nullcontext
+    with scope():  # variables must be created under the distribution they train with
+        model = build_model(cfg, seed=seed)
+        model.compile(optimizer=make_optimizer(cfg, steps, epochs),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg.get("label_smoothing", 0.0))),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
     cbs = _callbacks()
     throughput = cbs["Throughput"](len(train))
@@ -456,7 +507,9 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         verbose = 2  # one line per epoch in logs and CI instead of a redrawn bar
 
     t0 = time.perf_counter()
-    fit = model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    with scope():
+        fit = model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
     wall = time.perf_counter() - t0
 
     history = state.history if state is not None else {k: [float(v) for v in vs] for k, vs in fit.history.items()}

@@ -198,3 +198,20 @@ def test_auto_precision_on_gpus_prefers_bf16_from_ampere(monkeypatch, cc, policy
     monkeypatch.setattr(training, "gpu_capability", lambda: cc)
     assert training.choose_precision("auto") == policy
     assert training.choose_precision("fp32") == "float32"  # an explicit setting always wins
+
+
+def test_data_parallel_is_off_on_one_device_and_trains_under_a_forced_strategy(tiny, monkeypatch):
+    import ferops.training as training
+
+    assert training.data_parallel("auto") is None and training.data_parallel(False) is None  # CPU-only here
+    monkeypatch.setattr(training, "gpu_count", lambda: 4)
+    assert training.data_parallel("auto") is not None  # several GPUs → every one of them
+    with pytest.raises(ConfigError, match="data_parallel"):
+        training.data_parallel("sometimes")
+    monkeypatch.undo()
+    train, val = tiny
+    # forced on a CPU-only machine: one replica, the same training loop (MirroredStrategy on TensorFlow)
+    res = train_keras(train, val, {**TINY, "data_parallel": True}, seed=0, verbose=0, max_epochs=1)
+    assert res.epochs_run == 1 and res.val_proba.shape == (len(val), 7)
+    if keras.backend.backend() == "tensorflow":
+        assert type(res.train_model.distribute_strategy).__name__ == "MirroredStrategy"
