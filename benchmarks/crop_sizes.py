@@ -29,8 +29,7 @@ def main() -> None:
     tf_environment()
     import keras
 
-    from ferops.constants import IMG_SIZE
-    from ferops.models.zoo import build_model, custom_objects
+    from ferops.models.zoo import custom_objects, inference_model
     from ferops.training import predict_proba
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -43,11 +42,8 @@ def main() -> None:
     y = val.emotion.astype(int)
     rows = {}
     for crop in args.crops:
-        net = build_model({**cfg, "online_aug": {**cfg.get("online_aug", {}), "crop": 0 if crop >= IMG_SIZE else crop}},
-                          inference=True)
-        for layer in net.layers:
-            if layer.weights:
-                layer.set_weights(trained.get_layer(layer.name).get_weights())
+        # crop 48 (the full image) means no crop layer, as in input_block
+        net = inference_model(trained, {**cfg, "online_aug": {**cfg.get("online_aug", {}), "crop": crop}})
         rows[crop] = {tta: round(float((predict_proba(net, val.pixels, tta=tta).argmax(1) == y).mean()), 4)
                       for tta in ("none", "flip")}
         print(f"crop {crop:>2}: val {rows[crop]['none']:.4f}  flip {rows[crop]['flip']:.4f}", flush=True)

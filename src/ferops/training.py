@@ -65,6 +65,26 @@ def set_seeds(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def _local_gpus() -> list:
+    """The GPUs the Keras backend sees: TF physical devices, JAX devices, or torch device indices."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.list_physical_devices("GPU")
+    if backend == "jax":
+        import jax
+
+        return [d for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
 def gpu_capability() -> tuple[int, int] | None:
     """CUDA compute capability of the first GPU the Keras backend sees (None: no GPU).
 
@@ -73,48 +93,26 @@ def gpu_capability() -> tuple[int, int] | None:
     """
     import keras
 
+    gpus = _local_gpus()
+    if not gpus:
+        return None
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return None
         cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         return int(cc[0]), int(cc[1])
     if backend == "jax":
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        if not gpus:
-            return None
         major, _, minor = str(getattr(gpus[0], "compute_capability", "0.0")).partition(".")
         return int(major or 0), int(minor or 0)
-    if backend == "torch":
-        import torch
+    import torch
 
-        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None  # type: ignore[return-value]
-    return None
+    return tuple(torch.cuda.get_device_capability(gpus[0]))  # type: ignore[return-value]
 
 
 def gpu_count() -> int:
     """How many GPUs the Keras backend sees (0 on CPU-only machines)."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return len(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return sum(d.platform == "gpu" for d in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return int(torch.cuda.device_count())
-    return 0
+    return len(_local_gpus())
 
 
 def data_parallel(setting: Any = "auto"):
