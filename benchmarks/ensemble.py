@@ -2,7 +2,7 @@
 
     python benchmarks/ensemble.py benchmarks/out/gpu/resnet benchmarks/out/gpu/s7/resnet
 
-Each directory holds `probas.npz` (val/test probabilities of every ten-crop view). Members are averaged per
+Each directory holds `probas.npz` (val/test probabilities of every test-time view). Members are averaged per
 TTA mode; the mode is chosen on val (PublicTest), and test (PrivateTest) is reported for that mode.
 """
 

@@ -67,6 +67,8 @@ def main() -> None:
         keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
         batch = int(cfg.get("batch_size", 128))
         model = build_model(cfg, seed=0)
+        if any(layer.name == "low_res" for layer in model.layers):
+            model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
         model.compile(optimizer=make_optimizer(cfg, 100, 10), jit_compile=bool(cfg.get("jit_compile", False)),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
         rng = np.random.default_rng(0)

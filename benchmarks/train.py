@@ -7,7 +7,7 @@
 
 Validation (PublicTest) drives early stopping/selection; the test split (PrivateTest) is scored once,
 after training. Writes benchmarks/out/<model>/ (model dir + result.json + probas.npz, the val/test
-probabilities of every ten-crop view, for ensembles) and its own MLflow store.
+probabilities of every test-time view of every TTA mode, for ensembles) and its own MLflow store.
 """
 
 from __future__ import annotations
@@ -59,16 +59,8 @@ def read_splits(path: str) -> dict:
 def train_deep(args, params: dict, model_cfg: dict, train, val, test, ingest: dict, out: Path) -> dict:
     """Train a deep model as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
-    import numpy as np
 
-    from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
-    from ferops.metrics import classification_metrics
-    from ferops.training import (
-        resolve_config,
-        train_deep_model,
-        train_keras,
-        view_probas,
-    )
+    from ferops.training import resolve_config, train_deep_model, train_keras
 
     cfg = resolve_config(params["train_deep"]["common"], model_cfg)
     if args.epochs:
@@ -89,22 +81,50 @@ def train_deep(args, params: dict, model_cfg: dict, train, val, test, ingest: di
         model = load_keras(out / "model" / "model.keras")
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params")})
+    result.update(score_deep(args, params, model, val, test, out))
+    result["config"] = cfg
+    return result
+
+
+def score_deep(args, params: dict, model, val, test, out: Path) -> dict:
+    """Every TTA mode on val, the mode chosen there, then test scored plain and with that mode; saves probas.npz."""
+    import numpy as np
+
+    from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
+    from ferops.metrics import classification_metrics
+    from ferops.training import view_probas
+
+    result: dict = {}
     # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.
     y_val, y_test = val.emotion.astype(int), test.emotion.astype(int)
-    val_views = view_probas(model, val.pixels, tta="tencrop")
+    val_views = view_probas(model, val.pixels, tta="all")
     result["val_accuracy_by_tta"] = accuracy_by_tta(val_views, y_val)
     tta = args.tta or params["evaluate"]["tta"]
     tta = best_tta(result["val_accuracy_by_tta"]) if tta == "auto" else tta
     result["val_accuracy_tta"] = result["val_accuracy_by_tta"][tta]
     # The test split is scored once, after training and selection are finished.
-    test_views = view_probas(model, test.pixels, tta="tencrop")
+    test_views = view_probas(model, test.pixels, tta="all")
     plain = classification_metrics(y_test, test_views[0].argmax(1), prefix="test_")
     with_tta = classification_metrics(y_test, tta_probas(test_views, tta).argmax(1))
     np.savez_compressed(out / "probas.npz", val=np.stack(val_views).astype(np.float32),
                         test=np.stack(test_views).astype(np.float32), y_val=y_val, y_test=y_test)
     result.update({"test_accuracy": plain["test_accuracy"], "test_macro_f1": plain["test_macro_f1"],
-                   "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta,
-                   "config": cfg})
+                   "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta})
+    return result
+
+
+def rescore(args, params: dict, val, test, out: Path) -> dict:
+    """Score an already trained run again (e.g. after a TTA mode was added): model and training figures are kept,
+    the TTA mode is re-chosen on val, test is scored plain and with it; the previous figures stay under `previous`."""
+    from ferops.inference import load_keras
+
+    path = out / "result.json"
+    if not (out / "model" / "model.keras").exists() or not path.exists():
+        sys.exit(f"error: {out} holds no trained run (model/model.keras + result.json); train it first.")
+    result = json.loads(path.read_text())
+    scored = score_deep(args, params, load_keras(out / "model" / "model.keras"), val, test, out)
+    result["previous"] = {k: result.get(k) for k in scored}
+    result.update(scored, rescore_command="python " + " ".join(sys.argv))
     return result
 
 
@@ -118,6 +138,8 @@ def main() -> None:
     ap.add_argument("--tta", default=None, help="test-time augmentation for deep models (default: evaluate.tta)")
     ap.add_argument("--profile", default=None, help="params overrides merged over --params (e.g. profiles/gpu.yaml)")
     ap.add_argument("--seed", type=int, default=None, help="override params' seed")
+    ap.add_argument("--rescore", action="store_true",
+                    help="deep models: score the run already in --out again (TTA chosen on val) without training")
     ap.add_argument("--no-mlflow", action="store_true",
                     help="deep models: train without MLflow and without writing the model directory")
     args = ap.parse_args()
@@ -146,7 +168,9 @@ def main() -> None:
     deep = section(params, "train_deep")["models"]
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
-    if args.model in deep:
+    if args.model in deep and args.rescore:
+        result = rescore(args, params, val, test, out)
+    elif args.model in deep:
         result.update(train_deep(args, params, deep[args.model], train, val, test, ingest, out))
     else:
         from ferops.models.baselines import fit_with_grid, to_xy

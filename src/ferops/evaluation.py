@@ -18,12 +18,13 @@ from ferops.constants import EMOTIONS, NUM_CLASSES
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
 from ferops.metrics import classification_metrics, confusion
+from ferops.training import TTA_VIEW_MODES
 
 log = logging.getLogger("ferops.evaluation")
 
 MODEL_FILES: dict[str, str] = {"baseline": "model.joblib", "deep": "model.keras"}
 KIND_DIRS: dict[str, str] = {"baseline": "baselines", "deep": "deep"}
-TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
+TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, cheapest first (fewest views)
 # `auto`: each deep model gets the TTA mode with the best VALIDATION accuracy (ties: the cheaper mode).
 TTA_SETTINGS: tuple[str, ...] = (*TTA_MODES, "auto")
 # Keys of reports/metrics.json, per model (DVC metrics).
@@ -193,7 +194,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
         return tta, {}
     if val is None or not val.labeled.any():
         raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled rows; "
-                        "set evaluate.tta to none | flip | tencrop.")
+                        "set evaluate.tta to none | flip | tencrop | shift.")
     acc = val_accuracy_by_tta(model, val, batch_size)
     return best_tta(acc), acc
 
@@ -203,21 +204,20 @@ def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict
     from ferops.training import view_probas
 
     y = val.emotion[val.labeled].astype(int)
-    # Each mode's views are a prefix of ten-crop's: predict every view once (a crop-less model has only two).
-    return accuracy_by_tta(view_probas(model, val.pixels[val.labeled], batch_size, "tencrop"), y)
+    # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
+    return accuracy_by_tta(view_probas(model, val.pixels[val.labeled], batch_size, "all"), y)
 
 
-def tta_probas(tencrop_views: list[np.ndarray], tta: str) -> np.ndarray:
-    """Averaged probabilities of mode `tta`, from the per-view probabilities of a ten-crop `view_probas` call."""
-    from ferops.training import average_views
+def tta_probas(all_views: list[np.ndarray], tta: str) -> np.ndarray:
+    """Averaged probabilities of mode `tta`, from the per-view probabilities of an `all` `view_probas` call."""
+    from ferops.training import average_views, view_indices
 
-    n_views = {"none": 1, "flip": 2, "tencrop": len(tencrop_views)}[tta]
-    return average_views(tencrop_views[:n_views])
+    return average_views([all_views[i] for i in view_indices(tta, len(all_views))])
 
 
-def accuracy_by_tta(tencrop_views: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
-    """Accuracy of every TTA mode, from the per-view probabilities of a ten-crop `view_probas` call."""
-    return {m: float((tta_probas(tencrop_views, m).argmax(1) == y).mean()) for m in TTA_MODES}
+def accuracy_by_tta(all_views: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Accuracy of every TTA mode, from the per-view probabilities of an `all` `view_probas` call."""
+    return {m: float((tta_probas(all_views, m).argmax(1) == y).mean()) for m in TTA_MODES}
 
 
 def best_tta(val_accuracy_by_mode: dict[str, float]) -> str:

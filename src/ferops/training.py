@@ -342,6 +342,24 @@ def _callbacks():
                 lr = logs.pop("learning_rate", None)
                 logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate) if lr is None else lr)
 
+    class LowResEpochs(keras.callbacks.Callback):
+        """Progressive resizing: the model's `low_res` layer shrinks training images for the first `epochs` epochs.
+        Set at every epoch start (a resumed run lands in the right phase); a switch re-traces the train step."""
+
+        def __init__(self, layer, epochs: int, full: int):
+            super().__init__()
+            self.layer, self.epochs, self.full = layer, int(epochs), int(full)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            want = epoch < self.epochs
+            if self.layer.enabled != want:
+                self.layer.enabled = want
+                self.model.make_train_function(force=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["train_size"] = float(self.layer.size if epoch < self.epochs else self.full)
+
     class Throughput(keras.callbacks.Callback):
         """Training images/s, measured over train steps only (the first epoch, which traces, is dropped when possible)."""
 
@@ -433,7 +451,7 @@ def _callbacks():
             if vals:
                 mlflow.log_metrics(vals, step=epoch + 1)
 
-    _CALLBACKS = {"LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
+    _CALLBACKS = {"LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
                   "MlflowEpochLogger": MlflowEpochLogger}
     return _CALLBACKS
 
@@ -456,7 +474,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     import keras
 
     from ferops.metrics import classification_metrics
-    from ferops.models.zoo import build_model, inference_model
+    from ferops.models.zoo import build_model, crop_size, inference_model, progressive_config
 
     train, val = _labeled(train, "train"), _labeled(val, "validation")
     set_seeds(seed)
@@ -485,10 +503,16 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
 
     cbs = _callbacks()
     throughput = cbs["Throughput"](len(train))
+    full = crop_size(model) or IMG_SIZE
+    low = progressive_config(cfg, full)
+    # Val is scored at full size: small-image epochs score low there, so early stopping starts after them.
     early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True,
-                                          patience=int(cfg.get("early_stopping_patience", 8)))
+                                          patience=int(cfg.get("early_stopping_patience", 8)),
+                                          start_from_epoch=low["epochs"] if low else 0)
     plateau = None
     callbacks: list = [cbs["LrLogger"](), throughput, early]
+    if low:
+        callbacks.insert(0, cbs["LowResEpochs"](model.get_layer("low_res"), low["epochs"], full))
     if cfg.get("schedule", "plateau") == "plateau":
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5,
                                                     patience=int(cfg.get("plateau_patience", 3)), min_lr=1e-6)
@@ -545,33 +569,64 @@ def _as_input(pixels: np.ndarray) -> np.ndarray:
     return x
 
 
-def tta_views(pixels: np.ndarray, tta: str = "none", crop: int = 0) -> list[np.ndarray]:
-    """The test-time views of a batch: none → [x]; flip → x and its mirror; tencrop → 5 crops x 2 flips.
+TTA_VIEW_MODES: tuple[str, ...] = ("none", "flip", "tencrop", "shift")
 
-    Ten-crop works through the model's own centre crop: shifting the 48x48 image by ±(48-crop)/2 px
-    makes the centre crop land on a corner crop (np.roll's wrapped rows fall outside the crop).
+
+def _view_offsets(tta: str, crop: int) -> list[tuple[int, int]]:
+    """(dy, dx) image shifts of a mode's views besides the unshifted one (none without a crop smaller than 48).
+
+    Shifting the 48x48 image moves the model's own centre crop: by ±(48-crop)/2 px it lands on a corner crop
+    (ten-crop), by ±1 px on a neighbouring crop (shift); np.roll's wrapped rows fall outside the crop.
     """
+    d = (IMG_SIZE - crop) // 2 if crop and crop < IMG_SIZE else 0
+    if not d:
+        return []
+    corners = [(dy, dx) for dy in (-d, d) for dx in (-d, d)]
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    return {"tencrop": corners, "shift": shifts, "all": corners + shifts}.get(tta, [])
+
+
+def _iter_views(pixels: np.ndarray, tta: str, crop: int):
+    if tta not in (*TTA_VIEW_MODES, "all"):
+        raise ConfigError(f"tta={tta!r}: use {' | '.join(TTA_VIEW_MODES)}.")
     x = _as_input(pixels)
     if tta == "none":
-        return [x]
-    if tta not in ("flip", "tencrop"):
-        raise ConfigError(f"tta={tta!r}: use none | flip | tencrop.")
-    bases = [x]
-    if tta == "tencrop" and crop and crop < IMG_SIZE:
-        d = (IMG_SIZE - crop) // 2
-        bases += [np.roll(x, (dy, dx), axis=(1, 2)) for dy in (-d, d) for dx in (-d, d)]
-    return [v for b in bases for v in (b, b[:, :, ::-1, :])]
+        yield x
+        return
+    for shift in [(0, 0)] + _view_offsets(tta, crop):
+        b = np.roll(x, shift, axis=(1, 2)) if shift != (0, 0) else x
+        yield b
+        yield b[:, :, ::-1, :]
+
+
+def tta_views(pixels: np.ndarray, tta: str = "none", crop: int = 0) -> list[np.ndarray]:
+    """The test-time views of a batch: none → [x]; flip → x and its mirror; tencrop → 5 crops x 2 flips;
+    shift → the centre crop and its 8 one-pixel neighbours x 2 flips (18 views); `all` → every view of every
+    mode once (26), ordered plain, mirror, corners, shifts — `view_indices` picks a mode's views out of it.
+    """
+    return list(_iter_views(pixels, tta, crop))
+
+
+def view_indices(tta: str, n_views: int) -> list[int]:
+    """Positions of mode `tta`'s views in an `all` view list of `n_views` (2 for a model without a crop layer)."""
+    if tta not in TTA_VIEW_MODES:
+        raise ConfigError(f"tta={tta!r}: use {' | '.join(TTA_VIEW_MODES)}.")
+    if tta == "none":
+        return [0]
+    if tta == "flip" or n_views == 2:
+        return [0, 1]
+    idx = {"tencrop": list(range(10)), "shift": [0, 1, *range(10, 26)]}[tta]
+    if idx[-1] >= n_views:
+        raise DataError(f"tta={tta!r} needs the views of an `all` pass (26); got {n_views} — re-score the model.")
+    return idx
 
 
 def view_probas(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
-    """Class probabilities (float64) of each test-time view, in `tta_views` order.
-
-    That order makes every mode's views a prefix of ten-crop's (plain, its mirror, then the corners), so one
-    ten-crop pass also gives `none` (first view) and `flip` (first two).
-    """
+    """Class probabilities (float64) of each test-time view, in `tta_views` order (`all`: every mode's views,
+    predicted once). Views are made one at a time, so memory stays at one copy of `pixels`."""
     from ferops.models.zoo import crop_size
 
-    views = tta_views(pixels, tta, crop_size(model) if tta == "tencrop" else 0)
+    views = _iter_views(pixels, tta, crop_size(model) if tta in ("tencrop", "shift", "all") else 0)
     return [np.asarray(model.predict(v, batch_size=batch_size, verbose=0), dtype=np.float64) for v in views]
 
 

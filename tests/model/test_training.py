@@ -81,7 +81,9 @@ def test_subsample_keeps_every_class():
     assert set(np.unique(sub.emotion)) == set(np.unique(d.emotion))
 
 
-def test_tencrop_views_hit_the_corner_crops():
+def test_tta_views_hit_the_corner_and_neighbour_crops():
+    from ferops.training import view_indices
+
     x = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
     views = tta_views(x, "tencrop", crop=44)
     assert len(views) == 10 and len(tta_views(x, "flip")) == 2 and len(tta_views(x, "tencrop", crop=0)) == 2
@@ -92,6 +94,20 @@ def test_tencrop_views_hit_the_corner_crops():
     corners = [x[:, 2:46, 2:46]] + [x[:, r:r + 44, c:c + 44] for r in (4, 0) for c in (4, 0)]
     for got, want in zip(centre, corners):
         np.testing.assert_array_equal(got, want)
+    shift = tta_views(x, "shift", crop=44)
+    neighbours = [x[:, 2:46, 2:46]] + [x[:, r:r + 44, c:c + 44] for r in (3, 2, 1) for c in (3, 2, 1) if (r, c) != (2, 2)]
+    assert len(shift) == 18
+    for got, want in zip([v[:, 2:46, 2:46, 0] for v in shift[::2]], neighbours):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(shift[3][:, 2:46, 2:46, 0], neighbours[1][:, :, ::-1])  # each with its mirror
+    every = tta_views(x, "all", crop=44)  # each mode's views are found in one `all` pass
+    assert len(every) == 26 and len(tta_views(x, "all", crop=0)) == 2
+    for mode in ("none", "flip", "tencrop", "shift"):
+        for got, want in zip([every[i] for i in view_indices(mode, 26)], tta_views(x, mode, crop=44)):
+            np.testing.assert_array_equal(got, want)
+    assert view_indices("shift", 2) == [0, 1]  # a crop-less model: flip's views
+    with pytest.raises(ConfigError, match="tta="):
+        tta_views(x, "dense")
 
 
 def test_smoke_training_returns_history_with_lr(tiny):
@@ -215,3 +231,37 @@ def test_data_parallel_is_off_on_one_device_and_trains_under_a_forced_strategy(t
     assert res.epochs_run == 1 and res.val_proba.shape == (len(val), 7)
     if keras.backend.backend() == "tensorflow":
         assert type(res.train_model.distribute_strategy).__name__ == "MirroredStrategy"
+
+
+def test_progressive_resizing_trains_small_first_then_at_the_crop(tiny, tmp_path, monkeypatch):
+    from ferops.models.zoo import build_model, progressive_config
+
+    assert progressive_config({}) is None and progressive_config({"progressive": {"size": 24, "epochs": 0}}) is None
+    with pytest.raises(ConfigError, match="progressive.size"):
+        progressive_config({"progressive": {"size": 44, "epochs": 2}}, 44)
+    with pytest.raises(ConfigError, match="progressive="):
+        progressive_config({"progressive": {"epochs": 2}})
+    cfg = {**TINY, "arch": "resnet", "stages": [1, 1], "widths": [8, 16], "progressive": {"size": 24, "epochs": 1},
+           "input_norm": "image"}
+    model = build_model(cfg, seed=0)
+    low = model.get_layer("low_res")
+    x = np.full((2, 48, 48, 1), 128.0, np.float32)
+    low.enabled = True
+    assert tuple(low(model.get_layer("crop")(x, training=True), training=True).shape) == (2, 24, 24, 1)
+    assert tuple(low(x, training=False).shape) == (2, 48, 48, 1)  # inference never resizes
+    seen = []  # image sizes the traced train steps were built for
+    call = type(low).call
+
+    def spy(self, images, training=None):
+        out = call(self, images, training)
+        if training:
+            seen.append(int(out.shape[1]))
+        return out
+
+    monkeypatch.setattr(type(low), "call", spy)
+    train, val = tiny
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt")
+    assert res.history["train_size"][:3] == [24.0, 44.0, 44.0]
+    assert seen[0] == 24 and seen[-1] == 44  # epoch 1 really ran small (static shape), then re-traced at the crop
+    assert "low_res" not in [layer.name for layer in res.model.layers]  # the exported model is the plain network
+    assert res.val_proba.shape == (len(val), 7)

@@ -191,22 +191,25 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
     val = data.subset(np.arange(100, 120))
     auto, _ = evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val,
                            tmp_path / "eval", tta="auto", track=False, val=val)
-    by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop")}
+    by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop", "shift")}
     assert auto[0]["tta_mode"] == best_tta(by_mode)
-    assert by_mode["tencrop"] == by_mode["flip"]  # no crop layer: ten-crop's views are flip's
+    assert by_mode["tencrop"] == by_mode["shift"] == by_mode["flip"]  # no crop layer: only flip's views
     assert best_tta({"none": 0.5, "flip": 0.6, "tencrop": 0.6}) == "flip"  # ties → fewer views
     with pytest.raises(DataError, match="validation split"):
         evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val, tmp_path / "eval",
                      tta="auto", track=False)
 
 
-def test_tta_modes_are_prefixes_of_the_tencrop_views():
+def test_tta_modes_are_picked_out_of_one_pass_over_all_views():
+    from ferops.errors import DataError
     from ferops.evaluation import accuracy_by_tta, tta_probas
 
     y = np.array([0, 1, 2])
     eye = np.eye(7)[y]
     wrong = np.eye(7)[[3, 3, 3]]
-    views = [wrong, wrong] + [eye] * 8  # plain view and its mirror wrong, the eight corner views right
+    views = [wrong, wrong] + [eye] * 8 + [wrong] * 16  # plain + mirror wrong, corners right, one-pixel shifts wrong
     np.testing.assert_array_equal(tta_probas(views, "none"), wrong.astype(np.float32))
-    assert accuracy_by_tta(views, y) == {"none": 0.0, "flip": 0.0, "tencrop": 1.0}
+    assert accuracy_by_tta(views, y) == {"none": 0.0, "flip": 0.0, "tencrop": 1.0, "shift": 0.0}
+    with pytest.raises(DataError, match="26"):
+        tta_probas(views[:10], "shift")  # a ten-crop pass lacks the shifted views
     assert tta_probas(views[:2], "tencrop").shape == (3, 7)  # a crop-less model has two views only

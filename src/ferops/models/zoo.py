@@ -154,7 +154,33 @@ def _layers():
             return {**super().get_config(), "rotate_deg": self.rotate_deg, "translate": self.translate,
                     "zoom": self.zoom, "seed": self.seed}
 
-    _CUSTOM = {"RandomCropOrCenter": RandomCropOrCenter, "RandomErasing": RandomErasing, "RandomAffine": RandomAffine}
+    @keras.saving.register_keras_serializable(package="ferops")
+    class LowResPhase(keras.layers.Layer):
+        """Progressive resizing: while `enabled` (set per epoch by training's LowResEpochs callback, which re-traces
+        the train step), training images are shrunk to `size`x`size`, so those epochs cost ~(size/crop)² of a
+        full one. A Python flag, not a tensor: each traced step keeps static shapes, which oneDNN needs to be fast
+        (a tf.cond between the two sizes ran the small phase at half the speed of a static one). Identity at
+        inference and when disabled.
+        """
+
+        def __init__(self, size: int, **kwargs):
+            super().__init__(**kwargs)
+            self.size = int(size)
+            self.enabled = False
+
+        def call(self, images, training=None):
+            if not (training and self.enabled):
+                return images
+            return ops.image.resize(images, (self.size, self.size), antialias=True)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], None, None, input_shape[3])
+
+        def get_config(self):
+            return {**super().get_config(), "size": self.size}
+
+    _CUSTOM = {"RandomCropOrCenter": RandomCropOrCenter, "RandomErasing": RandomErasing, "RandomAffine": RandomAffine,
+               "LowResPhase": LowResPhase}
     return _CUSTOM
 
 
@@ -225,7 +251,25 @@ def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
         x = L["RandomCropOrCenter"](crop, seed=seed, name="crop", **f32)(x)
     if aug["erasing"] > 0:
         x = L["RandomErasing"](aug["erasing"], seed=seed, name="aug_erasing", **f32)(x)
+    low = progressive_config(cfg, crop or IMG_SIZE)
+    if low:
+        x = L["LowResPhase"](low["size"], name="low_res", **f32)(x)
     return inputs, _normalize(x, cfg)
+
+
+def progressive_config(cfg: dict[str, Any], full: int = IMG_SIZE) -> dict[str, int] | None:
+    """`progressive: {size, epochs}` checked: the first `epochs` epochs train on `size` px images (None = off)."""
+    prog = cfg.get("progressive")
+    if not prog or not int(prog.get("epochs", 0) or 0):
+        return None
+    try:
+        size, epochs = int(prog["size"]), int(prog["epochs"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>}}, e.g. {{size: 32, epochs: 12}}.")
+    if not 16 <= size < full or epochs < 0:
+        raise ConfigError(f"progressive.size={size}: must be between 16 and the training crop ({full} px) - 1; "
+                          f"epochs={epochs} must be >= 0.")
+    return {"size": size, "epochs": epochs}
 
 
 def _normalize(x, cfg: dict[str, Any]):
