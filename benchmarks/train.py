@@ -4,6 +4,7 @@
     python benchmarks/train.py --model logreg            # baseline from train_baselines.models
     KERAS_BACKEND=jax python benchmarks/train.py --model resnet --profile profiles/gpu.yaml \
         --data .gpu/fer2013.npz.xz --no-mlflow          # GPU recipe on a machine without TensorFlow/MLflow
+    python benchmarks/train.py --model resnet --rescore  # score benchmarks/out/resnet again (new TTA modes)
 
 Validation (PublicTest) drives early stopping/selection; the test split (PrivateTest) is scored once,
 after training. Writes benchmarks/out/<model>/ (model dir + result.json + probas.npz, the val/test
@@ -168,7 +169,7 @@ def main() -> None:
     deep = section(params, "train_deep")["models"]
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
-    if args.model in deep and args.rescore:
+    if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params
         result = rescore(args, params, val, test, out)
     elif args.model in deep:
         result.update(train_deep(args, params, deep[args.model], train, val, test, ingest, out))
