@@ -623,7 +623,7 @@ def view_indices(tta: str, n_views: int) -> list[int]:
 
 def view_probas(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
     """Class probabilities (float64) of each test-time view, in `tta_views` order (`all`: every mode's views,
-    predicted once). Views are made one at a time, so memory stays at one copy of `pixels`."""
+    predicted once). Views are made one at a time, so only one extra copy of `pixels` is held."""
     from ferops.models.zoo import crop_size
 
     views = _iter_views(pixels, tta, crop_size(model) if tta in ("tencrop", "shift", "all") else 0)
