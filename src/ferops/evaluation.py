@@ -18,7 +18,7 @@ from ferops.constants import EMOTIONS, NUM_CLASSES
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
 from ferops.metrics import classification_metrics, confusion
-from ferops.training import TTA_VIEW_MODES
+from ferops.training import TTA_VIEW_MODES, average_views, predict_proba, view_indices, view_probas
 
 log = logging.getLogger("ferops.evaluation")
 
@@ -116,8 +116,6 @@ def predict_probs(entry: ModelEntry, model: Any, pixels: np.ndarray, tta: str, b
         return _baseline_proba(model, pixels)
     if len(pixels) == 0:
         return np.zeros((0, NUM_CLASSES))
-    from ferops.training import predict_proba
-
     return np.asarray(predict_proba(model, pixels, batch_size=batch_size, tta=tta))
 
 
@@ -201,8 +199,6 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
 
 def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict[str, float]:
     """A deep model's accuracy on the labeled val rows under every TTA mode."""
-    from ferops.training import view_probas
-
     y = val.emotion[val.labeled].astype(int)
     # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
     return accuracy_by_tta(view_probas(model, val.pixels[val.labeled], batch_size, "all"), y)
@@ -210,8 +206,6 @@ def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict
 
 def tta_probas(all_views: list[np.ndarray], tta: str) -> np.ndarray:
     """Averaged probabilities of mode `tta`, from the per-view probabilities of an `all` `view_probas` call."""
-    from ferops.training import average_views, view_indices
-
     return average_views([all_views[i] for i in view_indices(tta, len(all_views))])
 
 

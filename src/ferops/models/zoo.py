@@ -159,8 +159,8 @@ def _layers():
         """Progressive resizing: while `enabled` (set per epoch by training's LowResEpochs callback, which re-traces
         the train step), training images are shrunk to `size`x`size`, so those epochs cost ~(size/crop)² of a
         full one. A Python flag, not a tensor: each traced step keeps static shapes, which oneDNN needs to be fast
-        (a tf.cond between the two sizes ran the small phase at half the speed of a static one). Identity at
-        inference and when disabled.
+        (a tf.cond between the two sizes ran the small phase at ×2.0 the full size's speed where a static 32-px
+        model ran ×3.5; docs/DESIGN.md). Identity at inference and when disabled.
         """
 
         def __init__(self, size: int, **kwargs):
