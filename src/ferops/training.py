@@ -265,12 +265,59 @@ def _labeled(data: FerData, what: str) -> FerData:
     return sub
 
 
+MIX_MODES = ("mixup", "cutmix")
+
+
+def mix_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """`batch_mix: {mode, alpha, p}` checked (None = off): mixup or cutmix on a share `p` of training batches."""
+    mix = cfg.get("batch_mix")
+    if not mix:
+        return None
+    if not isinstance(mix, dict):
+        raise ConfigError(f"batch_mix={mix!r}: give {{mode: mixup|cutmix, alpha: <beta param>, p: <0..1>}}.")
+    mode, alpha, p = mix.get("mode", "cutmix"), float(mix.get("alpha", 1.0)), float(mix.get("p", 1.0))
+    if mode not in MIX_MODES or alpha <= 0 or not 0 <= p <= 1:
+        raise ConfigError(f"batch_mix={mix!r}: mode must be one of {', '.join(MIX_MODES)}, alpha > 0, p in 0..1.")
+    return {"mode": mode, "alpha": alpha, "p": p}
+
+
+def mix_batch(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, rng: np.random.Generator, *, mode: str,
+              alpha: float, p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Mix a batch with a shuffled copy of itself: images (x [n,h,w,c]), one-hot labels y and weights w alike.
+
+    mixup blends whole images with λ ~ Beta(alpha, alpha); cutmix pastes a box of 1-λ of the image area
+    from the partner and mixes the labels by the area really pasted (the box is clipped at the borders).
+    With probability 1-p the batch passes unchanged.
+    """
+    n = len(x)
+    if n < 2 or rng.random() >= p:
+        return x, y, w
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(n)
+    if mode == "mixup":
+        x = (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype)
+    else:
+        h, wd = x.shape[1:3]
+        ch, cw = round(h * np.sqrt(1.0 - lam)), round(wd * np.sqrt(1.0 - lam))
+        cy, cx = int(rng.integers(h)), int(rng.integers(wd))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, wd)
+        x = x.copy()
+        x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * wd)
+    y = (lam * y + (1.0 - lam) * y[perm]).astype(y.dtype)
+    if w is not None:
+        w = (lam * w + (1.0 - lam) * w[perm]).astype(w.dtype)
+    return x, y, w
+
+
 def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, sample_weight: np.ndarray | None = None):
+                 seed: int = 0, sample_weight: np.ndarray | None = None, mix: dict[str, Any] | None = None):
     """Batches of (float32 pixels, one-hot labels[, weights]) from uint8 arrays, reshuffled every epoch (seeded).
 
-    TensorFlow backend: a tf.data pipeline (cache → shuffle → batch → cast → prefetch). Other Keras
-    backends (jax, torch): a keras.utils.PyDataset over the same arrays.
+    `mix` (from `mix_config`) applies `mix_batch` to every batch, seeded per batch. TensorFlow backend: a
+    tf.data pipeline (cache → shuffle → batch → cast → [mix] → prefetch). Other Keras backends (jax, torch):
+    a keras.utils.PyDataset over the same arrays.
     """
     import keras
 
@@ -278,8 +325,10 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int,
     parts: tuple = (x,) if labels is None else (x, np.asarray(labels, dtype=np.int32))
     if sample_weight is not None:
         parts = parts + (np.asarray(sample_weight, dtype=np.float32),)
+    if mix is not None and labels is None:
+        raise ValueError("batch_mix needs labels")
     if keras.backend.backend() != "tensorflow":
-        return _array_batches()(parts, int(batch_size), shuffle=shuffle, seed=seed)
+        return _array_batches()(parts, int(batch_size), shuffle=shuffle, seed=seed, mix=mix)
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(parts).cache()
@@ -293,7 +342,30 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int,
             return x
         return (x, tf.one_hot(rest[0], NUM_CLASSES)) + tuple(rest[1:])  # one-hot for label smoothing
 
-    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+    if mix is not None:
+        ds = _tf_mixed(ds, mix, seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _tf_mixed(ds, mix: dict[str, Any], seed: int):
+    """`mix_batch` inside tf.data: one seed per batch from a seeded random stream, new draws every epoch."""
+    import tensorflow as tf
+
+    def run(*arrays):
+        *batch, s = arrays
+        x, y, w = mix_batch(batch[0], batch[1], batch[2] if len(batch) > 2 else None,
+                            np.random.default_rng(abs(int(s))), **mix)
+        return (x, y) if w is None else (x, y, w)
+
+    def apply(batch, s):
+        out = tf.numpy_function(run, [*batch, s], [t.dtype for t in batch], stateful=False)
+        for t, ref in zip(out, batch):
+            t.set_shape(ref.shape)
+        return tuple(out)
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @functools.cache
@@ -302,9 +374,11 @@ def _array_batches():
     import keras
 
     class ArrayBatches(keras.utils.PyDataset):
-        def __init__(self, parts: tuple, batch_size: int, *, shuffle: bool, seed: int):
+        def __init__(self, parts: tuple, batch_size: int, *, shuffle: bool, seed: int,
+                     mix: dict[str, Any] | None = None):
             super().__init__()
-            self.parts, self.batch_size, self.shuffle = parts, batch_size, shuffle
+            self.parts, self.batch_size, self.shuffle, self.mix = parts, batch_size, shuffle, mix
+            self.seed, self.epoch = seed, 0
             self.rng = np.random.default_rng(seed)
             self.order = self.rng.permutation(len(parts[0])) if shuffle else np.arange(len(parts[0]))
 
@@ -317,9 +391,15 @@ def _array_batches():
             if len(self.parts) == 1:
                 return (x,)
             onehot = np.eye(NUM_CLASSES, dtype=np.float32)[self.parts[1][idx]]  # one-hot for label smoothing
-            return (x, onehot) + tuple(p[idx] for p in self.parts[2:])
+            rest = tuple(p[idx] for p in self.parts[2:])
+            if self.mix is not None:
+                rng = np.random.default_rng((self.seed, self.epoch, i))  # same draws however batches are fetched
+                x, onehot, w = mix_batch(x, onehot, rest[0] if rest else None, rng, **self.mix)
+                rest = () if w is None else (w,)
+            return (x, onehot) + rest
 
         def on_epoch_end(self) -> None:
+            self.epoch += 1
             if self.shuffle:
                 self.rng.shuffle(self.order)
 
@@ -490,7 +570,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     steps = math.ceil(len(train) / batch)
     y_train = train.emotion.astype(int)
     sw = class_weight_vector(y_train)[y_train] if cfg.get("class_weights") else None
-    ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw)
+    ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw,
+                            mix=mix_config(cfg))
     ds_val = make_dataset(val.pixels, val.emotion.astype(int), max(batch, 256))
 
     dist = data_parallel(cfg.get("data_parallel", "auto"))

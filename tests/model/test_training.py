@@ -16,6 +16,9 @@ from ferops.training import (  # noqa: E402
     _lr_schedules,
     choose_precision,
     class_weight_vector,
+    make_dataset,
+    mix_batch,
+    mix_config,
     predict_proba,
     resolve_config,
     train_keras,
@@ -265,3 +268,82 @@ def test_progressive_resizing_trains_small_first_then_at_the_crop(tiny, tmp_path
     assert seen[0] == 24 and seen[-1] == 44  # epoch 1 really ran small (static shape), then re-traced at the crop
     assert "low_res" not in [layer.name for layer in res.model.layers]  # the exported model is the plain network
     assert res.val_proba.shape == (len(val), 7)
+
+
+def _onehot_batch(n: int = 16):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 48, 48, 1)).astype(np.float32)
+    y = np.eye(7, dtype=np.float32)[np.arange(n) % 7]
+    return x, y, np.linspace(0.5, 1.5, n).astype(np.float32)
+
+
+def test_mixup_blends_images_labels_and_weights_with_one_lambda():
+    x, y, w = _onehot_batch()
+    mx, my, mw = mix_batch(x, y, w, np.random.default_rng(1), mode="mixup", alpha=1.0, p=1.0)
+    np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)
+    lam = my[np.arange(16), y.argmax(1)].min()  # own-class share of a row whose partner has another class
+    assert 0 < lam < 1
+    # every row is λ·itself + (1-λ)·one partner row, the same partner and λ for image, label and weight
+    for i in range(16):
+        partners = [j for j in range(16) if np.allclose(mx[i], lam * x[i] + (1 - lam) * x[j], atol=1e-2)]
+        assert partners, i
+        j = partners[0]
+        np.testing.assert_allclose(my[i], lam * y[i] + (1 - lam) * y[j], atol=1e-5)
+        np.testing.assert_allclose(mw[i], lam * w[i] + (1 - lam) * w[j], atol=1e-5)
+
+
+def test_cutmix_pastes_one_box_and_mixes_labels_by_its_area():
+    x, y, _ = _onehot_batch()
+    mx, my, mw = mix_batch(x, y, None, np.random.default_rng(5), mode="cutmix", alpha=1.0, p=1.0)
+    assert mw is None
+    changed = np.any(mx != x, axis=(0, 3))  # pixels pasted in at least one image: one axis-aligned box
+    rows, cols = np.where(changed)
+    assert changed.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+    area = changed.sum() / (48 * 48)
+    own = my[np.arange(16), y.argmax(1)]
+    # rows whose partner has another class keep exactly 1 - area of their own label
+    np.testing.assert_allclose(own.min(), 1 - area, atol=0.02)
+    np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)
+
+
+def test_mix_off_for_p_zero_and_bad_configs_are_config_errors():
+    x, y, w = _onehot_batch()
+    same = mix_batch(x, y, w, np.random.default_rng(0), mode="cutmix", alpha=1.0, p=0.0)
+    assert same[0] is x and same[1] is y and same[2] is w
+    assert mix_config({}) is None and mix_config({"batch_mix": None}) is None
+    assert mix_config({"batch_mix": {"mode": "mixup"}}) == {"mode": "mixup", "alpha": 1.0, "p": 1.0}
+    for bad in ({"mode": "blend"}, {"alpha": 0}, {"p": 2}, "cutmix"):
+        with pytest.raises(ConfigError, match="batch_mix"):
+            mix_config({"batch_mix": bad})
+
+
+def test_mixed_batches_through_tf_data_and_the_array_batches_alike():
+    """Both make_dataset paths mix with soft labels, reproducibly per seed, with new draws every epoch."""
+    from ferops.training import _array_batches
+
+    x = np.random.default_rng(0).integers(0, 256, (64, 48, 48)).astype(np.uint8)
+    y = np.arange(64, dtype=np.int32) % 7
+    mix = {"mode": "cutmix", "alpha": 1.0, "p": 1.0}
+
+    def epoch(ds):
+        return [tuple(np.asarray(t) for t in b) for b in ds]
+
+    tf_ds = make_dataset(x, y, 16, shuffle=True, seed=3, mix=mix)
+    e1, e2 = epoch(tf_ds), epoch(tf_ds)
+    assert e1[0][0].shape == (16, 48, 48, 1) and e1[0][1].shape == (16, 7)
+    assert any(np.any((b[1] > 0) & (b[1] < 1)) for b in e1)  # soft labels
+    assert not np.array_equal(e1[0][1], e2[0][1]) or not np.array_equal(e1[0][0], e2[0][0])
+    again = epoch(make_dataset(x, y, 16, shuffle=True, seed=3, mix=mix))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(e1, again))
+
+    arr = _array_batches()((x.reshape(-1, 48, 48, 1), y), 16, shuffle=True, seed=3, mix=mix)
+    first = arr[0]
+    assert first[1].shape == (16, 7) and np.any((first[1] > 0) & (first[1] < 1)) and np.allclose(first[1].sum(1), 1.0)
+    assert np.array_equal(arr[0][0], first[0])  # same batch fetched twice → same draws
+
+
+def test_training_with_batch_mix_runs(tiny):
+    train, val = tiny
+    res = train_keras(train, val, {**TINY, "batch_mix": {"mode": "mixup", "alpha": 0.4, "p": 0.5}}, seed=0,
+                      verbose=0, max_epochs=1)
+    assert res.epochs_run == 1 and np.isfinite(res.history["loss"][0])
