@@ -240,13 +240,52 @@ def make_optimizer(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
         raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
     wd = float(cfg.get("weight_decay", 0.0) or 0.0) or None
     name = cfg.get("optimizer", "adam")
-    if name == "adam":
-        return keras.optimizers.Adam(lr)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=wd or 0.0)
-    if name == "sgd_nesterov":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
+    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd_nesterov": keras.optimizers.SGD}
+    if name not in classes:
+        raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
+    kw: dict[str, Any] = {"adam": {}, "adamw": {"weight_decay": wd or 0.0},
+                          "sgd_nesterov": {"momentum": 0.9, "nesterov": True, "weight_decay": wd}}[name]
+    decay = ema_decay(cfg)
+    if decay is None:
+        return classes[name](lr, **kw)
+    return _with_ema_warmup(classes[name])(lr, use_ema=True, ema_momentum=decay, **kw)
+
+
+def ema_decay(cfg: dict[str, Any]) -> float | None:
+    """`ema: <decay>` checked (None = off): validate and keep an exponential moving average of the weights."""
+    ema = cfg.get("ema")
+    if ema is None or ema is False or ema == 0:
+        return None
+    try:
+        decay = float(ema)
+    except (TypeError, ValueError):
+        decay = -1.0
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"ema={ema!r}: give the moving average's decay per step, e.g. 0.998 (0 or null = off).")
+    return decay
+
+
+_EMA_CLASSES: dict[type, type] = {}
+
+
+def _with_ema_warmup(base: type) -> type:
+    """`base` whose weight average uses decay min(d, (1+t)/(10+t)) at step t, as timm's ModelEma does: Keras'
+    fixed decay keeps the random initial weights in the average for ~3/(1-d) steps, most of a short run."""
+    if base not in _EMA_CLASSES:
+        from keras import ops
+
+        class EmaWarmup(base):
+            def _update_model_variables_moving_average(self, trainable_variables):
+                t = ops.cast(self.iterations, "float32")
+                decay = ops.minimum(self.ema_momentum, (1.0 + t) / (10.0 + t))
+                for var, average in zip(trainable_variables, self._model_variables_moving_average):
+                    if average is not None:
+                        d = ops.cast(decay, var.dtype)
+                        average.assign(ops.add(ops.multiply(d, average), ops.multiply(1.0 - d, var)))
+
+        EmaWarmup.__name__ = EmaWarmup.__qualname__ = base.__name__  # saved configs name the Keras optimizer
+        _EMA_CLASSES[base] = EmaWarmup
+    return _EMA_CLASSES[base]
 
 
 def class_weight_vector(labels: np.ndarray) -> np.ndarray:
@@ -462,6 +501,28 @@ def _callbacks():
             t = self.times[1:] or self.times
             return float(self.n * len(t) / sum(t)) if t and sum(t) > 0 else 0.0
 
+    class EmaValidation(keras.callbacks.Callback):
+        """With `ema`, score val on the optimizer's weight average and let early stopping keep that: the average is
+        swapped in for the val pass and swapped out at epoch end, after EarlyStopping (listed before this) took its
+        copy and before BackupAndRestore saves — a resumed run goes on training the raw weights."""
+
+        def __init__(self):
+            super().__init__()
+            self.raw = None
+
+        def on_test_begin(self, logs=None):
+            opt = self.model.optimizer
+            if self.raw is None and getattr(opt, "use_ema", False) and opt.built:
+                weights = self.model.trainable_variables
+                self.raw = [keras.ops.convert_to_numpy(v) for v in weights]
+                opt._overwrite_model_variables_with_average_value(weights)  # per device under tf.distribute
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.raw is not None:
+                for v, w in zip(self.model.trainable_variables, self.raw):
+                    v.assign(w)
+                self.raw = None
+
     class TrainState(keras.callbacks.Callback):
         """Resumable state beside BackupAndRestore: full history, early-stopping/plateau state, best weights."""
 
@@ -531,7 +592,7 @@ def _callbacks():
             if vals:
                 mlflow.log_metrics(vals, step=epoch + 1)
 
-    _CALLBACKS = {"LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
+    _CALLBACKS = {"EmaValidation": EmaValidation, "LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
                   "MlflowEpochLogger": MlflowEpochLogger}
     return _CALLBACKS
 
@@ -592,6 +653,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                                           start_from_epoch=low["epochs"] if low else 0)
     plateau = None
     callbacks: list = [cbs["LrLogger"](), throughput, early]
+    if ema_decay(cfg) is not None:
+        callbacks.append(cbs["EmaValidation"]())  # after `early`: see its docstring
     if low:
         callbacks.insert(0, cbs["LowResEpochs"](model.get_layer("low_res"), low["epochs"], full))
     if cfg.get("schedule", "plateau") == "plateau":

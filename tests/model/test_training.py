@@ -16,7 +16,9 @@ from ferops.training import (  # noqa: E402
     _lr_schedules,
     choose_precision,
     class_weight_vector,
+    ema_decay,
     make_dataset,
+    make_optimizer,
     mix_batch,
     mix_config,
     predict_proba,
@@ -347,3 +349,57 @@ def test_training_with_batch_mix_runs(tiny):
     res = train_keras(train, val, {**TINY, "batch_mix": {"mode": "mixup", "alpha": 0.4, "p": 0.5}}, seed=0,
                       verbose=0, max_epochs=1)
     assert res.epochs_run == 1 and np.isfinite(res.history["loss"][0])
+
+
+def test_ema_config_is_checked():
+    assert ema_decay({}) is None and ema_decay({"ema": None}) is None and ema_decay({"ema": 0}) is None
+    assert ema_decay({"ema": 0.998}) == 0.998
+    for bad in (1.0, 1.5, -0.1, "fast"):
+        with pytest.raises(ConfigError, match="ema="):
+            ema_decay({"ema": bad})
+
+
+def test_ema_average_follows_the_warmed_up_decay():
+    """The optimizer's average after each step is d·avg + (1-d)·w with d = min(decay, (1+t)/(10+t))."""
+    opt = make_optimizer({"optimizer": "sgd_nesterov", "lr": 0.1, "schedule": "constant", "ema": 0.3}, 1, 1)
+    assert type(opt).__name__ == "SGD" and opt.use_ema
+    w = keras.Variable(np.array([1.0, -2.0], dtype="float32"))
+    opt.build([w])
+    avg = np.zeros(2)
+    for t, g in enumerate([[1.0, 0.5], [-2.0, 1.0], [0.5, 0.5], [3.0, -1.0]]):
+        opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g, dtype="float32")), w)])
+        d = min(0.3, (1 + t) / (10 + t))
+        avg = d * avg + (1 - d) * keras.ops.convert_to_numpy(w)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(opt._model_variables_moving_average[0]), avg, rtol=1e-5)
+    assert not np.allclose(avg, keras.ops.convert_to_numpy(w))  # the average lags the raw weights
+
+
+def test_ema_weights_are_validated_and_kept(tiny):
+    """Val scores the average each epoch, training goes on from the raw weights, and the best average is returned."""
+    train, val = tiny
+    probe: dict[str, list[np.ndarray]] = {"begin": [], "validated": [], "average": [], "end": []}
+
+    class Probe(keras.callbacks.Callback):  # listed after ferops' own callbacks
+        def kernel(self):
+            return keras.ops.convert_to_numpy(self.model.trainable_variables[0]).copy()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            probe["begin"].append(self.kernel())
+
+        def on_test_end(self, logs=None):
+            probe["validated"].append(self.kernel())
+            probe["average"].append(keras.ops.convert_to_numpy(self.model.optimizer._model_variables_moving_average[0]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            probe["end"].append(self.kernel())
+
+    res = train_keras(train, val, {**TINY, "ema": 0.9, "class_weights": False}, seed=0, verbose=0, max_epochs=2,
+                      extra_callbacks=[Probe()])
+    for validated, average, end in zip(probe["validated"], probe["average"], probe["end"]):
+        np.testing.assert_allclose(validated, average, rtol=1e-6)  # val scored the average ...
+        assert not np.allclose(validated, end)  # ... which lags the raw weights
+    np.testing.assert_array_equal(probe["begin"][1], probe["end"][0])  # epoch 2 trains on from the raw weights
+    # the returned model is the best epoch's average, and its val accuracy is the one val logged then
+    assert res.val_accuracy == pytest.approx(max(res.history["val_accuracy"]), abs=1e-6)
+    kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
+    np.testing.assert_allclose(kept, probe["average"][res.best_epoch - 1], rtol=1e-6)
