@@ -240,21 +240,23 @@ def make_optimizer(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
         raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
     wd = float(cfg.get("weight_decay", 0.0) or 0.0) or None
     name = cfg.get("optimizer", "adam")
-    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd_nesterov": keras.optimizers.SGD}
-    if name not in classes:
+    choices: dict[str, tuple[type, dict[str, Any]]] = {
+        "adam": (keras.optimizers.Adam, {}),
+        "adamw": (keras.optimizers.AdamW, {"weight_decay": wd or 0.0}),
+        "sgd_nesterov": (keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": wd})}
+    if name not in choices:
         raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
-    kw: dict[str, Any] = {"adam": {}, "adamw": {"weight_decay": wd or 0.0},
-                          "sgd_nesterov": {"momentum": 0.9, "nesterov": True, "weight_decay": wd}}[name]
+    cls, kw = choices[name]
     decay = ema_decay(cfg)
     if decay is None:
-        return classes[name](lr, **kw)
-    return _with_ema_warmup(classes[name])(lr, use_ema=True, ema_momentum=decay, **kw)
+        return cls(lr, **kw)
+    return _with_ema_warmup(cls)(lr, use_ema=True, ema_momentum=decay, **kw)
 
 
 def ema_decay(cfg: dict[str, Any]) -> float | None:
     """`ema: <decay>` checked (None = off): validate and keep an exponential moving average of the weights."""
     ema = cfg.get("ema")
-    if ema is None or ema is False or ema == 0:
+    if ema is None or ema == 0:  # also False
         return None
     try:
         decay = float(ema)
