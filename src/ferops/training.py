@@ -225,19 +225,24 @@ def _lr_schedules():
 _SCHEDULES: dict[str, Any] | None = None
 
 
-def make_optimizer(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
-    """Optimizer (adam | adamw | sgd_nesterov) with the configured LR schedule (plateau | cosine | onecycle)."""
-    import keras
-
+def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
+    """The configured learning rate: a per-step schedule over `epochs` (cosine | onecycle) or a float (plateau)."""
     lr = float(cfg.get("lr", 1e-3))
     schedule = cfg.get("schedule", "plateau")
     total = steps_per_epoch * epochs
     if schedule == "cosine":
-        lr = _lr_schedules()["WarmupCosine"](lr, total, int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
-    elif schedule == "onecycle":
-        lr = _lr_schedules()["OneCycle"](lr, total)
-    elif schedule not in ("plateau", "constant", None):
+        return _lr_schedules()["WarmupCosine"](lr, total, int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    if schedule == "onecycle":
+        return _lr_schedules()["OneCycle"](lr, total)
+    if schedule not in ("plateau", "constant", None):
         raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
+    return lr
+
+
+def make_optimizer(cfg: dict[str, Any], lr: Any):
+    """Optimizer (adam | adamw | sgd_nesterov) at learning rate `lr` (a float or a schedule, see `lr_schedule`)."""
+    import keras
+
     wd = float(cfg.get("weight_decay", 0.0) or 0.0) or None
     name = cfg.get("optimizer", "adam")
     choices: dict[str, tuple[type, dict[str, Any]]] = {
@@ -267,6 +272,29 @@ def ema_decay(cfg: dict[str, Any]) -> float | None:
     return decay
 
 
+def time_budget_s(cfg: dict[str, Any]) -> float | None:
+    """`time_budget_min` checked, in seconds (None = off: train exactly `epochs`)."""
+    budget = cfg.get("time_budget_min")
+    if budget is None:
+        return None
+    try:
+        minutes = float(budget)
+    except (TypeError, ValueError):
+        minutes = -1.0
+    if not minutes > 0:
+        raise ConfigError(f"time_budget_min={budget!r}: give the training budget in minutes, e.g. 58 (null = off).")
+    return 60.0 * minutes
+
+
+def budget_epochs(done: int, elapsed_s: float, epoch_s: list[float], budget_s: float, max_epochs: int) -> int:
+    """The epoch a budgeted run should end after: those done plus as many more as fit in what is left of the
+    budget at the median of the recent epoch times (recent: a shared host's speed drifts), at most `max_epochs`."""
+    per = float(np.median(epoch_s[-5:])) if epoch_s else 0.0
+    more = int((budget_s - elapsed_s) // per) if per > 0 else max_epochs
+    return max(done, min(max_epochs, done + more))
+
+
+_clock = time.perf_counter  # TimeBudget's clock (tests swap in a simulated one)
 _EMA_CLASSES: dict[type, type] = {}
 
 
@@ -525,6 +553,48 @@ def _callbacks():
                     v.assign(w)
                 self.raw = None
 
+    class TimeBudget(keras.callbacks.Callback):
+        """`time_budget_min`: after every epoch, re-plan how many epochs fit the budget (`budget_epochs`), re-aim the
+        LR schedule to end with the last of them — so the run anneals on time instead of being cut off at a high
+        rate — and stop there. Logs `time_s` (elapsed) and `planned_epochs`; a resumed run counts the time it
+        had already spent (from TrainState's history)."""
+
+        def __init__(self, budget_s: float, steps_per_epoch: int, max_epochs: int, schedule=None, state=None):
+            super().__init__()
+            self.budget, self.steps, self.max_epochs = float(budget_s), int(steps_per_epoch), int(max_epochs)
+            self.schedule, self.state, self.clock = schedule, state, _clock
+            self.durations: list[float] = []
+            self.t0 = self.last = None
+            self.planned = self.max_epochs
+
+        def _aim(self, epochs: int) -> None:
+            self.planned = epochs
+            if self.schedule is not None and self.schedule.total_steps != epochs * self.steps:
+                self.schedule.total_steps = epochs * self.steps
+                self.model.make_train_function(force=True)  # the horizon is a constant of the traced step
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.t0 is None:  # every on_train_begin has run: TrainState has restored a resumed run's history
+                hist = self.state.history if self.state is not None else {}
+                now = self.clock()
+                self.t0, self.last = now - (hist.get("time_s") or [0.0])[-1], now
+                if hist.get("planned_epochs"):
+                    self._aim(int(hist["planned_epochs"][-1]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = self.clock()
+            self.durations.append(now - self.last)
+            self.last = now
+            plan = budget_epochs(epoch + 1, now - self.t0, self.durations, self.budget, self.max_epochs)
+            if plan != self.planned:
+                print(f"time budget {self.budget / 60:.1f} min: {plan} epochs fit (median epoch "
+                      f"{np.median(self.durations[-5:]):.0f} s); the LR schedule now ends at epoch {plan}", file=sys.stderr)
+                self._aim(plan)
+            if logs is not None:
+                logs["time_s"], logs["planned_epochs"] = float(now - self.t0), float(plan)
+            if epoch + 1 >= plan:
+                self.model.stop_training = True
+
     class TrainState(keras.callbacks.Callback):
         """Resumable state beside BackupAndRestore: full history, early-stopping/plateau state, best weights."""
 
@@ -594,8 +664,8 @@ def _callbacks():
             if vals:
                 mlflow.log_metrics(vals, step=epoch + 1)
 
-    _CALLBACKS = {"EmaValidation": EmaValidation, "LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput, "TrainState": TrainState,
-                  "MlflowEpochLogger": MlflowEpochLogger}
+    _CALLBACKS = {"EmaValidation": EmaValidation, "LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput,
+                  "TimeBudget": TimeBudget, "TrainState": TrainState, "MlflowEpochLogger": MlflowEpochLogger}
     return _CALLBACKS
 
 
@@ -641,7 +711,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     scope = dist.scope if dist is not None else contextlib.nullcontext
     with scope():  # variables must be created under the distribution they train with
         model = build_model(cfg, seed=seed)
-        model.compile(optimizer=make_optimizer(cfg, steps, epochs),
+        schedule = lr_schedule(cfg, steps, epochs)
+        model.compile(optimizer=make_optimizer(cfg, schedule),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(cfg.get("label_smoothing", 0.0))),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
@@ -670,6 +741,10 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         backup = ckpt / "backup"
         state = cbs["TrainState"](ckpt, backup, early, plateau)
         callbacks += [keras.callbacks.BackupAndRestore(str(backup)), state]
+    budget = time_budget_s(cfg)
+    if budget is not None:  # before TrainState's epoch end, which saves the logs it adds
+        callbacks.insert(callbacks.index(state) if state is not None else len(callbacks),
+                         cbs["TimeBudget"](budget, steps, epochs, None if isinstance(schedule, float) else schedule, state))
     callbacks += list(extra_callbacks or [])
     if verbose == 1 and not sys.stdout.isatty():
         verbose = 2  # one line per epoch in logs and CI instead of a redrawn bar

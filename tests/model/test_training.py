@@ -14,6 +14,7 @@ from ferops.data.split import stratified_subsample  # noqa: E402
 from ferops.errors import ConfigError  # noqa: E402
 from ferops.training import (  # noqa: E402
     _lr_schedules,
+    budget_epochs,
     choose_precision,
     class_weight_vector,
     ema_decay,
@@ -23,6 +24,7 @@ from ferops.training import (  # noqa: E402
     mix_config,
     predict_proba,
     resolve_config,
+    time_budget_s,
     train_keras,
     tta_views,
 )
@@ -361,7 +363,7 @@ def test_ema_config_is_checked():
 
 def test_ema_average_follows_the_warmed_up_decay():
     """The optimizer's average after each step is d·avg + (1-d)·w with d = min(decay, (1+t)/(10+t))."""
-    opt = make_optimizer({"optimizer": "sgd_nesterov", "lr": 0.1, "schedule": "constant", "ema": 0.3}, 1, 1)
+    opt = make_optimizer({"optimizer": "sgd_nesterov", "ema": 0.3}, 0.1)
     assert type(opt).__name__ == "SGD" and opt.use_ema
     w = keras.Variable(np.array([1.0, -2.0], dtype="float32"))
     opt.build([w])
@@ -403,3 +405,64 @@ def test_ema_weights_are_validated_and_kept(tiny):
     assert res.val_accuracy == pytest.approx(max(res.history["val_accuracy"]), abs=1e-6)
     kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
     np.testing.assert_allclose(kept, probe["average"][res.best_epoch - 1], rtol=1e-6)
+
+
+def test_time_budget_config_is_checked():
+    assert time_budget_s({}) is None and time_budget_s({"time_budget_min": None}) is None
+    assert time_budget_s({"time_budget_min": 2}) == 120.0
+    for bad in (0, -1, "soon"):
+        with pytest.raises(ConfigError, match="time_budget_min="):
+            time_budget_s({"time_budget_min": bad})
+
+
+def test_budget_epochs_plans_from_the_median_recent_epoch():
+    assert budget_epochs(1, 10.0, [10.0], 35.0, 6) == 3  # 25 s left: two more 10-s epochs
+    assert budget_epochs(1, 10.0, [10.0], 1000.0, 6) == 6  # `epochs` stays the cap
+    assert budget_epochs(3, 50.0, [10.0, 10.0, 30.0], 35.0, 6) == 3  # over budget: stop now, never plan backwards
+    assert budget_epochs(3, 120.0, [100.0, 10.0, 10.0], 150.0, 9) == 6  # a slow first (tracing) epoch is outvoted
+
+
+class _Clock:
+    """A simulated clock: every reading is 10 s after the previous one (TimeBudget reads it once per epoch)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 10.0
+        return self.t
+
+
+def test_time_budget_anneals_on_time_and_stops(tiny, monkeypatch):
+    """With 10-s epochs and a 35-s budget, a 6-epoch run is re-planned to 3 and its cosine ends at epoch 3."""
+    import ferops.training as training
+
+    monkeypatch.setattr(training, "_clock", _Clock())
+    train, val = tiny
+    res = train_keras(train, val, {**TINY, "epochs": 6, "time_budget_min": 35 / 60}, seed=0, verbose=0)
+    assert res.epochs_run == 3
+    assert res.history["planned_epochs"] == [3.0, 3.0, 3.0] and res.history["time_s"] == [10.0, 20.0, 30.0]
+    assert res.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)  # the floor of the re-aimed cosine
+    plain = train_keras(train, val, {**TINY, "epochs": 6}, seed=0, verbose=0)
+    assert plain.epochs_run == 6 and plain.history["lr"][2] > 10 * res.history["lr"][-1]  # unbudgeted: mid-schedule
+
+
+def test_time_budget_counts_the_time_a_resumed_run_spent(tiny, tmp_path, monkeypatch):
+    import ferops.training as training
+
+    train, val = tiny
+    cfg = {**TINY, "epochs": 6, "time_budget_min": 55 / 60}
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed after epoch 2")
+
+    monkeypatch.setattr(training, "_clock", _Clock())
+    with pytest.raises(RuntimeError, match="killed"):
+        train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Kill()])
+    monkeypatch.setattr(training, "_clock", _Clock())  # a new process: its clock starts afresh
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt")
+    assert res.history["time_s"] == [10.0, 20.0, 30.0, 40.0, 50.0]  # 20 s carried over from the killed run
+    assert res.epochs_run == 5 and res.history["planned_epochs"] == [5.0] * 5
+    assert res.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)
