@@ -258,15 +258,20 @@ def make_optimizer(cfg: dict[str, Any], lr: Any):
     return _with_ema_warmup(cls)(lr, use_ema=True, ema_momentum=decay, **kw)
 
 
+def _as_number(value: Any) -> float:
+    """float(value), or NaN — which fails every range check — when it is not a number (config checks)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def ema_decay(cfg: dict[str, Any]) -> float | None:
     """`ema: <decay>` checked (None = off): validate and keep an exponential moving average of the weights."""
     ema = cfg.get("ema")
     if ema is None or ema == 0:  # also False
         return None
-    try:
-        decay = float(ema)
-    except (TypeError, ValueError):
-        decay = -1.0
+    decay = _as_number(ema)
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"ema={ema!r}: give the moving average's decay per step, e.g. 0.998 (0 or null = off).")
     return decay
@@ -277,10 +282,7 @@ def time_budget_s(cfg: dict[str, Any]) -> float | None:
     budget = cfg.get("time_budget_min")
     if budget is None:
         return None
-    try:
-        minutes = float(budget)
-    except (TypeError, ValueError):
-        minutes = -1.0
+    minutes = _as_number(budget)
     if not minutes > 0:
         raise ConfigError(f"time_budget_min={budget!r}: give the training budget in minutes, e.g. 58 (null = off).")
     return 60.0 * minutes
