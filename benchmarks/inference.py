@@ -5,7 +5,8 @@
     python benchmarks/inference.py --model models/deep/resnet/model.keras --photo-runs 50
 
 (a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
-    plus parsing FER2013 `pixels` strings (the REST/CSV input path);
+    plus parsing FER2013 `pixels` strings (the REST/CSV input path); the model runs as `load_keras` serves it,
+    BatchNormalization folded into the convolutions (`--fold-ablation`: beside the unfolded model and XLA);
 (b) latency: `predict_photos` on one photo — read, face detection, crop, classify, annotate, write —
     median over --photo-runs, on a real photo that scikit-image ships (512x512) and on a 4000x3000 upscale.
 Targets: ≥ 1,000 images/s and ≤ 150 ms per photo on a 2-core CPU.
@@ -66,6 +67,35 @@ def throughput(model, batch: int, repeats: int) -> dict:
             "parse_rows_per_s": batch / statistics.median(parse)}
 
 
+def fold_ablation(model, batch: int, repeats: int) -> dict:
+    """Side by side, batches interleaved: the model as built/saved vs `fold_batchnorm` of it (what
+    `load_keras` serves), plus each with XLA (`jit_compile`). Median images/s per variant and ratios."""
+    import keras
+
+    from ferops.inference import predict_proba
+    from ferops.models.zoo import fold_batchnorm
+
+    x = np.random.default_rng(0).integers(0, 256, (batch, 48, 48), dtype=np.uint8)
+    variants = {"bn": keras.models.clone_model(model), "folded": fold_batchnorm(model)}
+    variants["bn"].set_weights(model.get_weights())
+    for name in list(variants):
+        xla = keras.models.clone_model(variants[name])
+        xla.set_weights(variants[name].get_weights())
+        xla.compile(jit_compile=True)
+        variants[f"{name}+xla"] = xla
+    ref = predict_proba(variants["bn"], x[:64])
+    diffs = {k: float(np.abs(predict_proba(m, x[:64]) - ref).max()) for k, m in variants.items()}
+    secs: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, m in variants.items():
+            t = time.perf_counter()
+            predict_proba(m, x, batch_size=batch)
+            secs[k].append(time.perf_counter() - t)
+    ips = {k: batch / statistics.median(v) for k, v in secs.items()}
+    return {"batch": batch, "repeats": repeats, "images_per_s": ips, "vs_bn": {k: v / ips["bn"] for k, v in ips.items()},
+            "max_abs_prob_diff": diffs}
+
+
 def latency(model, photo: Path, runs: int, out_dir: Path) -> dict:
     """Median ms of predict_photos on one photo (model loaded, detector warm)."""
     from ferops.inference import face_detector, predict_photos
@@ -100,6 +130,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed batches for throughput")
     ap.add_argument("--photo-runs", type=int, default=30)
     ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
+    ap.add_argument("--fold-ablation", action="store_true",
+                    help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -109,15 +141,20 @@ def main() -> None:
     import cv2
     from skimage.data import astronaut
 
-    from ferops.inference import load_classifier
+    from ferops.inference import load_classifier, load_keras
+
+    from ferops.models.zoo import fold_batchnorm
 
     if args.model:
         model, what = load_classifier(args.model, args.params), args.model
+        raw = None
+        if args.fold_ablation:
+            if not Path(args.model).is_file():
+                sys.exit("--fold-ablation: pass --model as a .keras file (or no --model for the default resnet)")
+            raw = load_keras(args.model, fold=False)
     else:
-        try:
-            model, what = default_model(Path(args.params))
-        except ImportError as exc:  # zoo not there yet: nothing to time for (a)
-            sys.exit(f"no model: pass --model ({exc})")
+        raw, what = default_model(Path(args.params))
+        model = fold_batchnorm(raw)  # as load_keras serves it
     report = {"model": what, "machine": machine(), "cmd": " ".join([Path(sys.executable).name, *sys.argv])}
     print(f"model: {what}\nmachine: {report['machine']}", flush=True)
 
@@ -126,6 +163,13 @@ def main() -> None:
     print(f"(a) batch {t['batch']}: {t['images_per_s']:.0f} images/s median (best {t['best_images_per_s']:.0f}); "
           f"{t['cpu_ms_per_image']:.2f} ms CPU/image; "
           f"pixels-string parsing {t['parse_rows_per_s']:.0f} rows/s", flush=True)
+
+    if args.fold_ablation:
+        f = fold_ablation(raw, args.batch, args.repeats)
+        report["fold_ablation"] = f
+        print("(a) side by side, median images/s: " + ", ".join(
+            f"{k} {v:.0f} (×{f['vs_bn'][k]:.2f}, max |Δp| {f['max_abs_prob_diff'][k]:.1e})"
+            for k, v in f["images_per_s"].items()), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -93,21 +93,14 @@ def _baseline_proba(model: Any, pixels: np.ndarray) -> np.ndarray:
 
 
 def load_model(entry: ModelEntry) -> Any:
-    """The model object of one entry (joblib estimator or Keras model, loaded without compiling)."""
+    """The model object of one entry: joblib estimator, or the Keras model as it is served (`load_keras`)."""
     if entry.kind == "baseline":
         import joblib
 
         return joblib.load(entry.path / MODEL_FILES["baseline"])
-    import keras
+    from ferops.inference import load_keras
 
-    custom: dict[str, Any] = {}
-    try:  # ferops' own layers must be registered before a model that uses them can load
-        from ferops.models.zoo import custom_objects
-
-        custom = custom_objects()
-    except ImportError:
-        pass
-    return keras.models.load_model(entry.path / MODEL_FILES["deep"], compile=False, custom_objects=custom)
+    return load_keras(entry.path / MODEL_FILES["deep"])
 
 
 def predict_probs(entry: ModelEntry, model: Any, pixels: np.ndarray, tta: str, batch_size: int) -> np.ndarray:

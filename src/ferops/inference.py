@@ -177,21 +177,19 @@ def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE) -
     return np.concatenate(parts)
 
 
-def load_keras(path: str | Path) -> Any:
-    """A saved `.keras` model (ferops custom layers registered first), without its training config."""
+def load_keras(path: str | Path, fold: bool = True) -> Any:
+    """A saved `.keras` model (ferops custom layers registered first), without its training config; `fold`:
+    with its BatchNormalization layers folded into the convolutions before them (`fold_batchnorm`: the same
+    predictions to float rounding, faster on CPU)."""
     from ferops.runner import tf_environment
 
     tf_environment()  # `mlflow models serve` workers start here: oneDNN on if TF is not imported yet
     import keras
 
-    custom: dict[str, Any] = {}
-    try:
-        from ferops.models.zoo import custom_objects
+    from ferops.models.zoo import custom_objects, fold_batchnorm
 
-        custom = custom_objects()
-    except ImportError:  # zoo absent: models with built-in layers only still load
-        pass
-    return keras.models.load_model(str(path), custom_objects=custom, compile=False)
+    model = keras.models.load_model(str(path), custom_objects=custom_objects(), compile=False)
+    return fold_batchnorm(model) if fold else model
 
 
 # ---- MLflow pyfunc -----------------------------------------------------------------------------------------

@@ -155,3 +155,29 @@ def test_input_norm_image_standardises_each_image_in_both_models(pixels):
         np.testing.assert_allclose(z, keras.ops.convert_to_numpy(probe(pixels, training=False)), atol=2e-2)
     with pytest.raises(ConfigError, match="input_norm"):
         zoo.build_model({**cfg, "input_norm": "global"})
+
+
+@pytest.mark.parametrize("arch", ["resnet", "mini_xception", "dnn"])
+def test_fold_batchnorm_removes_every_bn_and_keeps_the_predictions(arch, pixels):
+    model = zoo.build_model({**SMALL[arch], "online_aug": {"crop": 44}}, seed=0, inference=True)
+    rng = np.random.default_rng(1)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:  # trained-looking statistics: γ, σ² in [0.5, 2], β, μ ~ N(0, 1)
+        bn.set_weights([rng.uniform(0.5, 2, w.shape) if i in (0, 3) else rng.normal(0, 1, w.shape)
+                        for i, w in enumerate(bn.get_weights())])
+    folded = zoo.fold_batchnorm(model)
+    assert bns and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(zoo._foldable_pairs(model)) == len(bns)  # every BN here follows a linear conv/dense
+    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)  # the input is untouched
+
+
+def test_fold_batchnorm_leaves_a_bn_that_cannot_fold(pixels):
+    inputs = keras.Input((48, 48, 1))
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c")(inputs)  # BN after the ReLU: not linear
+    shared = keras.layers.Conv2D(4, 3, padding="same", name="d")(conv)
+    y = keras.layers.Add()([keras.layers.BatchNormalization(name="bn1")(conv),
+                            keras.layers.BatchNormalization(name="bn2")(shared)])
+    model = keras.Model(inputs, keras.layers.Add()([keras.layers.Flatten()(y), keras.layers.Flatten()(shared)]))
+    assert zoo._foldable_pairs(model) == {}  # "d" also feeds the Flatten, "c" has a ReLU
+    assert zoo.fold_batchnorm(model) is model

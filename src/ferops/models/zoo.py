@@ -457,6 +457,73 @@ def inference_model(model, cfg: dict[str, Any]):
     return clean
 
 
+def _foldable_pairs(model) -> dict[str, str]:
+    """{layer name: BN name} for each Conv2D/SeparableConv2D/Dense with a linear activation whose output goes
+    to one BatchNormalization (last axis) and nowhere else — the pairs `fold_batchnorm` can merge."""
+    import keras
+
+    consumers: dict[int, list] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for t in keras.tree.flatten(layer.input):
+            consumers.setdefault(id(t), []).append(layer)
+    outputs = {id(t) for t in model.outputs}
+    kinds = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense)
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, kinds) or layer.get_config().get("activation") != "linear":
+            continue
+        users = consumers.get(id(layer.output), [])
+        if (len(users) == 1 and id(layer.output) not in outputs
+                and isinstance(users[0], keras.layers.BatchNormalization) and users[0].axis in (-1, len(layer.output.shape) - 1)):
+            pairs[layer.name] = users[0].name
+    return pairs
+
+
+def fold_batchnorm(model):
+    """A copy of a trained functional model with every BatchNormalization that directly follows a linear
+    Conv2D/SeparableConv2D/Dense folded into that layer (kernel × γ/√(σ²+ε), bias β − μγ/√(σ²+ε)).
+
+    Same predictions to float rounding; at inference the BN's multiply and add per activation are gone and
+    oneDNN runs conv + bias + ReLU as one fused op. The model is returned unchanged if nothing folds."""
+    import keras
+    import numpy as np
+
+    pairs = _foldable_pairs(model)
+    if not pairs:
+        return model
+    folded_bns = set(pairs.values())
+
+    def clone(layer):
+        cfg = layer.get_config()
+        return layer.__class__.from_config({**cfg, "use_bias": True} if layer.name in pairs else cfg)
+
+    def call(layer, *args, **kwargs):  # a folded BN is skipped: its input goes straight on
+        return args[0] if layer.name in folded_bns else layer(*args, **kwargs)
+
+    new = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if layer.name in folded_bns or not weights:
+            continue
+        if layer.name not in pairs:
+            new.get_layer(layer.name).set_weights(weights)
+            continue
+        bn = model.get_layer(pairs[layer.name])
+        mean, var = (np.asarray(v, np.float64) for v in (bn.moving_mean, bn.moving_variance))
+        gamma = np.asarray(bn.gamma, np.float64) if bn.gamma is not None else np.ones_like(mean)
+        beta = np.asarray(bn.beta, np.float64) if bn.beta is not None else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        kernels = list(weights[:-1] if layer.use_bias else weights)
+        bias = np.asarray(weights[-1], np.float64) if layer.use_bias else 0.0
+        kernels[-1] = kernels[-1] * scale  # the last kernel (pointwise for separable) maps to the output channels
+        bias = beta + (bias - mean) * scale
+        dtype = weights[0].dtype
+        new.get_layer(layer.name).set_weights([k.astype(dtype) for k in kernels] + [bias.astype(dtype)])
+    return new
+
+
 def crop_size(model) -> int:
     """The inference crop of a built/loaded model (0 when it has no crop layer)."""
     import keras
