@@ -181,3 +181,9 @@ def test_fold_batchnorm_leaves_a_bn_that_cannot_fold(pixels):
     model = keras.Model(inputs, keras.layers.Add()([keras.layers.Flatten()(y), keras.layers.Flatten()(shared)]))
     assert zoo._foldable_pairs(model) == {}  # "d" also feeds the Flatten, "c" has a ReLU
     assert zoo.fold_batchnorm(model) is model
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    assert zoo.fold_batchnorm(seq) is seq  # a user's Sequential model is served as it is
+    shared = keras.layers.Dense(4)
+    inputs = keras.Input((4,))
+    twice = keras.Model(inputs, keras.layers.BatchNormalization()(shared(shared(inputs))))
+    assert zoo.fold_batchnorm(twice) is twice  # a layer called twice: its `input` is ambiguous

@@ -459,16 +459,21 @@ def inference_model(model, cfg: dict[str, Any]):
 
 def _foldable_pairs(model) -> dict[str, str]:
     """{layer name: BN name} for each Conv2D/SeparableConv2D/Dense with a linear activation whose output goes
-    to one BatchNormalization (last axis) and nowhere else — the pairs `fold_batchnorm` can merge."""
+    to one BatchNormalization (last axis) and nowhere else — the pairs `fold_batchnorm` can merge. Only
+    functional models whose layers are each called once (ferops' own); {} for any other model."""
     import keras
 
+    if isinstance(model, keras.Sequential):  # clone_model takes no call_function for these
+        return {}
     consumers: dict[int, list] = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        for t in keras.tree.flatten(layer.input):
-            consumers.setdefault(id(t), []).append(layer)
-    outputs = {id(t) for t in model.outputs}
+    try:
+        for layer in model.layers:
+            if not isinstance(layer, keras.layers.InputLayer):
+                for t in keras.tree.flatten(layer.input):
+                    consumers.setdefault(id(t), []).append(layer)
+        outputs = {id(t) for t in model.outputs}
+    except (AttributeError, ValueError):  # a subclassed model, or a layer called more than once
+        return {}
     kinds = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense)
     pairs = {}
     for layer in model.layers:
