@@ -81,6 +81,7 @@ def main() -> None:
 
     tf_environment()
     sys.path.insert(0, str(Path(__file__).parent))
+    from inference import machine, timed
     from train import read_splits
 
     from ferops.inference import load_keras, predict_proba
@@ -99,6 +100,7 @@ def main() -> None:
         engines[f"tflite {mode}"] = Interpreted(convert(keras_model, mode, calibration), args.threads)
         print(f"converted {mode} in {time.perf_counter() - t:.1f} s", flush=True)
 
+    print(f"machine: {machine()}", flush=True)
     ref = predict_proba(keras_model, xv)
     x = xv[:1024]
     rates: dict[str, list[float]] = {k: [] for k in engines}
@@ -112,13 +114,9 @@ def main() -> None:
     print(f"\n{'engine':16} {'images/s':>9} {'ratio':>6} {'1 face ms':>9} {'val acc':>8} {'agree':>7} {'max|Δp|':>8}")
     for name, model in engines.items():
         p = ref if model is keras_model else predict_proba(model, xv)
-        one = []
-        for i in range(31):
-            t = time.perf_counter()
-            predict_proba(model, xv[i:i + 1])
-            one.append(time.perf_counter() - t)
+        one, _ = timed(lambda: predict_proba(model, xv[:1]), 30)  # after one warm-up call
         ips = statistics.median(rates[name])
-        print(f"{name:16} {ips:9.0f} {ips / base:6.2f} {1000 * statistics.median(one[1:]):9.2f} "
+        print(f"{name:16} {ips:9.0f} {ips / base:6.2f} {1000 * statistics.median(one):9.2f} "
               f"{100 * (p.argmax(1) == yv).mean():8.2f} {100 * (p.argmax(1) == ref.argmax(1)).mean():6.1f}% "
               f"{np.abs(p - ref).max():8.1e}", flush=True)
 
