@@ -55,7 +55,7 @@ def main() -> None:
 
     from ferops.config import deep_merge, load_params
     from ferops.models.zoo import build_model
-    from ferops.training import choose_precision, make_optimizer, set_seeds
+    from ferops.training import choose_precision, lr_schedule, make_optimizer, set_seeds
 
     params = load_params(args.params)
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
@@ -69,7 +69,7 @@ def main() -> None:
         model = build_model(cfg, seed=0)
         if any(layer.name == "low_res" for layer in model.layers):
             model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
-        model.compile(optimizer=make_optimizer(cfg, 100, 10), jit_compile=bool(cfg.get("jit_compile", False)),
+        model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, 100, 10)), jit_compile=bool(cfg.get("jit_compile", False)),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (batch * args.steps, 48, 48, 1)).astype(np.float32)

@@ -17,6 +17,8 @@ ARCHS = ("dnn", "cnn", "vgg", "resnet", "mini_xception")
 # PyTorch's default (Keras' 0.99 needs thousands of steps before the moving statistics fit: short/demo runs fail).
 BN_MOMENTUM = 0.9
 
+Norm = Callable[[str], Any]  # layer name → a BatchNormalization layer (see _norm_factory)
+
 # Defaults of the online augmentation block (merged under cfg["online_aug"]).
 AUG_DEFAULTS: dict[str, Any] = {"hflip": True, "rotate_deg": 0.0, "translate": 0.0, "zoom": 0.0, "contrast": 0.0,
                                 "crop": 0, "erasing": 0.0, "warp": "auto"}
@@ -179,8 +181,33 @@ def _layers():
         def get_config(self):
             return {**super().get_config(), "size": self.size}
 
+    @keras.saving.register_keras_serializable(package="ferops")
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        """BatchNormalization whose training step runs TF's fused kernel (FusedBatchNormV3, oneDNN on CPU).
+
+        Keras 3's TF backend builds training-mode BN from moments + elementwise ops: ~6 passes over each
+        activation forward and more backward. The fused op makes one, and the ResNet's train step ×1.2
+        faster on 2 CPU cores (benchmarks/RESULTS.md). Same variables and maths as the built-in layer (the
+        moving variance gets Bessel's correction, as in Keras 2), so `inference_model` copies the weights
+        into a built-in BatchNormalization. Training builds on the TF backend only (`build_model`).
+        """
+
+        def call(self, inputs, training=None, mask=None):
+            if not (training and self.trainable and mask is None and not self.renorm and len(inputs.shape) == 4
+                    and self.axis in (-1, 3)):
+                return super().call(inputs, training=training, mask=mask)
+            import tensorflow as tf
+
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                tf.cast(inputs, "float32"), tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"),
+                epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance * m + tf.stop_gradient(var) * (1.0 - m))
+            return tf.cast(y, self.compute_dtype)
+
     _CUSTOM = {"RandomCropOrCenter": RandomCropOrCenter, "RandomErasing": RandomErasing, "RandomAffine": RandomAffine,
-               "LowResPhase": LowResPhase}
+               "LowResPhase": LowResPhase, "FusedBatchNormalization": FusedBatchNormalization}
     return _CUSTOM
 
 
@@ -302,29 +329,30 @@ def _act(name: str):
     return layers.Activation(name)
 
 
-def _conv_bn(x, filters: int, kernel: int = 3, stride: int = 1, act: str | None = "relu", name: str = ""):
+def _conv_bn(x, filters: int, kernel: int = 3, stride: int = 1, act: str | None = "relu", name: str = "", *,
+             norm: Norm):
     from keras import layers
 
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = norm(f"{name}_bn")(x)
     return _act(act)(x) if act else x
 
 
-def build_dnn(cfg: dict[str, Any], x):
+def build_dnn(cfg: dict[str, Any], x, *, norm: Norm):
     """Report 1's fully connected net: hidden [500,300,100], each Dense → BN → ReLU → Dropout."""
     from keras import layers
 
     x = layers.Flatten()(x)
     for i, h in enumerate(cfg.get("hidden", [500, 300, 100])):
         x = layers.Dense(int(h), use_bias=False, name=f"fc{i}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"fc{i}_bn")(x)
+        x = norm(f"fc{i}_bn")(x)
         x = layers.Activation("relu")(x)
         x = layers.Dropout(float(cfg.get("dropout", 0.3)))(x)
     return x
 
 
-def build_cnn(cfg: dict[str, Any], x):
+def build_cnn(cfg: dict[str, Any], x, *, norm: Norm):
     """Report 1's CNN: conv/pool per filter count, dropout, dense."""
     from keras import layers
 
@@ -337,19 +365,19 @@ def build_cnn(cfg: dict[str, Any], x):
     return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
 
 
-def build_vgg(cfg: dict[str, Any], x):
+def build_vgg(cfg: dict[str, Any], x, *, norm: Norm):
     """VGG-style blocks of 3x3 conv+BN+ReLU, max-pool and dropout per block, then a dense layer."""
     from keras import layers
 
     drop = float(cfg.get("dropout", 0.4))
     for b, block in enumerate(cfg.get("blocks", [[32, 32], [64, 64], [128, 128]])):
         for j, w in enumerate(block):
-            x = _conv_bn(x, int(w), name=f"b{b}_{j}")
+            x = _conv_bn(x, int(w), name=f"b{b}_{j}", norm=norm)
         x = layers.MaxPooling2D(2, name=f"b{b}_pool")(x)
         x = layers.Dropout(drop / 2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(int(cfg.get("dense", 256)), use_bias=False, name="fc")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="fc_bn")(x)
+    x = norm("fc_bn")(x)
     x = layers.Activation("relu")(x)
     return layers.Dropout(drop)(x)
 
@@ -365,7 +393,7 @@ def resnet_widths(cfg: dict[str, Any]) -> list[int]:
     return [int(w) for w in widths]
 
 
-def build_resnet(cfg: dict[str, Any], x):
+def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     """BN ResNet: stem conv (stride `stem_stride`, optional max-pool), basic (or bottleneck) residual
     blocks, `stages` blocks per stage, stride 2 at the first block of every stage after the first."""
     from keras import layers
@@ -375,7 +403,7 @@ def build_resnet(cfg: dict[str, Any], x):
     widths = resnet_widths(cfg)
     bottleneck = bool(cfg.get("bottleneck", False))
     x = _conv_bn(x, widths[0] if not bottleneck else max(16, widths[0] // 4 * 2), 3, int(cfg.get("stem_stride", 1)),
-                 act, name="stem")
+                 act, name="stem", norm=norm)
     if cfg.get("stem_pool", True):
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for s, (n, w) in enumerate(zip(stages, widths)):
@@ -385,44 +413,55 @@ def build_resnet(cfg: dict[str, Any], x):
             shortcut = x
             if bottleneck:
                 mid = max(8, w // 4)
-                y = _conv_bn(x, mid, 1, 1, act, name=f"{name}_a")
-                y = _conv_bn(y, mid, 3, stride, act, name=f"{name}_b")
-                y = _conv_bn(y, w, 1, 1, None, name=f"{name}_c")
+                y = _conv_bn(x, mid, 1, 1, act, name=f"{name}_a", norm=norm)
+                y = _conv_bn(y, mid, 3, stride, act, name=f"{name}_b", norm=norm)
+                y = _conv_bn(y, w, 1, 1, None, name=f"{name}_c", norm=norm)
             else:
-                y = _conv_bn(x, w, 3, stride, act, name=f"{name}_a")
-                y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b")
+                y = _conv_bn(x, w, 3, stride, act, name=f"{name}_a", norm=norm)
+                y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b", norm=norm)
             if stride != 1 or x.shape[-1] != w:
-                shortcut = _conv_bn(x, w, 1, stride, None, name=f"{name}_proj")
+                shortcut = _conv_bn(x, w, 1, stride, None, name=f"{name}_proj", norm=norm)
             x = layers.Add(name=f"{name}_add")([y, shortcut])
             x = _act(act)(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
 
 
-def build_mini_xception(cfg: dict[str, Any], x):
+def build_mini_xception(cfg: dict[str, Any], x, *, norm: Norm):
     """Mini-Xception (Arriaga et al. 2017): 2 plain convs, 4 depthwise-separable residual modules, GAP (~60k params)."""
     from keras import layers
 
     base = int(cfg.get("base_filters", 8))
-    x = _conv_bn(x, base, name="stem0")
-    x = _conv_bn(x, base, name="stem1")
+    x = _conv_bn(x, base, name="stem0", norm=norm)
+    x = _conv_bn(x, base, name="stem1", norm=norm)
     for i, w in enumerate(cfg.get("module_widths", [16, 32, 64, 128])):
         res = layers.Conv2D(int(w), 1, strides=2, padding="same", use_bias=False, name=f"m{i}_res")(x)
-        res = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_res_bn")(res)
+        res = norm(f"m{i}_res_bn")(res)
         y = layers.SeparableConv2D(int(w), 3, padding="same", use_bias=False, name=f"m{i}_sep0")(x)
-        y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_bn0")(y)
+        y = norm(f"m{i}_bn0")(y)
         y = layers.Activation("relu")(y)
         y = layers.SeparableConv2D(int(w), 3, padding="same", use_bias=False, name=f"m{i}_sep1")(y)
-        y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"m{i}_bn1")(y)
+        y = norm(f"m{i}_bn1")(y)
         y = layers.MaxPooling2D(3, strides=2, padding="same", name=f"m{i}_pool")(y)
         x = layers.Add(name=f"m{i}_add")([y, res])
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return layers.Dropout(float(cfg.get("dropout", 0.0)))(x)
 
 
-BUILDERS: dict[str, Callable[[dict[str, Any], Any], Any]] = {
+BUILDERS: dict[str, Callable[..., Any]] = {
     "dnn": build_dnn, "cnn": build_cnn, "vgg": build_vgg, "resnet": build_resnet, "mini_xception": build_mini_xception,
 }
+
+
+def _norm_factory(cfg: dict[str, Any], inference: bool) -> Norm:
+    """BatchNormalization layers by name: the fused-kernel subclass in TF training builds (`fused_batchnorm`,
+    default on), the built-in layer otherwise — exported models hold built-in layers only."""
+    import keras
+
+    cls = keras.layers.BatchNormalization
+    if not inference and cfg.get("fused_batchnorm", True) and keras.backend.backend() == "tensorflow":
+        cls = _layers()["FusedBatchNormalization"]
+    return lambda name: cls(momentum=BN_MOMENTUM, name=name)
 
 
 def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
@@ -437,7 +476,7 @@ def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     if arch not in BUILDERS:
         raise ConfigError(f"arch={arch!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
     inputs, x = input_block(cfg, seed=seed, inference=inference)
-    x = BUILDERS[arch](cfg, x)
+    x = BUILDERS[arch](cfg, x, norm=_norm_factory(cfg, inference))
     return keras.Model(inputs, _head(x, cfg), name=str(cfg.get("name", arch)))
 
 
