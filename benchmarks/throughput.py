@@ -5,8 +5,10 @@
         --variant xla=jit_compile=true --rounds 3 --steps 20
 
 Each variant is train_deep.models.<model> (merged over common) plus `key=value` overrides (dotted keys,
-YAML values). Variants are timed round-robin (`--rounds`) so machine noise hits them alike; the median
-images/s per variant is printed with the ratio to the first. Random pixels: speed only, no accuracy.
+YAML values). Variants take turns one train step at a time (`--rounds` x `--steps` steps each, the order
+flipped every turn), so the shared host's noise hits them alike; printed per variant: the median step as
+images/s, and the median of its step-by-step ratios to the first variant's (the paired figure to quote).
+Random pixels: speed only, no accuracy.
 """
 
 from __future__ import annotations
@@ -44,14 +46,13 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--variant", action="append", default=[], help="name=key=value,key=value (repeatable)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round")
+    ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round (--rounds x --steps in all)")
     args = ap.parse_args()
 
     from ferops.runner import tf_environment
 
     tf_environment()  # the project's TF settings (oneDNN on); override with TF_ENABLE_ONEDNN_OPTS=0
     import keras
-    import tensorflow as tf
 
     from ferops.config import deep_merge, load_params
     from ferops.models.zoo import build_model
@@ -72,24 +73,26 @@ def main() -> None:
         model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, 100, 10)), jit_compile=bool(cfg.get("jit_compile", False)),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
         rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, (batch * args.steps, 48, 48, 1)).astype(np.float32)
-        y = keras.utils.to_categorical(rng.integers(0, 7, len(x)), 7)
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(2)
-        model.fit(ds.take(3), epochs=1, verbose=0)  # trace + warm up
-        runs[name] = {"model": model, "ds": ds, "n": len(x), "ips": []}
-    for _ in range(args.rounds):
-        for name, r in runs.items():
+        x = rng.integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
+        y = keras.utils.to_categorical(rng.integers(0, 7, batch), 7)
+        for _ in range(3):
+            model.train_on_batch(x, y)  # trace + warm up
+        runs[name] = {"model": model, "x": x, "y": y, "s": []}
+    order = list(runs.items())
+    for turn in range(args.rounds * args.steps):
+        for name, r in (order if turn % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            r["model"].fit(r["ds"], epochs=1, verbose=0)
-            r["ips"].append(r["n"] / (time.perf_counter() - t0))
-    first = None
+            r["model"].train_on_batch(r["x"], r["y"])
+            r["s"].append(time.perf_counter() - t0)
+    first = order[0][1]
     out = {}
     for name, r in runs.items():
-        med = statistics.median(r["ips"])
-        first = first or med
-        out[name] = {"images_per_s": round(med, 1), "ratio": round(med / first, 2), "params": r["model"].count_params(),
-                     "all": [round(v, 1) for v in r["ips"]]}
-        print(f"{name:>16}: {med:8.1f} img/s  x{med / first:.2f}  ({r['model'].count_params():,} params)", flush=True)
+        ips = len(r["x"]) / statistics.median(r["s"])
+        # per-image time of the first variant over this one's, step by step: > 1 = faster than the first
+        ratio = statistics.median((a / len(first["x"])) / (b / len(r["x"])) for a, b in zip(first["s"], r["s"]))
+        out[name] = {"images_per_s": round(ips, 1), "ratio": round(ratio, 3), "params": r["model"].count_params(),
+                     "step_s_p10_p90": [round(float(v), 3) for v in np.percentile(r["s"], [10, 90])]}
+        print(f"{name:>16}: {ips:8.1f} img/s  x{ratio:.3f} paired  ({r['model'].count_params():,} params)", flush=True)
     print(json.dumps(out))
 
 

@@ -290,8 +290,10 @@ def time_budget_s(cfg: dict[str, Any]) -> float | None:
 
 def budget_epochs(done: int, elapsed_s: float, epoch_s: list[float], budget_s: float, max_epochs: int) -> int:
     """The epoch a budgeted run should end after: those done plus as many more as fit in what is left of the
-    budget at the median of the recent epoch times (recent: a shared host's speed drifts), at most `max_epochs`."""
-    per = float(np.median(epoch_s[-5:])) if epoch_s else 0.0
+    budget at the median of all epoch times so far, at most `max_epochs`. All, not the recent few: on a shared
+    host epoch times swing ±25 % for minutes at a time, and a plan that follows each swing anneals the LR early
+    in a slow spell, then adds epochs at a near-zero LR that train nothing (benchmarks/RESULTS.md)."""
+    per = float(np.median(epoch_s)) if epoch_s else 0.0
     more = int((budget_s - elapsed_s) // per) if per > 0 else max_epochs
     return max(done, min(max_epochs, done + more))
 
@@ -590,7 +592,7 @@ def _callbacks():
             plan = budget_epochs(epoch + 1, now - self.t0, self.durations, self.budget, self.max_epochs)
             if plan != self.planned:
                 print(f"time budget {self.budget / 60:.1f} min: {plan} epochs fit (median epoch "
-                      f"{np.median(self.durations[-5:]):.0f} s); the LR schedule now ends at epoch {plan}", file=sys.stderr)
+                      f"{np.median(self.durations):.0f} s); the LR schedule now ends at epoch {plan}", file=sys.stderr)
                 self._aim(plan)
             if logs is not None:
                 logs["time_s"], logs["planned_epochs"] = float(now - self.t0), float(plan)

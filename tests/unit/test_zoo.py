@@ -187,3 +187,39 @@ def test_fold_batchnorm_leaves_a_bn_that_cannot_fold(pixels):
     inputs = keras.Input((4,))
     twice = keras.Model(inputs, keras.layers.BatchNormalization()(shared(shared(inputs))))
     assert zoo.fold_batchnorm(twice) is twice  # a layer called twice: its `input` is ambiguous
+
+
+def test_fused_batchnorm_trains_like_the_builtin_layer_and_is_optional():
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fused kernel is TF's")
+    fused_cls = zoo.custom_objects()["FusedBatchNormalization"]
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (16, 6, 6, 5)).astype("float32"))
+    results = []
+    for layer in (keras.layers.BatchNormalization(momentum=0.9), fused_cls(momentum=0.9)):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 5, dtype="float32"))
+        layer.beta.assign(np.arange(5, dtype="float32"))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
+    (y0, gx0, gg0, gb0, mm0, mv0, _), (y1, gx1, gg1, gb1, mm1, mv1, inf1) = [[np.asarray(t) for t in r] for r in results]
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in ((gx1, gx0), (gg1, gg0), (gb1, gb0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mm1, mm0, atol=1e-6)
+    n = 16 * 6 * 6  # the fused op feeds the moving variance the unbiased batch variance (as Keras 2 did)
+    np.testing.assert_allclose(mv1 - 0.9, (mv0 - 0.9) * n / (n - 1), rtol=1e-4)
+    gamma, beta = np.linspace(0.5, 1.5, 5), np.arange(5)
+    expected = (np.asarray(x) - mm1) / np.sqrt(mv1 + 1e-3) * gamma + beta  # inference: the built-in maths
+    np.testing.assert_allclose(inf1, expected, atol=1e-4)
+
+    cfg = {**SMALL["resnet"], "online_aug": AUG}
+    bns = [type(layer) for layer in zoo.build_model(cfg, seed=0).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and set(bns) == {fused_cls}
+    plain = zoo.build_model({**cfg, "fused_batchnorm": False}, seed=0)
+    assert {type(layer) for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)} == {
+        keras.layers.BatchNormalization}

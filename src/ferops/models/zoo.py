@@ -353,7 +353,7 @@ def build_dnn(cfg: dict[str, Any], x, *, norm: Norm):
 
 
 def build_cnn(cfg: dict[str, Any], x, *, norm: Norm):
-    """Report 1's CNN: conv/pool per filter count, dropout, dense."""
+    """Report 1's CNN: conv/pool per filter count, dropout, dense (no batch norm: `norm` is unused)."""
     from keras import layers
 
     for i, f in enumerate(cfg.get("filters", [32, 64])):
