@@ -186,8 +186,8 @@ def _layers():
         """BatchNormalization whose training step runs TF's fused kernel (FusedBatchNormV3, oneDNN on CPU).
 
         Keras 3's TF backend builds training-mode BN from moments + elementwise ops: ~6 passes over each
-        activation forward and more backward. The fused op makes one, and the ResNet's train step ×1.2
-        faster on 2 CPU cores (benchmarks/RESULTS.md). Same variables and maths as the built-in layer (the
+        activation forward and more backward. The fused op makes one: the ResNet's train step runs ×1.13
+        faster on 2 CPU cores, paired (benchmarks/RESULTS.md). Same variables and maths as the built-in layer (the
         moving variance gets Bessel's correction, as in Keras 2), so `inference_model` copies the weights
         into a built-in BatchNormalization. Training builds on the TF backend only (`build_model`).
         """
