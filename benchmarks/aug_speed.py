@@ -32,6 +32,7 @@ def main() -> None:
     from ferops.training import (
         choose_precision,
         make_dataset,
+        lr_schedule,
         make_optimizer,
         resolve_config,
     )
@@ -62,7 +63,7 @@ def main() -> None:
         keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
         keras.backend.clear_session()
         model = build_model(cfg, seed=1)
-        model.compile(optimizer=make_optimizer(cfg, args.steps, 2), loss="categorical_crossentropy")
+        model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, args.steps, 2)), loss="categorical_crossentropy")
         timer = Timer()
         model.fit(make_dataset(pixels, labels, 128, shuffle=True), epochs=2, verbose=0, callbacks=[timer])
         print(f"{name:32s} {timer.last / args.steps * 1000:8.1f} ms/step  {n / timer.last:8.0f} img/s", flush=True)

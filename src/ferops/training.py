@@ -253,9 +253,12 @@ def make_optimizer(cfg: dict[str, Any], lr: Any):
         raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
     cls, kw = choices[name]
     decay = ema_decay(cfg)
-    if decay is None:
-        return cls(lr, **kw)
-    return _with_ema_warmup(cls)(lr, use_ema=True, ema_momentum=decay, **kw)
+    opt = cls(lr, **kw) if decay is None else _with_ema_warmup(cls)(lr, use_ema=True, ema_momentum=decay, **kw)
+    if wd and not cfg.get("decay_norm_and_bias", True):
+        # BN scales/offsets and biases set no capacity a penalty should limit; decaying them only shrinks BN's
+        # gamma (Goyal et al. 2017, "no bias decay")
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
 
 
 def _as_number(value: Any) -> float:

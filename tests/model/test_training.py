@@ -468,3 +468,14 @@ def test_time_budget_counts_the_time_a_resumed_run_spent(tiny, tmp_path, monkeyp
     assert res.history["time_s"] == [10.0, 20.0, 30.0, 40.0, 50.0]  # 20 s carried over from the killed run
     assert res.epochs_run == 5 and res.history["planned_epochs"] == [5.0] * 5
     assert res.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)
+
+
+def test_weight_decay_can_spare_norm_scales_and_biases():
+    """`decay_norm_and_bias: false`: AdamW decays kernels only; BN gamma/beta and biases keep their values."""
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.BatchNormalization(), layers.Dense(2)])
+    for spare in (False, True):
+        opt = make_optimizer({"optimizer": "adamw", "weight_decay": 0.5, "decay_norm_and_bias": not spare}, 0.1)
+        decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
+        kernels = {v.path for v in model.trainable_variables if v.name == "kernel"}
+        assert decayed == (kernels if spare else {v.path for v in model.trainable_variables})

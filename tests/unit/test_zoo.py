@@ -223,3 +223,18 @@ def test_fused_batchnorm_trains_like_the_builtin_layer_and_is_optional():
     plain = zoo.build_model({**cfg, "fused_batchnorm": False}, seed=0)
     assert {type(layer) for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)} == {
         keras.layers.BatchNormalization}
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    """`zero_init_residual`: each residual branch's last BN starts at gamma 0 (the block outputs act(shortcut));
+    every other BN starts at 1, and the option is off by default."""
+    cfg = {**SMALL["resnet"], "online_aug": AUG}
+    gammas = {layer.name: np.asarray(layer.gamma) for layer in zoo.build_model({**cfg, "zero_init_residual": True}, seed=0).layers
+              if isinstance(layer, keras.layers.BatchNormalization)}
+    zeroed = {name for name, g in gammas.items() if not g.any()}
+    n_blocks = sum(SMALL["resnet"].get("stages", [2, 2, 2, 2]))
+    assert len(zeroed) == n_blocks and all(name.endswith("_b_bn") for name in zeroed)
+    assert all((g == 1).all() for name, g in gammas.items() if name not in zeroed)
+    default = zoo.build_model(cfg, seed=0)
+    assert all((np.asarray(layer.gamma) == 1).all() for layer in default.layers
+               if isinstance(layer, keras.layers.BatchNormalization))

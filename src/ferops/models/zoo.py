@@ -17,7 +17,7 @@ ARCHS = ("dnn", "cnn", "vgg", "resnet", "mini_xception")
 # PyTorch's default (Keras' 0.99 needs thousands of steps before the moving statistics fit: short/demo runs fail).
 BN_MOMENTUM = 0.9
 
-Norm = Callable[[str], Any]  # layer name → a BatchNormalization layer (see _norm_factory)
+Norm = Callable[..., Any]  # (layer name, zero_init=False) → a BatchNormalization layer (see _norm_factory)
 
 # Defaults of the online augmentation block (merged under cfg["online_aug"]).
 AUG_DEFAULTS: dict[str, Any] = {"hflip": True, "rotate_deg": 0.0, "translate": 0.0, "zoom": 0.0, "contrast": 0.0,
@@ -330,12 +330,12 @@ def _act(name: str):
 
 
 def _conv_bn(x, filters: int, kernel: int = 3, stride: int = 1, act: str | None = "relu", name: str = "", *,
-             norm: Norm):
+             norm: Norm, zero_init: bool = False):
     from keras import layers
 
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
-    x = norm(f"{name}_bn")(x)
+    x = norm(f"{name}_bn", zero_init=zero_init)(x)
     return _act(act)(x) if act else x
 
 
@@ -402,6 +402,8 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     stages = [int(n) for n in cfg.get("stages", [2, 2, 2, 2])]
     widths = resnet_widths(cfg)
     bottleneck = bool(cfg.get("bottleneck", False))
+    # Goyal et al. 2017: the residual branch's last BN starts at gamma = 0, so every block starts as the identity
+    zero = bool(cfg.get("zero_init_residual", False))
     x = _conv_bn(x, widths[0] if not bottleneck else max(16, widths[0] // 4 * 2), 3, int(cfg.get("stem_stride", 1)),
                  act, name="stem", norm=norm)
     if cfg.get("stem_pool", True):
@@ -415,10 +417,10 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
                 mid = max(8, w // 4)
                 y = _conv_bn(x, mid, 1, 1, act, name=f"{name}_a", norm=norm)
                 y = _conv_bn(y, mid, 3, stride, act, name=f"{name}_b", norm=norm)
-                y = _conv_bn(y, w, 1, 1, None, name=f"{name}_c", norm=norm)
+                y = _conv_bn(y, w, 1, 1, None, name=f"{name}_c", norm=norm, zero_init=zero)
             else:
                 y = _conv_bn(x, w, 3, stride, act, name=f"{name}_a", norm=norm)
-                y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b", norm=norm)
+                y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b", norm=norm, zero_init=zero)
             if stride != 1 or x.shape[-1] != w:
                 shortcut = _conv_bn(x, w, 1, stride, None, name=f"{name}_proj", norm=norm)
             x = layers.Add(name=f"{name}_add")([y, shortcut])
@@ -461,7 +463,8 @@ def _norm_factory(cfg: dict[str, Any], inference: bool) -> Norm:
     cls = keras.layers.BatchNormalization
     if not inference and cfg.get("fused_batchnorm", True) and keras.backend.backend() == "tensorflow":
         cls = _layers()["FusedBatchNormalization"]
-    return lambda name: cls(momentum=BN_MOMENTUM, name=name)
+    return lambda name, zero_init=False: cls(momentum=BN_MOMENTUM, name=name,
+                                             gamma_initializer="zeros" if zero_init else "ones")
 
 
 def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
