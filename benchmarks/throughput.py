@@ -8,6 +8,8 @@ Each variant is train_deep.models.<model> (merged over common) plus `key=value` 
 YAML values). Variants take turns one train step at a time (`--rounds` x `--steps` steps each, the order
 flipped every turn), so the shared host's noise hits them alike; printed per variant: the median step as
 images/s, and the median of its step-by-step ratios to the first variant's (the paired figure to quote).
+`--fit-steps N` also trains each variant through `model.fit` over `make_dataset` (N random batches, 2 timed epochs after
+a warm-up, variants one after the other): the input path and Keras' per-step loop that train_on_batch skips.
 Random pixels: speed only, no accuracy.
 """
 
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="name=key=value,key=value (repeatable)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round (--rounds x --steps in all)")
+    ap.add_argument("--fit-steps", type=int, default=0,
+                    help="also time each variant through model.fit over make_dataset (this many random batches; 2 epochs after 1 warm-up)")
     args = ap.parse_args()
 
     from ferops.runner import tf_environment
@@ -56,7 +60,7 @@ def main() -> None:
 
     from ferops.config import deep_merge, load_params
     from ferops.models.zoo import build_model
-    from ferops.training import choose_precision, lr_schedule, make_optimizer, set_seeds
+    from ferops.training import choose_precision, lr_schedule, make_dataset, make_optimizer, set_seeds
 
     params = load_params(args.params)
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
@@ -71,7 +75,8 @@ def main() -> None:
         if any(layer.name == "low_res" for layer in model.layers):
             model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
         model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, 100, 10)), jit_compile=bool(cfg.get("jit_compile", False)),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                      steps_per_execution=int(cfg.get("steps_per_execution", 1)))
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
         y = keras.utils.to_categorical(rng.integers(0, 7, batch), 7)
@@ -93,6 +98,18 @@ def main() -> None:
         out[name] = {"images_per_s": round(ips, 1), "ratio": round(ratio, 3), "params": r["model"].count_params(),
                      "step_s_p10_p90": [round(float(v), 3) for v in np.percentile(r["s"], [10, 90])]}
         print(f"{name:>16}: {ips:8.1f} img/s  x{ratio:.3f} paired  ({r['model'].count_params():,} params)", flush=True)
+    if args.fit_steps:
+        # the real input path (tf.data shuffle/batch/cast, Keras' epoch loop) that train_on_batch on one batch skips
+        rng = np.random.default_rng(1)
+        n = args.fit_steps * len(first["x"])
+        ds = make_dataset(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), len(first["x"]),
+                          shuffle=True)
+        for name, r in runs.items():
+            r["model"].fit(ds, epochs=1, verbose=0)  # warm-up: the dataset's first pass
+            t0 = time.perf_counter()
+            r["model"].fit(ds, epochs=2, verbose=0)
+            out[name]["fit_images_per_s"] = round(2 * n / (time.perf_counter() - t0), 1)
+            print(f"{name:>16}: {out[name]['fit_images_per_s']:8.1f} img/s through model.fit", flush=True)
     print(json.dumps(out))
 
 
