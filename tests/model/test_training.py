@@ -24,6 +24,7 @@ from ferops.training import (  # noqa: E402
     mix_config,
     predict_proba,
     resolve_config,
+    steps_per_execution,
     time_budget_s,
     train_keras,
     tta_views,
@@ -447,6 +448,32 @@ def test_time_budget_anneals_on_time_and_stops(tiny, monkeypatch):
     assert res.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)  # the floor of the re-aimed cosine
     plain = train_keras(train, val, {**TINY, "epochs": 6}, seed=0, verbose=0)
     assert plain.epochs_run == 6 and plain.history["lr"][2] > 10 * res.history["lr"][-1]  # unbudgeted: mid-schedule
+
+
+def test_steps_per_execution_is_checked():
+    assert steps_per_execution({}) == 1 and steps_per_execution({"steps_per_execution": None}) == 1
+    assert steps_per_execution({"steps_per_execution": 8}) == 8
+    for bad in (0, -2, 2.5, "many", True):
+        with pytest.raises(ConfigError, match="steps_per_execution"):
+            steps_per_execution({"steps_per_execution": bad})
+
+
+def test_several_steps_per_execution_train_every_batch_and_anneal_on_time(tiny, monkeypatch):
+    """6 batches an epoch in calls of 4 steps: every batch still trains (the last call runs 2), the budget's re-aimed
+    cosine reaches its floor, and the run matches one step per call."""
+    import ferops.training as training
+
+    train, val = tiny
+    cfg = {**TINY, "epochs": 6, "time_budget_min": 35 / 60, "online_aug": {}, "class_weights": False}
+    runs = {}
+    for spe in (1, 4):
+        monkeypatch.setattr(training, "_clock", _Clock())
+        runs[spe] = train_keras(train, val, {**cfg, "steps_per_execution": spe}, seed=0, verbose=0)
+    one, four = runs[1], runs[4]
+    assert math.ceil(len(train) / cfg["batch_size"]) == 6
+    assert int(four.train_model.optimizer.iterations.numpy()) == 3 * 6 == int(one.train_model.optimizer.iterations.numpy())
+    assert four.epochs_run == 3 and four.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)
+    np.testing.assert_allclose(four.history["loss"], one.history["loss"], rtol=1e-4)
 
 
 def test_time_budget_counts_the_time_a_resumed_run_spent(tiny, tmp_path, monkeypatch):
