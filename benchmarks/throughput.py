@@ -60,7 +60,8 @@ def main() -> None:
 
     from ferops.config import deep_merge, load_params
     from ferops.models.zoo import build_model
-    from ferops.training import choose_precision, lr_schedule, make_dataset, make_optimizer, set_seeds
+    from ferops.training import (choose_precision, lr_schedule, make_dataset, make_optimizer, set_seeds,
+                                 steps_per_execution)
 
     params = load_params(args.params)
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
@@ -76,7 +77,7 @@ def main() -> None:
             model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
         model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, 100, 10)), jit_compile=bool(cfg.get("jit_compile", False)),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                      steps_per_execution=int(cfg.get("steps_per_execution", 1)))
+                      steps_per_execution=steps_per_execution(cfg))
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
         y = keras.utils.to_categorical(rng.integers(0, 7, batch), 7)
