@@ -147,7 +147,7 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
 
-    from ferops.runner import tf_environment
+    from ferops.runner import cap_onednn_isa, tf_environment
 
     tf_environment()  # as the stages run it (oneDNN on), before TensorFlow is imported
     from ferops.config import deep_merge, load_params, section
@@ -167,6 +167,8 @@ def main() -> None:
     ingest = {"synthetic": False, "format": "fer2013_csv", "sha256": "benchmark", "source": args.data}
     train, val, test = parts["train"], parts["val"], parts["test"]
     deep = section(params, "train_deep")["models"]
+    if args.model in deep:
+        cap_onednn_isa(deep_merge(section(params, "train_deep").get("common") or {}, deep[args.model]))  # as the stage
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params

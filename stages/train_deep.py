@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from ferops.config import load_params, section
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
-from ferops.runner import run
+from ferops.runner import cap_onednn_isa, run
 
 log = logging.getLogger("ferops.train_deep")
 
@@ -44,8 +43,7 @@ def main() -> None:
         else:
             log.warning("use_tuned is true but %s has no %s.json — training with params.yaml values", args.tuning, args.model)
 
-    if cfg.get("onednn_max_isa"):  # before TF's first oneDNN kernel: oneDNN reads it once per process; the user's value wins
-        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", str(cfg["onednn_max_isa"]).upper())
+    cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     report = read_json(args.ingest_report)
     seed = int(params.get("seed", 42))
     train = load_npz(args.augmented if cfg.get("use_augmented") else args.split / "train.npz")

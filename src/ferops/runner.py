@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ferops.errors import FerError
 
@@ -35,6 +35,15 @@ def tf_environment() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def cap_onednn_isa(cfg: Mapping[str, Any]) -> None:
+    """A model config's `onednn_max_isa` (e.g. avx2) caps oneDNN's CPU kernels for this process (a user's own
+    ONEDNN_MAX_CPU_ISA wins). oneDNN reads it once, at its first kernel: call this before TensorFlow runs one.
+
+    Why: TF 2.21's AVX-512 oneDNN kernels corrupt the heap training mini_xception (params.yaml)."""
+    if cfg.get("onednn_max_isa"):
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", str(cfg["onednn_max_isa"]).upper())
 
 
 def run(main: Callable[[], object]) -> None:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ferops.errors import DataError
-from ferops.runner import run, tf_environment
+from ferops.runner import cap_onednn_isa, run, tf_environment
 
 
 def test_tf_environment_sets_defaults_but_keeps_user_values(monkeypatch):
@@ -19,6 +19,18 @@ def test_tf_environment_sets_defaults_but_keeps_user_values(monkeypatch):
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     tf_environment()
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_onednn_isa_cap_comes_from_the_model_config_and_the_user_wins(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "recorded")  # so monkeypatch restores the original state afterwards
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    cap_onednn_isa({"arch": "resnet"})
+    assert "ONEDNN_MAX_CPU_ISA" not in os.environ  # no key: oneDNN picks the best kernels
+    cap_onednn_isa({"arch": "mini_xception", "onednn_max_isa": "avx2"})
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    cap_onednn_isa({"onednn_max_isa": "avx2"})
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
 
 
 def test_run_prints_expected_failures_without_traceback(capsys, monkeypatch):
