@@ -168,7 +168,9 @@ def main() -> None:
     train, val, test = parts["train"], parts["val"], parts["test"]
     deep = section(params, "train_deep")["models"]
     if args.model in deep:
-        cap_onednn_isa(deep_merge(section(params, "train_deep").get("common") or {}, deep[args.model]))  # as the stage
+        from ferops.training import resolve_config
+
+        cap_onednn_isa(resolve_config(section(params, "train_deep").get("common") or {}, deep[args.model]))  # as the stage
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params

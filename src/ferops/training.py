@@ -285,7 +285,7 @@ def steps_per_execution(cfg: dict[str, Any]) -> int:
     n = cfg.get("steps_per_execution")
     if n is None:
         return 1
-    if isinstance(n, bool) or not float(_as_number(n)).is_integer() or int(n) < 1:
+    if isinstance(n, bool) or not _as_number(n).is_integer() or int(n) < 1:
         raise ConfigError(f"steps_per_execution must be a positive integer, got {n!r}.")
     return int(n)
 

@@ -17,12 +17,12 @@ import sys
 import numpy as np
 from ferops.runner import cap_onednn_isa, tf_environment
 tf_environment()
-from ferops.config import deep_merge, load_params
+from ferops.config import load_params
 from ferops.data.formats import read_any
 from ferops.data.split import split_dataset
-from ferops.training import train_keras
+from ferops.training import resolve_config, train_keras
 td = load_params(sys.argv[1])["train_deep"]
-cfg = deep_merge(td["common"], td["models"]["mini_xception"])
+cfg = resolve_config(td["common"], td["models"]["mini_xception"])
 cap_onednn_isa(cfg)
 parts = split_dataset(read_any(sys.argv[2])[0], "usage")[0]
 val = parts["val"].subset(np.arange(len(parts["val"])) < 512)
