@@ -57,13 +57,12 @@ def read_splits(path: str) -> dict:
     return split_dataset(data, "usage")[0]
 
 
-def train_deep(args, params: dict, model_cfg: dict, train, val, test, ingest: dict, out: Path) -> dict:
-    """Train a deep model as train_deep does, pick its TTA mode on val, then score test once."""
+def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, out: Path) -> dict:
+    """Train a deep model (its resolved config) as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
 
-    from ferops.training import resolve_config, train_deep_model, train_keras
+    from ferops.training import train_deep_model, train_keras
 
-    cfg = resolve_config(params["train_deep"]["common"], model_cfg)
     if args.epochs:
         cfg["epochs"] = args.epochs
     result: dict = {"keras_backend": keras.backend.backend()}
@@ -170,13 +169,14 @@ def main() -> None:
     if args.model in deep:
         from ferops.training import resolve_config
 
-        cap_onednn_isa(resolve_config(section(params, "train_deep").get("common") or {}, deep[args.model]))  # as the stage
+        deep_cfg = resolve_config(section(params, "train_deep").get("common") or {}, deep[args.model])
+        cap_onednn_isa(deep_cfg)  # as the stage: before TF runs a kernel
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params
         result = rescore(args, params, val, test, out)
     elif args.model in deep:
-        result.update(train_deep(args, params, deep[args.model], train, val, test, ingest, out))
+        result.update(train_deep(args, params, deep_cfg, train, val, test, ingest, out))
     else:
         from ferops.models.baselines import fit_with_grid, to_xy
 
