@@ -3,6 +3,7 @@
     python benchmarks/inference.py                       # fresh default resnet from params.yaml (untrained: speed only)
     python benchmarks/inference.py --model models:/fer2013-resnet@champion
     python benchmarks/inference.py --model models/deep/resnet/model.keras --photo-runs 50
+    python benchmarks/inference.py --tta tencrop         # (a) and (b) with test-time augmentation (10 views a face)
 
 (a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
     plus parsing FER2013 `pixels` strings (the REST/CSV input path); the model runs as `load_keras` serves it,
@@ -51,16 +52,16 @@ def timed(fn, runs: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-def throughput(model, batch: int, repeats: int) -> dict:
-    """Images/s of predict_on_batch on `batch` raw images, and of parsing `pixels` strings."""
+def throughput(model, batch: int, repeats: int, tta: str = "none") -> dict:
+    """Images/s of predict_on_batch on `batch` raw images (each under `tta`'s views), and of parsing `pixels` strings."""
     from ferops.inference import parse_pixel_strings, predict_proba
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 48, 48), dtype=np.uint8)
-    secs, cpu = timed(lambda: predict_proba(model, x, batch_size=batch), repeats)
+    secs, cpu = timed(lambda: predict_proba(model, x, batch_size=batch, tta=tta), repeats)
     strings = [" ".join(map(str, p.ravel())) for p in x]
     parse, _ = timed(lambda: parse_pixel_strings(strings), 3)
-    return {"batch": batch, "repeats": repeats, "median_s": statistics.median(secs),
+    return {"batch": batch, "repeats": repeats, "tta": tta, "median_s": statistics.median(secs),
             "images_per_s": batch / statistics.median(secs), "best_images_per_s": batch / min(secs),
             # CPU time is no steadier here: TF's worker threads spin while they wait for a busy core.
             "cpu_ms_per_image": 1000 * statistics.median(cpu) / batch,
@@ -95,13 +96,13 @@ def fold_ablation(model, batch: int, repeats: int) -> dict:
             "max_abs_prob_diff": diffs}
 
 
-def latency(model, photo: Path, runs: int, out_dir: Path) -> dict:
+def latency(model, photo: Path, runs: int, out_dir: Path, tta: str = "none") -> dict:
     """Median ms of predict_photos on one photo (model loaded, detector warm)."""
     from ferops.inference import face_detector, predict_photos
 
-    res = predict_photos([photo], model, out_dir)[0]
-    secs, cpu = timed(lambda: predict_photos([photo], model, out_dir), runs)
-    return {"photo": photo.name, "size": res.get("image_size"), "faces": len(res["faces"]), "runs": runs,
+    res = predict_photos([photo], model, out_dir, tta=tta)[0]
+    secs, cpu = timed(lambda: predict_photos([photo], model, out_dir, tta=tta), runs)
+    return {"photo": photo.name, "tta": tta, "size": res.get("image_size"), "faces": len(res["faces"]), "runs": runs,
             "median_ms": 1000 * statistics.median(secs), "p90_ms": 1000 * float(np.percentile(secs, 90)),
             "median_cpu_ms": 1000 * statistics.median(cpu), "detector": face_detector()[0]}
 
@@ -131,6 +132,8 @@ def main() -> None:
     ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
     ap.add_argument("--fold-ablation", action="store_true",
                     help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
+    ap.add_argument("--tta", default="none", choices=["none", "flip", "tencrop", "shift"],
+                    help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -144,7 +147,7 @@ def main() -> None:
     from ferops.models.zoo import fold_batchnorm
 
     if args.model:
-        model, what = load_classifier(args.model, args.params), args.model
+        model, what = load_classifier(args.model, args.params).model, args.model
         raw = None
         if args.fold_ablation:
             if not Path(args.model).is_file():
@@ -156,10 +159,10 @@ def main() -> None:
     report = {"model": what, "machine": machine(), "cmd": " ".join([Path(sys.executable).name, *sys.argv])}
     print(f"model: {what}\nmachine: {report['machine']}", flush=True)
 
-    t = throughput(model, args.batch, args.repeats)
+    t = throughput(model, args.batch, args.repeats, args.tta)
     report["throughput"] = t
-    print(f"(a) batch {t['batch']}: {t['images_per_s']:.0f} images/s median (best {t['best_images_per_s']:.0f}); "
-          f"{t['cpu_ms_per_image']:.2f} ms CPU/image; "
+    print(f"(a) batch {t['batch']}, TTA {args.tta}: {t['images_per_s']:.0f} images/s median "
+          f"(best {t['best_images_per_s']:.0f}); {t['cpu_ms_per_image']:.2f} ms CPU/image; "
           f"pixels-string parsing {t['parse_rows_per_s']:.0f} rows/s", flush=True)
 
     if args.fold_ablation:
@@ -174,14 +177,15 @@ def main() -> None:
         photo = tmp / "astronaut.jpg"
         bgr = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(photo), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        report["latency"] = [latency(model, photo, args.photo_runs, tmp / "out")]
+        report["latency"] = [latency(model, photo, args.photo_runs, tmp / "out", args.tta)]
         if args.huge_runs:
             huge = tmp / "astronaut_4000x3000.jpg"
             cv2.imwrite(str(huge), cv2.resize(bgr[64:448], (4000, 3000), interpolation=cv2.INTER_CUBIC),
                         [cv2.IMWRITE_JPEG_QUALITY, 90])
-            report["latency"].append(latency(model, huge, args.huge_runs, tmp / "out"))
+            report["latency"].append(latency(model, huge, args.huge_runs, tmp / "out", args.tta))
     for lat in report["latency"]:
-        print(f"(b) {lat['photo']} {lat['size'][0]}x{lat['size'][1]}, {lat['faces']} face(s), detector "
+        print(f"(b) {lat['photo']} {lat['size'][0]}x{lat['size'][1]}, {lat['faces']} face(s), TTA {lat['tta']}, "
+              f"detector "
               f"{lat['detector']}: {lat['median_ms']:.0f} ms median (CPU {lat['median_cpu_ms']:.0f} ms), "
               f"p90 {lat['p90_ms']:.0f} ms over {lat['runs']} runs",
               flush=True)

@@ -17,6 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=None, help="model URI or .keras path (default: models:/<register.model_name>@champion)")
     pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written")
     pr.add_argument("--params", default="params.yaml")
+    pr.add_argument("--tta", default="auto",
+                    help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
+                         "stage chose on val for the registered model; none for a .keras file)")
 
     rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
     rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")

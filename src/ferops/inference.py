@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ import pandas as pd
 
 from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS, NUM_CLASSES
 from ferops.errors import ConfigError, DataError, FerError
+from ferops.training import TTA_VIEW_MODES
 
 log = logging.getLogger("ferops.inference")
 
@@ -31,6 +33,9 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in EMOTIONS)
 OUTPUT_COLUMNS: tuple[str, ...] = ("label", "label_name", *PROB_COLUMNS)
 DEFAULT_MODEL_NAME = "fer2013-resnet"
 BATCH_SIZE = 512
+# Test-time augmentation at prediction: ferops.training's view modes, plus `auto` = the mode `evaluate` chose on
+# val for the registered model (recorded in its pyfunc model_config at registration; none when unknown).
+TTA_MODES: tuple[str, ...] = (*TTA_VIEW_MODES, "auto")
 FACE_MARGIN = 0.1          # grow detector boxes by 10 % a side: FER2013 crops include brow and chin
 MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downscaled) detection image
 # Long side of the detection image per backend: the cascades' cost grows with its area; at these sizes a
@@ -161,19 +166,47 @@ def probabilities_frame(proba: np.ndarray, index: pd.Index | None = None) -> pd.
 
 # ---- the model call ----------------------------------------------------------------------------------------
 
-def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+def check_tta(tta: str, allowed: Sequence[str] = TTA_MODES) -> str:
+    """`tta` if it is one of `allowed`, else ConfigError naming them."""
+    if tta not in allowed:
+        raise ConfigError(f"tta={tta!r}: use one of {', '.join(allowed)}.")
+    return tta
+
+
+def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE, tta: str = "none") -> np.ndarray:
     """uint8/float faces [N,48,48(,1)] → probabilities [N,7] via `predict_on_batch` per chunk.
 
     `predict_on_batch` runs the compiled graph without `model.predict`'s per-call dataset set-up (≈80 ms),
     so one photo's faces take milliseconds; a plain callable (e.g. a wrapped pyfunc) is called per chunk.
+    `tta` other than none averages the views `evaluate` scores (`ferops.training.tta_views`), all views of a
+    chunk in one call: ten-crop costs ~10x the images, but one face's 10 views still run as one small batch.
     """
+    check_tta(tta, TTA_VIEW_MODES)
     x = np.asarray(faces, dtype=np.float32)
     if x.ndim == 3:
         x = x[..., None]
     if len(x) == 0:
         return np.zeros((0, NUM_CLASSES), dtype=np.float32)
     call = model.predict_on_batch if hasattr(model, "predict_on_batch") else model
-    parts = [np.asarray(call(x[i:i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
+    if tta == "none":
+        return np.concatenate([np.asarray(call(x[i:i + batch_size]), dtype=np.float32)
+                               for i in range(0, len(x), batch_size)])
+    from ferops.training import tta_views
+
+    crop = 0
+    if tta in ("tencrop", "shift"):
+        if not hasattr(model, "layers"):
+            raise ConfigError(f"tta={tta!r} needs the Keras model (its crop size); this model only takes flip or none.")
+        from ferops.models.zoo import crop_size
+
+        crop = crop_size(model)
+    n_views = len(tta_views(x[:1], tta, crop))
+    step = max(1, batch_size // n_views)
+    parts = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        views = np.concatenate(tta_views(chunk, tta, crop))  # view-major: [n_views * len(chunk), 48, 48, 1]
+        parts.append(np.asarray(call(views), np.float32).reshape(n_views, len(chunk), -1).mean(axis=0))
     return np.concatenate(parts)
 
 
@@ -211,18 +244,23 @@ def _pyfunc_class() -> type:
         """FER2013 expression classifier: `pixels` strings or base64 `image`s in, label + 7 probabilities out."""
 
         def load_context(self, context: Any) -> None:
-            """Load the Keras model from the `keras_model` artifact."""
+            """Load the Keras model from the `keras_model` artifact and the TTA mode recorded with it."""
             self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
+            self.tta = recorded_tta(context.model_config)
 
         def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-            """One row per image → label, label_name, prob_<class>; params: crop_face (bool, for photos)."""
+            """One row per image → label, label_name, prob_<class>; params: crop_face (bool, for photos),
+            tta (none | flip | tencrop | shift | auto = the mode chosen on val at evaluation)."""
             df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-            crop = bool((params or {}).get("crop_face", False))
+            params = params or {}
+            crop = bool(params.get("crop_face", False))
             try:
+                tta = check_tta(str(params.get("tta") or "none"))
                 faces = frame_to_faces(df, crop_face=crop)
-            except InputError as exc:
+            except (InputError, ConfigError) as exc:
                 raise ServingInputError(str(exc)) from None
-            return probabilities_frame(predict_proba(self.model, faces), index=df.index)
+            mode = self.tta if tta == "auto" else tta
+            return probabilities_frame(predict_proba(self.model, faces, tta=mode), index=df.index)
 
     FerPyfunc.__module__ = __name__
     FerPyfunc.__qualname__ = "FerPyfunc"  # cloudpickle stores it by reference: ferops.inference.FerPyfunc
@@ -236,15 +274,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def recorded_tta(model_config: dict[str, Any] | None) -> str:
+    """The TTA mode stored in a FerPyfunc's model_config (`tta`), `none` when absent or not a view mode."""
+    mode = str((model_config or {}).get("tta") or "none")
+    return mode if mode in TTA_VIEW_MODES else "none"
+
+
 def model_signature() -> Any:
-    """Input: optional string columns `pixels` / `image`; output: label, label_name, prob_*; param crop_face."""
+    """Input: optional string columns `pixels` / `image`; output: label, label_name, prob_*; params crop_face, tta."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "pixels", required=False), ColSpec("string", "image", required=False)])
     outputs = Schema([ColSpec("long", "label"), ColSpec("string", "label_name"),
                       *(ColSpec("double", c) for c in PROB_COLUMNS)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("crop_face", "boolean", False)]))
+    params = ParamSchema([ParamSpec("crop_face", "boolean", False), ParamSpec("tta", "string", "none")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def pip_requirements() -> list[str]:
@@ -264,8 +309,9 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model") -> str:
-    """Log FerPyfunc wrapping `keras_model_path` into the active MLflow run; returns the model URI."""
+def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: str = "none") -> str:
+    """Log FerPyfunc wrapping `keras_model_path` into the active MLflow run; returns the model URI. `tta` is
+    recorded as the mode a request's `tta: auto` uses (the register stage passes the one evaluate chose on val)."""
     import mlflow
 
     path = Path(keras_model_path)
@@ -278,6 +324,7 @@ def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model") -> str:
         python_model=_pyfunc_class()(),
         artifacts={KERAS_ARTIFACT: str(path)},
         signature=model_signature(),
+        model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},
         # A mid-grey face as the example: MLflow stores it (and a REST payload) beside the model.
         input_example=pd.DataFrame({"pixels": [" ".join(["128"] * N_PIXELS)]}),
         pip_requirements=pip_requirements(),
@@ -413,7 +460,19 @@ def _champion_uri(params_path: str | Path | None) -> str:
     return f"models:/{reg.get('model_name', DEFAULT_MODEL_NAME)}@{reg.get('champion_alias', 'champion')}"
 
 
-def _load_registered(uri: str) -> Any:
+@dataclass(frozen=True)
+class Classifier:
+    """A model to classify faces with and the TTA mode recorded with it (`none` when nothing was recorded)."""
+
+    model: Any   # a Keras model, or a probabilities function over a generic pyfunc
+    tta: str = "none"
+
+    def resolve(self, tta: str) -> str:
+        """A requested mode, with `auto` replaced by the recorded one."""
+        return self.tta if check_tta(tta) == "auto" else tta
+
+
+def _load_registered(uri: str) -> Classifier:
     """Load a models:/ or runs:/ URI from the ferops tracking store, with the fix when it is not there."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -440,7 +499,7 @@ def _load_registered(uri: str) -> Any:
     return _from_pyfunc(pyfunc)
 
 
-def load_classifier(model: str | Path | None = None, params_path: str | Path | None = "params.yaml") -> Any:
+def load_classifier(model: str | Path | None = None, params_path: str | Path | None = "params.yaml") -> Classifier:
     """A model to classify faces with: a .keras file, a model dir, or an MLflow URI (default: the champion)."""
     ref = str(model) if model else _champion_uri(params_path)
     if ":/" in ref and not Path(ref).exists():
@@ -456,28 +515,28 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
         raise ConfigError(f"--model {ref}: no such file — pass a .keras file, a model directory or a "
                           f"models:/name@alias URI.")
     try:
-        return load_keras(path)
+        return Classifier(load_keras(path))
     except Exception as exc:  # keras raises several types for a file that is not a model
         raise ConfigError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}).") from None
 
 
-def _from_pyfunc(pyfunc: Any) -> Any:
-    """The Keras model inside a FerPyfunc (called directly: no DataFrame round trip per photo), else a
-    probabilities function over the generic pyfunc `predict` with `pixels` strings."""
+def _from_pyfunc(pyfunc: Any) -> Classifier:
+    """The Keras model inside a FerPyfunc (called directly: no DataFrame round trip per photo) with its recorded
+    TTA mode, else a probabilities function over the generic pyfunc `predict` with `pixels` strings."""
     try:
         inner = pyfunc.unwrap_python_model()
     except Exception:  # not a PythonModel (e.g. a keras-flavour model)
         inner = None
     if inner is not None and hasattr(inner, "model"):
-        return inner.model
+        return Classifier(inner.model, getattr(inner, "tta", "none"))
 
     def call(x: np.ndarray) -> np.ndarray:
         flat = np.asarray(x, np.float32).reshape(len(x), -1).round().astype(np.uint8)
         out = pyfunc.predict(pd.DataFrame({"pixels": [" ".join(map(str, r)) for r in flat]}))
         return pd.DataFrame(out)[list(PROB_COLUMNS)].to_numpy()
 
-    return call
+    return Classifier(call)
 
 
 def _read_photo(path: Path) -> np.ndarray:
@@ -532,8 +591,10 @@ def _annotated_path(out_dir: Path, src: Path, used: set[Path]) -> Path:
     return p
 
 
-def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path = "predictions") -> list[dict[str, Any]]:
-    """Find and classify every face in each photo; write annotated copies; one result dict per photo.
+def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path = "predictions",
+                   tta: str = "none") -> list[dict[str, Any]]:
+    """Find and classify every face in each photo (`tta`: a view mode, see predict_proba); write annotated
+    copies; one result dict per photo.
 
     A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h], label, label_name, probabilities;
     left to right), `annotated` (path or None), `note` ("no face found") and `error` (why the file was
@@ -557,7 +618,7 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
         boxes = detect_faces(gray)
         if boxes:
             crops = np.stack([resize_to_model(crop_square(gray, b)) for b in boxes])
-            proba = predict_proba(model, crops)
+            proba = predict_proba(model, crops, tta=tta)
             for b, pr in zip(boxes, proba):
                 k = int(pr.argmax())
                 res["faces"].append({"box": list(b), "label": k, "label_name": EMOTIONS[k],
@@ -579,9 +640,14 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
 
 
 def cli_predict(args: Any) -> None:
-    """`ferops predict PHOTO... [--model] [--out-dir] [--params]`: JSON per photo on stdout; exit 2 if any failed."""
-    model = load_classifier(args.model, getattr(args, "params", "params.yaml"))
-    results = predict_photos(args.photos, model, args.out_dir)
+    """`ferops predict PHOTO... [--model] [--out-dir] [--params] [--tta]`: JSON per photo on stdout; exit 2 if any
+    failed."""
+    asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
+    clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
+    tta = clf.resolve(asked)
+    why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
+    log.info("test-time augmentation: %s%s", tta, why)
+    results = predict_photos(args.photos, clf.model, args.out_dir, tta=tta)
     # A JSON array with one photo per line: valid JSON for tools, readable for people.
     text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"
     try:

@@ -162,15 +162,17 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     if reused:
         log.info("%s v%s already holds run %s (%s): reusing it, no new version", name, mv.version, run_id, best.name)
     else:
-        from ferops.inference import log_pyfunc_model
+        from ferops.inference import log_pyfunc_model, recorded_tta
 
+        # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses.
+        tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
         with mlflow.start_run(run_id=run_id):
-            uri = log_pyfunc_model(best.path / "model.keras")
+            uri = log_pyfunc_model(best.path / "model.keras", tta=tta)
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
             "test_accuracy": str(test.get("test_accuracy", "unknown")),
-            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")),
+            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), "tta_mode": tta,
             **data, "git_commit": run.data.tags.get("git_commit") or git_commit(),
             "params": json.dumps(best.config, sort_keys=True, default=str)[:PARAMS_TAG_MAX],
         }
@@ -193,7 +195,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     else:
         log.warning("%s v%s is @%s only; @%s stays v%s: %s", name, version, challenger_alias, champion_alias,
                     current.version if current else "?", reason)
-    aliases = sorted(client.get_model_version(name, version).aliases)
+    registered = client.get_model_version(name, version)
+    aliases = sorted(registered.aliases)
     champion_now = alias_version(client, name, champion_alias)
     return {
         "name": name, "version": int(version), "model": best.name, "run_id": run_id, "aliases": aliases,
@@ -201,6 +204,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "reused_existing_version": reused, "champion_version": int(champion_now.version) if champion_now else None,
         "val_accuracy": val, "test_accuracy": test.get("test_accuracy"),
         "test_accuracy_tta": test.get("test_accuracy_tta"),
+        "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
     }
 
 
@@ -253,7 +257,8 @@ def registry_rows(client: Any, name: str) -> list[dict[str, Any]]:
         t = v.tags or {}
         rows.append({"version": int(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
                      "model": t.get("model", ""), "val_accuracy": t.get("val_accuracy"),
-                     "test_accuracy": t.get("test_accuracy"), "dataset": t.get("dataset", ""),
+                     "test_accuracy": t.get("test_accuracy"), "test_accuracy_tta": t.get("test_accuracy_tta"),
+                     "tta_mode": t.get("tta_mode", ""), "dataset": t.get("dataset", ""),
                      "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
                      "run_id": v.run_id or t.get("run_id", "")})
     return rows
@@ -267,12 +272,15 @@ def _pct(v: Any) -> str:
 
 
 def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table of versions: aliases, val/test accuracy (%), dataset, created (UTC), run id."""
-    head = ["version", "aliases", "model", "val acc", "test acc", "data", "created (UTC)", "run id"]
+    """A fixed-width table of versions: aliases, val/test accuracy (%), test accuracy with the TTA mode recorded
+    for `tta: auto`, dataset, created (UTC), run id."""
+    head = ["version", "aliases", "model", "val acc", "test acc", "test TTA (mode)", "data", "created (UTC)", "run id"]
     body = [[str(r["version"]), ",".join(r["aliases"]) or "-", r["model"], _pct(r["val_accuracy"]),
-             _pct(r["test_accuracy"]), r["dataset"], r["created"], r["run_id"]] for r in rows]
+             _pct(r["test_accuracy"]), f"{_pct(r['test_accuracy_tta'])} ({r['tta_mode'] or '?'})", r["dataset"],
+             r["created"], r["run_id"]] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:{'>' if h in ('val acc', 'test acc', 'version') else '<'}{w}}}" for h, w in zip(head, widths))
+    right = ("version", "val acc", "test acc", "test TTA (mode)")
+    fmt = "  ".join(f"{{:{'>' if h in right else '<'}{w}}}" for h, w in zip(head, widths))
     lines = [f"{name}: {len(rows)} version(s)", fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*b) for b in body]
     return "\n".join(ln.rstrip() for ln in lines)

@@ -32,6 +32,10 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ferops"], filter_string="tags.dataset = 'synthetic'")
     assert {"train_baselines", "train_deep", "tune"} <= set(runs["tags.stage"])
+    # the champion carries the TTA mode evaluate chose on val for it, which `tta: auto` requests then use
+    chosen = mlflow.get_run(reg["run_id"]).data.tags["eval_tta"]
+    assert chosen in ("none", "flip", "tencrop", "shift") and reg["tta_mode"] == chosen
+    assert mlflow.MlflowClient().get_model_version(reg["name"], str(reg["version"])).tags["tta_mode"] == chosen
 
     second = dvc(repo, "repro")
     assert second.returncode == 0

@@ -79,11 +79,17 @@ def test_register_promote_and_list(store, capsys):
     with pytest.raises(DataError, match="no trained model with arch `resnet`"):
         _register(models)
 
-    # 1) first ResNet: no champion yet → v1 is champion and challenger
-    _train(models, "resnet", "resnet", val=0.50, seed=2)
+    # 1) first ResNet: no champion yet → v1 is champion and challenger; the TTA mode evaluate chose on val
+    #    (its `eval_tta` tag on the training run) is recorded for requests' `tta: auto`
+    d = _train(models, "resnet", "resnet", val=0.50, seed=2)
+    client.set_tag((d / "mlflow_run_id.txt").read_text().strip(), "eval_tta", "flip")
     r1 = _register(models, test_acc=0.48)
     assert (r1["version"], r1["decision"], r1["aliases"]) == (1, "champion", ["challenger", "champion"])
     tags = client.get_model_version(NAME, "1").tags
+    assert tags["tta_mode"] == "flip"
+    from ferops.inference import load_classifier
+
+    assert load_classifier(f"models:/{NAME}/1").tta == "flip"
     assert float(tags["val_accuracy"]) == 0.5 and float(tags["test_accuracy"]) == 0.48
     assert tags["data_sha256"] == INGEST["sha256"] and tags["git_commit"] and tags["source_model_dir"].endswith("resnet")
     assert json.loads(tags["params"])["arch"] == "resnet"
@@ -125,6 +131,7 @@ def test_register_promote_and_list(store, capsys):
     assert set(row) == {"3", "2", "1"}
     assert "champion" in row["1"] and "challenger" in row["3"] and "champion" not in row["3"]
     assert "60.00" in row["3"] and "40.00" in row["2"]
+    assert "49.00 (flip)" in row["1"] and "51.00 (none)" in row["3"]  # test TTA column: accuracy (recorded mode)
 
     # 7) mistakes get clear errors, not tracebacks (FerError subclasses)
     with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):

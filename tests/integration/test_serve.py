@@ -97,6 +97,19 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
         bad = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["pixels"], "data": [["1 2 3"]]}},
                             timeout=60)
         assert bad.status_code == 400 and "row 0: `pixels` expected 2304 pixel values, found 3" in bad.json()["message"]
+
+        # test-time augmentation per request: the served probabilities are the local model's mean over the views
+        from ferops.inference import load_keras, parse_pixel_strings, predict_proba
+
+        rows = {"dataframe_split": {"columns": ["pixels"], "data": [[p] for p in pixels]}}
+        flip = requests.post(f"{url}/invocations", json={**rows, "params": {"tta": "flip"}}, timeout=60)
+        assert flip.status_code == 200, flip.text
+        want = predict_proba(load_keras(tmp_path / "model.keras"), parse_pixel_strings(pixels), tta="flip")
+        got = np.array([[p[f"prob_{n}"] for n in EMOTIONS] for p in flip.json()["predictions"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        bad = requests.post(f"{url}/invocations", json={**rows, "params": {"tta": "ten-crop"}}, timeout=60)
+        assert bad.status_code == 400
+        assert "tta='ten-crop': use one of none, flip, tencrop, shift, auto" in bad.json()["message"]
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -79,12 +79,14 @@ def expected_48(encoded: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def keras_path(tmp_path_factory) -> Path:
-    """A tiny saved Keras model with the project contract: raw 0..255 [N,48,48,1] → softmax [N,7]."""
+    """A tiny saved Keras model with the project contract: raw 0..255 [N,48,48,1] → softmax [N,7]; a 44-px centre
+    crop like the ResNet's, so ten-crop/shift views differ."""
     import keras
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((IMG_SIZE, IMG_SIZE, 1)),
+        keras.layers.CenterCrop(44, 44),
         keras.layers.Rescaling(1.0 / 255),
         keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
         keras.layers.Flatten(),
@@ -112,7 +114,7 @@ def registered(keras_path, tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", store)
         init_tracking()
         with mlflow.start_run():
-            uri = inf.log_pyfunc_model(keras_path)
+            uri = inf.log_pyfunc_model(keras_path, tta="tencrop")  # as if evaluate had chosen ten-crop on val
         mv = mlflow.register_model(uri, "fer-test")
         mlflow.MlflowClient().set_registered_model_alias("fer-test", "champion", mv.version)
         yield store, mlflow.pyfunc.load_model(uri)
@@ -169,6 +171,37 @@ def test_pyfunc_crop_face_param(registered, keras_model):
     face = cv2.resize(inf.crop_square(gray, box), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_AREA)
     want = keras_model.predict_on_batch(face[None, ..., None].astype(np.float32))
     np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
+
+
+def test_predict_proba_tta_matches_evaluate(keras_model):
+    """Serving's TTA (all views of a chunk in one call) gives evaluate's probabilities (one predict per view)."""
+    from ferops import training
+    from ferops.errors import ConfigError
+
+    x = np.random.default_rng(4).integers(0, 256, (9, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    by_mode = {}
+    for mode in training.TTA_VIEW_MODES:
+        by_mode[mode] = inf.predict_proba(keras_model, x, batch_size=25, tta=mode)  # 25 rows: chunks of 1–12 faces
+        np.testing.assert_allclose(by_mode[mode], training.predict_proba(keras_model, x, tta=mode), atol=1e-5)
+    assert not np.allclose(by_mode["tencrop"], by_mode["flip"], atol=1e-4)  # the corner crops are really used
+    with pytest.raises(ConfigError, match="tta='tencorp': use one of none, flip, tencrop, shift"):
+        inf.predict_proba(keras_model, x, tta="tencorp")
+    plain = lambda v: keras_model.predict_on_batch(v)  # noqa: E731 — a bare callable: no crop size to shift by
+    np.testing.assert_allclose(inf.predict_proba(plain, x, tta="flip"), by_mode["flip"], atol=1e-6)
+    with pytest.raises(ConfigError, match="needs the Keras model"):
+        inf.predict_proba(plain, x, tta="shift")
+
+
+def test_pyfunc_tta_param(registered, keras_model):
+    pixels = np.random.default_rng(5).integers(0, 256, (3, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    df = pd.DataFrame({"pixels": pixel_strings(pixels)})
+    probs = lambda out: out[list(inf.PROB_COLUMNS)].to_numpy()  # noqa: E731
+    np.testing.assert_allclose(probs(registered[1].predict(df)), inf.predict_proba(keras_model, pixels), atol=1e-6)
+    for asked, mode in (("auto", "tencrop"), ("shift", "shift"), ("none", "none")):  # auto = the recorded mode
+        np.testing.assert_allclose(probs(registered[1].predict(df, params={"tta": asked})),
+                                   inf.predict_proba(keras_model, pixels, tta=mode), atol=1e-6)
+    with pytest.raises(ValueError, match="tta='best': use one of none, flip, tencrop, shift, auto"):
+        registered[1].predict(df, params={"tta": "best"})
 
 
 def test_image_preprocessing_matches_ingest(tmp_path):
@@ -239,7 +272,8 @@ def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path,
     x = np.random.default_rng(3).integers(0, 256, (2, IMG_SIZE, IMG_SIZE, 1)).astype(np.float32)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered[0])
     champ = inf.load_classifier(None, params)
-    np.testing.assert_allclose(inf.predict_proba(champ, x), keras_model.predict_on_batch(x), atol=1e-6)
+    np.testing.assert_allclose(inf.predict_proba(champ.model, x), keras_model.predict_on_batch(x), atol=1e-6)
+    assert (champ.tta, champ.resolve("auto"), champ.resolve("flip")) == ("tencrop", "tencrop", "flip")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent.db'}")
     with pytest.raises(FerError, match="make run"):
@@ -263,4 +297,10 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     assert len(res[0]["faces"]) == 1 and Path(res[0]["annotated"]).is_file() and res[0]["error"] is None
     assert "not an image" in res[1]["error"]
     assert "error: 1 bad file(s)" in proc.stderr and "junk.png" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "test-time augmentation: none (auto:" in proc.stderr  # nothing is recorded with a bare .keras file
+
+    proc = subprocess.run([*cmd[:4], str(face), "--model", str(keras_path), "--tta", "best"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0 and "tta='best': use one of none, flip, tencrop, shift, auto" in proc.stderr
     assert "Traceback" not in proc.stderr
