@@ -4,12 +4,15 @@
     python benchmarks/inference.py --model models:/fer2013-resnet@champion
     python benchmarks/inference.py --model models/deep/resnet/model.keras --photo-runs 50
     python benchmarks/inference.py --tta tencrop         # (a) and (b) with test-time augmentation (10 views a face)
+    python benchmarks/inference.py --model <dir>/resnet/model --tta tencrop --score ../shared/data/fer2013.csv.gz
 
 (a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
     plus parsing FER2013 `pixels` strings (the REST/CSV input path); the model runs as `load_keras` serves it,
     BatchNormalization folded into the convolutions (`--fold-ablation`: beside the unfolded model and XLA);
 (b) latency: `predict_photos` on one photo — read, face detection, crop, classify, annotate, write —
     median over --photo-runs, on a real photo that scikit-image ships (512x512) and on a 4000x3000 upscale.
+(c) `--score DATA`: the model's PrivateTest accuracy through this serving path (folded BN, `predict_proba`),
+    single pass and under `--tta` — what the served champion answers, against evaluate's figures.
 Targets: ≥ 1,000 images/s and ≤ 150 ms per photo on a 2-core CPU.
 """
 
@@ -107,6 +110,24 @@ def latency(model, photo: Path, runs: int, out_dir: Path, tta: str = "none") -> 
             "median_cpu_ms": 1000 * statistics.median(cpu), "detector": face_detector()[0]}
 
 
+def score(model, data: str, tta: str) -> dict:
+    """PrivateTest accuracy of `model` through ferops.inference.predict_proba, single pass and under `tta`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train import read_splits
+
+    from ferops.inference import predict_proba
+
+    test = read_splits(data)["test"]
+    keep = test.emotion >= 0
+    x, y = test.pixels[keep], test.emotion[keep].astype(int)
+    out = {"data": Path(data).name, "rows": int(len(y))}
+    for mode in dict.fromkeys(("none", tta)):
+        t = time.perf_counter()
+        out[f"test_accuracy_{mode}"] = float((predict_proba(model, x, tta=mode).argmax(1) == y).mean())
+        out[f"seconds_{mode}"] = time.perf_counter() - t
+    return out
+
+
 def machine() -> str:
     """CPU model, core count and SIMD flags that matter for TF."""
     name, flags = platform.processor() or "unknown CPU", set()
@@ -134,6 +155,8 @@ def main() -> None:
                     help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
     ap.add_argument("--tta", default="none", choices=["none", "flip", "tencrop", "shift"],
                     help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face)")
+    ap.add_argument("--score", default=None, metavar="DATA",
+                    help="(c) also score the model on DATA's PrivateTest rows, single pass and under --tta")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -189,6 +212,12 @@ def main() -> None:
               f"{lat['detector']}: {lat['median_ms']:.0f} ms median (CPU {lat['median_cpu_ms']:.0f} ms), "
               f"p90 {lat['p90_ms']:.0f} ms over {lat['runs']} runs",
               flush=True)
+    if args.score:
+        report["score"] = sc = score(model, args.score, args.tta)
+        print("(c) " + ", ".join(f"test accuracy {k[len('test_accuracy_'):]} {100 * v:.2f} % "
+                                 f"({sc['seconds_' + k[len('test_accuracy_'):]]:.0f} s)"
+                                 for k, v in sc.items() if k.startswith("test_accuracy_"))
+              + f" on {sc['rows']} rows of {sc['data']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
