@@ -144,6 +144,8 @@ def machine() -> str:
 
 
 def main() -> None:
+    from ferops.training import TTA_VIEW_MODES  # plain Python: TensorFlow is not imported yet
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model URI or .keras path (default: a fresh resnet from params.yaml)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -153,7 +155,7 @@ def main() -> None:
     ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
     ap.add_argument("--fold-ablation", action="store_true",
                     help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
-    ap.add_argument("--tta", default="none", choices=["none", "flip", "tencrop", "shift"],
+    ap.add_argument("--tta", default="none", choices=TTA_VIEW_MODES,
                     help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face)")
     ap.add_argument("--score", default=None, metavar="DATA",
                     help="(c) also score the model on DATA's PrivateTest rows, single pass and under --tta")
@@ -208,8 +210,7 @@ def main() -> None:
             report["latency"].append(latency(model, huge, args.huge_runs, tmp / "out", args.tta))
     for lat in report["latency"]:
         print(f"(b) {lat['photo']} {lat['size'][0]}x{lat['size'][1]}, {lat['faces']} face(s), TTA {lat['tta']}, "
-              f"detector "
-              f"{lat['detector']}: {lat['median_ms']:.0f} ms median (CPU {lat['median_cpu_ms']:.0f} ms), "
+              f"detector {lat['detector']}: {lat['median_ms']:.0f} ms median (CPU {lat['median_cpu_ms']:.0f} ms), "
               f"p90 {lat['p90_ms']:.0f} ms over {lat['runs']} runs",
               flush=True)
     if args.score:
