@@ -55,7 +55,7 @@ def find_candidates(models_dir: str | Path, family: str) -> list[Any]:
 
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
-                      champion: dict[str, Any] | None) -> tuple[bool, str]:
+                      champion: dict[str, Any] | None, new_run_id: str | None = None) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`).
@@ -65,6 +65,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     cv = str(champion["version"])
     if cv == str(new_version):
         return True, f"version {cv} is already the champion"
+    if new_run_id and champion.get("run_id") == new_run_id:
+        return True, f"the champion's model (run {new_run_id}) registered again with its recorded TTA mode (was v{cv})"
     try:
         champ_val = float(champion.get("val_accuracy"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -104,15 +106,17 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def version_for_run(client: Any, name: str, run_id: str) -> Any | None:
-    """An existing version of `name` made from `run_id` (so re-running register creates no duplicate)."""
+def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None = None) -> Any | None:
+    """An existing version of `name` made from `run_id` (so re-running register creates no duplicate); with
+    `require_tag`, only one carrying that tag (versions registered before it was recorded do not count)."""
     from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    mine = [v for v in versions if v.run_id == run_id or (v.tags or {}).get("run_id") == run_id]
+    mine = [v for v in versions if (v.run_id == run_id or (v.tags or {}).get("run_id") == run_id)
+            and (require_tag is None or require_tag in (v.tags or {}))]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
@@ -157,7 +161,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.warning("run %s was trained on data %s but reports/ingest.json says %s", run_id,
                     run.data.tags.get("data_sha256"), data["data_sha256"])
 
-    mv = version_for_run(client, name, run_id)
+    # A version of this run from before the TTA mode was recorded gets a fresh one (its pyfunc cannot be changed).
+    mv = version_for_run(client, name, run_id, require_tag="tta_mode")
     reused = mv is not None
     if reused:
         log.info("%s v%s already holds run %s (%s): reusing it, no new version", name, mv.version, run_id, best.name)
@@ -183,7 +188,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
-    promote, reason = champion_decision(version, val, data, champ)
+    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": "register stage", "promotion_reason": reason, "promoted_at": _now(),

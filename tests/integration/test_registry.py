@@ -133,7 +133,15 @@ def test_register_promote_and_list(store, capsys):
     assert "60.00" in row["3"] and "40.00" in row["2"]
     assert "49.00 (flip)" in row["1"] and "51.00 (none)" in row["3"]  # test TTA column: accuracy (recorded mode)
 
-    # 7) mistakes get clear errors, not tracebacks (FerError subclasses)
+    # 7) a version registered before the TTA mode was recorded (no `tta_mode` tag) is not reused: the same run gets
+    #    a new version, which records the mode and, as the champion's own model, takes the alias over
+    cli_promote(Namespace(name=None, version="3", alias="champion", reason="back", params=str(store / "params.yaml")))
+    client.delete_model_version_tag(NAME, "3", "tta_mode")
+    r4 = _register(models)
+    assert (r4["version"], r4["decision"], r4["reused_existing_version"], r4["tta_mode"]) == (4, "champion", False, "none")
+    assert "registered again" in r4["reason"] and _register(models)["version"] == 4  # and that one is reused after
+
+    # 8) mistakes get clear errors, not tracebacks (FerError subclasses)
     with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
     with pytest.raises(RegistryError, match="no registered model named 'nope'"):
@@ -156,3 +164,7 @@ def test_champion_decision_rules():
     # ...except a real-data model replacing a synthetic-demo champion
     assert champion_decision("5", 0.3, data, {**champ, "data_sha256": "s0", "dataset": "synthetic", "val_accuracy": "0.99"})[0]
     assert not champion_decision("5", 0.9, data, {"version": "4"})[0]  # champion without a val tag
+    # the champion's own run registered again (its old version predates the recorded TTA mode): it takes over
+    ok, why = champion_decision("5", 0.6, data, {**champ, "run_id": "r1"}, new_run_id="r1")
+    assert ok and "registered again" in why
+    assert not champion_decision("5", 0.6, data, {**champ, "run_id": "r1"}, new_run_id="r2")[0]
