@@ -118,8 +118,7 @@ def score(model, data: str, tta: str) -> dict:
     from ferops.inference import predict_proba
 
     test = read_splits(data)["test"]
-    keep = test.emotion >= 0
-    x, y = test.pixels[keep], test.emotion[keep].astype(int)
+    x, y = test.pixels[test.labeled], test.emotion[test.labeled].astype(int)
     out = {"data": Path(data).name, "rows": int(len(y))}
     for mode in dict.fromkeys(("none", tta)):
         t = time.perf_counter()
