@@ -61,18 +61,31 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
     """Train a deep model (its resolved config) as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
 
-    from ferops.training import train_deep_model, train_keras
+    from ferops.training import ensemble_seeds, train_deep_model, train_members
 
     if args.epochs:
         cfg["epochs"] = args.epochs
     result: dict = {"keras_backend": keras.backend.backend()}
     if args.no_mlflow:
-        res = train_keras(train, val, cfg, seed=params["seed"], verbose=2)
-        model = res.model
-        result.update({"val_accuracy": res.val_accuracy, "val_macro_f1": res.val_macro_f1, "epochs_run": res.epochs_run,
-                       "best_epoch": res.best_epoch, "train_wall_s": round(res.wall_s, 1),
-                       "images_per_s": round(res.images_per_s, 1), "n_params": int(model.count_params()),
-                       "precision": res.precision, "history": res.history})
+        from ferops.metrics import classification_metrics
+        from ferops.models.zoo import ensemble_model
+        from ferops.training import predict_proba
+
+        seeds = ensemble_seeds(cfg, params["seed"])
+        members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds, verbose=2)
+        res = members[0]
+        model = res.model if len(members) == 1 else ensemble_model([r.model for r in members], name=args.model)
+        val_m = classification_metrics(val.emotion.astype(int), predict_proba(model, val.pixels).argmax(1), prefix="val_")
+        result.update({"val_accuracy": val_m["val_accuracy"], "val_macro_f1": val_m["val_macro_f1"],
+                       "epochs_run": sum(r.epochs_run for r in members), "train_wall_s": round(sum(r.wall_s for r in members), 1),
+                       "images_per_s": round(sum(r.images_per_s * r.wall_s for r in members)
+                                             / max(sum(r.wall_s for r in members), 1e-9), 1),
+                       "n_params": int(model.count_params()), "precision": res.precision, "history": res.history})
+        if len(members) == 1:
+            result["best_epoch"] = res.best_epoch
+        else:
+            result["members"] = [{"seed": s, "val_accuracy": r.val_accuracy, "epochs_run": r.epochs_run,
+                                  "best_epoch": r.best_epoch, "history": r.history} for s, r in zip(seeds, members)]
     else:
         from ferops.inference import load_keras
 
@@ -80,7 +93,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
                              out_dir=out / "model", checkpoint_dir=out / "checkpoint", verbose=2)
         model = load_keras(out / "model" / "model.keras")
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
-                                         "images_per_s", "n_params")})
+                                         "images_per_s", "n_params", "n_members") if k in m})
     result.update(score_deep(args, params, model, val, test, out))
     result["config"] = cfg
     return result

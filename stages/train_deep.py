@@ -57,9 +57,10 @@ def main() -> None:
     m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
                          checkpoint_dir=args.checkpoints, curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv",
                          max_epochs=max_epochs)
-    log.info("%s: val_accuracy %.4f, val_macro_f1 %.4f, %d epochs (best %d), %.0f s, %.0f images/s",
-             args.model, m["val_accuracy"], m["val_macro_f1"], m["epochs_run"], m["best_epoch"], m["train_wall_s"],
-             m["images_per_s"])
+    epochs = f"{m['epochs_run']} epochs" + (f" (best {m['best_epoch']})" if "best_epoch" in m
+                                             else f" over {m['n_members']} members")
+    log.info("%s: val_accuracy %.4f, val_macro_f1 %.4f, %s, %.0f s, %.0f images/s",
+             args.model, m["val_accuracy"], m["val_macro_f1"], epochs, m["train_wall_s"], m["images_per_s"])
 
 
 if __name__ == "__main__":

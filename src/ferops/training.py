@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -930,6 +930,88 @@ def model_signature():
                           outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]))
 
 
+def ensemble_seeds(cfg: dict[str, Any], seed: int) -> list[int]:
+    """Seeds of the members to train: `ensemble_seeds` (one member per seed, same recipe, their probabilities
+    averaged into one saved model) or just `seed` (one model, the default)."""
+    seeds = cfg.get("ensemble_seeds")
+    if seeds is None or seeds == []:
+        return [int(seed)]
+    ok = isinstance(seeds, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"ensemble_seeds={seeds!r}: give a list of distinct integer seeds, e.g. [42, 7] "
+                          "(null = one model with the global seed).")
+    return [int(s) for s in seeds]
+
+
+def _member_key(cfg: dict[str, Any], seed: int, n_train: int) -> str:
+    return json.dumps({**cfg, "seed": seed, "n_train": n_train}, sort_keys=True, default=str)
+
+
+def save_member(res: TrainResult, folder: Path, key: str) -> None:
+    """Keep a finished ensemble member (inference model + numbers) so a killed stage does not train it again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    res.model.save(folder / "model.keras")
+    fields = ("history", "best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "wall_s", "images_per_s", "precision")
+    (folder / "result.json").write_text(json.dumps({"key": key, **{f: getattr(res, f) for f in fields}}))
+
+
+def load_member(folder: Path, key: str) -> TrainResult | None:
+    """A member kept by `save_member` with the same config, seed and data size; None otherwise."""
+    f = folder / "result.json"
+    if not f.exists():
+        return None
+    saved = json.loads(f.read_text())
+    if saved.pop("key") != key:
+        print(f"finished member in {folder} was made with another config: training it again", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    import keras
+
+    from ferops.models.zoo import custom_objects
+
+    model = keras.models.load_model(folder / "model.keras", custom_objects=custom_objects(), compile=False)
+    return TrainResult(model=model, **saved)
+
+
+def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list[int], *,
+                  checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None,
+                  callbacks_for: Callable[[str], list] = lambda prefix: []) -> list[TrainResult]:
+    """Train one model per seed, one after another (`callbacks_for(prefix)`: extra callbacks per member, prefix
+    `m<i>_` for ensembles, "" for one model). Each member checkpoints on its own, and a finished member is kept
+    until the stage ends, so a killed ensemble resumes at the member and epoch it had reached."""
+    if len(seeds) == 1:
+        return [train_keras(train, val, cfg, seed=seeds[0], extra_callbacks=callbacks_for(""),
+                            checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs)]
+    results = []
+    for i, s in enumerate(seeds, start=1):
+        done = checkpoint_dir / f"member_{i}_done" if checkpoint_dir is not None else None
+        key = _member_key(cfg, s, len(train))
+        res = load_member(done, key) if done is not None else None
+        if res is None:
+            print(f"ensemble member {i}/{len(seeds)}: seed {s}", file=sys.stderr)
+            res = train_keras(train, val, cfg, seed=s, extra_callbacks=callbacks_for(f"m{i}_"),
+                              checkpoint_dir=checkpoint_dir / f"member_{i}" if checkpoint_dir is not None else None,
+                              verbose=verbose, max_epochs=max_epochs)
+            if done is not None:
+                save_member(res, done, key)
+        results.append(res)
+    return results
+
+
+def ensemble_history(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Members' histories one after another (the stage's timeline: `epoch` counts on across members), with
+    `member` (1-based) and `member_epoch` columns."""
+    keys = list(dict.fromkeys(k for h in histories for k in h))
+    out: dict[str, list[float]] = {k: [] for k in keys + ["member", "member_epoch"]}
+    for i, h in enumerate(histories, start=1):
+        n = len(next(iter(h.values()), []))
+        for k in keys:
+            out[k] += list(h.get(k, [float("nan")] * n))
+        out["member"] += [i] * n
+        out["member_epoch"] += list(range(1, n + 1))
+    return out
+
+
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
                      ingest_report: dict[str, Any], out_dir: str | Path, checkpoint_dir: str | Path | None = None,
                      curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1) -> dict[str, Any]:
@@ -955,24 +1037,45 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
             ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
-        res = train_keras(train, val, cfg, seed=seed, extra_callbacks=[MlflowEpochLogger()], checkpoint_dir=ckpt,
-                          verbose=verbose, max_epochs=max_epochs)
+        seeds = ensemble_seeds(cfg, seed)
+        members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds,
+                                checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs,
+                                callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])
+        res = members[0]
+        model, val_proba, history = res.model, res.val_proba, res.history
         labels = val.subset(val.labeled).emotion.astype(int)
-        metrics = classification_metrics(labels, res.val_proba.argmax(1), prefix="val_")
-        metrics.update({"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "train_wall_s": round(res.wall_s, 2),
-                        "images_per_s": round(res.images_per_s, 1), "n_params": int(res.model.count_params())})
+        wall = sum(r.wall_s for r in members)
+        metrics: dict[str, Any] = {}
+        if len(members) > 1:
+            from ferops.models.zoo import ensemble_model
+
+            model = ensemble_model([r.model for r in members], name=name)
+            val_proba = predict_proba(model, val.subset(val.labeled).pixels, batch_size=512)
+            history = ensemble_history([r.history for r in members])
+            for i, r in enumerate(members, start=1):
+                metrics.update({f"m{i}_val_accuracy": r.val_accuracy, f"m{i}_epochs_run": r.epochs_run,
+                                f"m{i}_best_epoch": r.best_epoch, f"m{i}_train_wall_s": round(r.wall_s, 2)})
+            mlflow.set_tag("ensemble_seeds", ",".join(map(str, seeds)))
+        metrics.update(classification_metrics(labels, val_proba.argmax(1), prefix="val_"))
+        metrics.update({"epochs_run": sum(r.epochs_run for r in members), "train_wall_s": round(wall, 2),
+                        "images_per_s": round(sum(r.images_per_s * r.wall_s for r in members) / max(wall, 1e-9), 1),
+                        "n_params": int(model.count_params())})
+        metrics.update({"best_epoch": res.best_epoch} if len(members) == 1 else {"n_members": len(members)})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tag("precision", res.precision)
 
-        hist = history_table(res.history)
+        hist = history_table(history)
         hist.to_csv(out / "history.csv", index=False)
         if curves_csv:
             Path(curves_csv).parent.mkdir(parents=True, exist_ok=True)
-            hist[[c for c in HISTORY_COLUMNS if c in hist]].to_csv(curves_csv, index=False)
-        training_curves(res.history, out / "curves.png", title=f"{name} ({cfg.get('arch')})")
-        confusion_matrix_plot(confusion(labels, res.val_proba.argmax(1)), out / "confusion_val.png",
+            keep = [*HISTORY_COLUMNS, "member", "member_epoch"]
+            hist[[c for c in keep if c in hist]].to_csv(curves_csv, index=False)
+        what = f"ensemble of {len(members)} ({cfg.get('arch')}, seeds {', '.join(map(str, seeds))})" \
+            if len(members) > 1 else str(cfg.get("arch"))
+        training_curves(history, out / "curves.png", title=f"{name} ({what})")
+        confusion_matrix_plot(confusion(labels, val_proba.argmax(1)), out / "confusion_val.png",
                               title=f"{name} — validation")
-        res.model.save(out / "model.keras")
+        model.save(out / "model.keras")
         write_json({**cfg, "name": name, "seed": seed, "precision": res.precision, "max_epochs": max_epochs},
                    out / "config.json")
         for f in ("history.csv", "curves.png", "confusion_val.png", "config.json"):
@@ -980,7 +1083,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
         from importlib.metadata import version
 
         backend = keras.backend.backend()  # the serving environment needs the backend the model was saved with
-        info = mlflow.keras.log_model(res.model, name="model", signature=model_signature(),
+        info = mlflow.keras.log_model(model, name="model", signature=model_signature(),
                                       pip_requirements=[f"{backend}=={version(backend)}", f"keras=={keras.__version__}"])
         summary = {"model": name, "kind": "deep", "arch": cfg.get("arch"), **metrics, "precision": res.precision,
                    "mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri}

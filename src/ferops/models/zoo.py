@@ -571,6 +571,30 @@ def fold_batchnorm(model):
     return new
 
 
+def ensemble_model(members: list, name: str = "ensemble"):
+    """One flat functional model averaging the members' softmax outputs, on one shared input.
+
+    Each member's layers are cloned with an `m<i>_` name prefix (names must be unique in one graph) and
+    their weights copied; flat rather than nested, so `fold_batchnorm` and `crop_size` see the layers and
+    everything downstream (evaluate's TTA, the pyfunc, serving) treats the ensemble as one model."""
+    import keras
+
+    if len(members) < 2:
+        raise ConfigError(f"an ensemble needs at least two members; got {len(members)}.")
+    inputs = keras.Input((IMG_SIZE, IMG_SIZE, 1), name="pixels")
+    outputs = []
+    for i, member in enumerate(members, start=1):
+        def clone(layer, prefix=f"m{i}_"):
+            return layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
+
+        copy = keras.models.clone_model(member, input_tensors=inputs, clone_function=clone)
+        for layer in member.layers:
+            if layer.weights:
+                copy.get_layer(f"m{i}_{layer.name}").set_weights(layer.get_weights())
+        outputs.append(copy.output)
+    return keras.Model(inputs, keras.layers.Average(name="ensemble_mean", dtype="float32")(outputs), name=name)
+
+
 def crop_size(model) -> int:
     """The inference crop of a built/loaded model (0 when it has no crop layer)."""
     import keras

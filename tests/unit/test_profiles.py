@@ -1,0 +1,44 @@
+"""Profiles (`python -m ferops.profiles`): `-S` overrides that DVC's own parser applies to params.yaml as written."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferops.config import deep_merge
+from ferops.profiles import set_args
+from ferops.training import resolve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _profile_params(tmp_path: Path, profile: Path) -> dict:
+    """params.yaml after DVC applies the profile's `-S` arguments (what `dvc exp run $(...)` does)."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    args = set_args(yaml.safe_load(profile.read_text()), yaml.safe_load(params.read_text()))
+    hydra.apply_overrides(params, [a for a in args if a != "-S"])
+    return yaml.safe_load(params.read_text())
+
+
+def test_new_keys_get_hydra_plus_and_values_json(tmp_path):
+    args = set_args({"a": {"b": 2, "new": [1, 2], "flag": True, "none": None}}, {"a": {"b": 1}})
+    assert args == ["-S", "a.b=2", "-S", "+a.new=[1, 2]", "-S", "+a.flag=true", "-S", "+a.none=null"]
+    assert shlex.split(shlex.join(args)) == args
+
+
+def test_gpu_profile_applied_by_dvc_is_the_yaml_merge_and_x4_trains_the_resnet_recipe(tmp_path):
+    profile = ROOT / "profiles" / "gpu.yaml"
+    applied = _profile_params(tmp_path, profile)
+    merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(profile.read_text()))
+    assert applied == merged
+    td = applied["train_deep"]
+    single, x4 = (resolve_config(td["common"], td["models"][m]) for m in ("resnet", "resnet_x4"))
+    assert x4.pop("ensemble_seeds") == [42, 7, 13, 21]
+    # the ensemble's members train the single model's recipe (the 58-min CPU budget only binds on CPUs)
+    assert {k: v for k, v in single.items() if k != "time_budget_min"} == {**x4, "activation": "relu", "input_norm": "scale"}
