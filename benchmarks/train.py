@@ -204,7 +204,7 @@ def main() -> None:
                        "test_accuracy": test_m["test_accuracy"], "test_macro_f1": test_m["test_macro_f1"],
                        "best_params": best, "grid": grid})
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "grid", "history")}, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "grid", "history", "members")}, indent=2, default=str))
 
 
 if __name__ == "__main__":
