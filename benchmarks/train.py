@@ -61,31 +61,26 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
     """Train a deep model (its resolved config) as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
 
-    from ferops.training import ensemble_seeds, train_deep_model, train_members
+    from ferops.training import fit_deep, train_deep_model
 
     if args.epochs:
         cfg["epochs"] = args.epochs
     result: dict = {"keras_backend": keras.backend.backend()}
     if args.no_mlflow:
         from ferops.metrics import classification_metrics
-        from ferops.models.zoo import ensemble_model
-        from ferops.training import predict_proba
 
-        seeds = ensemble_seeds(cfg, params["seed"])
-        members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds, verbose=2)
-        res = members[0]
-        model = res.model if len(members) == 1 else ensemble_model([r.model for r in members], name=args.model)
-        val_m = classification_metrics(val.emotion.astype(int), predict_proba(model, val.pixels).argmax(1), prefix="val_")
+        fit = fit_deep(cfg, train, val, params["seed"], verbose=2, name=args.model)
+        model, res = fit.model, fit.members[0]
+        val_m = classification_metrics(val.emotion.astype(int), fit.val_proba.argmax(1), prefix="val_")
         result.update({"val_accuracy": val_m["val_accuracy"], "val_macro_f1": val_m["val_macro_f1"],
-                       "epochs_run": sum(r.epochs_run for r in members), "train_wall_s": round(sum(r.wall_s for r in members), 1),
-                       "images_per_s": round(sum(r.images_per_s * r.wall_s for r in members)
-                                             / max(sum(r.wall_s for r in members), 1e-9), 1),
-                       "n_params": int(model.count_params()), "precision": res.precision, "history": res.history})
-        if len(members) == 1:
+                       "epochs_run": fit.epochs_run, "train_wall_s": round(fit.wall_s, 1),
+                       "images_per_s": round(fit.images_per_s, 1), "n_params": int(model.count_params()),
+                       "precision": res.precision, "history": fit.history})
+        if len(fit.members) == 1:
             result["best_epoch"] = res.best_epoch
         else:
             result["members"] = [{"seed": s, "val_accuracy": r.val_accuracy, "epochs_run": r.epochs_run,
-                                  "best_epoch": r.best_epoch, "history": r.history} for s, r in zip(seeds, members)]
+                                  "best_epoch": r.best_epoch} for s, r in zip(fit.seeds, fit.members)]
     else:
         from ferops.inference import load_keras
 

@@ -1012,6 +1012,46 @@ def ensemble_history(histories: list[dict[str, list[float]]]) -> dict[str, list[
     return out
 
 
+@dataclass
+class FitResult:
+    """A deep model config trained: one model, or an ensemble's members joined into one (`ensemble_seeds`)."""
+
+    model: Any                       # what to save and serve: the member, or the flat ensemble of all members
+    members: list[TrainResult]
+    seeds: list[int]
+    val_proba: np.ndarray = field(repr=False)   # of `model`, on the labeled val rows
+    history: dict[str, list[float]] = field(repr=False)  # the member's, or `ensemble_history` of all members
+
+    @property
+    def wall_s(self) -> float:
+        return sum(r.wall_s for r in self.members)
+
+    @property
+    def images_per_s(self) -> float:
+        return sum(r.images_per_s * r.wall_s for r in self.members) / max(self.wall_s, 1e-9)
+
+    @property
+    def epochs_run(self) -> int:
+        return sum(r.epochs_run for r in self.members)
+
+
+def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, checkpoint_dir: Path | None = None,
+             verbose: int = 1, max_epochs: int | None = None, name: str = "ensemble",
+             callbacks_for: Callable[[str], list] = lambda prefix: []) -> FitResult:
+    """Train `cfg` with `seed` — or, with `ensemble_seeds`, one member per seed joined into one averaging model."""
+    seeds = ensemble_seeds(cfg, seed)
+    members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds,
+                            checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
+                            callbacks_for=callbacks_for)
+    if len(members) == 1:
+        return FitResult(members[0].model, members, seeds, members[0].val_proba, members[0].history)
+    from ferops.models.zoo import ensemble_model
+
+    model = ensemble_model([r.model for r in members], name=name)
+    proba = predict_proba(model, _labeled(val, "validation").pixels, batch_size=512)
+    return FitResult(model, members, seeds, proba, ensemble_history([r.history for r in members]))
+
+
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
                      ingest_report: dict[str, Any], out_dir: str | Path, checkpoint_dir: str | Path | None = None,
                      curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1) -> dict[str, Any]:
@@ -1037,43 +1077,33 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
             ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
-        seeds = ensemble_seeds(cfg, seed)
-        members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds,
-                                checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs,
-                                callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])
-        res = members[0]
-        model, val_proba, history = res.model, res.val_proba, res.history
+        fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
+                       callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])
+        model, members, res = fit.model, fit.members, fit.members[0]
         labels = val.subset(val.labeled).emotion.astype(int)
-        wall = sum(r.wall_s for r in members)
         metrics: dict[str, Any] = {}
         if len(members) > 1:
-            from ferops.models.zoo import ensemble_model
-
-            model = ensemble_model([r.model for r in members], name=name)
-            val_proba = predict_proba(model, val.subset(val.labeled).pixels, batch_size=512)
-            history = ensemble_history([r.history for r in members])
             for i, r in enumerate(members, start=1):
                 metrics.update({f"m{i}_val_accuracy": r.val_accuracy, f"m{i}_epochs_run": r.epochs_run,
                                 f"m{i}_best_epoch": r.best_epoch, f"m{i}_train_wall_s": round(r.wall_s, 2)})
-            mlflow.set_tag("ensemble_seeds", ",".join(map(str, seeds)))
-        metrics.update(classification_metrics(labels, val_proba.argmax(1), prefix="val_"))
-        metrics.update({"epochs_run": sum(r.epochs_run for r in members), "train_wall_s": round(wall, 2),
-                        "images_per_s": round(sum(r.images_per_s * r.wall_s for r in members) / max(wall, 1e-9), 1),
-                        "n_params": int(model.count_params())})
+            mlflow.set_tag("ensemble_seeds", ",".join(map(str, fit.seeds)))
+        metrics.update(classification_metrics(labels, fit.val_proba.argmax(1), prefix="val_"))
+        metrics.update({"epochs_run": fit.epochs_run, "train_wall_s": round(fit.wall_s, 2),
+                        "images_per_s": round(fit.images_per_s, 1), "n_params": int(model.count_params())})
         metrics.update({"best_epoch": res.best_epoch} if len(members) == 1 else {"n_members": len(members)})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tag("precision", res.precision)
 
-        hist = history_table(history)
+        hist = history_table(fit.history)
         hist.to_csv(out / "history.csv", index=False)
         if curves_csv:
             Path(curves_csv).parent.mkdir(parents=True, exist_ok=True)
             keep = [*HISTORY_COLUMNS, "member", "member_epoch"]
             hist[[c for c in keep if c in hist]].to_csv(curves_csv, index=False)
-        what = f"ensemble of {len(members)} ({cfg.get('arch')}, seeds {', '.join(map(str, seeds))})" \
+        what = f"ensemble of {len(members)} ({cfg.get('arch')}, seeds {', '.join(map(str, fit.seeds))})" \
             if len(members) > 1 else str(cfg.get("arch"))
-        training_curves(history, out / "curves.png", title=f"{name} ({what})")
-        confusion_matrix_plot(confusion(labels, val_proba.argmax(1)), out / "confusion_val.png",
+        training_curves(fit.history, out / "curves.png", title=f"{name} ({what})")
+        confusion_matrix_plot(confusion(labels, fit.val_proba.argmax(1)), out / "confusion_val.png",
                               title=f"{name} — validation")
         model.save(out / "model.keras")
         write_json({**cfg, "name": name, "seed": seed, "precision": res.precision, "max_epochs": max_epochs},
