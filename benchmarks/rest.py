@@ -47,11 +47,12 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
 
-    from ferops.data.formats import read_any
-    from ferops.data.split import split_dataset
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train import read_splits
+
     from ferops.metrics import classification_metrics
 
-    test = split_dataset(read_any(args.data)[0], "usage")[0]["test"]
+    test = read_splits(args.data)["test"]
     test = test.subset(test.labeled)
     rows = [" ".join(map(str, p.ravel())) for p in test.pixels.astype(np.uint8)]
     post(args.url, rows[:1], args.tta)  # warm-up (the first call loads/traces)
