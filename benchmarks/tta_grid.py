@@ -3,9 +3,10 @@
     python benchmarks/tta_grid.py models/deep/resnet/model.keras            # val from ../shared/data/fer2013.csv.gz
     python benchmarks/tta_grid.py MODEL --data data/processed/split/val.npz --max-shift 3
 
-Predicts every whole-image shift of -k..+k px in both axes, each with its mirror, once ((2k+1)^2 x 2 views), then
-reports the val accuracy of the built-in modes (none, flip, tencrop, shift) beside denser view sets made from the same
-predictions. The test split is never read: this answers whether a new mode is worth adding, a choice made on val.
+Predicts every whole-image shift of -k..+k px in both axes (and ten-crop's corners), each with its mirror, once
+((2k+1)^2 x 2 views for a 44-px crop), then reports the val accuracy of the built-in modes (none, flip, tencrop, shift;
+their views as ferops.training makes them) beside denser view sets made from the same predictions. The test split is
+never read: this answers whether a new mode is worth adding, a choice made on val.
 """
 
 from __future__ import annotations
@@ -18,23 +19,24 @@ from pathlib import Path
 import numpy as np
 
 
-def view_sets(k: int, d: int) -> dict[str, list[tuple[int, int]]]:
-    """Named sets of (dy, dx) shifts (each used with its mirror); `d` = the corner offset of the model's ten-crop."""
-    around = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
-    corners = [(0, 0)] + [(a, b) for a in (-d, d) for b in (-d, d)]
-    sets = {"none": [(0, 0)], "flip": [(0, 0)], "tencrop": corners, "shift": around,
-            "tencrop+shift": list(dict.fromkeys(corners + around))}
+def view_sets(k: int, crop: int) -> dict[str, list[tuple[int, int]]]:
+    """Named sets of (dy, dx) shifts (each used with its mirror): the built-in modes exactly as
+    `ferops.training` makes them for a model with this crop, then denser sets up to ±k px."""
+    from ferops.training import TTA_VIEW_MODES, _view_offsets
+
+    sets = {m: [(0, 0), *_view_offsets(m, crop)] for m in TTA_VIEW_MODES}
+    sets["tencrop+shift"] = [(0, 0), *_view_offsets("all", crop)]
     for r in range(2, k + 1):
         sets[f"all {2 * r + 1}x{2 * r + 1} (±{r} px)"] = [(a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)]
         sets[f"3x3 grid at ±{r} px"] = [(a, b) for a in (-r, 0, r) for b in (-r, 0, r)]
-    return {n: s for n, s in sets.items() if all(max(abs(a), abs(b)) <= k for a, b in s)}
+    return sets
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a saved .keras model (e.g. models/deep/resnet/model.keras)")
     ap.add_argument("--data", default=None, help="FER2013 CSV (its PublicTest rows) or a split .npz (default: the shared CSV)")
-    ap.add_argument("--max-shift", type=int, default=3, help="largest shift k in px (views: (2k+1)^2 x 2)")
+    ap.add_argument("--max-shift", type=int, default=3, help="largest shift k of the denser sets in px (views: (2k+1)^2 x 2)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -50,18 +52,16 @@ def main() -> None:
     x, y = val.pixels[keep].astype(np.float32)[..., None], val.emotion[keep].astype(int)
     model = load_keras(args.model)
     crop = crop_size(model)
-    d = (48 - crop) // 2 if crop and crop < 48 else 0
-    k = args.max_shift
+    sets = view_sets(args.max_shift, crop)
     t0 = time.perf_counter()
     probs: dict[tuple[int, int, bool], np.ndarray] = {}
-    for dy in range(-k, k + 1):
-        for dx in range(-k, k + 1):
-            b = np.roll(x, (dy, dx), axis=(1, 2))
-            probs[dy, dx, False] = model.predict(b, batch_size=512, verbose=0).astype(np.float64)
-            probs[dy, dx, True] = model.predict(b[:, :, ::-1], batch_size=512, verbose=0).astype(np.float64)
+    for dy, dx in dict.fromkeys(o for shifts in sets.values() for o in shifts):  # each shift predicted once
+        b = np.roll(x, (dy, dx), axis=(1, 2))
+        probs[dy, dx, False] = model.predict(b, batch_size=512, verbose=0).astype(np.float64)
+        probs[dy, dx, True] = model.predict(b[:, :, ::-1], batch_size=512, verbose=0).astype(np.float64)
     print(f"{len(probs)} views of {len(y)} val faces in {time.perf_counter() - t0:.0f} s (model crop {crop or 'none'})")
     print(f"{'views':>5}  {'val acc':>7}  set")
-    for name, shifts in view_sets(k, d).items():
+    for name, shifts in sets.items():
         mirrors = (False,) if name == "none" else (False, True)
         p = sum(probs[a, b, m] for a, b in shifts for m in mirrors)
         print(f"{len(shifts) * len(mirrors):5d}  {100 * float((p.argmax(1) == y).mean()):6.2f}%  {name}")
