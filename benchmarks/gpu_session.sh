@@ -11,7 +11,8 @@
 # Then, with the device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".gpu", ".whl"], timeout_s=600).
 #
 # Settings (environment): GPU_OVERRIDES  YAML merged over profiles/gpu.yaml's resnet entry, e.g.
-#                                        '{batch_mix: {mode: cutmix, alpha: 1.0, p: 0.5}}' (default: none)
+#                                        '{batch_mix: {mode: cutmix, alpha: 1.0, p: 0.5}}' or
+#                                        '{swa: {start: 0.75, lr_ratio: 0.05}}' (default: none)
 #                         SEEDS          seeds trained side by side (default "42 7"; each takes ~40 % of GPU memory)
 #                         EPOCHS         override the profile's 120 epochs (e.g. for a smoke run)
 #                         TRAIN_ARGS     more benchmarks/train.py arguments (e.g. "--tta flip" for a quick CPU smoke run)

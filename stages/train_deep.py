@@ -59,6 +59,8 @@ def main() -> None:
                          max_epochs=max_epochs)
     epochs = f"{m['epochs_run']} epochs" + (f" (best {m['best_epoch']})" if "best_epoch" in m
                                              else f" over {m['n_members']} members")
+    if m.get("swa_used"):
+        epochs += f", weight average of the last {m['swa_epochs']} kept"
     log.info("%s: val_accuracy %.4f, val_macro_f1 %.4f, %s, %.0f s, %.0f images/s",
              args.model, m["val_accuracy"], m["val_macro_f1"], epochs, m["train_wall_s"], m["images_per_s"])
 

@@ -44,6 +44,9 @@ class TrainResult:
     precision: str
     val_proba: np.ndarray | None = field(default=None, repr=False)
     train_model: Any = field(default=None, repr=False)  # the model as trained (augmentation layers, training precision)
+    swa_val_accuracy: float | None = None   # `swa`: the weight average's val accuracy (None: off or < 2 epochs averaged)
+    swa_epochs: list[int] = field(default_factory=list)  # the epochs averaged
+    swa_used: bool = False   # the model holds the average (it beat the best epoch on val), not epoch `best_epoch`
 
 
 def resolve_config(common: dict[str, Any], model_cfg: dict[str, Any], tuned: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,42 +184,51 @@ def _lr_schedules():
 
     @keras.saving.register_keras_serializable(package="ferops")
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up over `warmup_steps`, then cosine decay to `base_lr * final_ratio` at `total_steps`."""
+        """Linear warm-up over `warmup_steps`, then cosine decay to `base_lr * final_ratio` at `anneal_frac` of
+        `total_steps`, held there to the end (`anneal_frac` < 1: the constant-rate tail that `swa` averages over)."""
 
-        def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, final_ratio: float = 0.01):
+        def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, final_ratio: float = 0.01,
+                     anneal_frac: float = 1.0):
             self.base_lr, self.total_steps = float(base_lr), int(max(1, total_steps))
             self.warmup_steps, self.final_ratio = int(max(0, warmup_steps)), float(final_ratio)
+            self.anneal_frac = float(anneal_frac)
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
             warm = self.base_lr * (step + 1.0) / float(max(1, self.warmup_steps))
-            t = ops.clip((step - self.warmup_steps) / float(max(1, self.total_steps - self.warmup_steps)), 0.0, 1.0)
+            end = max(1.0, self.anneal_frac * self.total_steps - self.warmup_steps)
+            t = ops.clip((step - self.warmup_steps) / end, 0.0, 1.0)
             low = self.base_lr * self.final_ratio
             cos = low + 0.5 * (self.base_lr - low) * (1.0 + ops.cos(math.pi * t))
             return ops.where(step < self.warmup_steps, warm, cos)
 
         def get_config(self):
             return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                    "final_ratio": self.final_ratio}
+                    "final_ratio": self.final_ratio, "anneal_frac": self.anneal_frac}
 
     @keras.saving.register_keras_serializable(package="ferops")
     class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-        """One-cycle: linear rise from base/25 to base over `pct_start`, then cosine down to base/1e4."""
+        """One-cycle: linear rise from base/25 to base over `pct_start`, then cosine down to `base * final_ratio`
+        (base/1e4) at `anneal_frac` of `total_steps`, held there to the end (see WarmupCosine)."""
 
-        def __init__(self, base_lr: float, total_steps: int, pct_start: float = 0.3):
+        def __init__(self, base_lr: float, total_steps: int, pct_start: float = 0.3, final_ratio: float = 1e-4,
+                     anneal_frac: float = 1.0):
             self.base_lr, self.total_steps, self.pct_start = float(base_lr), int(max(1, total_steps)), float(pct_start)
+            self.final_ratio, self.anneal_frac = float(final_ratio), float(anneal_frac)
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
-            up = max(1.0, self.pct_start * self.total_steps)
-            start, end = self.base_lr / 25.0, self.base_lr / 1e4
+            span = self.anneal_frac * self.total_steps
+            up = max(1.0, self.pct_start * span)
+            start, end = self.base_lr / 25.0, self.base_lr * self.final_ratio
             rise = start + (self.base_lr - start) * ops.minimum(step / up, 1.0)
-            t = ops.clip((step - up) / max(1.0, self.total_steps - up), 0.0, 1.0)
+            t = ops.clip((step - up) / max(1.0, span - up), 0.0, 1.0)
             fall = end + 0.5 * (self.base_lr - end) * (1.0 + ops.cos(math.pi * t))
             return ops.where(step < up, rise, fall)
 
         def get_config(self):
-            return {"base_lr": self.base_lr, "total_steps": self.total_steps, "pct_start": self.pct_start}
+            return {"base_lr": self.base_lr, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                    "final_ratio": self.final_ratio, "anneal_frac": self.anneal_frac}
 
     _SCHEDULES = {"WarmupCosine": WarmupCosine, "OneCycle": OneCycle}
     return _SCHEDULES
@@ -226,14 +238,18 @@ _SCHEDULES: dict[str, Any] | None = None
 
 
 def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
-    """The configured learning rate: a per-step schedule over `epochs` (cosine | onecycle) or a float (plateau)."""
+    """The configured learning rate: a per-step schedule over `epochs` (cosine | onecycle) or a float (plateau).
+    With `swa`, the schedule anneals to `swa.lr_ratio` × lr by `swa.start` of the epochs and holds that rate."""
     lr = float(cfg.get("lr", 1e-3))
     schedule = cfg.get("schedule", "plateau")
     total = steps_per_epoch * epochs
+    swa = swa_config(cfg)
+    tail = {"final_ratio": swa["lr_ratio"], "anneal_frac": swa["start"]} if swa else {}
     if schedule == "cosine":
-        return _lr_schedules()["WarmupCosine"](lr, total, int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+        return _lr_schedules()["WarmupCosine"](lr, total, int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch),
+                                               **tail)
     if schedule == "onecycle":
-        return _lr_schedules()["OneCycle"](lr, total)
+        return _lr_schedules()["OneCycle"](lr, total, **tail)
     if schedule not in ("plateau", "constant", None):
         raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
     return lr
@@ -278,6 +294,59 @@ def ema_decay(cfg: dict[str, Any]) -> float | None:
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"ema={ema!r}: give the moving average's decay per step, e.g. 0.998 (0 or null = off).")
     return decay
+
+
+def swa_config(cfg: dict[str, Any]) -> dict[str, float] | None:
+    """`swa: {start, lr_ratio}` checked (None = off): stochastic weight averaging (Izmailov et al. 2018)."""
+    swa = cfg.get("swa")
+    if swa is None or swa is False:
+        return None
+    if not isinstance(swa, dict) or set(swa) - {"start", "lr_ratio"}:
+        raise ConfigError(f"swa={swa!r}: give {{start: 0.75, lr_ratio: 0.1}} (average the epochs after 75 % of the "
+                          "run, at a constant 0.1 × lr), or null = off.")
+    start, ratio = _as_number(swa.get("start", 0.75)), _as_number(swa.get("lr_ratio", 0.1))
+    if not 0.0 < start < 1.0:
+        raise ConfigError(f"swa.start={swa.get('start')!r}: the share of the epochs before averaging starts, in (0, 1).")
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"swa.lr_ratio={swa.get('lr_ratio')!r}: the averaging phase's rate as a share of lr, in (0, 1].")
+    return {"start": start, "lr_ratio": ratio}
+
+
+def batchnorm_layers(model) -> list:
+    """Every BatchNormalization layer in `model`, nested models included."""
+    import keras
+
+    found, todo = [], list(model.layers)
+    while todo:
+        layer = todo.pop(0)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        todo.extend(getattr(layer, "layers", []) or [])
+    return found
+
+
+def recompute_bn_stats(model, pixels: np.ndarray, batch_size: int = 256) -> None:
+    """Set every BatchNormalization's moving mean/variance to their average over `pixels` (uint8 faces), seen
+    in training mode (augmentation on, as when they were learnt): averaged weights need statistics of their own,
+    which no training step computed. Eager calls, so each batch can set the exact running-average momentum."""
+    import keras
+
+    bns = batchnorm_layers(model)
+    if not bns:
+        return
+    saved = [b.momentum for b in bns]
+    x = np.asarray(pixels, dtype=np.uint8).reshape(-1, IMG_SIZE, IMG_SIZE, 1)
+    seen = 0
+    try:
+        for i in range(0, len(x), batch_size):
+            part = x[i:i + batch_size].astype(np.float32)
+            for b in bns:  # moving = seen/(seen+n) · moving + n/(seen+n) · batch: the mean over all images so far
+                b.momentum = seen / (seen + len(part))
+            model(keras.ops.convert_to_tensor(part), training=True)
+            seen += len(part)
+    finally:
+        for b, m in zip(bns, saved):
+            b.momentum = m
 
 
 def steps_per_execution(cfg: dict[str, Any]) -> int:
@@ -570,6 +639,47 @@ def _callbacks():
                     v.assign(w)
                 self.raw = None
 
+    class SwaAverage(keras.callbacks.Callback):
+        """`swa`: a running mean of the trainable weights at the end of every epoch past `start` of the planned
+        epochs (TimeBudget's `planned_epochs` when it re-plans, listed before this). With `ckpt_dir` the mean is
+        saved each epoch and reloaded on resume; an epoch already averaged is not averaged twice."""
+
+        def __init__(self, start: float, max_epochs: int, ckpt_dir: Path | None = None):
+            super().__init__()
+            self.start, self.max_epochs, self.dir = float(start), int(max_epochs), ckpt_dir
+            self.mean: list[np.ndarray] | None = None
+            self.count, self.epochs = 0, []
+
+        @property
+        def file(self) -> Path | None:
+            return None if self.dir is None else self.dir / "swa.npz"
+
+        def on_train_begin(self, logs=None):
+            if self.file is not None and self.file.exists():
+                with np.load(self.file) as z:
+                    self.epochs = [int(e) for e in z["epochs"]]
+                    self.mean = [z[f"w{i}"] for i in range(len(z.files) - 1)]
+                self.count = len(self.epochs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            planned = int((logs or {}).get("planned_epochs", self.max_epochs))
+            if epoch + 1 <= self.start * planned or epoch + 1 in self.epochs:
+                return
+            weights = [keras.ops.convert_to_numpy(v).astype(np.float32) for v in self.model.trainable_variables]
+            self.count += 1
+            self.mean = weights if self.mean is None else [m + (w - m) / self.count for m, w in zip(self.mean, weights)]
+            self.epochs.append(epoch + 1)
+            if self.file is not None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.dir / "swa.tmp.npz"
+                np.savez(tmp, epochs=np.array(self.epochs), **{f"w{i}": m for i, m in enumerate(self.mean)})
+                tmp.replace(self.file)
+
+        def assign(self) -> None:
+            """Put the mean into the model's trainable weights (its BN statistics still need `recompute_bn_stats`)."""
+            for v, m in zip(self.model.trainable_variables, self.mean):
+                v.assign(m.astype(v.dtype))
+
     class TimeBudget(keras.callbacks.Callback):
         """`time_budget_min`: after every epoch, re-plan how many epochs fit the budget (`budget_epochs`), re-aim the
         LR schedule to end with the last of them — so the run anneals on time instead of being cut off at a high
@@ -682,7 +792,7 @@ def _callbacks():
                 mlflow.log_metrics(vals, step=epoch + 1)
 
     _CALLBACKS = {"EmaValidation": EmaValidation, "LowResEpochs": LowResEpochs, "LrLogger": LrLogger, "Throughput": Throughput,
-                  "TimeBudget": TimeBudget, "TrainState": TrainState, "MlflowEpochLogger": MlflowEpochLogger}
+                  "SwaAverage": SwaAverage, "TimeBudget": TimeBudget, "TrainState": TrainState, "MlflowEpochLogger": MlflowEpochLogger}
     return _CALLBACKS
 
 
@@ -764,6 +874,11 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     if budget is not None:  # before TrainState's epoch end, which saves the logs it adds
         callbacks.insert(callbacks.index(state) if state is not None else len(callbacks),
                          cbs["TimeBudget"](budget, steps, epochs, None if isinstance(schedule, float) else schedule, state))
+    swa = swa_config(cfg)
+    averager = None
+    if swa is not None:  # after TimeBudget (it reads planned_epochs), before TrainState (which saves the logs)
+        averager = cbs["SwaAverage"](swa["start"], epochs, Path(checkpoint_dir) if checkpoint_dir is not None else None)
+        callbacks.insert(callbacks.index(state) if state is not None else len(callbacks), averager)
     callbacks += list(extra_callbacks or [])
     if verbose == 1 and not sys.stdout.isatty():
         verbose = 2  # one line per epoch in logs and CI instead of a redrawn bar
@@ -772,12 +887,17 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     with scope():
         fit = model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
-    wall = time.perf_counter() - t0
 
     history = state.history if state is not None else {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     if not history.get("val_accuracy"):
         raise DataError("training ran no epoch (epochs=0 or the run had already finished); nothing to return.")
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    swa_val = None
+    if averager is not None and averager.count >= 2:
+        with scope():
+            swa_val = choose_swa(model, averager, train.pixels, ds_val, max(history["val_accuracy"]), best_epoch,
+                                 batch_size=max(batch, 256))
+    wall = time.perf_counter() - t0  # SWA's statistics pass and val check count as training time
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
 
@@ -786,7 +906,27 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     m = classification_metrics(val.emotion.astype(int), proba.argmax(1), prefix="val_")
     return TrainResult(model=clean, train_model=model, history=history, best_epoch=best_epoch, epochs_run=len(history["val_accuracy"]),
                        val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
-                       images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba)
+                       images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba,
+                       swa_val_accuracy=swa_val, swa_epochs=averager.epochs if swa_val is not None else [],
+                       swa_used=swa_val is not None and swa_val > max(history["val_accuracy"]))
+
+
+def choose_swa(model, averager, train_pixels: np.ndarray, ds_val, best_val: float, best_epoch: int, *,
+               batch_size: int = 256) -> float:
+    """Score the weight average on val (its BN statistics recomputed on the train images); keep it in `model`
+    only if it beats the best epoch's `best_val` — the model holds that epoch's weights on entry — else put
+    those back. Returns the average's val accuracy. Selection on val only, like early stopping."""
+    best = model.get_weights()
+    averager.assign()
+    recompute_bn_stats(model, train_pixels, batch_size)
+    acc = float(model.evaluate(ds_val, verbose=0, return_dict=True)["accuracy"])
+    keep = acc > best_val
+    if not keep:
+        model.set_weights(best)
+    first, last = averager.epochs[0], averager.epochs[-1]
+    print(f"SWA: mean of {averager.count} epochs ({first}-{last}) val {acc:.4f} against epoch {best_epoch}'s "
+          f"{best_val:.4f}: keeping {'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
+    return acc
 
 
 def _guard_checkpoint(ckpt: Path, cfg: dict[str, Any]) -> None:
@@ -951,7 +1091,8 @@ def save_member(res: TrainResult, folder: Path, key: str) -> None:
     """Keep a finished ensemble member (inference model + numbers) so a killed stage does not train it again."""
     folder.mkdir(parents=True, exist_ok=True)
     res.model.save(folder / "model.keras")
-    fields = ("history", "best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "wall_s", "images_per_s", "precision")
+    fields = ("history", "best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "wall_s", "images_per_s", "precision",
+              "swa_val_accuracy", "swa_epochs", "swa_used")
     (folder / "result.json").write_text(json.dumps({"key": key, **{f: getattr(res, f) for f in fields}}))
 
 
@@ -1052,6 +1193,12 @@ def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, ch
     return FitResult(model, members, seeds, proba, ensemble_history([r.history for r in members]))
 
 
+def swa_metrics(res: TrainResult) -> dict[str, float | int]:
+    """The weight average's numbers (`swa`): its val accuracy, how many epochs it averaged, whether it was kept."""
+    return {"swa_val_accuracy": float(res.swa_val_accuracy), "swa_epochs": len(res.swa_epochs),
+            "swa_used": int(res.swa_used)}
+
+
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
                      ingest_report: dict[str, Any], out_dir: str | Path, checkpoint_dir: str | Path | None = None,
                      curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1) -> dict[str, Any]:
@@ -1091,6 +1238,8 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
         metrics.update({"epochs_run": fit.epochs_run, "train_wall_s": round(fit.wall_s, 2),
                         "images_per_s": round(fit.images_per_s, 1), "n_params": int(model.count_params())})
         metrics.update({"best_epoch": res.best_epoch} if len(members) == 1 else {"n_members": len(members)})
+        if len(members) == 1 and res.swa_val_accuracy is not None:
+            metrics.update(swa_metrics(res))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tag("precision", res.precision)
 

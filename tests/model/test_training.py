@@ -23,8 +23,10 @@ from ferops.training import (  # noqa: E402
     mix_batch,
     mix_config,
     predict_proba,
+    recompute_bn_stats,
     resolve_config,
     steps_per_execution,
+    swa_config,
     time_budget_s,
     train_keras,
     tta_views,
@@ -406,6 +408,111 @@ def test_ema_weights_are_validated_and_kept(tiny):
     assert res.val_accuracy == pytest.approx(max(res.history["val_accuracy"]), abs=1e-6)
     kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
     np.testing.assert_allclose(kept, probe["average"][res.best_epoch - 1], rtol=1e-6)
+
+
+def test_swa_config_is_checked():
+    assert swa_config({}) is None and swa_config({"swa": None}) is None and swa_config({"swa": False}) is None
+    assert swa_config({"swa": {}}) == {"start": 0.75, "lr_ratio": 0.1}
+    assert swa_config({"swa": {"start": 0.5, "lr_ratio": 1}}) == {"start": 0.5, "lr_ratio": 1.0}
+    for bad, what in (({"start": 1.0}, "swa.start"), ({"start": "late"}, "swa.start"), ({"lr_ratio": 0}, "swa.lr_ratio"),
+                      ({"begin": 0.5}, "swa="), (0.75, "swa=")):
+        with pytest.raises(ConfigError, match=what):
+            swa_config({"swa": bad})
+
+
+def test_schedules_hold_their_floor_after_anneal_frac():
+    """With `anneal_frac` (swa's start), both schedules reach their floor at that share of the run and stay there."""
+    s = _lr_schedules()
+    lr = lambda sched, step: float(keras.ops.convert_to_numpy(sched(step)))  # noqa: E731
+    wc = s["WarmupCosine"](1.0, total_steps=100, warmup_steps=10, final_ratio=0.1, anneal_frac=0.75)
+    assert lr(wc, 10) == pytest.approx(1.0, rel=1e-5) and 0.1 < lr(wc, 40) < 1.0
+    assert [lr(wc, t) for t in (75, 90, 100)] == pytest.approx([0.1] * 3, rel=1e-5)
+    oc = s["OneCycle"](1.0, total_steps=100, final_ratio=0.05, anneal_frac=0.5)
+    assert lr(oc, 15) == pytest.approx(1.0) and [lr(oc, t) for t in (50, 80)] == pytest.approx([0.05] * 2, rel=1e-5)
+    assert type(oc).from_config(oc.get_config()).get_config() == oc.get_config()
+
+
+def test_recompute_bn_stats_gives_the_mean_over_all_images():
+    """The running-average momentum makes the moving mean the exact mean over every image (uneven last batch too)."""
+    inp = keras.Input((48, 48, 1))
+    bn = keras.layers.BatchNormalization(axis=-1)
+    model = keras.Model(inp, bn(inp))
+    x = np.random.default_rng(0).integers(0, 256, (70, 48, 48)).astype(np.uint8)
+    recompute_bn_stats(model, x, batch_size=32)
+    assert float(keras.ops.convert_to_numpy(bn.moving_mean)[0]) == pytest.approx(x.mean(), rel=1e-5)
+    batch_vars = [x[i:i + 32].astype(np.float64).var() for i in (0, 32, 64)]
+    want = np.average(batch_vars, weights=[32, 32, 6])  # per-batch variances, weighted by batch size
+    assert float(keras.ops.convert_to_numpy(bn.moving_variance)[0]) == pytest.approx(want, rel=1e-3)
+    assert bn.momentum == 0.99  # restored
+
+
+def _kernels_at_epoch_end():
+    seen: list[np.ndarray] = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(keras.ops.convert_to_numpy(self.model.trainable_variables[0]).copy())
+
+    return seen, Probe()
+
+
+def test_swa_averages_the_tail_and_is_kept_only_if_val_says_so(tiny):
+    train, val = tiny
+    seen, probe = _kernels_at_epoch_end()
+    cfg = {**TINY, "epochs": 4, "swa": {"start": 0.5, "lr_ratio": 0.1}, "class_weights": False}
+    res = train_keras(train, val, cfg, seed=0, verbose=0, extra_callbacks=[probe])
+    assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and res.swa_val_accuracy is not None
+    assert res.history["lr"][2:] == pytest.approx([TINY["lr"] * 0.1] * 2, rel=1e-4)  # the constant-rate tail
+    kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
+    if res.swa_used:
+        assert res.swa_val_accuracy > max(res.history["val_accuracy"])
+        np.testing.assert_allclose(kept, (seen[2] + seen[3]) / 2, rtol=1e-5, atol=1e-7)
+        assert res.val_accuracy == pytest.approx(res.swa_val_accuracy, abs=1e-6)
+    else:
+        assert res.swa_val_accuracy <= max(res.history["val_accuracy"])
+        np.testing.assert_array_equal(kept, seen[res.best_epoch - 1])
+        assert res.val_accuracy == pytest.approx(max(res.history["val_accuracy"]), abs=1e-6)
+
+
+def test_choose_swa_keeps_the_average_only_when_it_beats_the_best_val(tiny):
+    """Both ways of the val comparison: a beaten best keeps the average (BN statistics recomputed), an unbeaten one
+    gets its own weights back, statistics included."""
+    from ferops.training import _callbacks, choose_swa
+
+    train, val = tiny
+    model = train_keras(train, val, {**TINY, "epochs": 1, "class_weights": False}, seed=0, verbose=0).train_model
+    ds_val = make_dataset(val.pixels, val.emotion.astype(int), 64)
+    before = [w.copy() for w in model.get_weights()]
+    averager = _callbacks()["SwaAverage"](0.5, 2)
+    averager.set_model(model)
+    averager.mean = [keras.ops.convert_to_numpy(v) * 0.5 for v in model.trainable_variables]
+    averager.count, averager.epochs = 2, [1, 2]
+
+    acc = choose_swa(model, averager, train.pixels, ds_val, best_val=2.0, best_epoch=1)  # unbeatable: keep the epoch
+    assert 0.0 <= acc <= 1.0
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    choose_swa(model, averager, train.pixels, ds_val, best_val=-1.0, best_epoch=1)  # any average wins
+    for v, m in zip(model.trainable_variables, averager.mean):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), m)
+    moved = [not np.array_equal(a, b) for a, b, v in zip(model.get_weights(), before, model.weights) if "moving" in v.path]
+    assert moved and all(moved)  # every BN layer's statistics were recomputed for the average
+
+
+def test_swa_average_survives_a_resume(tiny, tmp_path):
+    train, val = tiny
+    cfg = {**TINY, "epochs": 4, "swa": {"start": 0.5}, "class_weights": False}
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("killed after epoch 3")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Kill()])
+    assert (tmp_path / "ckpt" / "swa.npz").exists()
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt")
+    assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and res.swa_val_accuracy is not None
 
 
 def test_time_budget_config_is_checked():
