@@ -892,10 +892,10 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     if not history.get("val_accuracy"):
         raise DataError("training ran no epoch (epochs=0 or the run had already finished); nothing to return.")
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
-    swa_val = None
+    swa_val, swa_kept = None, False
     if averager is not None and averager.count >= 2:
         with scope():
-            swa_val = choose_swa(model, averager, train.pixels, ds_val, max(history["val_accuracy"]), best_epoch,
+            swa_val, swa_kept = choose_swa(model, averager, train.pixels, ds_val, max(history["val_accuracy"]), best_epoch,
                                  batch_size=max(batch, 256))
     wall = time.perf_counter() - t0  # SWA's statistics pass and val check count as training time
     if checkpoint_dir is not None:
@@ -908,14 +908,14 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                        val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
                        images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba,
                        swa_val_accuracy=swa_val, swa_epochs=averager.epochs if swa_val is not None else [],
-                       swa_used=swa_val is not None and swa_val > max(history["val_accuracy"]))
+                       swa_used=swa_kept)
 
 
 def choose_swa(model, averager, train_pixels: np.ndarray, ds_val, best_val: float, best_epoch: int, *,
-               batch_size: int = 256) -> float:
+               batch_size: int = 256) -> tuple[float, bool]:
     """Score the weight average on val (its BN statistics recomputed on the train images); keep it in `model`
     only if it beats the best epoch's `best_val` — the model holds that epoch's weights on entry — else put
-    those back. Returns the average's val accuracy. Selection on val only, like early stopping."""
+    those back. Returns the average's val accuracy and whether it was kept. Selection on val only, like early stopping."""
     best = model.get_weights()
     averager.assign()
     recompute_bn_stats(model, train_pixels, batch_size)
@@ -926,7 +926,7 @@ def choose_swa(model, averager, train_pixels: np.ndarray, ds_val, best_val: floa
     first, last = averager.epochs[0], averager.epochs[-1]
     print(f"SWA: mean of {averager.count} epochs ({first}-{last}) val {acc:.4f} against epoch {best_epoch}'s "
           f"{best_val:.4f}: keeping {'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
-    return acc
+    return acc, keep
 
 
 def _guard_checkpoint(ckpt: Path, cfg: dict[str, Any]) -> None:

@@ -488,11 +488,11 @@ def test_choose_swa_keeps_the_average_only_when_it_beats_the_best_val(tiny):
     averager.mean = [keras.ops.convert_to_numpy(v) * 0.5 for v in model.trainable_variables]
     averager.count, averager.epochs = 2, [1, 2]
 
-    acc = choose_swa(model, averager, train.pixels, ds_val, best_val=2.0, best_epoch=1)  # unbeatable: keep the epoch
-    assert 0.0 <= acc <= 1.0
+    acc, kept = choose_swa(model, averager, train.pixels, ds_val, best_val=2.0, best_epoch=1)  # unbeatable: keep the epoch
+    assert 0.0 <= acc <= 1.0 and not kept
     for got, want in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, want)
-    choose_swa(model, averager, train.pixels, ds_val, best_val=-1.0, best_epoch=1)  # any average wins
+    assert choose_swa(model, averager, train.pixels, ds_val, best_val=-1.0, best_epoch=1)[1]  # any average wins
     for v, m in zip(model.trainable_variables, averager.mean):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), m)
     moved = [not np.array_equal(a, b) for a, b, v in zip(model.get_weights(), before, model.weights) if "moving" in v.path]
