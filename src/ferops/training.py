@@ -349,6 +349,20 @@ def recompute_bn_stats(model, pixels: np.ndarray, batch_size: int = 256) -> None
             b.momentum = m
 
 
+def save_weights_npz(path: Path, weights: list[np.ndarray], **extra: np.ndarray) -> None:
+    """A list of weight arrays (keys w0, w1, ...) plus `extra` arrays, written atomically: a kill never leaves half a file."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **extra, **{f"w{i}": w for i, w in enumerate(weights)})
+    tmp.replace(path)
+
+
+def load_weights_npz(path: Path) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """What `save_weights_npz` wrote: the weight list in order, and the extra arrays by name."""
+    with np.load(path) as z:
+        extra = {k: z[k] for k in z.files if not (k[0] == "w" and k[1:].isdigit())}
+        return [z[f"w{i}"] for i in range(len(z.files) - len(extra))], extra
+
+
 def steps_per_execution(cfg: dict[str, Any]) -> int:
     """`steps_per_execution` (default 1): train steps per traced call; callbacks' batch hooks see every n-th step."""
     n = cfg.get("steps_per_execution")
@@ -656,9 +670,8 @@ def _callbacks():
 
         def on_train_begin(self, logs=None):
             if self.file is not None and self.file.exists():
-                with np.load(self.file) as z:
-                    self.epochs = [int(e) for e in z["epochs"]]
-                    self.mean = [z[f"w{i}"] for i in range(len(z.files) - 1)]
+                self.mean, extra = load_weights_npz(self.file)
+                self.epochs = [int(e) for e in extra["epochs"]]
                 self.count = len(self.epochs)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -671,9 +684,7 @@ def _callbacks():
             self.epochs.append(epoch + 1)
             if self.file is not None:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.dir / "swa.tmp.npz"
-                np.savez(tmp, epochs=np.array(self.epochs), **{f"w{i}": m for i, m in enumerate(self.mean)})
-                tmp.replace(self.file)
+                save_weights_npz(self.file, self.mean, epochs=np.array(self.epochs))
 
         def assign(self) -> None:
             """Put the mean into the model's trainable weights (its BN statistics still need `recompute_bn_stats`)."""
@@ -749,8 +760,7 @@ def _callbacks():
             self.early.best, self.early.wait, self.early.best_epoch = es.get("best"), es.get("wait", 0), es.get("best_epoch", 0)
             best = self.dir / "best_weights.npz"
             if es.get("best") is not None and best.exists():
-                with np.load(best) as z:
-                    self.early.best_weights = [z[f"w{i}"] for i in range(len(z.files))]
+                self.early.best_weights = load_weights_npz(best)[0]
                 self._best_saved = self.early.best_epoch
             if self.plateau is not None and st.get("plateau"):
                 for k, v in st["plateau"].items():
@@ -762,7 +772,7 @@ def _callbacks():
                 self.history.setdefault(k, []).append(float(v))
             self.dir.mkdir(parents=True, exist_ok=True)
             if self.early.best_weights is not None and self._best_saved != self.early.best_epoch:
-                np.savez(self.dir / "best_weights.npz", **{f"w{i}": w for i, w in enumerate(self.early.best_weights)})
+                save_weights_npz(self.dir / "best_weights.npz", self.early.best_weights)
                 self._best_saved = self.early.best_epoch
             st = {"epoch": epoch + 1, "history": self.history,
                   "early": {"best": None if self.early.best is None else float(self.early.best),
