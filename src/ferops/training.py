@@ -182,21 +182,42 @@ def _lr_schedules():
     import keras
     from keras import ops
 
+    class Replannable(keras.optimizers.schedules.LearningRateSchedule):
+        """`total_steps` is mirrored in a variable that the traced train step reads, so TimeBudget can re-aim the
+        schedule without re-tracing it (a re-trace costs ~8 s on 2 cores, and a noisy host re-plans most epochs)."""
+
+        def _set_horizon(self, total_steps: int) -> None:
+            self._total = int(max(1, total_steps))
+            self._horizon = keras.Variable(float(self._total), dtype="float32", trainable=False, name="lr_horizon")
+
+        @property
+        def total_steps(self) -> int:
+            return self._total
+
+        @total_steps.setter
+        def total_steps(self, value: int) -> None:
+            self._total = int(max(1, value))
+            self._horizon.assign(float(self._total))
+
+        def _steps(self):
+            return ops.cast(ops.convert_to_tensor(self._horizon), "float32")
+
     @keras.saving.register_keras_serializable(package="ferops")
-    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    class WarmupCosine(Replannable):
         """Linear warm-up over `warmup_steps`, then cosine decay to `base_lr * final_ratio` at `anneal_frac` of
         `total_steps`, held there to the end (`anneal_frac` < 1: the constant-rate tail that `swa` averages over)."""
 
         def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, final_ratio: float = 0.01,
                      anneal_frac: float = 1.0):
-            self.base_lr, self.total_steps = float(base_lr), int(max(1, total_steps))
+            self.base_lr = float(base_lr)
+            self._set_horizon(total_steps)
             self.warmup_steps, self.final_ratio = int(max(0, warmup_steps)), float(final_ratio)
             self.anneal_frac = float(anneal_frac)
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
             warm = self.base_lr * (step + 1.0) / float(max(1, self.warmup_steps))
-            end = max(1.0, self.anneal_frac * self.total_steps - self.warmup_steps)
+            end = ops.maximum(1.0, self.anneal_frac * self._steps() - self.warmup_steps)
             t = ops.clip((step - self.warmup_steps) / end, 0.0, 1.0)
             low = self.base_lr * self.final_ratio
             cos = low + 0.5 * (self.base_lr - low) * (1.0 + ops.cos(math.pi * t))
@@ -207,22 +228,23 @@ def _lr_schedules():
                     "final_ratio": self.final_ratio, "anneal_frac": self.anneal_frac}
 
     @keras.saving.register_keras_serializable(package="ferops")
-    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    class OneCycle(Replannable):
         """One-cycle: linear rise from base/25 to base over `pct_start`, then cosine down to `base * final_ratio`
         (base/1e4) at `anneal_frac` of `total_steps`, held there to the end (see WarmupCosine)."""
 
         def __init__(self, base_lr: float, total_steps: int, pct_start: float = 0.3, final_ratio: float = 1e-4,
                      anneal_frac: float = 1.0):
-            self.base_lr, self.total_steps, self.pct_start = float(base_lr), int(max(1, total_steps)), float(pct_start)
+            self.base_lr, self.pct_start = float(base_lr), float(pct_start)
+            self._set_horizon(total_steps)
             self.final_ratio, self.anneal_frac = float(final_ratio), float(anneal_frac)
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
-            span = self.anneal_frac * self.total_steps
-            up = max(1.0, self.pct_start * span)
+            span = self.anneal_frac * self._steps()
+            up = ops.maximum(1.0, self.pct_start * span)
             start, end = self.base_lr / 25.0, self.base_lr * self.final_ratio
             rise = start + (self.base_lr - start) * ops.minimum(step / up, 1.0)
-            t = ops.clip((step - up) / max(1.0, span - up), 0.0, 1.0)
+            t = ops.clip((step - up) / ops.maximum(1.0, span - up), 0.0, 1.0)
             fall = end + 0.5 * (self.base_lr - end) * (1.0 + ops.cos(math.pi * t))
             return ops.where(step < up, rise, fall)
 
@@ -514,7 +536,12 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int,
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     if mix is not None:
         ds = _tf_mixed(ds, mix, seed)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # tf.data's autotuner stalls the first step of most epochs by 5–10 s on 2 cores (every new iterator; measured,
+    # benchmarks/RESULTS.md), and this pipeline — a cast of a cached array — has nothing to tune. Without it,
+    # AUTOTUNE parallelism means one call per core and prefetch grows its buffer by itself.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _tf_mixed(ds, mix: dict[str, Any], seed: int):
@@ -708,8 +735,9 @@ def _callbacks():
         def _aim(self, epochs: int) -> None:
             self.planned = epochs
             if self.schedule is not None and self.schedule.total_steps != epochs * self.steps:
-                self.schedule.total_steps = epochs * self.steps
-                self.model.make_train_function(force=True)  # the horizon is a constant of the traced step
+                self.schedule.total_steps = epochs * self.steps  # a variable the traced TF step reads
+                if keras.backend.backend() != "tensorflow":
+                    self.model.make_train_function(force=True)  # jax/torch: the horizon is a constant of the step
 
         def on_epoch_begin(self, epoch, logs=None):
             if self.t0 is None:  # every on_train_begin has run: TrainState has restored a resumed run's history

@@ -84,6 +84,19 @@ def test_warmup_cosine_and_onecycle_schedules():
     assert type(wc).from_config(wc.get_config()).get_config() == wc.get_config()  # serialisable
 
 
+def test_schedule_horizon_is_re_aimed_without_a_retrace():
+    """TimeBudget moves `total_steps` after most epochs; the traced step must see it without being traced again."""
+    import tensorflow as tf
+
+    for name in ("WarmupCosine", "OneCycle"):
+        sched = _lr_schedules()[name](1.0, total_steps=100)
+        lr = tf.function(lambda step, sched=sched: sched(step))
+        assert float(lr(tf.constant(50))) > 0.1
+        sched.total_steps = 50  # step 50 is now the end of the schedule
+        assert float(lr(tf.constant(50))) < 0.011
+        assert lr.experimental_get_tracing_count() == 1 and sched.get_config()["total_steps"] == 50
+
+
 def test_subsample_keeps_every_class():
     d = _data(700, 2)
     sub = stratified_subsample(d, 70, seed=0)
