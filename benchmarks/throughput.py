@@ -42,6 +42,26 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def compiled_model(cfg: dict, steps_per_epoch: int = 100, epochs: int = 10):
+    """The variant's model, built and compiled as training compiles it (precision, optimizer and LR schedule, label
+    smoothing, steps per execution, optional XLA). Returns (model, the schedule or float learning rate)."""
+    import keras
+
+    from ferops.models.zoo import build_model
+    from ferops.training import choose_precision, lr_schedule, make_optimizer, set_seeds, steps_per_execution
+
+    set_seeds(0)
+    keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
+    model = build_model(cfg, seed=0)
+    if any(layer.name == "low_res" for layer in model.layers):
+        model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
+    schedule = lr_schedule(cfg, steps_per_epoch, epochs)
+    model.compile(optimizer=make_optimizer(cfg, schedule), jit_compile=bool(cfg.get("jit_compile", False)),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  steps_per_execution=steps_per_execution(cfg))
+    return model, schedule
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet")
@@ -59,9 +79,7 @@ def main() -> None:
     import keras
 
     from ferops.config import deep_merge, load_params
-    from ferops.models.zoo import build_model
-    from ferops.training import (choose_precision, lr_schedule, make_dataset, make_optimizer, set_seeds,
-                                 steps_per_execution)
+    from ferops.training import make_dataset
 
     params = load_params(args.params)
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
@@ -69,15 +87,8 @@ def main() -> None:
     runs = {}
     for name, over in variants:
         cfg = deep_merge(base, over)
-        set_seeds(0)
-        keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
         batch = int(cfg.get("batch_size", 128))
-        model = build_model(cfg, seed=0)
-        if any(layer.name == "low_res" for layer in model.layers):
-            model.get_layer("low_res").enabled = True  # time the low-resolution phase of progressive resizing
-        model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, 100, 10)), jit_compile=bool(cfg.get("jit_compile", False)),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                      steps_per_execution=steps_per_execution(cfg))
+        model, _ = compiled_model(cfg)
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
         y = keras.utils.to_categorical(rng.integers(0, 7, batch), 7)
