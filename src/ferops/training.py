@@ -184,7 +184,7 @@ def _lr_schedules():
 
     class Replannable(keras.optimizers.schedules.LearningRateSchedule):
         """`total_steps` is mirrored in a variable that the traced train step reads, so TimeBudget can re-aim the
-        schedule without re-tracing it (a re-trace costs ~8 s on 2 cores, and a noisy host re-plans most epochs)."""
+        schedule without re-tracing it (a re-trace cost ~5 s on 2 cores, and a noisy host re-plans most epochs)."""
 
         def _set_horizon(self, total_steps: int) -> None:
             self._total = int(max(1, total_steps))
@@ -536,8 +536,8 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int,
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     if mix is not None:
         ds = _tf_mixed(ds, mix, seed)
-    # tf.data's autotuner stalls the first step of most epochs by 5–10 s on 2 cores (every new iterator; measured,
-    # benchmarks/RESULTS.md), and this pipeline — a cast of a cached array — has nothing to tune. Without it,
+    # tf.data's autotuner stalled the first step of half the epochs by ~5 s on 2 cores (benchmarks/epoch_overhead.py,
+    # RESULTS.md), and this pipeline — a cast of a cached array — has nothing to tune. Without it,
     # AUTOTUNE parallelism means one call per core and prefetch grows its buffer by itself.
     options = tf.data.Options()
     options.autotune.enabled = False
