@@ -9,7 +9,7 @@ from pathlib import Path
 from ferops.config import load_params, section
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
-from ferops.runner import cap_onednn_isa, run
+from ferops.runner import cap_onednn_isa, run, start_tensorflow
 
 log = logging.getLogger("ferops.train_deep")
 
@@ -44,6 +44,7 @@ def main() -> None:
             log.warning("use_tuned is true but %s has no %s.json — training with params.yaml values", args.tuning, args.model)
 
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
+    start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     report = read_json(args.ingest_report)
     seed = int(params.get("seed", 42))
     train = load_npz(args.augmented if cfg.get("use_augmented") else args.split / "train.npz")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ferops.runner import cap_onednn_isa, run
+from ferops.runner import cap_onednn_isa, run, start_tensorflow
 
 
 def main() -> None:
@@ -40,6 +40,7 @@ def main() -> None:
     b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")))
     cfg = resolve_config(deep.get("common") or {}, model)
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage
+    start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     train = stratified_subsample(load_npz(args.split / "train.npz"), b["train_rows"], seed)
     val = stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
     # Same space/config/data/epochs → same study (a rerun resumes it); any change → a fresh study.

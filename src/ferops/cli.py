@@ -12,11 +12,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferops", description="Facial-expression recognition MLOps tools.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pr = sub.add_parser("predict", help="find faces in photos and classify their expression with the champion")
-    pr.add_argument("photos", nargs="+", help="image files (jpg/png/...)")
+    pr = sub.add_parser("predict", help="classify the expression of each face in photos (or folders of them) "
+                                        "with the champion")
+    pr.add_argument("photos", nargs="+", help="image files (jpg/png/...) or folders (every image under them)")
     pr.add_argument("--model", default=None, help="model URI or .keras path (default: models:/<register.model_name>@champion)")
-    pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written")
-    pr.add_argument("--params", default="params.yaml")
+    pr.add_argument("--faces", default="auto", choices=("auto", "detect", "whole"),
+                    help="detect: find faces (OpenCV Haar cascade) and classify each; whole: the image is one face "
+                         "crop; auto (default): whole for small near-square images (<= 128 px, e.g. FER2013's "
+                         "48-px files), detect otherwise")
+    pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written (<name>_pred.<ext>)")
+    pr.add_argument("--no-annotate", action="store_true", help="write no annotated copies")
+    pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
+    pr.add_argument("--params", default="params.yaml", help="params file naming the registered model (register:)")
     pr.add_argument("--tta", default="auto",
                     help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
                          "stage chose on val for the registered model; none for a .keras file)")

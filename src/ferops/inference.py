@@ -43,7 +43,15 @@ MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downs
 # the long side are found.
 DETECT_MAX_SIDE = {"opencv-haar": 400, "skimage-lbp": 256}
 ANNOTATED_MAX_SIDE = 1920  # annotated copies of huge photos are downscaled to this (for viewing)
+ANNOTATED_MIN_SIDE = 256   # and small images (face crops) enlarged to this
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# `ferops predict --faces`: detect faces, take the whole image as one face, or auto = whole for a small near-square
+# image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
+# image-folder sample the cascade finds a face in only 32: the champion scores 61-64 % whole, 14-15 % with detection
+# (benchmarks/face_modes.py; benchmarks/RESULTS.md, "Inference").
+FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")
+FACE_CROP_MAX_SIDE = 128
+PHOTO_GROUP = 64           # photos read and classified together: one model call per group, not per photo
 MAX_LISTED_ERRORS = 5
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
@@ -214,9 +222,9 @@ def load_keras(path: str | Path, fold: bool = True) -> Any:
     """A saved `.keras` model (ferops custom layers registered first), without its training config; `fold`:
     with its BatchNormalization layers folded into the convolutions before them (`fold_batchnorm`: the same
     predictions to float rounding, faster on CPU)."""
-    from ferops.runner import tf_environment
+    from ferops.runner import start_tensorflow
 
-    tf_environment()  # `mlflow models serve` workers start here: oneDNN on if TF is not imported yet
+    start_tensorflow()  # `mlflow models serve` workers start here: oneDNN on if TF is not imported yet
     import keras
 
     from ferops.models.zoo import custom_objects, fold_batchnorm
@@ -539,12 +547,25 @@ def _from_pyfunc(pyfunc: Any) -> Classifier:
     return Classifier(call)
 
 
+def list_photos(paths: Sequence[str | Path]) -> list[Path]:
+    """Command-line inputs → photo paths: a folder expands to the image files under it (recursively, sorted by
+    path); anything else stays as given, so a missing or unreadable file is reported on its own line."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) \
+            if p.is_dir() else []
+        out.extend(found or [p])  # an empty folder stays, to be reported
+    return out
+
+
 def _read_photo(path: Path) -> np.ndarray:
     """A photo as a BGR image (EXIF orientation applied); DataError saying why it cannot be read."""
     import cv2
 
     if not path.exists():
         raise DataError("file not found")
+    if path.is_dir():
+        raise DataError(f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)}) under it")
     if not path.is_file():
         raise DataError("not a file")
     data = np.fromfile(str(path), dtype=np.uint8)
@@ -556,11 +577,37 @@ def _read_photo(path: Path) -> np.ndarray:
     return img
 
 
+def is_face_crop(shape: Sequence[int]) -> bool:
+    """A small near-square image (long side ≤ FACE_CROP_MAX_SIDE, sides within 5:4): taken to be a face crop."""
+    h, w = shape[:2]
+    return max(h, w) <= FACE_CROP_MAX_SIDE and 0.8 <= w / max(h, 1) <= 1.25
+
+
+def check_faces(faces: str) -> str:
+    """`faces` if it is one of FACE_MODES, else ConfigError naming them."""
+    if faces not in FACE_MODES:
+        raise ConfigError(f"faces={faces!r}: use one of {', '.join(FACE_MODES)}.")
+    return faces
+
+
+def face_regions(gray: np.ndarray, faces: str = "auto") -> tuple[list[Box], str]:
+    """The boxes to classify in a grey image and where they came from: `detected` (the cascade), or `whole image`
+    (the centre square, as training images are read) for `faces="whole"` and, with `auto`, for a face crop."""
+    h, w = gray.shape[:2]
+    if check_faces(faces) == "whole" or (faces == "auto" and is_face_crop(gray.shape)):
+        side = min(h, w)
+        return [((w - side) // 2, (h - side) // 2, side, side)], "whole image"
+    return detect_faces(gray), "detected"
+
+
 def _annotate(img: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
     """A copy with one box and `Label 87%` per face (downscaled first when huge)."""
     import cv2
 
     out = shrink(img, ANNOTATED_MAX_SIDE, exact=False)
+    if max(out.shape[:2]) < ANNOTATED_MIN_SIDE:  # a 48-px face crop: enlarged, so the label is legible
+        f = ANNOTATED_MIN_SIDE / max(out.shape[:2])
+        out = cv2.resize(out, (round(out.shape[1] * f), round(out.shape[0] * f)), interpolation=cv2.INTER_CUBIC)
     out = out.copy() if out is img else out
     scale = out.shape[1] / img.shape[1]
     thick = max(1, round(max(out.shape[:2]) / 400))
@@ -573,7 +620,12 @@ def _annotate(img: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 255, 0), thick, cv2.LINE_AA)
         text = f"{f['label_name']} {f['probabilities'][f['label_name']]:.0%}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
-        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4   # above the box, else below it
+        if y - th - base - 4 >= 0:                                # above the box,
+            ty = y - 4
+        elif y + h + th + base + 4 <= out.shape[0]:               # else below it,
+            ty = y + h + th + 4
+        else:                                                     # else inside its top (a whole-image box)
+            ty = y + th + 4
         tx = max(0, min(x, out.shape[1] - tw))                     # keep the label inside the picture
         cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty + base), (0, 255, 0), -1)
         cv2.putText(out, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick, cv2.LINE_AA)
@@ -591,63 +643,120 @@ def _annotated_path(out_dir: Path, src: Path, used: set[Path]) -> Path:
     return p
 
 
-def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path = "predictions",
-                   tta: str = "none") -> list[dict[str, Any]]:
-    """Find and classify every face in each photo (`tta`: a view mode, see predict_proba); write annotated
-    copies; one result dict per photo.
-
-    A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h], label, label_name, probabilities;
-    left to right), `annotated` (path or None), `note` ("no face found") and `error` (why the file was
-    not read, else None).
-    """
+def _classify_group(items: list[tuple[dict[str, Any], np.ndarray | None]], model: Any, tta: str, faces: str) -> None:
+    """Fill each readable photo's `faces`, `faces_from` and `note`, all faces of the group in one model call."""
     import cv2
 
-    out = Path(out_dir)
-    used: set[Path] = set()
-    results = []
-    for p in map(Path, paths):
-        res: dict[str, Any] = {"file": str(p), "image_size": None, "faces": [], "annotated": None, "note": None,
-                               "error": None}
-        try:
-            img = _read_photo(p)
-        except DataError as exc:
-            res["error"] = str(exc)
-            results.append(res)
+    crops, owners = [], []
+    for res, img in items:
+        if img is None:
             continue
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        boxes = detect_faces(gray)
-        if boxes:
-            crops = np.stack([resize_to_model(crop_square(gray, b)) for b in boxes])
-            proba = predict_proba(model, crops, tta=tta)
-            for b, pr in zip(boxes, proba):
-                k = int(pr.argmax())
-                res["faces"].append({"box": list(b), "label": k, "label_name": EMOTIONS[k],
-                                     "probabilities": {n: round(float(v), 4) for n, v in zip(EMOTIONS, pr)}})
-        else:
+        boxes, res["faces_from"] = face_regions(gray, faces)
+        whole = res["faces_from"] == "whole image"
+        for b in boxes:
+            crops.append(resize_to_model(gray if whole else crop_square(gray, b)))
+            owners.append((res, b))
+        if not boxes:
             res["note"] = "no face found"
-        res["image_size"] = [int(img.shape[1]), int(img.shape[0])]
-        dest = _annotated_path(out, p, used)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            written = cv2.imwrite(str(dest), _annotate(img, res["faces"]))
-        except (OSError, cv2.error) as exc:
-            raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there ({exc}).") from None
-        if not written:
-            raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there.")
-        res["annotated"] = str(dest)
-        results.append(res)
+    if not crops:
+        return
+    proba = predict_proba(model, np.stack(crops), tta=tta)
+    for (res, b), pr in zip(owners, proba):
+        k = int(pr.argmax())
+        res["faces"].append({"box": [int(v) for v in b], "label": k, "label_name": EMOTIONS[k],
+                             "probabilities": {n: round(float(v), 4) for n, v in zip(EMOTIONS, pr)}})
+
+
+def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path | None = "predictions",
+                   tta: str = "none", faces: str = "auto", progress: bool = False) -> list[dict[str, Any]]:
+    """Find and classify every face in each photo (folders: every image under them); one result dict per photo.
+
+    `tta`: a view mode (see predict_proba). `faces`: detect | whole | auto (see face_regions). Annotated copies
+    go to `out_dir` (None: none written). A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h],
+    label, label_name, probabilities; left to right), `faces_from` (detected | whole image), `annotated` (path
+    or None), `note` ("no face found") and `error` (why the file was not read, else None).
+    """
+    import cv2
+    from tqdm.auto import tqdm
+
+    check_faces(faces)
+    out = Path(out_dir) if out_dir is not None else None
+    used: set[Path] = set()
+    photos = list_photos(paths)
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(photos), desc="predict", unit="photo", disable=None if progress else True)
+    for g in range(0, len(photos), PHOTO_GROUP):
+        items: list[tuple[dict[str, Any], np.ndarray | None]] = []
+        for p in photos[g:g + PHOTO_GROUP]:
+            res: dict[str, Any] = {"file": str(p), "image_size": None, "faces": [], "faces_from": None,
+                                   "annotated": None, "note": None, "error": None}
+            try:
+                img = _read_photo(p)
+                res["image_size"] = [int(img.shape[1]), int(img.shape[0])]
+            except DataError as exc:
+                res["error"], img = str(exc), None
+            items.append((res, img))
+        _classify_group(items, model, tta, faces)
+        for res, img in items:
+            if img is not None and out is not None:
+                res["annotated"] = str(_write_annotated(out, Path(res["file"]), img, res["faces"], used))
+            results.append(res)
+        bar.update(len(items))
+    bar.close()
     return results
 
 
+def _write_annotated(out: Path, src: Path, img: np.ndarray, faces: list[dict[str, Any]], used: set[Path]) -> Path:
+    """Write the annotated copy of one photo into `out`; ConfigError when the folder cannot take it."""
+    import cv2
+
+    dest = _annotated_path(out, src, used)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(dest), _annotate(img, faces))
+    except (OSError, cv2.error) as exc:
+        raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there ({exc}).") from None
+    if not written:
+        raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there.")
+    return dest
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """predict_photos results → one row per face (a photo with no face or an error: one row saying so)."""
+    rows = []
+    for r in results:
+        base = {"file": r["file"], "faces_from": r.get("faces_from"), "note": r.get("note"), "error": r.get("error")}
+        for i, f in enumerate(r["faces"]):
+            x, y, w, h = f["box"]
+            rows.append({**base, "face": i, "x": x, "y": y, "w": w, "h": h, "label": f["label"],
+                         "label_name": f["label_name"], **{f"prob_{n}": v for n, v in f["probabilities"].items()}})
+        if not r["faces"]:
+            rows.append(base)
+    cols = ["file", "face", "x", "y", "w", "h", "label", "label_name", *PROB_COLUMNS, "faces_from", "note", "error"]
+    table = pd.DataFrame(rows, columns=cols)
+    return table.astype({c: "Int64" for c in ("face", "x", "y", "w", "h", "label")})
+
+
 def cli_predict(args: Any) -> None:
-    """`ferops predict PHOTO... [--model] [--out-dir] [--params] [--tta]`: JSON per photo on stdout; exit 2 if any
-    failed."""
+    """`ferops predict PHOTO|FOLDER... [--model] [--tta] [--faces] [--out-dir | --no-annotate] [--csv] [--params]`:
+    JSON per photo on stdout; exit 2 if any failed."""
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
+    faces = check_faces(getattr(args, "faces", "auto"))
     clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)
-    results = predict_photos(args.photos, clf.model, args.out_dir, tta=tta)
+    out_dir = None if getattr(args, "no_annotate", False) else args.out_dir
+    results = predict_photos(args.photos, clf.model, out_dir, tta=tta, faces=faces, progress=True)
+    csv_path = getattr(args, "csv", None)
+    if csv_path:
+        try:
+            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+            results_table(results).to_csv(csv_path, index=False)
+        except OSError as exc:
+            raise ConfigError(f"--csv {csv_path}: cannot write it ({exc.strerror}).") from None
+        log.info("wrote %s (one row per face)", csv_path)
     # A JSON array with one photo per line: valid JSON for tools, readable for people.
     text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"
     try:
@@ -655,6 +764,11 @@ def cli_predict(args: Any) -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # `ferops predict … | head`: the reader left, nothing to report
         sys.stdout = open(os.devnull, "w")
+    if faces == "auto":
+        crops = sum(r["faces_from"] == "whole image" for r in results)
+        if crops:
+            log.info("%d small face crop(s) (≤ %d px, near-square) classified whole; --faces detect searches them "
+                     "for faces instead", crops, FACE_CROP_MAX_SIDE)
     for r in results:
         if r["note"]:
             log.warning("%s: %s", r["file"], r["note"])

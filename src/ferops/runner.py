@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
-from typing import Any, Callable, Mapping
+import tempfile
+from typing import Any, Callable, Iterator, Mapping
 
 from ferops.errors import FerError
 
@@ -35,6 +38,49 @@ def tf_environment() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+# TensorFlow's C++ start-up chatter: absl writes it straight to file descriptor 2 before logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL does not silence it (TF 2.21). INFO lines, the absl banner, and the CUDA probe's failure
+# on machines without a GPU; any other warning or error still comes through.
+TF_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|E\d{4} [\d:.]+ +\d+ cuda_(platform|executor|driver)\.cc:\d+\] failed call to cuInit.*)$")
+
+
+@contextlib.contextmanager
+def filtered_native_stderr(noise: re.Pattern[str] = TF_STARTUP_NOISE) -> Iterator[None]:
+    """Route file descriptor 2 (C/C++ writes included) to a temporary file while the block runs, then write
+    back every line that does not match `noise`. Python-level output inside the block is replayed too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not noise.match(line.rstrip("\r\n")))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def start_tensorflow() -> None:
+    """Import TensorFlow and probe its devices with the C++ start-up chatter filtered out (`tf_environment`
+    first). A no-op once TensorFlow is imported, and when TF_CPP_MIN_LOG_LEVEL is 0 (the user wants its logs)."""
+    tf_environment()
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0":
+        return
+    with filtered_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe logs here
 
 
 def cap_onednn_isa(cfg: Mapping[str, Any]) -> None:

@@ -264,6 +264,55 @@ def test_predict_photos_per_file_answers(tmp_path, keras_model):
     assert res[3]["error"] == "file not found"
 
 
+def test_face_regions_whole_for_face_crops_detect_for_photos():
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    assert inf.face_regions(crop) == ([(0, 0, 48, 48)], "whole image")             # auto: a FER2013-sized crop
+    assert inf.face_regions(crop, "detect") == ([], "detected")
+    wide = np.zeros((100, 120), np.uint8)                                            # 6:5, still a crop
+    assert inf.face_regions(wide) == ([(10, 0, 100, 100)], "whole image")          # the centre square
+    assert inf.face_regions(np.zeros((40, 120), np.uint8))[1] == "detected"          # a strip is not a face crop
+    photo = cv2.cvtColor(draw_face_photo(), cv2.COLOR_BGR2GRAY)
+    boxes, source = inf.face_regions(photo)
+    assert source == "detected" and len(boxes) == 1
+    assert inf.face_regions(photo, "whole") == ([(80, 0, 480, 480)], "whole image")
+    with pytest.raises(FerError, match="faces='all': use one of auto, detect, whole"):
+        inf.face_regions(photo, "all")
+
+
+def test_predict_photos_on_folders_of_crops(tmp_path, keras_model):
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (3, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    for i, (sub, name) in enumerate([("happy", "b.png"), ("happy", "a.jpg"), ("sad/deeper", "c.png")]):
+        (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / sub / name), crops[i])
+    (tmp_path / "in" / "notes.txt").write_text("not a photo: skipped in folders")
+    (tmp_path / "empty").mkdir()
+    photos = inf.list_photos([tmp_path / "in", tmp_path / "empty"])
+    assert [p.relative_to(tmp_path).as_posix() for p in photos] == [
+        "in/happy/a.jpg", "in/happy/b.png", "in/sad/deeper/c.png", "empty"]
+
+    res = inf.predict_photos([tmp_path / "in", tmp_path / "empty"], keras_model, None)
+    assert [r["faces_from"] for r in res] == ["whole image"] * 3 + [None]
+    assert all(r["annotated"] is None for r in res)                                # out_dir None: nothing written
+    assert "a folder with no image files" in res[3]["error"]
+    png = inf.predict_proba(keras_model, crops[2:3])[0]                              # lossless: same pixels as read
+    assert res[2]["faces"][0]["box"] == [0, 0, 48, 48]
+    assert res[2]["faces"][0]["probabilities"] == {n: round(float(v), 4) for n, v in zip(EMOTIONS, png)}
+
+    per_photo = [inf.predict_photos([p], keras_model, None)[0] for p in photos[:3]]   # grouping changes nothing
+    assert [r["faces"] for r in per_photo] == [r["faces"] for r in res[:3]]
+
+    table = inf.results_table(res)
+    assert list(table["face"].astype(object).where(table["face"].notna(), None)) == [0, 0, 0, None]
+    assert table.loc[3, "error"] == res[3]["error"] and table.loc[0, "label_name"] == res[0]["faces"][0]["label_name"]
+    assert np.allclose(table.loc[:2, list(inf.PROB_COLUMNS)].sum(axis=1), 1, atol=1e-3)
+
+    out = inf.predict_photos([photos[0]], keras_model, tmp_path / "ann")
+    ann = cv2.imread(out[0]["annotated"])
+    assert ann.shape[:2] == (inf.ANNOTATED_MIN_SIDE, inf.ANNOTATED_MIN_SIDE)          # enlarged, label legible
+    assert (np.abs(ann.astype(int) - (0, 255, 0)).sum(axis=2) < 60).any()            # the green label box is drawn
+
+
 def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path, monkeypatch):
     from ferops.tracking import init_tracking
 
@@ -299,6 +348,20 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     assert "error: 1 bad file(s)" in proc.stderr and "junk.png" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "test-time augmentation: none (auto:" in proc.stderr  # nothing is recorded with a bare .keras file
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    cv2.imwrite(str(crops / "one.png"), np.full((48, 48), 120, np.uint8))
+    table = tmp_path / "out" / "faces.csv"
+    proc = subprocess.run([*cmd[:4], str(crops), str(face), "--model", str(keras_path), "--no-annotate", "--csv",
+                           str(table)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert [r["faces_from"] for r in res] == ["whole image", "detected"] and all(r["annotated"] is None for r in res)
+    rows = pd.read_csv(table)
+    assert list(rows["file"]) == [str(crops / "one.png"), str(face)] and list(rows["face"]) == [0, 0]
+    assert "1 small face crop(s)" in proc.stderr and "--faces detect" in proc.stderr
+    assert "I0000" not in proc.stderr and "absl::InitializeLog" not in proc.stderr  # TF's start-up chatter filtered
 
     proc = subprocess.run([*cmd[:4], str(face), "--model", str(keras_path), "--tta", "best"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)

@@ -44,3 +44,16 @@ def test_run_prints_expected_failures_without_traceback(capsys, monkeypatch):
     assert exc.value.code != 0
     err = capsys.readouterr().err
     assert err.startswith("error: data/raw/x.csv row 3") and "Traceback" not in err
+
+
+def test_filtered_native_stderr_drops_tf_startup_chatter_only(capfd):
+    from ferops.runner import filtered_native_stderr
+
+    with filtered_native_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796337800.455796   21114 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"E0000 00:00:1796337809.047528   21114 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
+        os.write(2, b"E0000 00:00:1796337809.047528   21114 some_op.cc:7] a real error\n")
+        os.write(2, b"plain C++ output\n")
+    err = capfd.readouterr().err
+    assert err == "E0000 00:00:1796337809.047528   21114 some_op.cc:7] a real error\nplain C++ output\n"
