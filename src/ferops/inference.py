@@ -129,7 +129,8 @@ def decode_image(data: str | bytes) -> np.ndarray:
 
 
 def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
-    """Model input rows → uint8[N,48,48]: `pixels` strings, else base64 `image`s (largest face if crop_face)."""
+    """Model input rows → uint8[N,48,48]: `pixels` strings, else base64 `image`s (if crop_face: the largest face,
+    unless the image is itself a face crop, see is_face_crop)."""
     has_pixels, has_image = "pixels" in df.columns, "image" in df.columns
     if not (has_pixels or has_image):
         raise InputError(f"input has columns {list(map(str, df.columns))}; it needs a `pixels` column (FER2013: "
@@ -151,9 +152,9 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
         except ValueError as exc:
             errors.append(f"row {i}: `image` {exc}")
             continue
-        if crop_face:
-            boxes = detect_faces(gray)
-            if boxes:
+        if crop_face:  # as `ferops predict --faces auto`: a small near-square image is already a face crop
+            boxes, source = face_regions(gray, "auto")
+            if boxes and source == "detected":
                 gray = crop_square(gray, max(boxes, key=lambda b: b[2] * b[3]))
         faces[i] = resize_to_model(gray)
     if errors:

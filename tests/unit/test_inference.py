@@ -171,6 +171,11 @@ def test_pyfunc_crop_face_param(registered, keras_model):
     face = cv2.resize(inf.crop_square(gray, box), (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_AREA)
     want = keras_model.predict_on_batch(face[None, ..., None].astype(np.float32))
     np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
+    crop = draw_face_photo(96, 96, faces=((48, 48, 56),))   # a face crop: classified whole, not cut again
+    assert inf.detect_faces(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))  # the cascade would cut it again
+    out = registered[1].predict(pd.DataFrame({"image": [b64(crop, ".png")]}), params={"crop_face": True})
+    want = keras_model.predict_on_batch(expected_48(b64(crop, ".png"))[None, ..., None].astype(np.float32))
+    np.testing.assert_allclose(out[list(inf.PROB_COLUMNS)].to_numpy(), want, atol=1e-6)
 
 
 def test_predict_proba_tta_matches_evaluate(keras_model):
