@@ -73,9 +73,14 @@ def filtered_native_stderr(noise: re.Pattern[str] = TF_STARTUP_NOISE) -> Iterato
 
 def start_tensorflow() -> None:
     """Import TensorFlow and probe its devices with the C++ start-up chatter filtered out (`tf_environment`
-    first). A no-op once TensorFlow is imported, and when TF_CPP_MIN_LOG_LEVEL is 0 (the user wants its logs)."""
+    first). A no-op once TensorFlow is imported, when TF_CPP_MIN_LOG_LEVEL is 0 (the user wants its logs), and
+    when Keras runs on another backend or TensorFlow is not installed (the lent GPU machines: JAX only)."""
+    import importlib.util
+
     tf_environment()
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0":
+    if ("tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0"
+            or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow"
+            or importlib.util.find_spec("tensorflow") is None):
         return
     with filtered_native_stderr():
         import tensorflow as tf

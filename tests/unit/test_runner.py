@@ -57,3 +57,15 @@ def test_filtered_native_stderr_drops_tf_startup_chatter_only(capfd):
         os.write(2, b"plain C++ output\n")
     err = capfd.readouterr().err
     assert err == "E0000 00:00:1796337809.047528   21114 some_op.cc:7] a real error\nplain C++ output\n"
+
+
+def test_start_tensorflow_leaves_other_backends_alone(monkeypatch):
+    import sys
+
+    from ferops import runner
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # restored afterwards by monkeypatch
+    monkeypatch.setattr(runner, "filtered_native_stderr", lambda: (_ for _ in ()).throw(AssertionError("imported")))
+    runner.start_tensorflow()  # a JAX-only machine has no TensorFlow to import
+    assert "tensorflow" not in sys.modules
