@@ -1,38 +1,59 @@
 """Turn a profile of params overrides into `dvc exp run -S key=value` arguments.
 
 Usage: dvc exp run $(python -m ferops.profiles profiles/gpu.yaml)
+
+The shell splits an unquoted `$(...)` on whitespace and does not honour quotes inside it, so every argument is
+printed as one word: lists and mappings as compact JSON (which Hydra's override grammar reads), no shell quoting.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 
 import yaml
 
 from ferops.config import flatten
+from ferops.errors import ConfigError
+from ferops.runner import run
 
 
 def set_args(profile: dict, params: dict) -> list[str]:
-    """`-S key=value` pairs for every leaf of the profile; keys new to params get Hydra's `+` prefix."""
+    """`-S key=value` pairs for every leaf of the profile; keys new to params get Hydra's `+` prefix. Each
+    value is one shell word; ConfigError for a text value with whitespace (it cannot survive `$(...)`)."""
     existing = flatten(params)
     args: list[str] = []
     for key, value in flatten(profile).items():
-        text = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+        if isinstance(value, (list, dict, bool)) or value is None:
+            text = json.dumps(value, separators=(",", ":"))
+        else:
+            text = str(value)
+        if any(c.isspace() for c in text):
+            raise ConfigError(f"profile key {key}: the value {text!r} holds whitespace, which `dvc exp run $(...)` "
+                              f"would split; use a value without spaces.")
         args += ["-S", f"{'' if key in existing else '+'}{key}={text}"]
     return args
+
+
+def _read_yaml(path: str, what: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p}: no such file (profiles live in profiles/, e.g. profiles/gpu.yaml).")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {p}: not valid YAML ({str(exc).splitlines()[0]}).") from None
 
 
 def main(argv: list[str]) -> None:
     """Print the arguments for profile file argv[0] against params file argv[1] (default params.yaml)."""
     if not argv:
-        sys.exit("usage: python -m ferops.profiles PROFILE.yaml")
-    profile = yaml.safe_load(Path(argv[0]).read_text()) or {}
-    params = yaml.safe_load(Path(argv[1] if len(argv) > 1 else "params.yaml").read_text()) or {}
-    print(" ".join(shlex.quote(a) for a in set_args(profile, params)))
+        sys.exit("usage: python -m ferops.profiles PROFILE.yaml [PARAMS.yaml]")
+    profile = _read_yaml(argv[0], "profile")
+    params = _read_yaml(argv[1] if len(argv) > 1 else "params.yaml", "params file")
+    print(" ".join(set_args(profile, params)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(lambda: main(sys.argv[1:]))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ferops.config import deep_merge
+from ferops.errors import FerError
 from ferops.profiles import set_args
 from ferops.training import resolve_config
 
@@ -27,9 +29,33 @@ def _profile_params(tmp_path: Path, profile: Path) -> dict:
 
 
 def test_new_keys_get_hydra_plus_and_values_json(tmp_path):
-    args = set_args({"a": {"b": 2, "new": [1, 2], "flag": True, "none": None}}, {"a": {"b": 1}})
-    assert args == ["-S", "a.b=2", "-S", "+a.new=[1, 2]", "-S", "+a.flag=true", "-S", "+a.none=null"]
-    assert shlex.split(shlex.join(args)) == args
+    args = set_args({"a": {"b": 2, "new": [1, 2], "flag": True, "none": None, "m": {"k": "v"}}}, {"a": {"b": 1}})
+    assert args == ["-S", "a.b=2", "-S", "+a.new=[1,2]", "-S", "+a.flag=true", "-S", "+a.none=null",
+                    "-S", '+a.m.k=v']
+    with pytest.raises(FerError, match="profile key a.s: the value 'two words' holds whitespace"):
+        set_args({"a": {"s": "two words"}}, {})
+
+
+def test_readme_command_line_through_a_shell(tmp_path):
+    """`dvc exp run $(python -m ferops.profiles profiles/gpu.yaml)`: the words the shell hands DVC, applied by DVC's
+    own override parser, give the YAML merge (no quote may reach DVC, no value may be split)."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    script = f'for w in $("{sys.executable}" -m ferops.profiles profiles/gpu.yaml "{params}"); do echo "$w"; done'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.splitlines()
+    assert words[0] == "-S" and "'" not in proc.stdout
+    hydra.apply_overrides(params, [w for w in words if w != "-S"])
+    merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                        yaml.safe_load((ROOT / "profiles" / "gpu.yaml").read_text()))
+    assert yaml.safe_load(params.read_text()) == merged
+
+    missing = subprocess.run([sys.executable, "-m", "ferops.profiles", "profiles/none.yaml"], capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert missing.returncode != 0 and missing.stdout == "" and "Traceback" not in missing.stderr
+    assert "profile profiles/none.yaml: no such file" in missing.stderr
 
 
 def test_gpu_profile_applied_by_dvc_is_the_yaml_merge_and_x4_trains_the_resnet_recipe(tmp_path):
