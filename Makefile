@@ -25,8 +25,11 @@ setup: $(STAMP)  ## create .venv and install ferops with its dependencies
 run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
 	dvc repro
 
+# `dvc exp run -S` writes the override into params.yaml (and reformats it): restore the file afterwards, so a later
+# `make run` trains on data/raw/ again instead of silently staying on the demo set.
 demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
-	dvc exp run -S ingest.source=synthetic
+	@cp params.yaml $(VENV)/.params-before-demo.yaml
+	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(VENV)/.params-before-demo.yaml params.yaml; exit $$rc
 
 test: setup  ## the default test suite (fast tiers; slow ones are marked)
 	$(PY) -m pytest -q
