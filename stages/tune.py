@@ -56,12 +56,12 @@ def main() -> None:
                              workers=workers, pruner=tuning.make_pruner(tune.get("pruner"), b["epochs"]),
                              mlflow_tags=dataset_tags(ingest), figures_dir=args.figures, root=root)
     spec = tuning.storage_spec(tune.get("storage"), root, workers)
-    report = tuning.study_summary(study, args.family, b["n_trials"], spec, time.monotonic() - t0)
+    report = tuning.study_summary(study, args.family, b["n_trials"], spec)
     report.update(epochs=b["epochs"], train_rows=len(train), val_rows=len(val), workers=workers,
                   dataset=dataset_tags(ingest)["dataset"])
     write_json(report, args.out)
     print(f"tune {args.family}: best val_accuracy {report['best_value']} with {report['best_params']} "
-          f"({report['n_complete']} complete, {report['n_pruned']} pruned) → {args.out}")
+          f"({report['n_complete']} complete, {report['n_pruned']} pruned; {time.monotonic() - t0:.0f} s) → {args.out}")
 
 
 if __name__ == "__main__":

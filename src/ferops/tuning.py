@@ -624,8 +624,10 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
     return paths
 
 
-def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: str, wall_s: float) -> dict[str, Any]:
-    """The tuning report: best params/value (validation accuracy) and trial counts by state."""
+def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: str) -> dict[str, Any]:
+    """The tuning report: best params/value (validation accuracy) and trial counts by state. Nothing run-specific
+    (no wall time): train_deep depends on reports/tuning, so a re-run that finds the study complete must write
+    the same bytes, or every deep model would retrain."""
     from optuna.trial import TrialState
 
     by = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
@@ -635,7 +637,7 @@ def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: st
         "best_params": dict(best.params) if best else {}, "best_value": float(best.value) if best else None,
         "best_trial": best.number if best else None, "metric": "val_accuracy",
         "n_trials": n_trials, "n_complete": by[TrialState.COMPLETE], "n_pruned": by[TrialState.PRUNED],
-        "n_failed": by[TrialState.FAIL], "n_running": by[TrialState.RUNNING], "wall_s": round(float(wall_s), 2),
+        "n_failed": by[TrialState.FAIL], "n_running": by[TrialState.RUNNING],
         "mlflow_run_id": study.user_attrs.get("mlflow_parent_run_id"),
     }
 
@@ -677,7 +679,6 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     """
     from tqdm.auto import tqdm
 
-    t0 = time.monotonic()
     root = Path(root or repo_root())
     if workers < 1:
         raise ConfigError(f"tune.workers={workers}: must be ≥ 1.")
@@ -729,7 +730,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         finally:
             bar.close()
         figures = study_plots(study, figures_dir) if figures_dir is not None else []
-        summary = study_summary(study, family, n_trials, spec, time.monotonic() - t0)
+        summary = study_summary(study, family, n_trials, spec)
         if track:
             _log_summary(summary, figures)
     return study

@@ -126,7 +126,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= arts
     assert (tmp_path / "fig" / "optimization_history.png").stat().st_size > 1000
 
-    summary = tuning.study_summary(study, "cnn", 4, "sqlite:///x", 1.0)
+    summary = tuning.study_summary(study, "cnn", 4, "sqlite:///x")
     assert (summary["n_complete"], summary["n_pruned"], summary["n_failed"]) == (2, 2, 0)
     assert summary["best_params"] == study.best_params and summary["mlflow_run_id"] == parent.info.run_id
 
