@@ -423,6 +423,10 @@ def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData
     return max(hist) if hist else float(res.val_accuracy)
 
 
+# Tags a trial's nested MLflow run copies from the study's run (ferops.tracking.model_run / dataset_tags).
+INHERITED_TAGS = ("dataset", "data_sha256", "data_format", "git_commit", "dvc_stage")
+
+
 def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any], train: FerData, val: FerData, *,
                seed: int, epochs: int, track: bool, parent_run_id: str | None, experiment_id: str | None,
                claim: _Claim | None = None) -> Callable[["optuna.trial.Trial"], float]:
@@ -439,10 +443,15 @@ def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any
             return float(trial_fn(trial, cfg, train, val, seed=seed, epochs=epochs))
         import mlflow
 
+        # The study run's data and code tags (dataset, data_sha256, git_commit, ...), so a search such as
+        # `tags.dataset = 'synthetic'` finds the trials too.
+        parent_tags = mlflow.get_run(parent_run_id).data.tags if parent_run_id else {}
+        inherited = {k: parent_tags[k] for k in INHERITED_TAGS if k in parent_tags}
         run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id,
                                experiment_id=experiment_id,
-                               tags={"optuna_trial_number": str(trial.number), "optuna_study": trial.study.study_name,
-                                     "stage": "tune", "model": str(cfg.get("arch")), "state": "RUNNING"})
+                               tags={**inherited, "optuna_trial_number": str(trial.number),
+                                     "optuna_study": trial.study.study_name, "stage": "tune",
+                                     "model": str(cfg.get("arch")), "state": "RUNNING"})
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         try:
             mlflow.log_params({k: str(v) for k, v in sampled.items()})

@@ -96,7 +96,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
     data = _fer(40)
     study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="prune", n_trials=4, epochs=3,
                              seed=0, pruner=PruneNumbers({1, 3}), trial_fn=cheap_trial, root=tmp_path,
-                             figures_dir=tmp_path / "fig", progress=False)
+                             figures_dir=tmp_path / "fig", progress=False, mlflow_tags={"dataset": "synthetic"})
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED] * 2
     assert (tmp_path / "optuna.db").exists()
 
@@ -109,6 +109,8 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
     for n, t in enumerate(study.trials):
         run = by_number[n]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["dataset"] == "synthetic"  # the study run's tags, so searches find trials too
+        assert run.data.tags["git_commit"] == parent.data.tags["git_commit"]
         assert run.data.params["lr"] == str(t.params["lr"])
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED"
