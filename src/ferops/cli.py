@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-annotate", action="store_true", help="write no annotated copies")
     pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
     pr.add_argument("--params", default="params.yaml", help="params file naming the registered model (register:)")
-    pr.add_argument("--tta", default="auto",
+    pr.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "tencrop", "shift"),
                     help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
                          "stage chose on val for the registered model; none for a .keras file)")
 

@@ -498,9 +498,12 @@ def _load_registered(uri: str) -> Classifier:
     if uri.startswith("models:/") and "@" in uri:
         name, alias = uri[len("models:/"):].split("@", 1)
         try:
-            mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
         except MlflowException:
             raise FerError(f"the registry at {store} has no model {name!r} with alias @{alias}: {fix}.") from None
+        if (version.tags or {}).get("dataset") == "synthetic":
+            log.warning("%s (version %s) was trained on the synthetic demo faces, not on FER2013: its answers on real "
+                        "photos mean little. Put FER2013 in data/raw/ and `make run`.", uri, version.version)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
@@ -744,6 +747,8 @@ def cli_predict(args: Any) -> None:
     JSON per photo on stdout; exit 2 if any failed."""
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
     faces = check_faces(getattr(args, "faces", "auto"))
+    if not any(p.exists() for p in list_photos(args.photos)):
+        raise DataError(_error_summary([f"{p}: file not found" for p in args.photos], "file(s)"))
     clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
@@ -770,9 +775,14 @@ def cli_predict(args: Any) -> None:
         if crops:
             log.info("%d small face crop(s) (≤ %d px, near-square) classified whole; --faces detect searches them "
                      "for faces instead", crops, FACE_CROP_MAX_SIDE)
+    notes: dict[str, list[str]] = {}
     for r in results:
         if r["note"]:
-            log.warning("%s: %s", r["file"], r["note"])
+            notes.setdefault(r["note"], []).append(r["file"])
+    for note, files in notes.items():  # one line per kind of note, not one per photo of a big folder
+        more = f", … and {len(files) - MAX_LISTED_ERRORS} more" if len(files) > MAX_LISTED_ERRORS else ""
+        log.warning("%d of %d photo(s): %s (%s%s)", len(files), len(results), note,
+                    ", ".join(files[:MAX_LISTED_ERRORS]), more)
     failed = [r for r in results if r["error"]]
     if failed:
         raise DataError(_error_summary([f"{r['file']}: {r['error']}" for r in failed], "file(s)"))

@@ -318,7 +318,9 @@ def test_predict_photos_on_folders_of_crops(tmp_path, keras_model):
     assert (np.abs(ann.astype(int) - (0, 255, 0)).sum(axis=2) < 60).any()            # the green label box is drawn
 
 
-def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path, monkeypatch):
+def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path, monkeypatch, caplog):
+    import mlflow
+
     from ferops.tracking import init_tracking
 
     params = tmp_path / "params.yaml"
@@ -328,6 +330,15 @@ def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path,
     champ = inf.load_classifier(None, params)
     np.testing.assert_allclose(inf.predict_proba(champ.model, x), keras_model.predict_on_batch(x), atol=1e-6)
     assert (champ.tta, champ.resolve("auto"), champ.resolve("flip")) == ("tencrop", "tencrop", "flip")
+    assert "synthetic" not in caplog.text
+    client = mlflow.MlflowClient(registered[0])
+    version = client.get_model_version_by_alias("fer-test", "champion").version
+    client.set_model_version_tag("fer-test", version, "dataset", "synthetic")
+    try:
+        inf.load_classifier(None, params)
+    finally:
+        client.delete_model_version_tag("fer-test", version, "dataset")
+    assert "was trained on the synthetic demo faces" in caplog.text
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent.db'}")
     with pytest.raises(FerError, match="make run"):
@@ -366,9 +377,19 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     rows = pd.read_csv(table)
     assert list(rows["file"]) == [str(crops / "one.png"), str(face)] and list(rows["face"]) == [0, 0]
     assert "1 small face crop(s)" in proc.stderr and "--faces detect" in proc.stderr
+
+    proc = subprocess.run([*cmd[:4], str(crops), str(tmp_path / "gone.png"), "--model", str(keras_path), "--faces",
+                           "detect", "--no-annotate"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "1 of 2 photo(s): no face found (" in proc.stderr
+    assert "error: 1 bad file(s): " in proc.stderr and "gone.png: file not found" in proc.stderr
     assert "I0000" not in proc.stderr and "absl::InitializeLog" not in proc.stderr  # TF's start-up chatter filtered
+
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "gone.png"), "--model", str(tmp_path / "none.keras")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "gone.png: file not found" in proc.stderr  # before any model is looked for
+    assert "none.keras" not in proc.stderr
 
     proc = subprocess.run([*cmd[:4], str(face), "--model", str(keras_path), "--tta", "best"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0 and "tta='best': use one of none, flip, tencrop, shift, auto" in proc.stderr
+    assert proc.returncode != 0 and "argument --tta: invalid choice: 'best'" in proc.stderr
     assert "Traceback" not in proc.stderr
