@@ -133,8 +133,12 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
     unless the image is itself a face crop, see is_face_crop)."""
     has_pixels, has_image = "pixels" in df.columns, "image" in df.columns
     if not (has_pixels or has_image):
-        raise InputError(f"input has columns {list(map(str, df.columns))}; it needs a `pixels` column (FER2013: "
-                         f"{N_PIXELS} space-separated grey levels) or an `image` column (base64-encoded image bytes).")
+        # MLflow's signature enforcement drops unknown columns before predict() sees them, so over REST `df` is
+        # often empty: say which names are expected rather than "input has columns []".
+        got = f"input has columns {list(map(str, df.columns))}" if len(df.columns) else \
+            "input has no `pixels` or `image` column (other columns are ignored)"
+        raise InputError(f"{got}; it needs a `pixels` column (FER2013: {N_PIXELS} space-separated grey levels) or "
+                         f"an `image` column (base64-encoded image bytes).")
     n = len(df)
     present = lambda col: df[col].notna().to_numpy() if col in df.columns else np.zeros(n, bool)  # noqa: E731
     use_pixels = present("pixels")

@@ -230,8 +230,10 @@ def test_pyfunc_bad_rows_give_clear_errors(registered):
     assert "row 1: `image` not a decodable image" in msg and "row 2: `image` not valid base64" in msg
     with pytest.raises(ValueError, match="row 0: `pixels` expected 2304 pixel values, found 3"):
         model.predict(pd.DataFrame({"pixels": ["1 2 3"]}))
-    with pytest.raises(ValueError, match="needs a `pixels` column"):
+    with pytest.raises(ValueError, match=r"input has columns \['text'\]; it needs a `pixels` column"):
         inf.frame_to_faces(pd.DataFrame({"text": ["a"]}))
+    with pytest.raises(ValueError, match=r"no `pixels` or `image` column \(other columns are ignored\); it needs"):
+        inf.frame_to_faces(pd.DataFrame(index=[0]))  # what REST hands over after MLflow drops unknown columns
 
 
 def test_detect_faces_on_drawn_face_and_blank():
