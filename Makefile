@@ -48,6 +48,8 @@ dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080
 	optuna-dashboard sqlite:///$(CURDIR)/optuna.db --host $(HOST) --port 8080
 
 serve: setup  ## serve the champion over REST on http://127.0.0.1:5001/invocations
+	@$(PY) -c 'from ferops.runner import run; from ferops.inference import check_registered; \
+	  run(lambda: check_registered("models:/fer2013-resnet@champion", "run `make run` first"))'
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 	  mlflow models serve -m "models:/fer2013-resnet@champion" --env-manager local --host $(HOST) --port 5001
 

@@ -485,16 +485,17 @@ class Classifier:
         return self.tta if check_tta(tta) == "auto" else tta
 
 
-def _load_registered(uri: str) -> Classifier:
-    """Load a models:/ or runs:/ URI from the ferops tracking store, with the fix when it is not there."""
+def check_registered(uri: str, fix: str = "run `make run` (or `dvc repro`) to train and register the champion, or "
+                     "pass --model path/to/model.keras") -> str:
+    """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
+    warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it
+    first, so a missing champion is one line, not MLflow's traceback.)"""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from ferops.tracking import tracking_uri
 
     store = tracking_uri()
-    fix = ("run `make run` (or `dvc repro`) to train and register the champion, "
-           "or pass --model path/to/model.keras")
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
         raise FerError(f"no MLflow store at {store}, so no {uri}: {fix}.")
     mlflow.set_tracking_uri(store)
@@ -508,6 +509,16 @@ def _load_registered(uri: str) -> Classifier:
         if (version.tags or {}).get("dataset") == "synthetic":
             log.warning("%s (version %s) was trained on the synthetic demo faces, not on FER2013: its answers on real "
                         "photos mean little. Put FER2013 in data/raw/ and `make run`.", uri, version.version)
+    return store
+
+
+def _load_registered(uri: str) -> Classifier:
+    """Load a models:/ or runs:/ URI from the ferops tracking store, with the fix when it is not there."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    fix = "run `make run` (or `dvc repro`) to train and register the champion, or pass --model path/to/model.keras"
+    store = check_registered(uri, fix)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
