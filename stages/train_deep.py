@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ferops.config import load_params, section
+from ferops.config import load_params, locate_param, section
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
 from ferops.runner import cap_onednn_isa, run, start_tensorflow
@@ -55,9 +55,13 @@ def main() -> None:
         train = stratified_subsample(train, demo.get("max_train_rows"), seed)
         log.info("synthetic demo data: at most %s epochs, %d train rows", max_epochs, len(train))
 
-    m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
-                         checkpoint_dir=args.checkpoints, curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv",
-                         max_epochs=max_epochs)
+    try:
+        m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
+                             checkpoint_dir=args.checkpoints,
+                             curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv", max_epochs=max_epochs)
+    except ConfigError as exc:  # name the params.yaml key behind a bad value
+        raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
+                                 ("train_deep.common", td.get("common"))]) from None
     epochs = f"{m['epochs_run']} epochs" + (f" (best {m['best_epoch']})" if "best_epoch" in m
                                              else f" over {m['n_members']} members")
     if m.get("swa_used"):

@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops import tuning
-    from ferops.config import load_params, repo_root, section
+    from ferops.config import load_params, locate_param, repo_root, section
     from ferops.data.io import load_npz, read_json, write_json
     from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
@@ -51,10 +51,15 @@ def main() -> None:
     init_tracking()
 
     t0 = time.monotonic()
-    study = tuning.run_study(args.family, cfg, fam["space"], train, val, storage=tune.get("storage"), study_name=name,
-                             n_trials=b["n_trials"], timeout_s=b["timeout_s"], seed=seed, epochs=b["epochs"],
-                             workers=workers, pruner=tuning.make_pruner(tune.get("pruner"), b["epochs"]),
-                             mlflow_tags=dataset_tags(ingest), figures_dir=args.figures, root=root)
+    try:
+        study = tuning.run_study(args.family, cfg, fam["space"], train, val, storage=tune.get("storage"),
+                                 study_name=name, n_trials=b["n_trials"], timeout_s=b["timeout_s"], seed=seed,
+                                 epochs=b["epochs"], workers=workers,
+                                 pruner=tuning.make_pruner(tune.get("pruner"), b["epochs"]),
+                                 mlflow_tags=dataset_tags(ingest), figures_dir=args.figures, root=root)
+    except ConfigError as exc:  # name the params.yaml key behind a bad value
+        raise locate_param(exc, [(f"train_deep.models.{args.family}", model), ("train_deep.common", deep.get("common")),
+                                 (f"tune.families.{args.family}", fam)]) from None
     spec = tuning.storage_spec(tune.get("storage"), root, workers)
     report = tuning.study_summary(study, args.family, b["n_trials"], spec)
     report.update(epochs=b["epochs"], train_rows=len(train), val_rows=len(val), workers=workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def locate_param(exc: ConfigError, sources: list[tuple[str, Any]]) -> ConfigError:
+    """A `key=value: why` ConfigError raised deep inside training, prefixed with where params.yaml sets that key:
+    the first of `sources` ((dotted path, section) pairs, most specific first) that holds it. Unchanged when no
+    source does (a default, or a value that did not come from params.yaml)."""
+    text = str(exc)
+    head = re.match(r"([A-Za-z_]\w*)(?:\.\w+)*=", text)
+    if head is None or text.startswith("params.yaml"):
+        return exc
+    for path, sect in sources:
+        if isinstance(sect, dict) and head.group(1) in sect:
+            return type(exc)(f"params.yaml {path}.{text}")
+    return exc

@@ -38,6 +38,23 @@ if TYPE_CHECKING:  # optuna is imported lazily (stage scripts stay quick to star
 
 log = logging.getLogger("ferops.tuning")
 
+
+class _NoTracebackForFerError(logging.Filter):
+    """Optuna logs every failed trial with its traceback. A FerError (e.g. a bad params.yaml value) is expected:
+    the stage reports it as one line naming the key, so the trial's warning keeps its one-line message only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], FerError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_expected_trial_errors() -> None:
+    """Attach the filter to the logger Optuna reports failed trials on (idempotent)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoTracebackForFerError) for f in logger.filters):
+        logger.addFilter(_NoTracebackForFerError())
+
 STORAGE_ENV = "FEROPS_OPTUNA_STORAGE"      # overrides tune.storage (e.g. a PostgreSQL URL for many machines)
 DEFAULT_DB = "optuna.db"
 DEFAULT_JOURNAL = "optuna_journal.log"
@@ -731,6 +748,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         bar = tqdm(total=n_trials, initial=done, desc=f"tune {family}", unit="trial", disable=not progress)
         try:
             if workers == 1:
+                _quiet_expected_trial_errors()
                 _optimize(study, okw, n_trials, timeout_s, claim_path, track, bar)
             else:
                 _spawn_workers(workers, bar, study, spec=spec, root=str(root), name=study_name, seed=seed, pruner=pruner,

@@ -233,3 +233,22 @@ def test_keras_trials_complete_and_prune(tmp_path, tracking):
     assert status[0].info.status == "FINISHED" and status[1].info.status == "KILLED"
     assert status[1].data.tags["pruned"] == "true"
     assert len(client.get_metric_history(status[1].info.run_id, "val_accuracy")) == 1  # the pruned epoch is logged
+
+
+def test_a_bad_params_value_fails_the_study_in_one_line(tmp_path, tracking, caplog):
+    from ferops.config import locate_param
+    from ferops.errors import ConfigError
+
+    def bad_trial(trial, cfg, train, val, *, seed, epochs):
+        raise ConfigError(f"optimizer={cfg['optimizer']!r}: use adam | adamw | sgd_nesterov.")
+
+    data = _fer(40)
+    cfg = {**CNN, "optimizer": "bogus"}
+    with pytest.raises(ConfigError) as err:
+        tuning.run_study("cnn", cfg, SPACE, data, data, storage=None, study_name="bad", n_trials=2, epochs=1, seed=0,
+                         trial_fn=bad_trial, root=tmp_path, progress=False, track=False)
+    (failed,) = [r for r in caplog.records if r.getMessage().startswith("Trial 0 failed with parameters")]
+    assert failed.exc_info is None and "optimizer='bogus'" in failed.getMessage()  # Optuna's line, no traceback
+    model = {k: v for k, v in CNN.items() if k != "optimizer"}  # the value comes from common: named there
+    located = locate_param(err.value, [("train_deep.models.cnn", model), ("train_deep.common", {"optimizer": "x"})])
+    assert str(located) == "params.yaml train_deep.common.optimizer='bogus': use adam | adamw | sgd_nesterov."
