@@ -47,11 +47,47 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
+# The keys each section's code reads (top level of the section). A key outside these is a typo or a leftover: it
+# would be ignored silently, so `section` warns and suggests the closest known key.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "ingest": ("raw_dir", "source", "on_bad_rows", "synthetic"),
+    "validate": ("min_class_fraction", "max_duplicate_fraction", "max_blank_fraction"),
+    "split": ("strategy", "fractions", "val_from_train", "duplicates", "seed"),
+    "augment": ("seed", "copies", "balance", "balance_target", "preview_n", "ops"),
+    "train_baselines": ("val_max_rows", "train_max_rows", "models"),
+    "tune": ("storage", "workers", "pruner", "families"),
+    "train_deep": ("use_tuned", "common", "models"),
+    "evaluate": ("tta", "batch_size"),
+    "register": ("model_name", "family", "champion_alias", "challenger_alias"),
+}
+
+
+def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
+    """One message per key of section `name` that no code reads, with the closest known key when there is one."""
+    import difflib
+
+    known = KNOWN_KEYS.get(name)
+    if known is None:
+        return []
+    out = []
+    for key in sect:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" — did you mean `{close[0]}`?" if close else f" (known: {', '.join(known)})"
+            out.append(f"params.yaml {name}.{key}: unknown key, ignored{hint}")
+    return out
+
+
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """One stage's params section; the error names the missing key."""
+    """One stage's params section; the error names the missing key, and unknown keys (typos) are warned about."""
+    import logging
+
     if name not in params:
         raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
-    return params[name] or {}
+    sect = params[name] or {}
+    for message in unknown_keys(name, sect):
+        logging.getLogger("ferops.config").warning("%s", message)
+    return sect
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
