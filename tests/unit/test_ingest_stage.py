@@ -88,6 +88,12 @@ def test_missing_source_path_is_a_config_error(tmp_path):
     assert r.returncode != 0 and "error: ingest.source" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_bad_on_bad_rows_fails_even_for_the_demo_set(tmp_path):
+    r = run_stage(tmp_path, tmp_path / "raw", on_bad_rows="skip")  # no data: the demo set, which reads no rows
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "error: params.yaml ingest.on_bad_rows: 'skip' is not one of fail, quarantine." in r.stderr
+
+
 def test_source_synthetic_ignores_real_data_in_raw_dir(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
