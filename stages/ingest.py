@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ferops.config import load_params, section
 from ferops.data.io import save_npz, write_json
-from ferops.errors import ConfigError, DataError
+from ferops.errors import DataError
 from ferops.runner import run
 
 log = logging.getLogger("ferops.ingest")
@@ -29,16 +29,14 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
-    from ferops.data.formats import (ON_BAD_ROWS, dataset_sha256, detect_source, read_any, source_sha256, summarize,
-                                     write_quarantine)
+    from ferops.data.formats import (check_on_bad_rows, dataset_sha256, detect_source, read_any, source_sha256,
+                                     summarize, write_quarantine)
     from ferops.data.synthetic import make_synthetic
     from ferops.plots import class_histogram, sample_grid
 
     p = section(load_params(args.params), "ingest")
     source = str(p.get("source") or "auto")
-    if str(p.get("on_bad_rows", "fail")) not in ON_BAD_ROWS:  # checked even when the demo set needs no reading
-        raise ConfigError(f"params.yaml ingest.on_bad_rows: {p.get('on_bad_rows')!r} is not one of "
-                          f"{', '.join(ON_BAD_ROWS)}.")
+    check_on_bad_rows(str(p.get("on_bad_rows", "fail")))  # also when the demo set is generated and nothing is read
     if source not in ("auto", "synthetic") and not Path(source).exists():
         raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")
     found = None if source == "synthetic" else detect_source(args.raw_dir if source == "auto" else Path(source))

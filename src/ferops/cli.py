@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ferops.constants import FACE_MODES, TTA_VIEW_MODES
 from ferops.runner import run
 
 
@@ -16,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "with the champion")
     pr.add_argument("photos", nargs="+", help="image files (jpg/png/...) or folders (every image under them)")
     pr.add_argument("--model", default=None, help="model URI or .keras path (default: models:/<register.model_name>@champion)")
-    pr.add_argument("--faces", default="auto", choices=("auto", "detect", "whole"),
+    pr.add_argument("--faces", default="auto", choices=FACE_MODES,
                     help="detect: find faces (OpenCV Haar cascade) and classify each; whole: the image is one face "
                          "crop; auto (default): whole for small near-square images (<= 128 px, e.g. FER2013's "
                          "48-px files), detect otherwise")
@@ -24,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-annotate", action="store_true", help="write no annotated copies")
     pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
     pr.add_argument("--params", default="params.yaml", help="params file naming the registered model (register:)")
-    pr.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "tencrop", "shift"),
+    pr.add_argument("--tta", default="auto", choices=("auto", *TTA_VIEW_MODES),
                     help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
                          "stage chose on val for the registered model; none for a .keras file)")
 

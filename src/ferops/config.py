@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import yaml
 
 from ferops.errors import ConfigError
+
+log = logging.getLogger("ferops.config")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -80,13 +83,11 @@ def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     """One stage's params section; the error names the missing key, and unknown keys (typos) are warned about."""
-    import logging
-
     if name not in params:
         raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
     sect = params[name] or {}
     for message in unknown_keys(name, sect):
-        logging.getLogger("ferops.config").warning("%s", message)
+        log.warning("%s", message)
     return sect
 
 

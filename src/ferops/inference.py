@@ -22,9 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS, NUM_CLASSES
+from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_VIEW_MODES
 from ferops.errors import ConfigError, DataError, FerError
-from ferops.training import TTA_VIEW_MODES
 
 log = logging.getLogger("ferops.inference")
 
@@ -49,8 +48,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
 # image-folder sample the cascade finds a face in only 32: the champion scores 61-64 % whole, 14-15 % with detection
 # (benchmarks/face_modes.py; benchmarks/RESULTS.md, "Inference").
-FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")
 FACE_CROP_MAX_SIDE = 128
+LOAD_FIX = "run `make run` (or `dvc repro`) to train and register the champion, or pass --model path/to/model.keras"
 PHOTO_GROUP = 64           # photos read and classified together: one model call per group, not per photo
 MAX_LISTED_ERRORS = 5
 
@@ -485,8 +484,7 @@ class Classifier:
         return self.tta if check_tta(tta) == "auto" else tta
 
 
-def check_registered(uri: str, fix: str = "run `make run` (or `dvc repro`) to train and register the champion, or "
-                     "pass --model path/to/model.keras") -> str:
+def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
     warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it
     first, so a missing champion is one line, not MLflow's traceback.)"""
@@ -517,12 +515,11 @@ def _load_registered(uri: str) -> Classifier:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    fix = "run `make run` (or `dvc repro`) to train and register the champion, or pass --model path/to/model.keras"
-    store = check_registered(uri, fix)
+    store = check_registered(uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise FerError(f"cannot load {uri} from {store}: {exc.message.splitlines()[0]} — {fix}.") from None
+        raise FerError(f"cannot load {uri} from {store}: {exc.message.splitlines()[0]} — {LOAD_FIX}.") from None
     return _from_pyfunc(pyfunc)
 
 
@@ -762,14 +759,15 @@ def cli_predict(args: Any) -> None:
     JSON per photo on stdout; exit 2 if any failed."""
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
     faces = check_faces(getattr(args, "faces", "auto"))
-    if not any(p.exists() for p in list_photos(args.photos)):
+    photos = list_photos(args.photos)  # folders walked once; predict_photos takes the list as it is
+    if not any(p.exists() for p in photos):
         raise DataError(_error_summary([f"{p}: file not found" for p in args.photos], "file(s)"))
     clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)
     out_dir = None if getattr(args, "no_annotate", False) else args.out_dir
-    results = predict_photos(args.photos, clf.model, out_dir, tta=tta, faces=faces, progress=True)
+    results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True)
     csv_path = getattr(args, "csv", None)
     if csv_path:
         try:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ferops.config import deep_merge
-from ferops.constants import IMG_SIZE, NUM_CLASSES
+from ferops.constants import IMG_SIZE, NUM_CLASSES, TTA_VIEW_MODES
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, DataError
 
@@ -986,8 +986,6 @@ def _as_input(pixels: np.ndarray) -> np.ndarray:
         raise DataError(f"pixels have shape {x.shape}; expected (N,{IMG_SIZE},{IMG_SIZE}) or (N,{IMG_SIZE},{IMG_SIZE},1).")
     return x
 
-
-TTA_VIEW_MODES: tuple[str, ...] = ("none", "flip", "tencrop", "shift")
 
 
 def _view_offsets(tta: str, crop: int) -> list[tuple[int, int]]:

@@ -516,6 +516,7 @@ def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int,
 def _optimize(study: "optuna.Study", objective_kwargs: dict[str, Any], n_trials: int, timeout_s: float | None,
               claim_path: Path, track: bool, bar: Any = None) -> None:
     """Run trials until COMPLETE+PRUNED (+ running elsewhere) reach n_trials, or the timeout; one claim per trial."""
+    _quiet_expected_trial_errors()  # here, so spawned workers get it too
     t0 = time.monotonic()
     while timeout_s is None or time.monotonic() - t0 < timeout_s:
         claim = _Claim(claim_path).acquire()
@@ -748,7 +749,6 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         bar = tqdm(total=n_trials, initial=done, desc=f"tune {family}", unit="trial", disable=not progress)
         try:
             if workers == 1:
-                _quiet_expected_trial_errors()
                 _optimize(study, okw, n_trials, timeout_s, claim_path, track, bar)
             else:
                 _spawn_workers(workers, bar, study, spec=spec, root=str(root), name=study_name, seed=seed, pruner=pruner,

@@ -145,10 +145,16 @@ def _has_images(d: Path) -> bool:
 # --------------------------------------------------------------------------------------------- dispatch
 
 
+def check_on_bad_rows(on_bad_rows: str) -> str:
+    """`on_bad_rows` if it is one of ON_BAD_ROWS, else ConfigError naming the params.yaml key and the choices."""
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ConfigError(f"params.yaml ingest.on_bad_rows: {on_bad_rows!r} is not one of {', '.join(ON_BAD_ROWS)}.")
+    return on_bad_rows
+
+
 def read_any(path: str | Path, on_bad_rows: str = "fail", fmt: str | None = None) -> tuple[FerData, list[Rejected]]:
     """Read any supported dataset file/folder; bad rows fail (default) or come back as Rejected."""
-    if on_bad_rows not in ON_BAD_ROWS:
-        raise ConfigError(f"ingest.on_bad_rows: {on_bad_rows!r} is not one of {', '.join(ON_BAD_ROWS)}.")
+    check_on_bad_rows(on_bad_rows)
     p = Path(path)
     if fmt is None:
         found = detect_source(p)
