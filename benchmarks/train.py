@@ -157,7 +157,7 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
 
-    from ferops.runner import cap_onednn_isa, tf_environment
+    from ferops.runner import cap_onednn_isa, start_tensorflow, tf_environment
 
     tf_environment()  # as the stages run it (oneDNN on), before TensorFlow is imported
     from ferops.config import deep_merge, load_params, section
@@ -182,6 +182,7 @@ def main() -> None:
 
         deep_cfg = resolve_config(section(params, "train_deep").get("common") or {}, deep[args.model])
         cap_onednn_isa(deep_cfg)  # as the stage: before TF runs a kernel
+        start_tensorflow()  # after the cap, as the stage; filters TF's C++ start-up chatter
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params
