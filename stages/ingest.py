@@ -57,11 +57,11 @@ def main() -> None:
         log.info("reading %s (format %s, on_bad_rows=%s)", path, fmt, p.get("on_bad_rows", "fail"))
         data, rejected = read_any(path, str(p.get("on_bad_rows", "fail")), fmt=fmt)
         info = {"synthetic": False, "source": str(path), "format": fmt, "sha256": source_sha256(fmt, path)}
+    write_quarantine(rejected, args.quarantine)  # first: the error below points the user at it
     if len(data) == 0:
         raise DataError(f"{info['source']}: every row was rejected — see {args.quarantine} for the reasons.")
 
     save_npz(data, args.out)
-    write_quarantine(rejected, args.quarantine)
     summary = summarize(data)
     write_json({**info, **summary, "rows_in": len(data) + len(rejected), "quarantined": len(rejected),
                 "on_bad_rows": p.get("on_bad_rows", "fail")}, args.report)

@@ -102,3 +102,16 @@ def test_source_synthetic_ignores_real_data_in_raw_dir(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "ingest.json").read_text())
     assert rep["synthetic"] is True and rep["rows"] == 70
+
+
+def test_every_row_rejected_still_writes_the_quarantine(tmp_path):
+    """The error points at quarantine.csv, so the file must hold the rows (it used to be written only on success)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    bad = ["9,1 2 3,Training", "3,1 2,PublicTest"]
+    (raw / "fer2013.csv").write_text("\n".join(["emotion,pixels,Usage", *bad]) + "\n")
+    r = run_stage(tmp_path, raw, on_bad_rows="quarantine")
+    assert r.returncode == 2 and "every row was rejected" in r.stderr and "Traceback" not in r.stderr
+    rows = list(csv.DictReader((tmp_path / "quarantine.csv").open()))
+    assert [q["raw"] for q in rows] == bad and [q["row"] for q in rows] == ["1", "2"]
+    assert "found 3" in rows[0]["reason"] and not (tmp_path / "fer.npz").exists()
