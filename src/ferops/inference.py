@@ -123,8 +123,28 @@ def decode_image(data: str | bytes) -> np.ndarray:
         raise ValueError("empty image")
     gray = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is None:
-        raise ValueError(f"not a decodable image ({len(raw)} bytes; use PNG, JPEG, BMP, WebP or TIFF)")
+        raise ValueError(known_format_problem(raw[:16], len(raw))
+                         or f"not a decodable image ({len(raw)} bytes; use PNG, JPEG, BMP, WebP or TIFF)")
     return gray
+
+
+# File signatures of formats people send: a file that starts like one but does not decode is damaged, not the
+# wrong kind of file, and HEIC (phones) and GIF are formats OpenCV does not read at all.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"), (0, b"\x89PNG\r\n\x1a\n", "PNG"), (0, b"BM", "BMP"), (8, b"WEBP", "WebP"),
+    (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"), (0, b"GIF8", "GIF"), (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"), (4, b"ftypmif1", "HEIF"))
+
+
+def known_format_problem(head: bytes, size: int) -> str | None:
+    """Why OpenCV could not decode an image whose first bytes are `head` (of `size`), when they name a format;
+    None when they do not (then it is simply not an image)."""
+    kind = next((name for at, sig, name in _SIGNATURES if head[at:at + len(sig)] == sig), None)
+    if kind in ("GIF", "HEIC", "HEIF"):
+        return f"a {kind} image, which OpenCV cannot read — convert it to JPEG or PNG"
+    if kind:
+        return f"a damaged or cut-short {kind} file ({size} bytes) — re-export or re-download it"
+    return None
 
 
 def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
@@ -589,7 +609,8 @@ def _read_photo(path: Path) -> np.ndarray:
         raise DataError("empty file")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
-        raise DataError("not an image OpenCV can read (use JPEG, PNG, BMP, WebP or TIFF)")
+        raise DataError(known_format_problem(data[:16].tobytes(), data.size)
+                        or "not an image OpenCV can read (use JPEG, PNG, BMP, WebP or TIFF)")
     return img
 
 
@@ -675,6 +696,8 @@ def _classify_group(items: list[tuple[dict[str, Any], np.ndarray | None]], model
             owners.append((res, b))
         if not boxes:
             res["note"] = "no face found"
+        elif whole and min(gray.shape) < MIN_FACE_PX:  # still answered, but a few pixels hold no expression
+            res["note"] = f"image under {MIN_FACE_PX} px a side, enlarged to {IMG_SIZE}: the answer means little"
     if not crops:
         return
     proba = predict_proba(model, np.stack(crops), tta=tta)
@@ -754,6 +777,25 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return table.astype({c: "Int64" for c in ("face", "x", "y", "w", "h", "label")})
 
 
+def check_output(path: str | Path, flag: str, folder: bool = False) -> None:
+    """ConfigError unless `path` (a file, or with `folder` a folder) can be written: checked before the model loads,
+    so a bad --csv or --out-dir fails in a second, not after a long folder was classified."""
+    import tempfile
+
+    p = Path(path)
+    where = p if folder else p.parent
+    if not folder and p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a folder — give a file name, e.g. {p / 'faces.csv'}.")
+    have = next(a for a in (where.absolute(), *where.absolute().parents) if a.exists())  # nothing is created here
+    if not have.is_dir():
+        raise ConfigError(f"{flag} {p}: {have} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=have):  # a real write: os.access says yes to root even on read-only mounts
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {p}: cannot write in {have} ({exc.strerror or exc}).") from None
+
+
 def cli_predict(args: Any) -> None:
     """`ferops predict PHOTO|FOLDER... [--model] [--tta] [--faces] [--out-dir | --no-annotate] [--csv] [--params]`:
     JSON per photo on stdout; exit 2 if any failed."""
@@ -762,13 +804,25 @@ def cli_predict(args: Any) -> None:
     photos = list_photos(args.photos)  # folders walked once; predict_photos takes the list as it is
     if not any(p.exists() for p in photos):
         raise DataError(_error_summary([f"{p}: file not found" for p in args.photos], "file(s)"))
+    out_dir = None if getattr(args, "no_annotate", False) else args.out_dir
+    csv_path = getattr(args, "csv", None)
+    if out_dir is not None:
+        check_output(out_dir, "--out-dir", folder=True)
+    if csv_path:
+        check_output(csv_path, "--csv")
     clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)
-    out_dir = None if getattr(args, "no_annotate", False) else args.out_dir
     results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True)
-    csv_path = getattr(args, "csv", None)
+    # A JSON array with one photo per line: valid JSON for tools, readable for people. Printed before the CSV is
+    # written, so the results are not lost if that still fails (e.g. a full disk).
+    text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ferops predict … | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")
     if csv_path:
         try:
             Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
@@ -776,13 +830,6 @@ def cli_predict(args: Any) -> None:
         except OSError as exc:
             raise ConfigError(f"--csv {csv_path}: cannot write it ({exc.strerror}).") from None
         log.info("wrote %s (one row per face)", csv_path)
-    # A JSON array with one photo per line: valid JSON for tools, readable for people.
-    text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `ferops predict … | head`: the reader left, nothing to report
-        sys.stdout = open(os.devnull, "w")
     if faces == "auto":
         crops = sum(r["faces_from"] == "whole image" for r in results)
         if crops:

@@ -271,6 +271,38 @@ def test_predict_photos_per_file_answers(tmp_path, keras_model):
     assert res[3]["error"] == "file not found"
 
 
+def test_damaged_and_unsupported_image_files_say_which(tmp_path, keras_model):
+    """A JPEG cut short is damaged, not 'not an image'; HEIC/GIF are named as formats OpenCV does not read; a
+    photo too small to hold a face is answered with a note."""
+    ok, buf = cv2.imencode(".jpg", draw_face_photo(200, 200))
+    files = {"cut.jpg": buf.tobytes()[:len(buf) // 2], "phone.heic": b"\x00\x00\x00\x18ftypheic" + bytes(64),
+             "anim.gif": b"GIF89a" + bytes(32), "notes.jpg": b"just text"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((8, 8), 100, np.uint8))
+    res = inf.predict_photos([tmp_path / n for n in [*files, "dot.png"]], keras_model, None)
+    errors = [r["error"] for r in res]
+    assert errors[0] == f"a damaged or cut-short JPEG file ({len(buf) // 2} bytes) — re-export or re-download it"
+    assert errors[1].startswith("a HEIC image, which OpenCV cannot read — convert it to JPEG or PNG")
+    assert errors[2].startswith("a GIF image") and errors[3].startswith("not an image OpenCV can read")
+    assert errors[4] is None and len(res[4]["faces"]) == 1 and res[4]["note"].startswith("image under 24 px a side")
+    with pytest.raises(ValueError, match=r"^a damaged or cut-short JPEG file"):  # the REST `image` column alike
+        inf.decode_image(base64.b64encode(buf.tobytes()[:300]).decode())
+
+
+def test_check_output_fails_before_anything_is_written(tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(FerError, match=r"--csv .*: is a folder — give a file name"):
+        inf.check_output(tmp_path, "--csv")
+    with pytest.raises(FerError, match=f"--csv {a_file}/sub/x.csv: {a_file} is a file, not a folder."):
+        inf.check_output(a_file / "sub" / "x.csv", "--csv")
+    with pytest.raises(FerError, match=f"--out-dir {a_file}: {a_file} is a file"):
+        inf.check_output(a_file, "--out-dir", folder=True)
+    inf.check_output(tmp_path / "new" / "deeper" / "x.csv", "--csv")  # a folder to be made is fine …
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]   # … and is not made by the check
+
+
 def test_face_regions_whole_for_face_crops_detect_for_photos():
     crop = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
     assert inf.face_regions(crop) == ([(0, 0, 48, 48)], "whole image")             # auto: a FER2013-sized crop
@@ -390,6 +422,12 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "gone.png: file not found" in proc.stderr  # before any model is looked for
     assert "none.keras" not in proc.stderr
+
+    # an unwritable --csv fails at once, before the model is looked for (not after every photo was classified)
+    proc = subprocess.run([*cmd[:4], str(face), "--model", str(tmp_path / "none.keras"), "--csv",
+                           str(junk / "faces.csv")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and f"error: --csv {junk}/faces.csv: {junk} is a file, not a folder." in proc.stderr
+    assert "none.keras" not in proc.stderr and proc.stdout == ""
 
     proc = subprocess.run([*cmd[:4], str(face), "--model", str(keras_path), "--tta", "best"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)
