@@ -96,6 +96,18 @@ def _client():
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _existing_store_client():
+    """`_client()` for the CLI, which only reads or moves aliases: RegistryError when the sqlite store does not exist
+    (opening it would leave an empty mlflow.db in whatever folder the command ran from)."""
+    from ferops.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise RegistryError(f"no MLflow store at {uri}: run `ferops` from the project folder (or set "
+                            "MLFLOW_TRACKING_URI); no model is registered until `make run` (or `dvc repro`) has run.")
+    return _client()
+
+
 def alias_version(client: Any, name: str, alias: str) -> Any | None:
     """The model version an alias points at, or None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException
@@ -293,7 +305,7 @@ def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
 
 def cli_registry(args: Any) -> None:
     """`ferops registry`: print the versions of the registered model with aliases and accuracies."""
-    client = _client()
+    client = _existing_store_client()
     name = _model_name(args)
     print(format_registry(name, registry_rows(client, name)))
 
@@ -301,6 +313,8 @@ def cli_registry(args: Any) -> None:
 def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",
             by: str | None = None) -> dict[str, Any]:
     """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags."""
+    from mlflow.exceptions import MlflowException
+
     _registered(client, name)
     target = _version(client, name, str(version))
     previous = alias_version(client, name, alias)
@@ -309,7 +323,10 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
               "changed": prev != str(target.version)}
     if not change["changed"]:
         return change
-    client.set_registered_model_alias(name, alias, str(target.version))
+    try:
+        client.set_registered_model_alias(name, alias, str(target.version))
+    except MlflowException as exc:  # a malformed or reserved alias name (`v3`, `latest`)
+        raise RegistryError(f"--alias {alias!r}: {exc.message} Use a name like champion or challenger.") from None
     tags = {"promoted_by": by or os.environ.get("USER") or getpass.getuser(), "promotion_reason": reason,
             "promoted_at": _now(), f"previous_{alias}_version": prev or "none"}
     for k, v in tags.items():
@@ -321,7 +338,7 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
 
 def cli_promote(args: Any) -> None:
     """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
-    client = _client()
+    client = _existing_store_client()
     name = _model_name(args)
     c = promote(client, name, str(args.version), alias=args.alias, reason=args.reason)
     if not c["changed"]:

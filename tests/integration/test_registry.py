@@ -146,6 +146,24 @@ def test_register_promote_and_list(store, capsys):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
     with pytest.raises(RegistryError, match="no registered model named 'nope'"):
         cli_registry(Namespace(name="nope", params=str(store / "params.yaml")))
+    with pytest.raises(RegistryError, match="--alias 'v3': Version alias name 'v3' is reserved"):  # MLflow's names
+        cli_promote(Namespace(name=None, version="1", alias="v3", reason="x", params=str(store / "params.yaml")))
+    with pytest.raises(RegistryError, match="--alias 'two words': Invalid alias name"):
+        cli_promote(Namespace(name=None, version="1", alias="two words", reason="x", params=str(store / "params.yaml")))
+
+
+def test_cli_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch):
+    """Run outside the project (no mlflow.db): one line, and no empty store left behind in that folder."""
+    from ferops.registry import RegistryError, cli_promote, cli_registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n")
+    with pytest.raises(RegistryError, match=f"no MLflow store at sqlite:///{tmp_path}/mlflow.db: run `ferops` from"):
+        cli_registry(Namespace(name=None, params="params.yaml"))
+    with pytest.raises(RegistryError, match="no MLflow store at"):
+        cli_promote(Namespace(name=None, version="1", alias="champion", reason="x", params="params.yaml"))
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_champion_decision_rules():
