@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ferops.config import load_params, section
+from ferops.config import load_params, number, section
 from ferops.data.io import load_npz, save_npz, write_json
 from ferops.runner import run
 
@@ -28,14 +28,16 @@ def main() -> None:
     from ferops.plots import augmentation_preview
 
     p = section(load_params(args.params), "augment")
-    seed, ops = int(p.get("seed", 42)), check_ops(p.get("ops"))
+    seed, ops = number(p, "augment", "seed", 42, whole=True), check_ops(p.get("ops"))
+    copies = number(p, "augment", "copies", 1, whole=True, low=0)
+    target = number(p, "augment", "balance_target", 0.5, low=0)
     train = load_npz(args.train)
     t0 = time.perf_counter()
-    out, kind = augment_dataset(train, ops, copies=int(p.get("copies", 1)), balance=p.get("balance", "none"),
-                                balance_target=float(p.get("balance_target", 0.5)), seed=seed)
+    out, kind = augment_dataset(train, ops, copies=copies, balance=p.get("balance", "none"),
+                                balance_target=target, seed=seed)
     wall = time.perf_counter() - t0
     save_npz(out, args.out, kind=kind)  # kind: 0 original, 1 balancing row, 2 augmented copy
-    rows = preview_rows(train.emotion, int(p.get("preview_n", 8)), seed)
+    rows = preview_rows(train.emotion, number(p, "augment", "preview_n", 8, whole=True), seed)
     rng = np.random.default_rng(seed + 1)
     augmentation_preview(train.pixels[rows], [augment_batch(train.pixels[rows], ops, rng) for _ in range(6)], args.preview)
     report = {
@@ -43,8 +45,8 @@ def main() -> None:
         "rows_by_kind": {"original": int((kind == 0).sum()), "balance": int((kind == 1).sum()),
                          "augmented": int((kind == 2).sum())},
         "per_class_before": class_counts(train.emotion), "per_class_after": class_counts(out.emotion),
-        "copies": int(p.get("copies", 1)), "balance": p.get("balance", "none"),
-        "balance_target": float(p.get("balance_target", 0.5)), "seed": seed, "ops": ops, "wall_s": round(wall, 2),
+        "copies": copies, "balance": p.get("balance", "none"),
+        "balance_target": target, "seed": seed, "ops": ops, "wall_s": round(wall, 2),
     }
     write_json(report, args.report)
     log.info("augmented %d → %d rows in %.1f s (balance=%s); per class %s", len(train), len(out), wall,

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ferops.config import load_params, section
+from ferops.config import load_params, number, section
 from ferops.data.io import load_npz, read_json, save_npz, write_json
 from ferops.errors import DataError
 from ferops.runner import run
@@ -32,10 +32,10 @@ def main() -> None:
         raise DataError(f"{args.validation}: the data failed validation — fix the critical checks listed there, "
                         "then run `dvc repro` again.")
     p = section(load_params(args.params), "split")
+    seed, val_share = number(p, "split", "seed", 42, whole=True), number(p, "split", "val_from_train", 0.1, low=0, high=1)
     data = load_npz(args.data)
     parts, report = split_dataset(data, strategy=p.get("strategy", "usage"), fractions=p.get("fractions"),
-                                  duplicates=p.get("duplicates", "report"), seed=int(p.get("seed", 42)),
-                                  val_from_train=float(p.get("val_from_train", 0.1)))
+                                  duplicates=p.get("duplicates", "report"), seed=seed, val_from_train=val_share)
     if report["val_carved_from_train"]:
         log.warning("no PublicTest rows: %d train rows (split.val_from_train) became the validation split",
                     report["val_carved_from_train"])

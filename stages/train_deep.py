@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops.data.split import stratified_subsample
-    from ferops.training import apply_tuned, resolve_config, train_deep_model, tuned_params
+    from ferops.training import apply_tuned, check_config, resolve_config, train_deep_model, tuned_params
 
     params = load_params()
     td, demo = section(params, "train_deep"), params.get("demo") or {}
@@ -43,6 +43,11 @@ def main() -> None:
         else:
             log.warning("use_tuned is true but %s has no %s.json — training with params.yaml values", args.tuning, args.model)
 
+    try:  # a mistyped value (`epochs: ten`) fails here, before TensorFlow starts, naming the params.yaml key
+        check_config(cfg)
+    except ConfigError as exc:
+        raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
+                                 ("train_deep.common", td.get("common"))]) from None
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     report = read_json(args.ingest_report)

@@ -91,6 +91,30 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     return sect
 
 
+def number_problem(value: Any, *, whole: bool = False, low: float | None = None, high: float | None = None) -> str | None:
+    """None when `value` is a number (`whole`: an integer) within [low, high], else what it should be, e.g.
+    "a whole number ≥ 1" — for the messages of config checks (a bare int("ten") would end in a traceback)."""
+    try:
+        x = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if (low is None or x >= low) and (high is None or x <= high) and x == x and (x.is_integer() or not whole):
+        return None
+    bounds = " and".join(b for b in (f" ≥ {low:g}" if low is not None else "", f" ≤ {high:g}" if high is not None else "") if b)
+    return ("a whole number" if whole else "a number") + bounds
+
+
+def number(sect: dict[str, Any], name: str, key: str, default: float, *, whole: bool = False,
+           low: float | None = None, high: float | None = None) -> Any:
+    """sect[key] (else `default`) as an int (`whole`) or float within [low, high]; ConfigError naming
+    `params.yaml <name>.<key>` otherwise."""
+    value = sect.get(key, default)
+    problem = number_problem(value, whole=whole, low=low, high=high)
+    if problem:
+        raise ConfigError(f"params.yaml {name}.{key}: {value!r} is not {problem}.")
+    return int(float(value)) if whole else float(value)
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursively merge `override` into a copy of `base` (dicts merge, other values replace)."""
     out = dict(base)

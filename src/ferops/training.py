@@ -20,11 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ferops.config import deep_merge
+from ferops.config import deep_merge, number_problem
 from ferops.constants import IMG_SIZE, NUM_CLASSES, TTA_VIEW_MODES
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, DataError
 
+OPTIMIZERS = ("adam", "adamw", "sgd_nesterov")
+SCHEDULES = ("plateau", "constant", "cosine", "onecycle")
 PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16",
               "fp16": "mixed_float16", "mixed_float16": "mixed_float16"}
 
@@ -272,8 +274,8 @@ def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
                                                **tail)
     if schedule == "onecycle":
         return _lr_schedules()["OneCycle"](lr, total, **tail)
-    if schedule not in ("plateau", "constant", None):
-        raise ConfigError(f"schedule={schedule!r}: use plateau | cosine | onecycle.")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ConfigError(f"schedule={schedule!r}: use {' | '.join(SCHEDULES)}.")
     return lr
 
 
@@ -288,7 +290,7 @@ def make_optimizer(cfg: dict[str, Any], lr: Any):
         "adamw": (keras.optimizers.AdamW, {"weight_decay": wd or 0.0}),
         "sgd_nesterov": (keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": wd})}
     if name not in choices:
-        raise ConfigError(f"optimizer={name!r}: use adam | adamw | sgd_nesterov.")
+        raise ConfigError(f"optimizer={name!r}: use {' | '.join(OPTIMIZERS)}.")
     cls, kw = choices[name]
     decay = ema_decay(cfg)
     opt = cls(lr, **kw) if decay is None else _with_ema_warmup(cls)(lr, use_ema=True, ema_momentum=decay, **kw)
@@ -404,6 +406,37 @@ def time_budget_s(cfg: dict[str, Any]) -> float | None:
     if not minutes > 0:
         raise ConfigError(f"time_budget_min={budget!r}: give the training budget in minutes, e.g. 58 (null = off).")
     return 60.0 * minutes
+
+
+# A deep model's plain-number keys: (whole number?, lowest, highest or None), as train_keras and the builders read
+# them. Checked up front because `epochs: ten` otherwise ends in a bare ValueError traceback from int(), after
+# TensorFlow has started and an MLflow run was opened (and left FAILED).
+NUMBER_KEYS: dict[str, tuple[bool, float, float | None]] = {
+    "epochs": (True, 1, None), "batch_size": (True, 1, None), "early_stopping_patience": (True, 0, None),
+    "plateau_patience": (True, 0, None), "warmup_epochs": (False, 0, None), "lr": (False, 0, None),
+    "weight_decay": (False, 0, None), "label_smoothing": (False, 0, 1), "dropout": (False, 0, 0.95),
+    "dense": (True, 1, None), "stem_stride": (True, 1, None), "base_filters": (True, 1, None),
+    "aug_strength": (False, 0, None)}
+
+
+def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` if its numbers and choices are usable, else ConfigError `key=value: why` (the train_deep stage adds
+    where params.yaml sets it); cheap, so stages call it before TensorFlow starts."""
+    for key, (whole, low, high) in NUMBER_KEYS.items():
+        problem = None if cfg.get(key) is None else number_problem(cfg[key], whole=whole, low=low, high=high)
+        if problem:
+            raise ConfigError(f"{key}={cfg[key]!r}: give {problem}.")
+    for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if cfg.get(key) is not None and cfg[key] not in choices:
+            raise ConfigError(f"{key}={cfg[key]!r}: use {' | '.join(choices)}.")
+    if str(cfg.get("precision") or "auto").lower() not in ("auto", *PRECISIONS):
+        raise ConfigError(f"precision={cfg['precision']!r}: use auto | fp32 | bf16 | fp16.")
+    from ferops.models.zoo import ARCHS  # no Keras import at module level
+
+    if cfg.get("arch") not in ARCHS:
+        raise ConfigError(f"arch={cfg.get('arch')!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
+    steps_per_execution(cfg), time_budget_s(cfg), ema_decay(cfg), swa_config(cfg), mix_config(cfg)
+    return cfg
 
 
 def budget_epochs(done: int, elapsed_s: float, epoch_s: list[float], budget_s: float, max_epochs: int) -> int:
@@ -854,6 +887,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     from ferops.metrics import classification_metrics
     from ferops.models.zoo import build_model, crop_size, inference_model, progressive_config
 
+    check_config(cfg)
     train, val = _labeled(train, "train"), _labeled(val, "validation")
     set_seeds(seed)
     precision = choose_precision(cfg.get("precision", "auto"))

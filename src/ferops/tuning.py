@@ -183,12 +183,16 @@ def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: b
     """n_trials, epochs, train_rows and timeout_s of one family, capped by `demo:` on the synthetic set."""
     try:
         b = {"n_trials": int(family_cfg["n_trials"]), "epochs": int(family_cfg["epochs"])}
+        rows = family_cfg.get("train_max_rows")
+        b["train_rows"] = int(rows) if rows else None
+        t = family_cfg.get("timeout_min")
+        b["timeout_s"] = float(t) * 60 if t else None
     except KeyError as exc:
         raise ConfigError(f"tune.families: `{exc.args[0]}` is missing (n_trials and epochs are required).") from None
-    rows = family_cfg.get("train_max_rows")
-    b["train_rows"] = int(rows) if rows else None
-    t = family_cfg.get("timeout_min")
-    b["timeout_s"] = float(t) * 60 if t else None
+    except (TypeError, ValueError):  # `n_trials: six`: name the values rather than end in int()'s traceback
+        got = {k: family_cfg.get(k) for k in ("n_trials", "epochs", "train_max_rows", "timeout_min")}
+        raise ConfigError(f"tune.families: n_trials, epochs, train_max_rows (whole numbers) and timeout_min must be "
+                          f"numbers, got {got}.") from None
     if synthetic and demo:
         b["n_trials"] = min(b["n_trials"], int(demo.get("max_trials", b["n_trials"])))
         b["epochs"] = min(b["epochs"], int(demo.get("max_epochs", b["epochs"])))

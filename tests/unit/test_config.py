@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
 import yaml
 
-from ferops.config import KNOWN_KEYS, deep_merge, section, unknown_keys
+from ferops.config import KNOWN_KEYS, deep_merge, number, section, unknown_keys
+from ferops.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +30,16 @@ def test_a_typo_is_warned_with_the_closest_key(caplog):
     assert "params.yaml split.stratergy: unknown key, ignored — did you mean `strategy`?" in caplog.text
     assert "params.yaml evaluate.zzz: unknown key, ignored (known: tta, batch_size)" in caplog.text
     assert "seed" not in caplog.text
+
+
+def test_number_reads_typed_values_and_names_the_key_of_a_bad_one():
+    sect = {"seed": 7, "copies": "2", "target": 0.25, "word": "ten", "flag": True, "half": 1.5}
+    assert number(sect, "augment", "seed", 42, whole=True) == 7 and number(sect, "augment", "absent", 42) == 42
+    assert number(sect, "augment", "copies", 1, whole=True, low=0) == 2  # YAML strings of digits are fine
+    assert number(sect, "augment", "target", 0.5, low=0, high=1) == 0.25
+    for key, words in (("word", "'ten' is not a whole number"), ("flag", "True is not a whole number"),
+                       ("half", "1.5 is not a whole number")):
+        with pytest.raises(ConfigError, match=f"params.yaml augment.{key}: {words}"):
+            number(sect, "augment", key, 1, whole=True)
+    with pytest.raises(ConfigError, match=r"split.target: 0.25 is not a number ≥ 0.5 and ≤ 1\."):
+        number(sect, "split", "target", 0.5, low=0.5, high=1)

@@ -204,3 +204,10 @@ def test_store_root_leaves_dvc_temp_copies_and_digest_tracks_rows(tmp_path):
     b.emotion[0] = 6
     assert tuning.data_digest(a) != tuning.data_digest(b)
     assert isinstance(tuning.make_pruner({"n_warmup_steps": 2}, 6), optuna.pruners.MedianPruner)
+
+
+def test_budget_names_values_that_are_not_numbers():
+    with pytest.raises(ConfigError, match=r"n_trials, epochs.*must be numbers, got \{'n_trials': 'six'"):
+        tuning.budget({"n_trials": "six", "epochs": 4}, None, synthetic=False)
+    with pytest.raises(ConfigError, match="'timeout_min': 'soon'"):
+        tuning.budget({"n_trials": 2, "epochs": 4, "timeout_min": "soon"}, None, synthetic=False)

@@ -1,0 +1,55 @@
+"""ferops.training.check_config: a deep model's mistyped params fail in words, before TensorFlow starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferops.errors import ConfigError
+from ferops.training import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_deep_configs_pass():
+    from ferops.training import resolve_config
+
+    td = yaml.safe_load((ROOT / "params.yaml").read_text())["train_deep"]
+    for cfg in td["models"].values():
+        assert check_config(resolve_config(td["common"], cfg))
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"epochs": "ten"}, "epochs='ten': give a whole number ≥ 1."),
+    ({"epochs": 2.5}, "epochs=2.5: give a whole number ≥ 1."),
+    ({"batch_size": 0}, "batch_size=0: give a whole number ≥ 1."),
+    ({"lr": "fast"}, "lr='fast': give a number ≥ 0."),
+    ({"dropout": 1.0}, "dropout=1.0: give a number ≥ 0 and ≤ 0.95."),  # Keras rejects rate 1 at build time
+    ({"early_stopping_patience": True}, "early_stopping_patience=True: give a whole number ≥ 0."),
+    ({"optimizer": "adamx"}, "optimizer='adamx': use adam | adamw | sgd_nesterov."),
+    ({"schedule": "cosin"}, "schedule='cosin': use plateau | constant | cosine | onecycle."),
+    ({"precision": "fp8"}, "precision='fp8': use auto | fp32 | bf16 | fp16."),
+    ({"arch": "resnet50"}, "arch='resnet50': unknown model architecture"),
+    ({"time_budget_min": -1}, "time_budget_min=-1"),
+])
+def test_bad_values_are_named(bad, words):
+    with pytest.raises(ConfigError) as err:
+        check_config({"arch": "cnn", "epochs": 3, "optimizer": "adamw", **bad})
+    assert str(err.value).startswith(words)
+
+
+def test_train_deep_stage_names_the_params_key_before_tensorflow(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_deep"]["models"]["cnn"]["epochs"] = "ten"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    missing = str(tmp_path / "absent")  # no data: the check must come first
+    cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--augmented",
+           missing, "--tuning", missing, "--ingest-report", missing, "--out", missing, "--checkpoints", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: params.yaml train_deep.models.cnn.epochs='ten': give a whole number ≥ 1." in r.stderr
+    assert "tensorflow" not in r.stderr.lower() and not (tmp_path / "mlflow.db").exists()
