@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ferops.config import load_params, section
+from ferops.config import load_params, number, section
 from ferops.runner import run
 
 
@@ -26,14 +26,15 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="per-model confusion matrices (PNG + CSV)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
+    cfg = section(load_params(args.params), "evaluate")
+    # a mistyped value (`batch_size: big`) fails here, naming its key, before TensorFlow and the data load
+    tta, batch_size = str(cfg.get("tta", "auto")), number(cfg, "evaluate", "batch_size", 512, whole=True, low=1)
 
     from ferops.data.io import load_npz, read_json, write_json
     from ferops.evaluation import (comparison_markdown, discover_models, evaluate_all, load_predict, metrics_summary,
                                    write_submission)
     from ferops.tracking import init_tracking
 
-    cfg = section(load_params(args.params), "evaluate")
-    tta, batch_size = str(cfg.get("tta", "auto")), int(cfg.get("batch_size", 512))
     ingest = read_json(args.ingest_report)
     test, val = load_npz(args.split / "test.npz"), load_npz(args.split / "val.npz")
     predict = load_predict(args.split / "predict.npz")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ferops import tracking
-from ferops.config import load_params, section
+from ferops.config import load_params, number, section
 from ferops.data.io import load_npz, read_json, write_json
 from ferops.errors import ConfigError
 from ferops.metrics import classification_metrics, confusion
@@ -25,15 +25,18 @@ def main() -> None:
     a = ap.parse_args()
 
     params = load_params()
-    seed, sec = int(params.get("seed", 42)), section(params, "train_baselines")
+    seed, sec = number(params, "", "seed", 42, whole=True), section(params, "train_baselines")
+    # a mistyped row cap (`val_max_rows: all`) fails here, naming its key, before the data load; null = the whole split
+    caps = {k: number(sec, "train_baselines", k, 0, whole=True, low=1) if sec.get(k) else None
+            for k in ("train_max_rows", "val_max_rows")}
     models = sec.get("models") or {}
     if a.model not in models:
         raise ConfigError(f"params.yaml: train_baselines.models has no `{a.model}`; known: {', '.join(models)}.")
     cfg = dict(models[a.model])
     kind = cfg.get("kind", a.model)
     report = read_json(a.ingest_report)
-    Xtr, ytr = baselines.to_xy(load_npz(a.split / "train.npz"), sec.get("train_max_rows"), seed)
-    Xva, yva = baselines.to_xy(load_npz(a.split / "val.npz"), sec.get("val_max_rows"), seed)
+    Xtr, ytr = baselines.to_xy(load_npz(a.split / "train.npz"), caps["train_max_rows"], seed)
+    Xva, yva = baselines.to_xy(load_npz(a.split / "val.npz"), caps["val_max_rows"], seed)
     log.info("%s (%s): train %d rows, val %d rows, %s data", a.model, kind, len(Xtr), len(Xva),
              "synthetic" if report.get("synthetic") else "real")
 

@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops import tuning
-    from ferops.config import load_params, locate_param, repo_root, section
+    from ferops.config import load_params, locate_param, number, repo_root, section
     from ferops.data.io import load_npz, read_json, write_json
     from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
@@ -35,7 +35,10 @@ def main() -> None:
     if not fam or not model or not fam.get("space"):
         raise ConfigError(f"--family {args.family}: params.yaml needs tune.families.{args.family} (with a `space:`) "
                           f"and train_deep.models.{args.family} (the base config).")
-    seed = int(params.get("seed", 42))
+    # a mistyped value (`lr: {low: fast}`) fails here, naming its params.yaml key, before TensorFlow and the data load
+    tuning.check_space(fam["space"], f"params.yaml tune.families.{args.family}.space")
+    seed = number(params, "", "seed", 42, whole=True)
+    workers = args.workers or (number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1)
     ingest = read_json(args.ingest_report)
     b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")))
     cfg = resolve_config(deep.get("common") or {}, model)
@@ -46,7 +49,6 @@ def main() -> None:
     # Same space/config/data/epochs → same study (a rerun resumes it); any change → a fresh study.
     name = tuning.study_name(args.family, {"cfg": cfg, "space": fam["space"], "epochs": b["epochs"], "seed": seed,
                                            "pruner": tune.get("pruner"), "data": tuning.data_digest(train, val)})
-    workers = int(args.workers or tune.get("workers") or 1)
     root = repo_root()
     init_tracking()
 

@@ -107,11 +107,11 @@ def number_problem(value: Any, *, whole: bool = False, low: float | None = None,
 def number(sect: dict[str, Any], name: str, key: str, default: float, *, whole: bool = False,
            low: float | None = None, high: float | None = None) -> Any:
     """sect[key] (else `default`) as an int (`whole`) or float within [low, high]; ConfigError naming
-    `params.yaml <name>.<key>` otherwise."""
+    `params.yaml <name>.<key>` otherwise (`params.yaml <key>` when `name` is "": a top-level key such as seed)."""
     value = sect.get(key, default)
     problem = number_problem(value, whole=whole, low=low, high=high)
     if problem:
-        raise ConfigError(f"params.yaml {name}.{key}: {value!r} is not {problem}.")
+        raise ConfigError(f"params.yaml {name + '.' if name else ''}{key}: {value!r} is not {problem}.")
     return int(float(value)) if whole else float(value)
 
 

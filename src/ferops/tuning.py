@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from ferops.config import repo_root, store_root
+from ferops.config import number, number_problem, repo_root, store_root
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
 
@@ -70,30 +70,58 @@ TrialFn = Callable[..., float]
 # --------------------------------------------------------------------------- search space → config
 
 
+def space_problem(spec: Any) -> str | None:
+    """None when `spec` is a valid space entry — {low, high, log?, step?} of numbers, or {choices: [...]} — else what
+    is wrong with it, for check_space and suggest_params (`low: fast` would otherwise end in float()'s traceback)."""
+    if not isinstance(spec, dict):
+        return f"expected {{low, high}} or {{choices: [...]}}, got {spec!r}."
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, (list, tuple)):
+            return f"`choices` must be a list, got {choices!r}."
+        return None if choices else "`choices` is empty; list at least one value."
+    if "low" not in spec or "high" not in spec:
+        return "needs both `low` and `high` (or `choices`)."
+    low, high, step = spec["low"], spec["high"], spec.get("step")
+    for key in ("low", "high"):
+        problem = number_problem(spec[key])
+        if problem:
+            return f"{key}={spec[key]!r} is not {problem}."
+    whole = isinstance(low, int) and isinstance(high, int)  # an int range (bools were refused above): a whole step ≥ 1
+    problem = None if step is None else number_problem(step, whole=whole, low=1 if whole else 0)
+    if problem:
+        return f"step={step!r} is not {problem}."
+    if float(low) > float(high):
+        return f"low={low} is above high={high}; swap them."
+    if spec.get("log", False) and float(low) <= 0:
+        return f"a log scale needs low > 0 (got {low})."
+    return None
+
+
+def check_space(space: dict[str, Any], where: str) -> None:
+    """ConfigError `<where>.<param>: what is wrong` for the first bad entry of a search space (the tune stage checks
+    `params.yaml tune.families.<family>.space` before TensorFlow starts and the data loads)."""
+    if not isinstance(space, dict):
+        raise ConfigError(f"{where}: expected a mapping of param → {{low, high}} or {{choices: [...]}}, got {space!r}.")
+    for name, spec in space.items():
+        problem = space_problem(spec)
+        if problem:
+            raise ConfigError(f"{where}.{name}: {problem}")
+
+
 def suggest_params(trial: "optuna.trial.BaseTrial", space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sample one value per entry of a params.yaml space: {low, high, log?, step?} (int when both ends are ints) or {choices}."""
     out: dict[str, Any] = {}
     for name, spec in (space or {}).items():
-        where = f"tune space `{name}`"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: expected {{low, high}} or {{choices: [...]}}, got {spec!r}.")
+        problem = space_problem(spec)
+        if problem:
+            raise ConfigError(f"tune space `{name}`: {problem}")
         if "choices" in spec:
-            choices = list(spec["choices"] or [])
-            if not choices:
-                raise ConfigError(f"{where}: `choices` is empty; list at least one value.")
-            out[name] = trial.suggest_categorical(name, choices)
+            out[name] = trial.suggest_categorical(name, list(spec["choices"]))
             continue
-        if "low" not in spec or "high" not in spec:
-            raise ConfigError(f"{where}: needs both `low` and `high` (or `choices`).")
         low, high, use_log = spec["low"], spec["high"], bool(spec.get("log", False))
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-            raise ConfigError(f"{where}: low/high must be numbers, got {low!r}/{high!r}.")
-        if low > high:
-            raise ConfigError(f"{where}: low={low} is above high={high}; swap them.")
-        if use_log and low <= 0:
-            raise ConfigError(f"{where}: a log scale needs low > 0 (got {low}).")
         if isinstance(low, int) and isinstance(high, int):
-            out[name] = trial.suggest_int(name, low, high, step=int(spec.get("step", 1)), log=use_log)
+            out[name] = trial.suggest_int(name, low, high, step=int(spec.get("step") or 1), log=use_log)
         else:
             step = spec.get("step")
             out[name] = trial.suggest_float(name, float(low), float(high), log=use_log,
@@ -194,10 +222,10 @@ def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: b
         raise ConfigError(f"tune.families: n_trials, epochs, train_max_rows (whole numbers) and timeout_min must be "
                           f"numbers, got {got}.") from None
     if synthetic and demo:
-        b["n_trials"] = min(b["n_trials"], int(demo.get("max_trials", b["n_trials"])))
-        b["epochs"] = min(b["epochs"], int(demo.get("max_epochs", b["epochs"])))
+        b["n_trials"] = min(b["n_trials"], number(demo, "demo", "max_trials", b["n_trials"], whole=True))
+        b["epochs"] = min(b["epochs"], number(demo, "demo", "max_epochs", b["epochs"], whole=True))
         if demo.get("max_train_rows"):
-            b["train_rows"] = min(b["train_rows"] or 10**12, int(demo["max_train_rows"]))
+            b["train_rows"] = min(b["train_rows"] or 10**12, number(demo, "demo", "max_train_rows", 0, whole=True))
     if b["n_trials"] < 1 or b["epochs"] < 1:
         raise ConfigError(f"tune: n_trials={b['n_trials']} and epochs={b['epochs']} must both be ≥ 1.")
     return b
@@ -223,8 +251,9 @@ def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.Base
     import optuna
 
     cfg = cfg or {}
-    return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.get("n_startup_trials", 2)),
-                                       n_warmup_steps=int(cfg.get("n_warmup_steps", max(1, epochs // 3))))
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=number(cfg, "tune.pruner", "n_startup_trials", 2, whole=True, low=0),
+        n_warmup_steps=number(cfg, "tune.pruner", "n_warmup_steps", max(1, epochs // 3), whole=True, low=0))
 
 
 def redact(url: str) -> str:

@@ -43,3 +43,5 @@ def test_number_reads_typed_values_and_names_the_key_of_a_bad_one():
             number(sect, "augment", key, 1, whole=True)
     with pytest.raises(ConfigError, match=r"split.target: 0.25 is not a number ≥ 0.5 and ≤ 1\."):
         number(sect, "split", "target", 0.5, low=0.5, high=1)
+    with pytest.raises(ConfigError, match=r"^params.yaml seed: 'x' is not a whole number\.$"):  # a top-level key
+        number({"seed": "x"}, "", "seed", 42, whole=True)

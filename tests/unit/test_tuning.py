@@ -211,3 +211,42 @@ def test_budget_names_values_that_are_not_numbers():
         tuning.budget({"n_trials": "six", "epochs": 4}, None, synthetic=False)
     with pytest.raises(ConfigError, match="'timeout_min': 'soon'"):
         tuning.budget({"n_trials": 2, "epochs": 4, "timeout_min": "soon"}, None, synthetic=False)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"low": "fast", "high": "3e-3"}, "lr: low='fast' is not a number."),
+    ({"low": 1.0e-4, "high": None}, "lr: high=None is not a number."),
+    ({"low": True, "high": 1}, "lr: low=True is not a number."),
+    ({"low": 1, "high": 4, "step": 0.5}, "lr: step=0.5 is not a whole number ≥ 1."),
+    ({"low": 0.1, "high": 0.4, "step": "small"}, "lr: step='small' is not a number ≥ 0."),
+    ({"choices": 64}, "lr: `choices` must be a list, got 64."),
+    ({"low": 3.0e-3, "high": 3.0e-4}, "lr: low=0.003 is above high=0.0003; swap them."),
+])
+def test_check_space_names_the_params_key_of_a_bad_entry(spec, words):
+    where = "params.yaml tune.families.resnet.space"
+    with pytest.raises(ConfigError) as err:
+        tuning.check_space({"dropout": {"low": 0.0, "high": 0.4}, "lr": spec}, where)
+    assert str(err.value) == f"{where}.{words}"
+    with pytest.raises(ConfigError, match="must be a list|is not|swap") as err:  # a trial refuses it too, in words
+        tuning.suggest_params(optuna.create_study().ask(), {"lr": spec})
+    assert str(err.value).startswith("tune space `lr`: ")
+    with pytest.raises(ConfigError, match=r"space: expected a mapping of param"):
+        tuning.check_space([spec], where)
+
+
+def test_space_numbers_written_as_yaml_text_are_read_and_the_shipped_spaces_pass():
+    import yaml
+
+    tuning.check_space({"lr": {"low": "3e-4", "high": "3e-3", "log": True}}, "space")  # YAML reads 3e-3 as text
+    p = tuning.suggest_params(optuna.create_study().ask(), {"lr": {"low": "3e-4", "high": "3e-3", "log": True}})
+    assert isinstance(p["lr"], float) and 3e-4 <= p["lr"] <= 3e-3
+    families = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["tune"]["families"]
+    for family, fam in families.items():
+        tuning.check_space(fam["space"], f"params.yaml tune.families.{family}.space")
+
+
+def test_pruner_and_demo_caps_name_their_params_key():
+    with pytest.raises(ConfigError, match=r"^params.yaml tune.pruner.n_warmup_steps: 'one' is not a whole number ≥ 0\.$"):
+        tuning.make_pruner({"n_warmup_steps": "one"}, 6)
+    with pytest.raises(ConfigError, match=r"^params.yaml demo.max_epochs: 'two' is not a whole number\.$"):
+        tuning.budget({"n_trials": 2, "epochs": 4}, {"max_epochs": "two"}, synthetic=True)

@@ -1,0 +1,43 @@
+"""Stage scripts: a mistyped params.yaml number ends in `error: params.yaml <key>: …` (exit 2), before any data loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _set(params: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("stage, args, key, value, words", [
+    ("evaluate", ["--split", "--models", "--ingest-report", "--metrics", "--comparison", "--submission", "--out"],
+     "evaluate.batch_size", "big", "params.yaml evaluate.batch_size: 'big' is not a whole number ≥ 1."),
+    ("validate", ["--data", "--report", "--docs"],
+     "validate.min_class_fraction", "lots", "params.yaml validate.min_class_fraction: 'lots' is not a number ≥ 0 and ≤ 1."),
+    ("train_baselines", ["--model", "--split", "--ingest-report", "--out"],
+     "train_baselines.val_max_rows", "all", "params.yaml train_baselines.val_max_rows: 'all' is not a whole number ≥ 1."),
+    ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"],
+     "tune.families.resnet.space.lr.low", "fast", "params.yaml tune.families.resnet.space.lr: low='fast' is not a number."),
+])
+def test_a_mistyped_number_names_its_params_key(tmp_path, stage, args, key, value, words):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    _set(params, key, value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    missing = str(tmp_path / "absent")  # no inputs: the check must come first
+    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py")]
+    for a in args:
+        cmd += [a, ("logreg" if a == "--model" else "resnet") if a in ("--model", "--family") else missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {words}" in r.stderr
