@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ferops.config import load_params, section
+from ferops.config import load_params, number, section
 from ferops.data.io import save_npz, write_json
 from ferops.errors import DataError
 from ferops.runner import run
@@ -45,7 +45,7 @@ def main() -> None:
                         "train.csv+test.csv or train|test/<class>/ image folders).")
     if found is None:
         syn = p.get("synthetic") or {}
-        n, seed = int(syn.get("n", 3500)), int(syn.get("seed", 42))
+        n, seed = number(syn, "ingest.synthetic", "n", 3500, whole=True, low=1), number(syn, "ingest.synthetic", "seed", 42, whole=True)
         log.warning("!" * 100)
         log.warning(SYNTHETIC_WARNING, args.raw_dir, n, seed)
         log.warning("!" * 100)

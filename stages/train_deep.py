@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ferops.config import load_params, locate_param, section
+from ferops.config import load_params, locate_param, number, section
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
 from ferops.runner import cap_onednn_isa, run, start_tensorflow
@@ -48,10 +48,10 @@ def main() -> None:
     except ConfigError as exc:
         raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
                                  ("train_deep.common", td.get("common"))]) from None
+    seed = number(params, "", "seed", 42, whole=True)
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     report = read_json(args.ingest_report)
-    seed = int(params.get("seed", 42))
     train = load_npz(args.augmented if cfg.get("use_augmented") else args.split / "train.npz")
     val = load_npz(args.split / "val.npz")  # model selection on validation only; the test split is for evaluate
     max_epochs = None
