@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ferops import tracking
-from ferops.config import load_params, number, section
+from ferops.config import load_params, locate_param, number, section
 from ferops.data.io import load_npz, read_json, write_json
 from ferops.errors import ConfigError
 from ferops.metrics import classification_metrics, confusion
@@ -34,6 +34,10 @@ def main() -> None:
         raise ConfigError(f"params.yaml: train_baselines.models has no `{a.model}`; known: {', '.join(models)}.")
     cfg = dict(models[a.model])
     kind = cfg.get("kind", a.model)
+    try:  # `max_iter: lots` or `C: [fast]` fails here, naming its params.yaml key, before the data load
+        baselines.check_settings(kind, cfg)
+    except ConfigError as exc:
+        raise locate_param(exc, [(f"train_baselines.models.{a.model}", cfg)]) from None
     report = read_json(a.ingest_report)
     Xtr, ytr = baselines.to_xy(load_npz(a.split / "train.npz"), caps["train_max_rows"], seed)
     Xva, yva = baselines.to_xy(load_npz(a.split / "val.npz"), caps["val_max_rows"], seed)

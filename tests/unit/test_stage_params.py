@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ferops.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,6 +29,10 @@ def _set(params: dict, dotted: str, value: object) -> None:
      "validate.min_class_fraction", "lots", "params.yaml validate.min_class_fraction: 'lots' is not a number ≥ 0 and ≤ 1."),
     ("train_baselines", ["--model", "--split", "--ingest-report", "--out"],
      "train_baselines.val_max_rows", "all", "params.yaml train_baselines.val_max_rows: 'all' is not a whole number ≥ 1."),
+    ("train_baselines", ["--model", "--split", "--ingest-report", "--out"], "train_baselines.models.logreg.max_iter",
+     "lots", "params.yaml train_baselines.models.logreg.max_iter='lots': give a whole number ≥ 1."),
+    ("train_baselines", ["--model", "--split", "--ingest-report", "--out"], "train_baselines.models.logreg.grid.C",
+     [1e-3, "fast"], "params.yaml train_baselines.models.logreg.grid.C='fast': give a number ≥ 0."),
     ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"],
      "tune.families.resnet.space.lr.low", "fast", "params.yaml tune.families.resnet.space.lr: low='fast' is not a number."),
 ])
@@ -41,3 +47,14 @@ def test_a_mistyped_number_names_its_params_key(tmp_path, stage, args, key, valu
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {words}" in r.stderr
+
+
+def test_shipped_baseline_settings_pass():
+    from ferops.models.baselines import check_settings
+
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["train_baselines"]["models"]
+    for name, cfg in models.items():
+        check_settings(cfg.get("kind", name), cfg)  # raises on any value it would refuse
+    check_settings("random_forest", {"grid": {"max_depth": [None, 10]}, "n_jobs": -1, "cv": 3})
+    with pytest.raises(ConfigError, match=r"^n_estimators=0: give a whole number ≥ 1\.$"):
+        check_settings("random_forest", {"n_estimators": 0})

@@ -84,6 +84,35 @@ def resolve_settings(kind: str, fixed: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS[kind], **fixed}
 
 
+NULLABLE = ("max_depth", "pca")  # null = no depth limit / no PCA
+
+
+def check_settings(kind: str, cfg: dict[str, Any]) -> None:
+    """ConfigError `key=value: why` for the first numeric setting of a baseline's params entry (fixed, a grid value,
+    `cv`, `blas_threads`) that is not a usable number; the stage calls it before the data loads, since int('lots')
+    deep in build_estimator would end in a traceback. Numeric = what DEFAULTS holds a number for."""
+    from ferops.config import number_problem
+
+    if kind not in DEFAULTS:
+        return  # resolve_settings names the unknown kind
+    grid = cfg.get("grid") if isinstance(cfg.get("grid"), dict) else {}
+    values = [(k, k, v) for k, v in cfg.items() if k not in ("kind", "grid")]
+    values += [(f"grid.{k}", k, v) for k, vs in grid.items() if isinstance(vs, list) for v in vs]
+    for where, key, value in values:
+        default = DEFAULTS[kind].get(key, 1 if key in ("blas_threads", "calibration_cv") else None)
+        if key == "cv":
+            problem = number_problem(value or 0, whole=True, low=0)
+        elif value is None and (key in NULLABLE or key == "blas_threads"):
+            continue
+        elif key in NULLABLE or (isinstance(default, (int, float)) and not isinstance(default, bool)):
+            whole = key in NULLABLE or isinstance(default, int)
+            problem = number_problem(value, whole=whole, low=None if key == "n_jobs" else 1 if whole else 0)
+        else:
+            continue
+        if problem:
+            raise ConfigError(f"{where}={value!r}: give {problem}.")
+
+
 def build_estimator(kind: str, fixed: dict[str, Any], seed: int):
     """An unfitted sklearn Pipeline of `kind` whose input is raw pixels float32 [N, 2304] in 0..255."""
     from sklearn.calibration import CalibratedClassifierCV
