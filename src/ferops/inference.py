@@ -44,6 +44,7 @@ DETECT_MAX_SIDE = {"opencv-haar": 400, "skimage-lbp": 256}
 ANNOTATED_MAX_SIDE = 1920  # annotated copies of huge photos are downscaled to this (for viewing)
 ANNOTATED_MIN_SIDE = 256   # and small images (face crops) enlarged to this
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV cannot read: named when a folder walk skips them
 # `ferops predict --faces`: detect faces, take the whole image as one face, or auto = whole for a small near-square
 # image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
 # image-folder sample the cascade finds a face in only 32: the champion scores 61-64 % whole, 14-15 % with detection
@@ -588,8 +589,12 @@ def list_photos(paths: Sequence[str | Path]) -> list[Path]:
     path); anything else stays as given, so a missing or unreadable file is reported on its own line."""
     out: list[Path] = []
     for p in map(Path, paths):
-        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) \
-            if p.is_dir() else []
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+        found = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        other = [f for f in files if f.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+        if other:  # a phone's HEIC photos would otherwise vanish without a word
+            log.warning("%s: skipped %d image(s) OpenCV cannot read (%s, e.g. %s) — convert them to JPEG or PNG", p,
+                        len(other), ", ".join(sorted({f.suffix.lower() for f in other})), other[0].name)
         out.extend(found or [p])  # an empty folder stays, to be reported
     return out
 

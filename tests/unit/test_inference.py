@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -318,15 +319,19 @@ def test_face_regions_whole_for_face_crops_detect_for_photos():
         inf.face_regions(photo, "all")
 
 
-def test_predict_photos_on_folders_of_crops(tmp_path, keras_model):
+def test_predict_photos_on_folders_of_crops(tmp_path, keras_model, caplog):
     rng = np.random.default_rng(1)
     crops = rng.integers(0, 256, (3, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
     for i, (sub, name) in enumerate([("happy", "b.png"), ("happy", "a.jpg"), ("sad/deeper", "c.png")]):
         (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(tmp_path / "in" / sub / name), crops[i])
     (tmp_path / "in" / "notes.txt").write_text("not a photo: skipped in folders")
+    (tmp_path / "in" / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # skipped too, but named
     (tmp_path / "empty").mkdir()
-    photos = inf.list_photos([tmp_path / "in", tmp_path / "empty"])
+    with caplog.at_level(logging.WARNING, logger="ferops.inference"):
+        photos = inf.list_photos([tmp_path / "in", tmp_path / "empty"])
+    assert "skipped 1 image(s) OpenCV cannot read (.heic, e.g. IMG_1.HEIC) — convert them to JPEG or PNG" in caplog.text
+    assert "notes.txt" not in caplog.text
     assert [p.relative_to(tmp_path).as_posix() for p in photos] == [
         "in/happy/a.jpg", "in/happy/b.png", "in/sad/deeper/c.png", "empty"]
 
