@@ -158,16 +158,22 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def check_precision(setting: Any) -> str:
+    """The setting lower-cased if it is auto or a PRECISIONS name, else ConfigError listing them."""
+    s = str(setting or "auto").lower()
+    if s != "auto" and s not in PRECISIONS:
+        raise ConfigError(f"precision={setting!r}: use auto | fp32 | bf16 | fp16.")
+    return s
+
+
 def choose_precision(setting: str = "auto") -> str:
     """Keras dtype policy: auto → mixed_bfloat16 on Ampere+ GPUs and avx512_bf16/AMX CPUs, mixed_float16 on older GPUs, else float32.
 
     bf16 needs no loss scaling and runs as fast as fp16 on compute capability ≥ 8.0.
     """
-    s = str(setting or "auto").lower()
+    s = check_precision(setting)
     if s in PRECISIONS:
         return PRECISIONS[s]
-    if s != "auto":
-        raise ConfigError(f"precision={setting!r}: use auto | fp32 | bf16 | fp16.")
     cc = gpu_capability()
     if cc is not None:
         return "mixed_bfloat16" if cc >= (8, 0) else "mixed_float16"
@@ -429,12 +435,10 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
         if cfg.get(key) is not None and cfg[key] not in choices:
             raise ConfigError(f"{key}={cfg[key]!r}: use {' | '.join(choices)}.")
-    if str(cfg.get("precision") or "auto").lower() not in ("auto", *PRECISIONS):
-        raise ConfigError(f"precision={cfg['precision']!r}: use auto | fp32 | bf16 | fp16.")
-    from ferops.models.zoo import ARCHS  # no Keras import at module level
+    check_precision(cfg.get("precision"))
+    from ferops.models.zoo import check_arch  # no Keras import at module level
 
-    if cfg.get("arch") not in ARCHS:
-        raise ConfigError(f"arch={cfg.get('arch')!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
+    check_arch(cfg.get("arch"))
     steps_per_execution(cfg), time_budget_s(cfg), ema_decay(cfg), swa_config(cfg), mix_config(cfg)
     return cfg
 

@@ -99,7 +99,7 @@ def check_settings(kind: str, cfg: dict[str, Any]) -> None:
     values = [(k, k, v) for k, v in cfg.items() if k not in ("kind", "grid")]
     values += [(f"grid.{k}", k, v) for k, vs in grid.items() if isinstance(vs, list) for v in vs]
     for where, key, value in values:
-        default = DEFAULTS[kind].get(key, 1 if key in ("blas_threads", "calibration_cv") else None)
+        default = DEFAULTS[kind].get(key, 1 if key == "blas_threads" else None)  # blas_threads: a META_KEY
         if key == "cv":
             problem = number_problem(value or 0, whole=True, low=0)
         elif value is None and (key in NULLABLE or key == "blas_threads"):

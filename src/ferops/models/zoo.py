@@ -467,6 +467,13 @@ def _norm_factory(cfg: dict[str, Any], inference: bool) -> Norm:
                                              gamma_initializer="zeros" if zero_init else "ones")
 
 
+def check_arch(arch: Any) -> str:
+    """`arch` if it names a builder, else ConfigError listing them (Keras-free: config checks call it early)."""
+    if arch not in ARCHS:
+        raise ConfigError(f"arch={arch!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
+    return arch
+
+
 def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
     """A keras.Model for `cfg["arch"]`: raw pixels (N,48,48,1) in 0..255 → softmax (N,7).
 
@@ -475,9 +482,7 @@ def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     """
     import keras
 
-    arch = cfg.get("arch")
-    if arch not in BUILDERS:
-        raise ConfigError(f"arch={arch!r}: unknown model architecture; use one of {', '.join(ARCHS)}.")
+    arch = check_arch(cfg.get("arch"))
     inputs, x = input_block(cfg, seed=seed, inference=inference)
     x = BUILDERS[arch](cfg, x, norm=_norm_factory(cfg, inference))
     return keras.Model(inputs, _head(x, cfg), name=str(cfg.get("name", arch)))
