@@ -512,10 +512,10 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ferops.tracking import tracking_uri
+    from ferops.tracking import store_missing, tracking_uri
 
     store = tracking_uri()
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+    if store_missing(store):
         raise FerError(f"no MLflow store at {store}, so no {uri}: {fix}.")
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)

@@ -99,10 +99,10 @@ def _client():
 def _existing_store_client():
     """`_client()` for the CLI, which only reads or moves aliases: RegistryError when the sqlite store does not exist
     (opening it would leave an empty mlflow.db in whatever folder the command ran from)."""
-    from ferops.tracking import tracking_uri
+    from ferops.tracking import store_missing, tracking_uri
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if store_missing(uri):
         raise RegistryError(f"no MLflow store at {uri}: run `ferops` from the project folder (or set "
                             "MLFLOW_TRACKING_URI); no model is registered until `make run` (or `dvc repro`) has run.")
     return _client()

@@ -25,6 +25,12 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
+def store_missing(uri: str) -> bool:
+    """True when `uri` is a sqlite store whose file does not exist: reading commands must say so, since opening it
+    would leave an empty mlflow.db behind."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
     """Point MLflow at the store (created once, before any parallel writer) and select the experiment."""
     import mlflow
