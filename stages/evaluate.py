@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ferops.config import load_params, number, section
-from ferops.constants import TTA_VIEW_MODES
+from ferops.constants import TTA_SETTINGS
 from ferops.errors import ConfigError
 from ferops.runner import run
 
@@ -31,8 +31,8 @@ def main() -> None:
     cfg = section(load_params(args.params), "evaluate")
     # a mistyped value (`batch_size: big`) fails here, naming its key, before TensorFlow and the data load
     tta, batch_size = str(cfg.get("tta", "auto")), number(cfg, "evaluate", "batch_size", 512, whole=True, low=1)
-    if tta not in (*TTA_VIEW_MODES, "auto"):
-        raise ConfigError(f"params.yaml evaluate.tta={tta!r}: use one of {', '.join(TTA_VIEW_MODES)}, auto.")
+    if tta not in TTA_SETTINGS:
+        raise ConfigError(f"params.yaml evaluate.tta={tta!r}: use one of {', '.join(TTA_SETTINGS)}.")
 
     from ferops.data.io import load_npz, read_json, write_json
     from ferops.evaluation import (comparison_markdown, discover_models, evaluate_all, load_predict, metrics_summary,

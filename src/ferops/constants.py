@@ -10,4 +10,5 @@ USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "val", "Pri
 # Test-time augmentation view modes (ferops.training.tta_views), cheapest first, and `ferops predict --faces`
 # modes (ferops.inference.face_regions): here so the CLI can offer them without importing numpy or Keras.
 TTA_VIEW_MODES: tuple[str, ...] = ("none", "flip", "tencrop", "shift")
+TTA_SETTINGS: tuple[str, ...] = (*TTA_VIEW_MODES, "auto")  # auto: the mode evaluate chose on val
 FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ferops.constants import EMOTIONS, NUM_CLASSES
+from ferops.constants import EMOTIONS, NUM_CLASSES, TTA_SETTINGS
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
 from ferops.metrics import classification_metrics, confusion
@@ -25,8 +25,8 @@ log = logging.getLogger("ferops.evaluation")
 MODEL_FILES: dict[str, str] = {"baseline": "model.joblib", "deep": "model.keras"}
 KIND_DIRS: dict[str, str] = {"baseline": "baselines", "deep": "deep"}
 TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, cheapest first (fewest views)
-# `auto`: each deep model gets the TTA mode with the best VALIDATION accuracy (ties: the cheaper mode).
-TTA_SETTINGS: tuple[str, ...] = (*TTA_MODES, "auto")
+# evaluate.tta `auto` (constants.TTA_SETTINGS): each deep model gets the TTA mode with the best VALIDATION accuracy
+# (ties: the cheaper mode).
 # Keys of reports/metrics.json, per model (DVC metrics).
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
                                  "test_macro_f1", "test_weighted_f1")

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_VIEW_MODES
+from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_SETTINGS, TTA_VIEW_MODES
 from ferops.errors import ConfigError, DataError, FerError
 
 log = logging.getLogger("ferops.inference")
@@ -34,7 +34,6 @@ DEFAULT_MODEL_NAME = "fer2013-resnet"
 BATCH_SIZE = 512
 # Test-time augmentation at prediction: ferops.training's view modes, plus `auto` = the mode `evaluate` chose on
 # val for the registered model (recorded in its pyfunc model_config at registration; none when unknown).
-TTA_MODES: tuple[str, ...] = (*TTA_VIEW_MODES, "auto")
 FACE_MARGIN = 0.1          # grow detector boxes by 10 % a side: FER2013 crops include brow and chin
 MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downscaled) detection image
 # Long side of the detection image per backend: the cascades' cost grows with its area; at these sizes a
@@ -199,7 +198,7 @@ def probabilities_frame(proba: np.ndarray, index: pd.Index | None = None) -> pd.
 
 # ---- the model call ----------------------------------------------------------------------------------------
 
-def check_tta(tta: str, allowed: Sequence[str] = TTA_MODES) -> str:
+def check_tta(tta: str, allowed: Sequence[str] = TTA_SETTINGS) -> str:
     """`tta` if it is one of `allowed`, else ConfigError naming them."""
     if tta not in allowed:
         raise ConfigError(f"tta={tta!r}: use one of {', '.join(allowed)}.")
