@@ -40,7 +40,8 @@ def main() -> None:
     seed = number(params, "", "seed", 42, whole=True)
     workers = args.workers or (number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1)
     ingest = read_json(args.ingest_report)
-    b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")))
+    b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")),
+                      where=f"tune.families.{args.family}")
     cfg = resolve_config(deep.get("common") or {}, model)
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter

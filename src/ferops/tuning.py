@@ -207,27 +207,24 @@ def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]
 # --------------------------------------------------------------------------- budget, data, naming
 
 
-def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: bool) -> dict[str, Any]:
-    """n_trials, epochs, train_rows and timeout_s of one family, capped by `demo:` on the synthetic set."""
-    try:
-        b = {"n_trials": int(family_cfg["n_trials"]), "epochs": int(family_cfg["epochs"])}
-        rows = family_cfg.get("train_max_rows")
-        b["train_rows"] = int(rows) if rows else None
-        t = family_cfg.get("timeout_min")
-        b["timeout_s"] = float(t) * 60 if t else None
-    except KeyError as exc:
-        raise ConfigError(f"tune.families: `{exc.args[0]}` is missing (n_trials and epochs are required).") from None
-    except (TypeError, ValueError):  # `n_trials: six`: name the values rather than end in int()'s traceback
-        got = {k: family_cfg.get(k) for k in ("n_trials", "epochs", "train_max_rows", "timeout_min")}
-        raise ConfigError(f"tune.families: n_trials, epochs, train_max_rows (whole numbers) and timeout_min must be "
-                          f"numbers, got {got}.") from None
+def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: bool,
+           where: str = "tune.families") -> dict[str, Any]:
+    """n_trials, epochs, train_rows and timeout_s of one family (`where`: its params.yaml section, for messages),
+    capped by `demo:` on the synthetic set."""
+    missing = [k for k in ("n_trials", "epochs") if k not in family_cfg]
+    if missing:
+        raise ConfigError(f"params.yaml {where}: `{missing[0]}` is missing (n_trials and epochs are required).")
+    b = {"n_trials": number(family_cfg, where, "n_trials", 0, whole=True, low=1),
+         "epochs": number(family_cfg, where, "epochs", 0, whole=True, low=1)}
+    caps = {k: family_cfg.get(k) or 0 for k in ("train_max_rows", "timeout_min")}  # null / 0 = no cap, no timeout
+    b["train_rows"] = number(caps, where, "train_max_rows", 0, whole=True, low=0) or None
+    t = number(caps, where, "timeout_min", 0, low=0)
+    b["timeout_s"] = t * 60 if t else None
     if synthetic and demo:
-        b["n_trials"] = min(b["n_trials"], number(demo, "demo", "max_trials", b["n_trials"], whole=True))
-        b["epochs"] = min(b["epochs"], number(demo, "demo", "max_epochs", b["epochs"], whole=True))
+        b["n_trials"] = min(b["n_trials"], number(demo, "demo", "max_trials", b["n_trials"], whole=True, low=1))
+        b["epochs"] = min(b["epochs"], number(demo, "demo", "max_epochs", b["epochs"], whole=True, low=1))
         if demo.get("max_train_rows"):
             b["train_rows"] = min(b["train_rows"] or 10**12, number(demo, "demo", "max_train_rows", 0, whole=True))
-    if b["n_trials"] < 1 or b["epochs"] < 1:
-        raise ConfigError(f"tune: n_trials={b['n_trials']} and epochs={b['epochs']} must both be ≥ 1.")
     return b
 
 

@@ -207,10 +207,15 @@ def test_store_root_leaves_dvc_temp_copies_and_digest_tracks_rows(tmp_path):
 
 
 def test_budget_names_values_that_are_not_numbers():
-    with pytest.raises(ConfigError, match=r"n_trials, epochs.*must be numbers, got \{'n_trials': 'six'"):
-        tuning.budget({"n_trials": "six", "epochs": 4}, None, synthetic=False)
-    with pytest.raises(ConfigError, match="'timeout_min': 'soon'"):
-        tuning.budget({"n_trials": 2, "epochs": 4, "timeout_min": "soon"}, None, synthetic=False)
+    where = "tune.families.resnet"
+    with pytest.raises(ConfigError, match=r"^params.yaml tune.families.resnet.n_trials: 'six' is not a whole number ≥ 1\.$"):
+        tuning.budget({"n_trials": "six", "epochs": 4}, None, synthetic=False, where=where)
+    with pytest.raises(ConfigError, match=r"^params.yaml tune.families.resnet.timeout_min: 'soon' is not a number ≥ 0\.$"):
+        tuning.budget({"n_trials": 2, "epochs": 4, "timeout_min": "soon"}, None, synthetic=False, where=where)
+    with pytest.raises(ConfigError, match=r"tune.families.resnet.epochs: 0 is not a whole number ≥ 1"):
+        tuning.budget({"n_trials": 2, "epochs": 0}, None, synthetic=False, where=where)
+    with pytest.raises(ConfigError, match=r"tune.families.resnet: `n_trials` is missing"):
+        tuning.budget({"epochs": 2}, None, synthetic=False, where=where)
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -248,5 +253,5 @@ def test_space_numbers_written_as_yaml_text_are_read_and_the_shipped_spaces_pass
 def test_pruner_and_demo_caps_name_their_params_key():
     with pytest.raises(ConfigError, match=r"^params.yaml tune.pruner.n_warmup_steps: 'one' is not a whole number ≥ 0\.$"):
         tuning.make_pruner({"n_warmup_steps": "one"}, 6)
-    with pytest.raises(ConfigError, match=r"^params.yaml demo.max_epochs: 'two' is not a whole number\.$"):
+    with pytest.raises(ConfigError, match=r"^params.yaml demo.max_epochs: 'two' is not a whole number ≥ 1\.$"):
         tuning.budget({"n_trials": 2, "epochs": 4}, {"max_epochs": "two"}, synthetic=True)
