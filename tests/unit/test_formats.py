@@ -346,3 +346,22 @@ def test_real_fer2013_counts():
     counts = {u: int((data.usage == u).sum()) for u in ("Training", "PublicTest", "PrivateTest")}
     assert counts == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
     assert np.bincount(data.emotion[data.usage == "Training"]).tolist() == [3995, 436, 4097, 7215, 4830, 3171, 4965]
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_quarantine_keeps_bytes_that_are_not_utf8(tmp_path, faces, quoted):
+    """A Latin-1 byte in a bad row is written back to the quarantine file as it came in, not as U+FFFD."""
+    lines = competition_lines(faces)
+    if quoted:
+        lines = [f'{ln.split(",")[0]},"{ln.split(",")[1]}",{ln.split(",")[2]}' for ln in lines]
+    raw_lines = [ln.encode() for ln in lines]
+    raw_lines[2] = raw_lines[2].rsplit(b",", 1)[0] + b",Trainingr\xe9"  # 'é' in Latin-1: not UTF-8
+    f = tmp_path / "fer2013.csv"
+    f.write_bytes(b"emotion,pixels,Usage\n" + b"\n".join(raw_lines) + b"\n")
+    data, rejected = read_any(f, "quarantine")
+    assert len(data) == len(faces) - 1 and [r.row for r in rejected] == [3]
+    assert "Usage 'Trainingr\ufffd'" in rejected[0].reason  # the message shows a readable stand-in
+    q = write_quarantine(rejected, tmp_path / "q.csv")
+    with open(q, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        raw = next(csv.DictReader(fh))["raw"]
+    assert raw.encode("utf-8", "surrogateescape") == raw_lines[2]  # … the file keeps the original bytes

@@ -277,10 +277,11 @@ class _Table:
         return [raw[x:y].decode("utf-8", "replace") for x, y in zip(a.tolist(), b.tolist())]  # type: ignore[index]
 
     def raw_line(self, i: int) -> str:
-        """The original text of line i (untouched, without its line ending)."""
+        """The original text of line i (untouched, without its line ending). Bytes that are not UTF-8 are kept as
+        surrogate escapes, so `write_quarantine` writes them back byte for byte."""
         if self.rows is not None:
             return self.raw[i]  # type: ignore[return-value]
-        return self.raw[int(self.starts[i]):int(self.ends[i])].decode("utf-8", "replace")  # type: ignore[index]
+        return self.raw[int(self.starts[i]):int(self.ends[i])].decode("utf-8", "surrogateescape")  # type: ignore[index]
 
 
 def _read_table(p: Path) -> _Table:
@@ -294,10 +295,13 @@ def _read_table(p: Path) -> _Table:
     h = len(raw) if h < 0 else h
     header = next(csv.reader([raw[:h].decode("utf-8", "replace").rstrip("\r")]))
     if b'"' in raw:  # quoted fields: let the csv module unquote them (slower, rare)
-        lines = raw[h + 1:].decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
-        kept = [(k, ln) for k, ln in enumerate(lines, start=1) if ln and not ln.isspace()]
-        rows = [next(csv.reader([ln]), []) for _, ln in kept]
-        return _Table(header, [k for k, _ in kept], np.array([len(r) for r in rows], int), [ln for _, ln in kept],
+        body = raw[h + 1:].replace(b"\r\n", b"\n")
+        # fields parse from the readable text; the raw lines keep non-UTF-8 bytes for the quarantine file (the
+        # two decodings split into the same lines: a newline byte is never part of a multi-byte sequence)
+        text, lines = (body.decode("utf-8", err).split("\n") for err in ("replace", "surrogateescape"))
+        kept = [k for k, ln in enumerate(text) if ln and not ln.isspace()]
+        rows = [next(csv.reader([text[k]]), []) for k in kept]
+        return _Table(header, [k + 1 for k in kept], np.array([len(r) for r in rows], int), [lines[k] for k in kept],
                       np.empty(0, int), np.empty(0, int), [], rows, raw.endswith(b"\n"))
     buf = np.frombuffer(raw, np.uint8)
     nl = np.flatnonzero(buf == 10)
@@ -548,7 +552,8 @@ def write_quarantine(rejected: Sequence[Rejected], path: str | Path) -> Path:
     """Write every rejected row/file (header only when none) as CSV: source,row,reason,raw."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a raw line's non-UTF-8 bytes go back out as they came in (nothing is lost)
+    with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(QUARANTINE_COLUMNS)
         w.writerows((r.source, r.row, r.reason, r.raw) for r in rejected)
