@@ -9,7 +9,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test test-all bench ui dashboard serve clean help
+.PHONY: setup run demo lint test test-all bench ui dashboard serve clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,10 +31,13 @@ demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whate
 	@cp params.yaml $(VENV)/.params-before-demo.yaml
 	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(VENV)/.params-before-demo.yaml params.yaml; exit $$rc
 
-test: setup  ## the default test suite (fast tiers; slow ones are marked)
+lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
+	$(VENV)/bin/ruff check src stages tests benchmarks
+
+test: lint  ## lint, then the default test suite (fast tiers; slow ones are marked)
 	$(PY) -m pytest -q
 
-test-all: setup  ## every test, slow and real-data ones included
+test-all: lint  ## every test, slow and real-data ones included
 	$(PY) -m pytest -q -m ""
 
 bench: setup  ## benchmarks (real data from ../shared/data); figures go to benchmarks/RESULTS.md by hand

@@ -114,7 +114,7 @@ def main() -> None:
     print(f"\n{'engine':16} {'images/s':>9} {'ratio':>6} {'1 face ms':>9} {'val acc':>8} {'agree':>7} {'max|Δp|':>8}")
     for name, model in engines.items():
         p = ref if model is keras_model else predict_proba(model, xv)
-        one, _ = timed(lambda: predict_proba(model, xv[:1]), 30)  # after one warm-up call
+        one, _ = timed(lambda m=model: predict_proba(m, xv[:1]), 30)  # after one warm-up call
         ips = statistics.median(rates[name])
         print(f"{name:16} {ips:9.0f} {ips / base:6.2f} {1000 * statistics.median(one):9.2f} "
               f"{100 * (p.argmax(1) == yv).mean():8.2f} {100 * (p.argmax(1) == ref.argmax(1)).mean():6.1f}% "

@@ -97,7 +97,7 @@ def main() -> None:
         runs[name] = {"model": model, "x": x, "y": y, "s": []}
     order = list(runs.items())
     for turn in range(args.rounds * args.steps):
-        for name, r in (order if turn % 2 == 0 else order[::-1]):
+        for _name, r in (order if turn % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             r["model"].train_on_batch(r["x"], r["y"])
             r["s"].append(time.perf_counter() - t0)

@@ -720,7 +720,6 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
     label, label_name, probabilities; left to right), `faces_from` (detected | whole image), `annotated` (path
     or None), `note` ("no face found") and `error` (why the file was not read, else None).
     """
-    import cv2
     from tqdm.auto import tqdm
 
     check_faces(faces)

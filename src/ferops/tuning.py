@@ -358,18 +358,18 @@ def fail_dead_trials(study: "optuna.Study", track: bool = True) -> list[int]:
         if (wid and not _alive(wid)) or (not wid and now - started > STALE_GRACE_S):
             dead.append(t.number)
     failed = []
-    for number in dead:
+    for trial_no in dead:
         try:
-            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            study.tell(trial_no, state=TrialState.FAIL, skip_if_finished=True)
         except (ValueError, RuntimeError) as exc:  # another process got there first
-            log.debug("trial %d: %s", number, exc)
+            log.debug("trial %d: %s", trial_no, exc)
             continue
-        frozen = next(t for t in study.get_trials(deepcopy=True) if t.number == number)
+        frozen = next(t for t in study.get_trials(deepcopy=True) if t.number == trial_no)
         if frozen.state != TrialState.FAIL:
             continue
-        failed.append(number)
+        failed.append(trial_no)
         log.warning("trial %d was left RUNNING by a dead worker (%s): marked FAIL, parameters re-queued",
-                    number, frozen.user_attrs.get("worker", "unknown"))
+                    trial_no, frozen.user_attrs.get("worker", "unknown"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)

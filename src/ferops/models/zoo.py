@@ -292,7 +292,7 @@ def progressive_config(cfg: dict[str, Any], full: int = IMG_SIZE) -> dict[str, i
     try:
         size, epochs = int(prog["size"]), int(prog["epochs"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>}}, e.g. {{size: 32, epochs: 12}}.")
+        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>}}, e.g. {{size: 32, epochs: 12}}.") from None
     if not 16 <= size < full or epochs < 0:
         raise ConfigError(f"progressive.size={size}: must be between 16 and the training crop ({full} px) - 1; "
                           f"epochs={epochs} must be >= 0.")
