@@ -1,7 +1,7 @@
 """register: put the best ResNet (by validation accuracy) in the MLflow registry; challenger/champion aliases.
 
 python stages/register.py --metrics reports/metrics.json --models models/deep --ingest-report reports/ingest.json \
-    --out reports/register.json
+    --out reports/register.json --card reports/model_card.md
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def main() -> None:
     ap.add_argument("--models", required=True, type=Path, help="folder of trained deep models (models/deep)")
     ap.add_argument("--ingest-report", required=True, type=Path, help="reports/ingest.json (data sha256 for tags)")
     ap.add_argument("--out", required=True, type=Path, help="reports/register.json")
+    ap.add_argument("--card", type=Path, default=Path("reports/model_card.md"),
+                    help="the registered version's model card (also its description in the MLflow registry)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
@@ -30,6 +32,8 @@ def main() -> None:
     cfg = section(load_params(args.params), "register")
     init_tracking()
     report = register_best(args.models, read_json(args.metrics), read_json(args.ingest_report), cfg)
+    args.card.parent.mkdir(parents=True, exist_ok=True)
+    args.card.write_text(report.pop("model_card"), encoding="utf-8")
     write_json(report, args.out)
     print(f"{report['name']} v{report['version']} ({report['model']}, val {report['val_accuracy']:.4f}) "
           f"aliases {', '.join(report['aliases']) or '-'}; champion is v{report['champion_version']}: {report['reason']}")

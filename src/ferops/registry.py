@@ -196,6 +196,9 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         mv = mlflow.register_model(uri, name, tags=tags)
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
+    card = _describe(client, name, version, best, test, ingest_report,
+                     (mv.tags or {}).get("tta_mode", "none") if reused else tta,
+                     run.data.tags.get("git_commit") or git_commit())
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
@@ -222,7 +225,23 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "val_accuracy": val, "test_accuracy": test.get("test_accuracy"),
         "test_accuracy_tta": test.get("test_accuracy_tta"),
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
+        "model_card": card,  # the stage writes it to reports/model_card.md
     }
+
+
+def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],
+              tta: str, commit: str | None) -> str:
+    """Set the version's model card as its registry description (and the model's, when it has none); return it."""
+    from ferops.modelcard import model_card
+
+    card = model_card(name=name, version=version, model=best.name, config=best.config, metrics=best.metrics,
+                      test=test, ingest=ingest_report, tta=tta, git_commit=commit)
+    client.update_model_version(name, version, description=card)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=(
+            "Facial-expression classifier for 48×48 grey faces (FER2013's 7 classes), registered by ferops' register "
+            "stage. `@champion` is the served model; each version's description is its model card."))
+    return card
 
 
 # ---- CLI: `ferops registry`, `ferops promote` -------------------------------------------------------------

@@ -25,7 +25,9 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     tuning = json.loads((repo / "reports/tuning/resnet.json").read_text())
     assert tuning["n_trials"] >= 1 and "best_params" in tuning
     reg = json.loads((repo / "reports/register.json").read_text())
-    assert reg["name"] == "fer2013-resnet" and "champion" in reg["aliases"]
+    assert reg["name"] == "fer2013-resnet" and "champion" in reg["aliases"] and "model_card" not in reg
+    card = (repo / "reports/model_card.md").read_text()
+    assert card.startswith(f"# fer2013-resnet v{reg['version']}") and "**Synthetic demo faces**" in card
 
     import mlflow
 

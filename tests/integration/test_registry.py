@@ -93,6 +93,11 @@ def test_register_promote_and_list(store, capsys):
     assert float(tags["val_accuracy"]) == 0.5 and float(tags["test_accuracy"]) == 0.48
     assert tags["data_sha256"] == INGEST["sha256"] and tags["git_commit"] and tags["source_model_dir"].endswith("resnet")
     assert json.loads(tags["params"])["arch"] == "resnet"
+    # the version's description is its model card (the MLflow UI renders it); the model gets a one-line summary
+    card = client.get_model_version(NAME, "1").description
+    assert card == r1["model_card"] and card.startswith(f"# {NAME} v1: facial-expression classifier")
+    assert "| validation (PublicTest) | 50.00 %" in card and "test-time augmentation `flip` | 49.00 %" in card
+    assert "@champion" in client.get_registered_model(NAME).description
 
     # 2) same run again: reuse v1, no duplicate version
     r1b = _register(models, test_acc=0.48)

@@ -1,0 +1,125 @@
+"""The model card of a registered version: what the model is, what it was trained and chosen on, how well it
+does (per class too), how to call it, and where it fails. Markdown, pure: the register stage writes it to
+reports/model_card.md and sets it as the version's description in the MLflow registry (its UI renders it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferops.constants import EMOTIONS, IMG_SIZE
+
+DESCRIPTION_MAX = 5000  # MLflow's SQL stores hold a model version description of up to 5,000 characters
+
+
+def _pct(x: Any) -> str:
+    try:
+        return f"{100 * float(x):.2f} %"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def _arch(config: dict[str, Any]) -> str:
+    """One line on the network from its config.json (the keys a ferops architecture uses, when present)."""
+    bits = [f"architecture `{config.get('arch', '?')}`"]
+    if config.get("stages"):
+        bits.append(f"stages {list(config['stages'])}")
+    if config.get("widths"):
+        bits.append(f"widths {list(config['widths'])}")
+    if config.get("ensemble_seeds"):
+        bits.append(f"an average of {len(config['ensemble_seeds'])} members (seeds {list(config['ensemble_seeds'])})")
+    return ", ".join(bits)
+
+
+def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
+               test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None) -> str:
+    """Markdown card for registered version `version` of `name`, made from training run `model`.
+
+    `config` and `metrics` are the model directory's config.json and metrics.json (validation figures), `test`
+    the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val.
+    """
+    synthetic = bool(ingest.get("synthetic"))
+    usage = ingest.get("per_usage") or {}
+    n_params = metrics.get("n_params")
+    lines = [
+        f"# {name} v{version}: facial-expression classifier",
+        "",
+        f"- **Model**: `{model}` ({_arch(config)})"
+        + (f", {int(n_params) / 1e6:.2f} M parameters" if n_params else "")
+        + (f"; {metrics['epochs_run']} epochs (best {metrics.get('best_epoch', '?')})" if metrics.get("epochs_run") else "")
+        + (f" in {float(metrics['train_wall_s']) / 60:.0f} min" if metrics.get("train_wall_s") else "")
+        + (f", {metrics['precision']}" if metrics.get("precision") else "") + ".",
+        f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo "
+        "through `ferops predict` or the REST `image` column (faces are found and cropped first).",
+        f"- **Output**: one of {len(EMOTIONS)} expressions ({', '.join(EMOTIONS)}) with the 7 probabilities.",
+        f"- **Code**: git commit `{(git_commit or 'unknown')[:12]}`.",
+        "",
+        "## Data and selection",
+        "",
+        ("**Synthetic demo faces** (no real data was in `data/raw/`): the figures below say nothing about real "
+         "faces; put FER2013 in `data/raw/` and run `make run`." if synthetic else
+         f"FER2013 (`{ingest.get('source', '?')}`, sha256 `{str(ingest.get('sha256', '?'))[:12]}`): "
+         f"train {usage.get('Training', '?')} rows, validation = PublicTest {usage.get('PublicTest', '?')}, "
+         f"test = PrivateTest {usage.get('PrivateTest', '?')}."),
+        "",
+        "Chosen by validation accuracy among the trained candidates of its architecture (early stopping and the "
+        "test-time augmentation mode were chosen on validation too); the test split was scored once, after "
+        "selection, and never used to choose.",
+        "",
+        "## Accuracy",
+        "",
+        "| split | accuracy | macro-F1 |",
+        "|---|---:|---:|",
+        f"| validation (PublicTest) | {_pct(metrics.get('val_accuracy'))} | {_pct(metrics.get('val_macro_f1'))} |",
+        f"| test (PrivateTest), single pass | {_pct(test.get('test_accuracy'))} | {_pct(test.get('test_macro_f1'))} |",
+    ]
+    if tta != "none" and test.get("test_accuracy_tta") is not None:
+        lines.append(f"| test, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "
+                     f"{_pct(test.get('test_macro_f1_tta'))} |")
+    keys = [e.lower() for e in EMOTIONS]
+    if all(f"val_f1_{k}" in metrics for k in keys):
+        lines += ["", "Per class, on validation:", "",
+                  "| class | precision | recall | F1 |", "|---|---:|---:|---:|"]
+        lines += [f"| {e} | {_pct(metrics.get(f'val_precision_{k}'))} | {_pct(metrics.get(f'val_recall_{k}'))} | "
+                  f"{_pct(metrics.get(f'val_f1_{k}'))} |" for e, k in zip(EMOTIONS, keys)]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "ferops predict photo.jpg          # JSON per face; --tta auto (the default) uses the mode above",
+        "make serve                        # REST on http://127.0.0.1:5001/invocations",
+        "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
+        "  -d '{\"dataframe_split\": {\"columns\": [\"pixels\"], \"data\": [[\"<2304 grey levels>\"]]}, "
+        "\"params\": {\"tta\": \"auto\"}}'",
+        "```",
+        "",
+        "## Limitations",
+        "",
+    ]
+    lines += _limitations(metrics, ingest)
+    card = "\n".join(lines) + "\n"
+    return card if len(card) <= DESCRIPTION_MAX else card[:DESCRIPTION_MAX - 20] + "\n\n…(cut)\n"
+
+
+def _limitations(metrics: dict[str, Any], ingest: dict[str, Any]) -> list[str]:
+    """What a user should know before trusting a prediction, with this model's own weakest classes."""
+    out = []
+    recalls = {e: metrics.get(f"val_recall_{e.lower()}") for e in EMOTIONS}
+    known = sorted((float(r), e) for e, r in recalls.items() if r is not None)
+    if known:
+        weak = ", ".join(f"{e} ({100 * r:.0f} %)" for r, e in known[:2])
+        out.append(f"- Weakest classes by validation recall: {weak}: these faces are the most often given another label.")
+    counts = ingest.get("per_class") or {}
+    total = sum(int(v) for v in counts.values()) if counts else 0
+    if total and not ingest.get("synthetic"):
+        rare, n = min(counts.items(), key=lambda kv: int(kv[1]))
+        out.append(f"- {rare} is {100 * int(n) / total:.1f} % of the labelled rows: the least data behind any class.")
+    out += [
+        "- FER2013's faces were collected by web image search; its labels are noisy (human accuracy on it is about "
+        "65 ± 5 %, Goodfellow et al. 2013), and many of its expressions are posed.",
+        f"- Trained on {IMG_SIZE}-px grey crops of near-frontal faces: small, turned, occluded or badly lit faces, and "
+        "faces the detector misses, are classified worse or not at all.",
+        "- The data set's balance of ages, skin tones and genders has not been audited here: measure accuracy on "
+        "your own population before relying on it, and do not use it for decisions about individuals.",
+    ]
+    return out
