@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
     rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     rg.add_argument("--params", default="params.yaml")
+    rg.add_argument("--card", nargs="?", const="champion", default=None, metavar="VERSION|ALIAS",
+                    help="print one version's model card instead (default: the champion)")
 
     pm = sub.add_parser("promote", help="point an alias (default champion) at a version, deliberately")
     pm.add_argument("--version", required=True, help="model version number")

@@ -326,7 +326,24 @@ def cli_registry(args: Any) -> None:
     """`ferops registry`: print the versions of the registered model with aliases and accuracies."""
     client = _existing_store_client()
     name = _model_name(args)
+    if getattr(args, "card", None):
+        print(model_card_of(client, name, str(args.card)))
+        return
     print(format_registry(name, registry_rows(client, name)))
+
+
+def model_card_of(client: Any, name: str, ref: str) -> str:
+    """The model card (description) of version `ref` (a number) or of the version alias `ref` points at."""
+    _registered(client, name)
+    mv = _version(client, name, ref) if ref.isdigit() else alias_version(client, name, ref)
+    if mv is None:
+        aliases = sorted(client.get_registered_model(name).aliases or {})
+        raise RegistryError(f"{name!r} has no alias {ref!r}; aliases: {', '.join(aliases) or 'none'} "
+                            f"(or give a version number; see `ferops registry`).")
+    if not mv.description:
+        raise RegistryError(f"{name} v{mv.version} has no model card: it was registered before ferops wrote them "
+                            f"(`dvc repro -f register` writes one for the best model's version).")
+    return str(mv.description).rstrip("\n")
 
 
 def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",

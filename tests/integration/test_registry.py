@@ -137,6 +137,13 @@ def test_register_promote_and_list(store, capsys):
     assert "champion" in row["1"] and "challenger" in row["3"] and "champion" not in row["3"]
     assert "60.00" in row["3"] and "40.00" in row["2"]
     assert "49.00 (flip)" in row["1"] and "51.00 (none)" in row["3"]  # test TTA column: accuracy (recorded mode)
+    # … and `--card` prints one version's model card: the champion's by default, or a version's, or an alias's
+    cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="champion"))
+    assert capsys.readouterr().out.startswith(f"# {NAME} v1: facial-expression classifier")
+    cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="2"))
+    assert capsys.readouterr().out.startswith(f"# {NAME} v2:")
+    with pytest.raises(RegistryError, match="no alias 'best'; aliases: challenger, champion"):
+        cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="best"))
 
     # 7) a version registered before the TTA mode was recorded (no `tta_mode` tag) is not reused: the same run gets
     #    a new version, which records the mode and, as the champion's own model, takes the alias over
