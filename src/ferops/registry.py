@@ -335,7 +335,8 @@ def cli_registry(args: Any) -> None:
 def model_card_of(client: Any, name: str, ref: str) -> str:
     """The model card (description) of version `ref` (a number) or of the version alias `ref` points at."""
     _registered(client, name)
-    mv = _version(client, name, ref) if ref.isdigit() else alias_version(client, name, ref)
+    number = ref[1:] if ref[:1] in "vV" and ref[1:].isdigit() else ref  # `v3` is a version: MLflow reserves it as an alias
+    mv = _version(client, name, number) if number.isdigit() else alias_version(client, name, ref)
     if mv is None:
         aliases = sorted(client.get_registered_model(name).aliases or {})
         raise RegistryError(f"{name!r} has no alias {ref!r}; aliases: {', '.join(aliases) or 'none'} "

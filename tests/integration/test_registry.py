@@ -140,8 +140,9 @@ def test_register_promote_and_list(store, capsys):
     # … and `--card` prints one version's model card: the champion's by default, or a version's, or an alias's
     cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="champion"))
     assert capsys.readouterr().out.startswith(f"# {NAME} v1: facial-expression classifier")
-    cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="2"))
-    assert capsys.readouterr().out.startswith(f"# {NAME} v2:")
+    for ref in ("2", "v2"):
+        cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card=ref))
+        assert capsys.readouterr().out.startswith(f"# {NAME} v2:")
     with pytest.raises(RegistryError, match="no alias 'best'; aliases: challenger, champion"):
         cli_registry(Namespace(name=None, params=str(store / "params.yaml"), card="best"))
 
