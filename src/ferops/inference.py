@@ -295,7 +295,7 @@ def _pyfunc_class() -> type:
             return probabilities_frame(predict_proba(self.model, faces, tta=mode), index=df.index)
 
     FerPyfunc.__module__ = __name__
-    FerPyfunc.__qualname__ = "FerPyfunc"  # cloudpickle stores it by reference: ferops.inference.FerPyfunc
+    FerPyfunc.__qualname__ = "FerPyfunc"  # ferops.inference.FerPyfunc, as pyfunc_code.py (and older pickles) name it
     return FerPyfunc
 
 
@@ -327,8 +327,8 @@ def model_signature() -> Any:
 def pip_requirements() -> list[str]:
     """Pinned versions of what FerPyfunc imports (explicit, so MLflow does not load the model to infer them).
 
-    The wrapper class is stored by reference to `ferops.inference`, so the serving environment needs
-    ferops installed: `mlflow models serve --env-manager local` from this project's venv.
+    The logged model is code (ferops/pyfunc_code.py) that imports `ferops.inference`, so the serving environment
+    needs ferops installed: `mlflow models serve --env-manager local` from this project's venv.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -353,7 +353,7 @@ def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: st
         raise ConfigError("log_pyfunc_model needs an active MLflow run (call it inside mlflow.start_run()).")
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=_pyfunc_class()(),
+        python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: no pickle
         artifacts={KERAS_ARTIFACT: str(path)},
         signature=model_signature(),
         model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},

@@ -113,6 +113,7 @@ def registered(keras_path, tmp_path_factory):
     store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store)
+        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # logged as code: loads without unpickling
         init_tracking()
         with mlflow.start_run():
             uri = inf.log_pyfunc_model(keras_path, tta="tencrop")  # as if evaluate had chosen ten-crop on val
