@@ -26,7 +26,19 @@ def setup_logging(level: str | None = None) -> None:
     # Quieten chatty libraries so our own messages stay visible.
     for noisy in ("great_expectations", "mlflow", "alembic", "urllib3", "matplotlib", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    tf_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _RetracingFilter) for f in tf_log.filters):
+        tf_log.addFilter(_RetracingFilter())
     tf_environment()
+
+
+class _RetracingFilter(logging.Filter):
+    """Drop Keras' "N out of the last M calls … triggered tf.function retracing" warning: evaluate and predict
+    call one model on batches of several shapes (a last partial batch, the 44-px TTA views) on purpose, and each
+    new shape traces once; the hint is for someone writing the loop, not for a user reading the stage's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
 def tf_environment() -> None:

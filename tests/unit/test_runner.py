@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -69,3 +70,16 @@ def test_start_tensorflow_leaves_other_backends_alone(monkeypatch):
     monkeypatch.setattr(runner, "filtered_native_stderr", lambda: (_ for _ in ()).throw(AssertionError("imported")))
     runner.start_tensorflow()  # a JAX-only machine has no TensorFlow to import
     assert "tensorflow" not in sys.modules
+
+
+def test_keras_retracing_hint_is_dropped_other_tensorflow_warnings_kept(caplog):
+    from ferops.runner import setup_logging
+
+    setup_logging()
+    setup_logging()  # a second call adds no second filter
+    tf_log = logging.getLogger("tensorflow")
+    assert sum(type(f).__name__ == "_RetracingFilter" for f in tf_log.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        tf_log.warning("5 out of the last 9 calls to <function f at 0x1> triggered tf.function retracing. Tracing is…")
+        tf_log.warning("a warning worth reading")
+    assert [r.getMessage() for r in caplog.records] == ["a warning worth reading"]
