@@ -14,20 +14,30 @@
 #                                        '{batch_mix: {mode: cutmix, alpha: 1.0, p: 0.5}}' or
 #                                        '{swa: {start: 0.75, lr_ratio: 0.05}}' (default: none)
 #                         SEEDS          seeds trained side by side (default "42 7"; each takes ~40 % of GPU memory)
-#                         EPOCHS         override the profile's 120 epochs (e.g. for a smoke run)
+#                         EPOCHS         epochs per seed (default 100; the profile's recipe is 120, see below;
+#                                        EPOCHS=profile keeps it; EPOCHS=1 with a small pack is a CPU smoke run)
 #                         TRAIN_ARGS     more benchmarks/train.py arguments (e.g. "--tta flip" for a quick CPU smoke run)
 #                         DATA           packed data (default .gpu/fer2013.npz.xz)
 #                         OUT            where results go (the device tool sets it; default benchmarks/out/gpu_session)
-# On one H100 two seeds side by side took 8.0-8.5 min of training each (RESULTS.md, "GPU recipe"), so the whole
-# script fits one 10-minute device command with little to spare: every finished run's result.json and log land in
-# $OUT at once, so what finished comes back even if the command is stopped.
+# Time: a session now gets 15 minutes of device time in all (the machine's start, ~1-2 min, included) and one command
+# at most 10. On one H100 two seeds side by side took 8.0-8.5 min of training each for 120 epochs (RESULTS.md, "GPU
+# recipe"), plus ~1 min of install, unpacking, XLA compilation and ten-crop scoring: too close to the 10-minute kill.
+# So the default is 100 epochs (~7 min side by side); the one-cycle schedule anneals over whatever EPOCHS is. The time
+# budget is switched off here: on JAX every re-plan of it re-compiles the train step (~35 s).
+# What comes back ($OUT, at most 8 files): gpu.txt, s<seed>.log and s<seed>.json per seed (written as each run ends, so
+# a finished seed comes back even if the command is stopped), ensemble.json, and runs.tgz — every seed's result.json
+# and probas.npz (val/test probabilities of every TTA view) with the profile used, so that runs of several sessions can
+# be ensembled here: `tar xzf runs.tgz -C <dir> && python benchmarks/ensemble.py <dir>/s*/resnet <older>/s*/resnet`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out/gpu_session}
 DATA=${DATA:-.gpu/fer2013.npz.xz}
 SEEDS=${SEEDS:-42 7}
+EPOCHS=${EPOCHS:-100}
+[ "$EPOCHS" = profile ] && EPOCHS=
+WORK=benchmarks/out/gpu_session
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -38,12 +48,12 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.4}
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 # The profile for this session: profiles/gpu.yaml with GPU_OVERRIDES merged into its resnet entry.
-profile=$OUT/profile.yaml
+profile=$WORK/profile.yaml
 "$PY" - "$profile" <<'EOF'
 import os, sys, yaml
 from ferops.config import deep_merge, load_params
 p = load_params("profiles/gpu.yaml")
-extra = yaml.safe_load(os.environ.get("GPU_OVERRIDES") or "{}") or {}
+extra = {"time_budget_min": None, **(yaml.safe_load(os.environ.get("GPU_OVERRIDES") or "{}") or {})}
 p["train_deep"]["models"]["resnet"] = deep_merge(p["train_deep"]["models"]["resnet"], extra)
 yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)
 print("resnet overrides:", extra or "none")
@@ -51,14 +61,15 @@ EOF
 
 runs=()
 for seed in $SEEDS; do
-    dir=benchmarks/out/gpu_session/s$seed
+    dir=$WORK/s$seed
     ( "$PY" benchmarks/train.py --model resnet --profile "$profile" --data "$DATA" --no-mlflow --seed "$seed" \
         --out "$dir" ${EPOCHS:+--epochs "$EPOCHS"} ${TRAIN_ARGS:-} > "$OUT/s$seed.log" 2>&1 \
       && cp "$dir/resnet/result.json" "$OUT/s$seed.json" ) &
     runs+=("$dir/resnet")
 done
 wait
-"$PY" benchmarks/ensemble.py "${runs[@]}" > "$OUT/ensemble.json" 2> "$OUT/ensemble.log" || true
+"$PY" benchmarks/ensemble.py "${runs[@]}" > "$OUT/ensemble.json" 2> "$WORK/ensemble.log" || tail -5 "$WORK/ensemble.log"
+(cd "$WORK" && tar czf - profile.yaml ensemble.log s*/resnet/result.json s*/resnet/probas.npz 2>/dev/null) > "$OUT/runs.tgz" || true
 for seed in $SEEDS; do
     [ -f "$OUT/s$seed.json" ] && "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], \
 {k: r.get(k) for k in ('val_accuracy', 'val_accuracy_tta', 'test_accuracy', 'test_accuracy_tta', 'tta', 'epochs_run', \
