@@ -290,6 +290,53 @@ def test_progressive_resizing_trains_small_first_then_at_the_crop(tiny, tmp_path
     assert res.val_proba.shape == (len(val), 7)
 
 
+def test_progressive_crop_mode_takes_windows_at_the_native_scale():
+    from ferops.models.zoo import build_model, progressive_config
+
+    assert progressive_config({"progressive": {"size": 32, "epochs": 3}})["mode"] == "resize"  # the default
+    with pytest.raises(ConfigError, match="progressive.mode"):
+        progressive_config({"progressive": {"size": 32, "epochs": 3, "mode": "zoom"}})
+    cfg = {**TINY, "arch": "resnet", "stages": [1, 1], "widths": [8, 16],
+           "progressive": {"size": 24, "epochs": 1, "mode": "crop"}}
+    low = build_model(cfg, seed=0).get_layer("low_res")
+    low.enabled = True
+    x = np.arange(4 * 44 * 44, dtype=np.float32).reshape(4, 44, 44, 1)  # every pixel value unique
+    out = np.asarray(low(x, training=True))
+    assert out.shape == (4, 24, 24, 1)
+    offsets = set()
+    for img, win in zip(x, out):  # each output is an unscaled 24x24 window of its own image
+        top, left = divmod(int(win[0, 0, 0]) % (44 * 44), 44)
+        np.testing.assert_array_equal(win, img[top:top + 24, left:left + 24])
+        offsets.add((top, left))
+    assert len(offsets) > 1  # one offset per image, not one per batch
+
+
+class _SeqClock:
+    """A simulated clock that returns the given readings in turn."""
+
+    def __init__(self, readings):
+        self.readings = iter(readings)
+
+    def __call__(self) -> float:
+        return float(next(self.readings))
+
+
+def test_time_budget_plans_from_full_size_epochs_under_progressive(tiny, monkeypatch):
+    """Two 5-s small epochs, then 15-s full ones, 70-s budget: the small epochs (scaled by the pixel ratio, 44/24 squared)
+    never promise more full epochs than fit, and the run ends on budget at epoch 6."""
+    import ferops.training as training
+
+    monkeypatch.setattr(training, "_clock", _SeqClock([0, 5, 10, 25, 40, 55, 70, 85, 100, 115, 130]))
+    cfg = {**TINY, "arch": "resnet", "stages": [1, 1], "widths": [8, 16], "epochs": 10, "time_budget_min": 70 / 60,
+           "progressive": {"size": 24, "epochs": 2, "mode": "crop"}}
+    train, val = tiny
+    res = train_keras(train, val, cfg, seed=0, verbose=0)
+    assert res.history["train_size"][:3] == [24.0, 24.0, 44.0]
+    # after epoch 1: 65 s left at 5 x 3.36 = 16.8 s an epoch -> 3 more; after epoch 3, the full epochs' own 15 s
+    assert res.history["planned_epochs"] == [4.0, 5.0, 6.0, 6.0, 6.0, 6.0]
+    assert res.epochs_run == 6 and res.history["time_s"][-1] == 70.0
+
+
 def _onehot_batch(n: int = 16):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 48, 48, 1)).astype(np.float32)

@@ -32,6 +32,18 @@ def _layers():
     import keras
     from keras import ops
 
+    def random_crop(images, s: int, generator):
+        """A random `s`x`s` window of each image (its own offset per image), static output shape."""
+        h, w, c = images.shape[1], images.shape[2], images.shape[3]
+        b = ops.shape(images)[0]
+        oy = ops.cast(keras.random.uniform((b,), 0, h - s + 1, seed=generator), "int32")
+        ox = ops.cast(keras.random.uniform((b,), 0, w - s + 1, seed=generator), "int32")
+        oy, ox = ops.minimum(oy, h - s), ops.minimum(ox, w - s)
+        rows = oy[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
+        cols = ox[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
+        x = ops.take_along_axis(images, ops.broadcast_to(rows[:, :, None, None], (b, s, w, c)), axis=1)
+        return ops.take_along_axis(x, ops.broadcast_to(cols[:, None, :, None], (b, s, s, c)), axis=2)
+
     @keras.saving.register_keras_serializable(package="ferops")
     class RandomCropOrCenter(keras.layers.Layer):
         """Per-image random `size`x`size` crop in training, the centre crop at inference."""
@@ -48,15 +60,7 @@ def _layers():
             if not training:
                 top, left = (h - s) // 2, (w - s) // 2
                 return images[:, top:top + s, left:left + s, :]
-            b = ops.shape(images)[0]
-            oy = ops.cast(keras.random.uniform((b,), 0, h - s + 1, seed=self.generator), "int32")
-            ox = ops.cast(keras.random.uniform((b,), 0, w - s + 1, seed=self.generator), "int32")
-            oy, ox = ops.minimum(oy, h - s), ops.minimum(ox, w - s)
-            rows = oy[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
-            cols = ox[:, None] + ops.arange(s, dtype="int32")[None, :]          # (B,s)
-            c = images.shape[3]
-            x = ops.take_along_axis(images, ops.broadcast_to(rows[:, :, None, None], (b, s, w, c)), axis=1)
-            return ops.take_along_axis(x, ops.broadcast_to(cols[:, None, :, None], (b, s, s, c)), axis=2)
+            return random_crop(images, s, self.generator)
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], self.size, self.size, input_shape[3])
@@ -159,27 +163,31 @@ def _layers():
     @keras.saving.register_keras_serializable(package="ferops")
     class LowResPhase(keras.layers.Layer):
         """Progressive resizing: while `enabled` (set per epoch by training's LowResEpochs callback, which re-traces
-        the train step), training images are shrunk to `size`x`size`, so those epochs cost ~(size/crop)² of a
-        full one. A Python flag, not a tensor: each traced step keeps static shapes, which oneDNN needs to be fast
-        (a tf.cond between the two sizes ran the small phase at ×2.0 the full size's speed where a static 32-px
-        model ran ×3.5; docs/DESIGN.md). Identity at inference and when disabled.
+        the train step), training images are `size`x`size` — the crop shrunk (`mode: resize`) or a random window
+        of it at the native scale (`mode: crop`, so the faces' scale never changes) — and those epochs cost
+        ~(size/crop)² of a full one. A Python flag, not a tensor: each traced step keeps static shapes, which oneDNN
+        needs to be fast (a tf.cond between the two sizes ran the small phase at ×2.0 the full size's speed where a
+        static 32-px model ran ×3.5; docs/DESIGN.md). Identity at inference and when disabled.
         """
 
-        def __init__(self, size: int, **kwargs):
+        def __init__(self, size: int, mode: str = "resize", seed: int | None = None, **kwargs):
             super().__init__(**kwargs)
-            self.size = int(size)
+            self.size, self.mode, self.seed = int(size), str(mode), seed
+            self.generator = keras.random.SeedGenerator(seed)
             self.enabled = False
 
         def call(self, images, training=None):
             if not (training and self.enabled):
                 return images
+            if self.mode == "crop":
+                return random_crop(images, self.size, self.generator)
             return ops.image.resize(images, (self.size, self.size), antialias=True)
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], None, None, input_shape[3])
 
         def get_config(self):
-            return {**super().get_config(), "size": self.size}
+            return {**super().get_config(), "size": self.size, "mode": self.mode, "seed": self.seed}
 
     @keras.saving.register_keras_serializable(package="ferops")
     class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -280,23 +288,28 @@ def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
         x = L["RandomErasing"](aug["erasing"], seed=seed, name="aug_erasing", **f32)(x)
     low = progressive_config(cfg, crop or IMG_SIZE)
     if low:
-        x = L["LowResPhase"](low["size"], name="low_res", **f32)(x)
+        # its own seed: the crop layer's stream, reused, would tie the window's offset to the crop's
+        x = L["LowResPhase"](low["size"], low["mode"], seed=None if seed is None else seed + 1, name="low_res", **f32)(x)
     return inputs, _normalize(x, cfg)
 
 
-def progressive_config(cfg: dict[str, Any], full: int = IMG_SIZE) -> dict[str, int] | None:
-    """`progressive: {size, epochs}` checked: the first `epochs` epochs train on `size` px images (None = off)."""
+def progressive_config(cfg: dict[str, Any], full: int = IMG_SIZE) -> dict[str, Any] | None:
+    """`progressive: {size, epochs, mode}` checked: the first `epochs` epochs train on `size` px images — the crop
+    shrunk (`mode: resize`, the default) or a random `size`-px window of it at the same scale (`crop`). None = off."""
     prog = cfg.get("progressive")
     if not prog or not int(prog.get("epochs", 0) or 0):
         return None
     try:
-        size, epochs = int(prog["size"]), int(prog["epochs"])
+        size, epochs, mode = int(prog["size"]), int(prog["epochs"]), str(prog.get("mode", "resize"))
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>}}, e.g. {{size: 32, epochs: 12}}.") from None
+        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>, mode: resize|crop}}, e.g. "
+                          "{size: 32, epochs: 12}.") from None
     if not 16 <= size < full or epochs < 0:
         raise ConfigError(f"progressive.size={size}: must be between 16 and the training crop ({full} px) - 1; "
                           f"epochs={epochs} must be >= 0.")
-    return {"size": size, "epochs": epochs}
+    if mode not in ("resize", "crop"):
+        raise ConfigError(f"progressive.mode={mode!r}: use resize (shrink the crop) | crop (a random window of it).")
+    return {"size": size, "epochs": epochs, "mode": mode}
 
 
 def _normalize(x, cfg: dict[str, Any]):
