@@ -53,8 +53,9 @@ profile=$WORK/profile.yaml
 import os, sys, yaml
 from ferops.config import deep_merge, load_params
 p = load_params("profiles/gpu.yaml")
-extra = {"time_budget_min": None, **(yaml.safe_load(os.environ.get("GPU_OVERRIDES") or "{}") or {})}
-p["train_deep"]["models"]["resnet"] = deep_merge(p["train_deep"]["models"]["resnet"], extra)
+extra = yaml.safe_load(os.environ.get("GPU_OVERRIDES") or "{}") or {}
+# the time budget off unless asked for: on JAX each of its re-plans re-compiles the train step
+p["train_deep"]["models"]["resnet"] = deep_merge(p["train_deep"]["models"]["resnet"], {"time_budget_min": None, **extra})
 yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)
 print("resnet overrides:", extra or "none")
 EOF

@@ -792,7 +792,8 @@ def _callbacks():
         def pace(self) -> list[float]:
             """Epoch times to plan the remaining (full-size) epochs from: the full-size ones once there are any;
             during a `progressive` small phase, its epochs scaled up by the pixel ratio (an over-estimate: in real
-            training 32-px epochs were ×1.5 faster, not ×1.9, so the plan errs short and grows after the switch)."""
+            training 32-px epochs were ×1.5 (resize) to ×1.8 (crop) faster, not ×1.9, so the plan errs short and grows
+            after the switch)."""
             full = [d for d, small in zip(self.durations, self.small) if not small]
             return full or [d * self.low_scale for d in self.durations]
 
@@ -801,10 +802,11 @@ def _callbacks():
             self.durations.append(now - self.last)
             self.small.append(epoch < self.low_epochs)
             self.last = now
-            plan = budget_epochs(epoch + 1, now - self.t0, self.pace(), self.budget, self.max_epochs)
+            pace = self.pace()
+            plan = budget_epochs(epoch + 1, now - self.t0, pace, self.budget, self.max_epochs)
             if plan != self.planned:
                 print(f"time budget {self.budget / 60:.1f} min: {plan} epochs fit (median epoch "
-                      f"{np.median(self.pace()):.0f} s); the LR schedule now ends at epoch {plan}", file=sys.stderr)
+                      f"{np.median(pace):.0f} s); the LR schedule now ends at epoch {plan}", file=sys.stderr)
                 self._aim(plan)
             if logs is not None:
                 logs["time_s"], logs["planned_epochs"] = float(now - self.t0), float(plan)

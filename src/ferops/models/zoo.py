@@ -173,7 +173,8 @@ def _layers():
         def __init__(self, size: int, mode: str = "resize", seed: int | None = None, **kwargs):
             super().__init__(**kwargs)
             self.size, self.mode, self.seed = int(size), str(mode), seed
-            self.generator = keras.random.SeedGenerator(seed)
+            # only crop draws offsets: resize keeps the layer stateless, as it was before `mode` existed
+            self.generator = keras.random.SeedGenerator(seed) if self.mode == "crop" else None
             self.enabled = False
 
         def call(self, images, training=None):
