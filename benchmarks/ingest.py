@@ -1,7 +1,9 @@
 """Benchmark: the seed reports' per-row `np.fromstring` loop vs ferops' reader on the full FER2013 CSV.
 
 Usage:  python benchmarks/ingest.py [--data ../shared/data/fer2013.csv.gz] [--repeats 3] [--baseline-repeats 1]
-Both readers run interleaved in one process on the same file; medians, end to end (gunzip included).
+                                   [--one-thread]
+The readers run interleaved in one process on the same file; medians, end to end (gunzip included).
+`--one-thread` adds ferops' reader with its pixel parse on one thread (the threaded parse's own gain, side by side).
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ def ours(path: Path) -> np.ndarray:
     return data.pixels
 
 
+def ours_one_thread(path: Path) -> np.ndarray:
+    """read_any with the chunked pixel parse on one thread (as before the parse used every core)."""
+    from ferops.data import formats
+
+    keep, formats._PARSE_THREADS = formats._PARSE_THREADS, 1
+    try:
+        return ours(path)
+    finally:
+        formats._PARSE_THREADS = keep
+
+
 def timed(fn, path: Path) -> tuple[float, float, np.ndarray]:
     """Wall and CPU seconds of one call (CPU time is the fairer figure on a shared machine), and its output."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -48,6 +61,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FER2013_CSV", DEFAULT)))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=1)
+    ap.add_argument("--one-thread", action="store_true", help="also time ferops' reader with a one-thread parse")
     args = ap.parse_args()
     if not args.data.exists():
         print(f"skip: {args.data} not found (the real FER2013 CSV; see ../shared/data/README.md)")
@@ -55,21 +69,29 @@ def main() -> int:
     print(f"data: {args.data.resolve()} ({args.data.stat().st_size / 1e6:.1f} MB)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {sys.version.split()[0]}, numpy {np.__version__}")
-    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
+    readers = [("ours", ours, args.repeats), ("baseline", baseline, args.baseline_repeats)]
+    if args.one_thread:
+        readers.insert(1, ("ours_1t", ours_one_thread, args.repeats))
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in readers}
     px: dict[str, np.ndarray] = {}
-    for i in range(max(args.repeats, args.baseline_repeats)):  # interleaved, so both see the same machine load
-        for name, fn, n in (("ours", ours, args.repeats), ("baseline", baseline, args.baseline_repeats)):
+    for i in range(max(args.repeats, args.baseline_repeats)):  # interleaved, so all see the same machine load
+        for name, fn, n in readers:
             if i < n:
                 wall, cpu, px[name] = timed(fn, args.data)
                 runs[name].append((wall, cpu))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
-    for k, label in (("ours", "ferops read_any            "), ("baseline", "baseline per-row fromstring")):
+    for k, label in (("ours", "ferops read_any            "), ("ours_1t", "ferops, one parse thread   "),
+                     ("baseline", "baseline per-row fromstring")):
+        if k not in med:
+            continue
         print(f"{label}: median {med[k][0]:6.2f} s wall, {med[k][1]:6.2f} s CPU; "
               f"wall runs {[round(w, 2) for w, _ in runs[k]]}")
     px_base, px_ours = px["baseline"], px["ours"]
-    same = px_base.shape == px_ours.shape and np.array_equal(px_base, px_ours)
+    same = all(p.shape == px_base.shape and np.array_equal(p, px_base) for p in px.values())
     print(f"rows: {len(px_ours)}; identical pixels: {same}")
     print(f"speed-up: {med['baseline'][0] / med['ours'][0]:.1f}x wall, {med['baseline'][1] / med['ours'][1]:.1f}x CPU")
+    if "ours_1t" in med:
+        print(f"threaded parse against one thread: {med['ours_1t'][0] / med['ours'][0]:.2f}x wall")
     return 0 if same else 1
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -323,8 +326,12 @@ def test_corrupt_images_fail_or_quarantine(tmp_path, faces):
     assert bad.read_bytes() == b"\xff\xd8 definitely not a jpeg"  # untouched
 
 
-def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces, threads):
+    """Inline (one thread) and threaded chunk parses give the same pixels and the same bad rows, in row order."""
     monkeypatch.setattr(formats, "_CHUNK_ROWS", 5)
+    monkeypatch.setattr(formats, "_PARSE_THREADS", threads)
+    monkeypatch.setattr(formats.os, "cpu_count", lambda: 8)
     rows = [pix(p) for p in faces.pixels]
     rows[1] = rows[1] + " 7"  # extra value: caught by the fast path's count
     rows[6] = "12 x " + rows[6].split(" ", 2)[2]  # non-numeric: the chunk falls back to row-by-row
@@ -334,6 +341,27 @@ def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces):
     assert "found 2305" in bad[1] and "non-numeric" in bad[6] and "256" in bad[11]
     good = [i for i in range(len(rows)) if i not in bad]
     np.testing.assert_array_equal(out[good], faces.pixels[good])
+
+
+def test_in_order_yields_in_order_with_a_bounded_window():
+    """Results come back in submission order whatever order the threads finish in, and no more than `ahead`
+    items are submitted before their turn (so a big file's parsed chunks cannot pile up in memory)."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002 * (i % 3 == 0))  # every third item finishes late
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(formats._in_order(pool, slow, list(range(30)), ahead=3))
+    assert got == [i * i for i in range(30)]
+    assert most[0] <= 3
 
 
 @pytest.mark.realdata
