@@ -225,6 +225,25 @@ def test_fused_batchnorm_trains_like_the_builtin_layer_and_is_optional():
         keras.layers.BatchNormalization}
 
 
+def test_squeeze_excitation_gates_every_residual_branch_and_folds(pixels):
+    """`se: r`: each block's branch is scaled per channel by sigmoid gates from its global average (hidden w // r);
+    the net stays a plain Keras graph, so BN folding for serving keeps its predictions. Off by default."""
+    cfg = {**SMALL["resnet"], "online_aug": {"crop": 44}}
+    model = zoo.build_model({**cfg, "se": 16}, seed=0, inference=True)
+    gates = [layer for layer in model.layers if layer.name.endswith("_se_gate")]
+    assert len(gates) == sum(SMALL["resnet"]["stages"])
+    assert model.get_layer("s3b1_se_reduce").kernel.shape == (256, 16)
+    assert model.get_layer("s0b0_se_scale").output.shape[1:] == model.get_layer("s0b0_b_bn").output.shape[1:]
+    rng = np.random.default_rng(1)
+    for bn in (layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)):
+        bn.set_weights([rng.uniform(0.5, 2, w.shape) if i in (0, 3) else rng.normal(0, 1, w.shape)
+                        for i, w in enumerate(bn.get_weights())])  # trained-looking statistics
+    folded = zoo.fold_batchnorm(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
+    assert not any(layer.name.endswith("_se_gate") for layer in zoo.build_model(cfg, seed=0).layers)
+
+
 def test_zero_init_residual_starts_every_block_as_the_identity():
     """`zero_init_residual`: each residual branch's last BN starts at gamma 0 (the block outputs act(shortcut));
     every other BN starts at 1, and the option is off by default."""

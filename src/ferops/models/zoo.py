@@ -407,6 +407,16 @@ def resnet_widths(cfg: dict[str, Any]) -> list[int]:
     return [int(w) for w in widths]
 
 
+def _squeeze_excite(y, hidden: int, act: str, name: str):
+    """Channel gates from the branch's global average: y × sigmoid(W2 act(W1 mean(y)))."""
+    from keras import layers
+
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(y)
+    s = layers.Dense(hidden, activation=act, name=f"{name}_reduce")(s)
+    s = layers.Dense(y.shape[-1], activation="sigmoid", name=f"{name}_gate")(s)
+    return layers.Multiply(name=f"{name}_scale")([y, s])
+
+
 def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     """BN ResNet: stem conv (stride `stem_stride`, optional max-pool), basic (or bottleneck) residual
     blocks, `stages` blocks per stage, stride 2 at the first block of every stage after the first."""
@@ -418,6 +428,7 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     bottleneck = bool(cfg.get("bottleneck", False))
     # Goyal et al. 2017: the residual branch's last BN starts at gamma = 0, so every block starts as the identity
     zero = bool(cfg.get("zero_init_residual", False))
+    se = int(cfg.get("se") or 0)  # squeeze-and-excitation reduction ratio (Hu et al. 2018); 0 = off
     x = _conv_bn(x, widths[0] if not bottleneck else max(16, widths[0] // 4 * 2), 3, int(cfg.get("stem_stride", 1)),
                  act, name="stem", norm=norm)
     if cfg.get("stem_pool", True):
@@ -435,6 +446,8 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
             else:
                 y = _conv_bn(x, w, 3, stride, act, name=f"{name}_a", norm=norm)
                 y = _conv_bn(y, w, 3, 1, None, name=f"{name}_b", norm=norm, zero_init=zero)
+            if se:
+                y = _squeeze_excite(y, max(4, w // se), act, name=f"{name}_se")
             if stride != 1 or x.shape[-1] != w:
                 shortcut = _conv_bn(x, w, 1, stride, None, name=f"{name}_proj", norm=norm)
             x = layers.Add(name=f"{name}_add")([y, shortcut])
