@@ -242,6 +242,8 @@ def test_squeeze_excitation_gates_every_residual_branch_and_folds(pixels):
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
     assert not any(layer.name.endswith("_se_gate") for layer in zoo.build_model(cfg, seed=0).layers)
+    with pytest.raises(ConfigError, match="se=-4"):
+        zoo.build_model({**cfg, "se": -4})
 
 
 def test_zero_init_residual_starts_every_block_as_the_identity():

@@ -429,6 +429,8 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     # Goyal et al. 2017: the residual branch's last BN starts at gamma = 0, so every block starts as the identity
     zero = bool(cfg.get("zero_init_residual", False))
     se = int(cfg.get("se") or 0)  # squeeze-and-excitation reduction ratio (Hu et al. 2018); 0 = off
+    if se < 0:
+        raise ConfigError(f"resnet: se={se}: use a reduction ratio such as 16 (0 or null = off).")
     x = _conv_bn(x, widths[0] if not bottleneck else max(16, widths[0] // 4 * 2), 3, int(cfg.get("stem_stride", 1)),
                  act, name="stem", norm=norm)
     if cfg.get("stem_pool", True):
