@@ -28,6 +28,16 @@ def pixels() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (6, 48, 48, 1)).astype("float32")
 
 
+def _trained_looking_bn(model) -> list:
+    """Give every BN layer trained-looking statistics (γ, σ² in [0.5, 2]; β, μ ~ N(0, 1)) so folding is tested for real."""
+    rng = np.random.default_rng(1)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        bn.set_weights([rng.uniform(0.5, 2, w.shape) if i in (0, 3) else rng.normal(0, 1, w.shape)
+                        for i, w in enumerate(bn.get_weights())])
+    return bns
+
+
 @pytest.mark.parametrize("arch", list(SMALL))
 def test_each_arch_gives_softmax_over_7_classes_with_sane_size(arch, pixels):
     model = zoo.build_model({**SMALL[arch], "online_aug": AUG}, seed=0)
@@ -160,11 +170,7 @@ def test_input_norm_image_standardises_each_image_in_both_models(pixels):
 @pytest.mark.parametrize("arch", ["resnet", "mini_xception", "dnn"])
 def test_fold_batchnorm_removes_every_bn_and_keeps_the_predictions(arch, pixels):
     model = zoo.build_model({**SMALL[arch], "online_aug": {"crop": 44}}, seed=0, inference=True)
-    rng = np.random.default_rng(1)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for bn in bns:  # trained-looking statistics: γ, σ² in [0.5, 2], β, μ ~ N(0, 1)
-        bn.set_weights([rng.uniform(0.5, 2, w.shape) if i in (0, 3) else rng.normal(0, 1, w.shape)
-                        for i, w in enumerate(bn.get_weights())])
+    bns = _trained_looking_bn(model)
     folded = zoo.fold_batchnorm(model)
     assert bns and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert len(zoo._foldable_pairs(model)) == len(bns)  # every BN here follows a linear conv/dense
@@ -234,10 +240,7 @@ def test_squeeze_excitation_gates_every_residual_branch_and_folds(pixels):
     assert len(gates) == sum(SMALL["resnet"]["stages"])
     assert model.get_layer("s3b1_se_reduce").kernel.shape == (256, 16)
     assert model.get_layer("s0b0_se_scale").output.shape[1:] == model.get_layer("s0b0_b_bn").output.shape[1:]
-    rng = np.random.default_rng(1)
-    for bn in (layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)):
-        bn.set_weights([rng.uniform(0.5, 2, w.shape) if i in (0, 3) else rng.normal(0, 1, w.shape)
-                        for i, w in enumerate(bn.get_weights())])  # trained-looking statistics
+    _trained_looking_bn(model)
     folded = zoo.fold_batchnorm(model)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
