@@ -263,6 +263,27 @@ def test_truncated_gzip_always_fails(tmp_path, faces):
             read_any(f, mode)
 
 
+@pytest.mark.parametrize("inflate", ["isal", "zlib"])
+def test_gzip_members_and_corrupt_data_with_either_inflate(tmp_path, faces, monkeypatch, inflate):
+    """ISA-L's inflate (the default) and zlib (the fallback without it) read the same bytes and fail the same way."""
+    import zlib
+
+    if inflate == "zlib":
+        monkeypatch.setattr(formats, "_inflate", lambda: zlib)
+    else:
+        pytest.importorskip("isal")
+    text = "\n".join(["emotion,pixels,Usage", *competition_lines(faces)]) + "\n"
+    f = tmp_path / "fer2013.csv.gz"
+    f.write_bytes(gzip.compress(text[:5000].encode()) + gzip.compress(text[5000:].encode()))  # e.g. `cat a.gz b.gz`
+    data, rejected = read_any(f)
+    assert not rejected and np.array_equal(data.pixels, faces.pixels) and np.array_equal(data.emotion, faces.emotion)
+    blob = bytearray(gzip.compress(text.encode()))
+    blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(64)  # damaged in the middle
+    f.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="corrupt gzip data|ends early"):
+        read_any(f)
+
+
 def test_many_bad_rows_listed_first_five_and_total(tmp_path, faces):
     lines = competition_lines(faces)
     for k in range(1, 12, 2):
