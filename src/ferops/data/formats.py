@@ -292,7 +292,8 @@ class _Table:
 
 
 def _read_table(p: Path) -> _Table:
-    """Split a CSV into header + per-line fields; numpy finds the commas (fast), csv handles quoted files."""
+    """Split a CSV into header + per-line fields: bytes.find/count find the lines and commas (fast), csv handles
+    quoted files."""
     raw = _read_bytes(p)
     if raw[:3] == b"\xef\xbb\xbf":
         raw = raw[3:]
