@@ -15,7 +15,9 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -43,25 +45,16 @@ def ours_one_thread(path: Path) -> np.ndarray:
     """read_any with the chunked pixel parse on one thread (as before the parse used every core)."""
     from ferops.data import formats
 
-    keep, formats._PARSE_THREADS = formats._PARSE_THREADS, 1
-    try:
+    with mock.patch.object(formats, "_PARSE_THREADS", 1):
         return ours(path)
-    finally:
-        formats._PARSE_THREADS = keep
 
 
 def ours_zlib(path: Path) -> np.ndarray:
     """read_any gunzipping with the standard library's zlib (its fallback when ISA-L's `isal` is not installed)."""
-    import zlib
-
     from ferops.data import formats
 
-    keep = formats._inflate
-    formats._inflate = lambda: zlib
-    try:
+    with mock.patch.object(formats, "_inflate", lambda: zlib):
         return ours(path)
-    finally:
-        formats._inflate = keep
 
 
 def timed(fn, path: Path) -> tuple[float, float, np.ndarray]:

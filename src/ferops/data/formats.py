@@ -333,10 +333,14 @@ def _read_table(p: Path) -> _Table:
             ends.append(end)
             line_no.append(k)
             nfields.append(c + 1)
-            q = pos - 1
-            for j in range(ncol - 1):  # rows with the wrong field count get empty fields (below)
-                q = find(b",", q + 1, end) if c == ncol - 1 else pos
-                cuts[j].append(q)
+            if c == ncol - 1:
+                q = pos - 1
+                for cj in cuts:
+                    q = find(b",", q + 1, end)
+                    cj.append(q)
+            else:  # the wrong field count: a placeholder, its fields are made empty below
+                for cj in cuts:
+                    cj.append(pos)
         pos = e + 1
     st, en = np.array(starts, np.int64), np.array(ends, np.int64)
     good = np.array(nfields, np.int64) == ncol
@@ -421,18 +425,21 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
         are not 2304 values in 0..255, or None when the C parse stopped early (non-numeric text)."""
         lo, hi = chunk
         vals = _fromstring(sep.join(strings[lo:hi]) + sep)
-        ends = np.flatnonzero(vals == _SENTINEL) if vals is not None else np.empty(0, int)
-        if vals is None or len(ends) != hi - lo or ends[-1] != len(vals) - 1:
+        if vals is None:
+            return None
+        ends = np.flatnonzero(vals == _SENTINEL)
+        if len(ends) != hi - lo or ends[-1] != len(vals) - 1:
             return None
         starts = np.r_[0, ends[:-1] + 1]
         good = (ends - starts) == N_PIXELS
         idx = np.flatnonzero(good)
-        if len(idx) == hi - lo:  # every row has 2304 values: a zero-copy view, sentinel column dropped
+        every_row = len(idx) == hi - lo
+        if every_row:  # every row has 2304 values: a zero-copy view, sentinel column dropped
             block = vals.reshape(hi - lo, N_PIXELS + 1)[:, :N_PIXELS]
         else:
             block = vals[starts[idx, None] + np.arange(N_PIXELS)]
         in_range = (block.view(np.uint32) <= 255).all(axis=1)  # negatives wrap to huge values
-        if in_range.all() and len(idx) == hi - lo:
+        if every_row and in_range.all():
             flat[lo:hi] = block
         else:
             flat[lo + idx[in_range]] = block[in_range]
