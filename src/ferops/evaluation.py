@@ -17,7 +17,7 @@ import numpy as np
 from ferops.constants import EMOTIONS, NUM_CLASSES, TTA_SETTINGS
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
-from ferops.metrics import classification_metrics, confusion
+from ferops.metrics import classification_metrics, confusion, expected_calibration_error
 from ferops.training import TTA_VIEW_MODES, average_views, predict_proba, view_indices, view_probas
 
 log = logging.getLogger("ferops.evaluation")
@@ -29,7 +29,7 @@ TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, ch
 # (ties: the cheaper mode).
 # Keys of reports/metrics.json, per model (DVC metrics).
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
-                                 "test_macro_f1", "test_weighted_f1")
+                                 "test_macro_f1", "test_weighted_f1", "test_ece")
 
 
 @dataclass
@@ -141,6 +141,39 @@ def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title
     return [png, csv_path]
 
 
+def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData | None, probs_val: np.ndarray | None,
+                      out_dir: Path, name: str) -> tuple[list[Path], float]:
+    """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA) and,
+    with val predictions, mistakes_val.png (the most confident val errors per class: error analysis stays on val,
+    so whatever it suggests can be tried without touching test). Returns the files and the test ECE."""
+    from ferops.metrics import calibration_bins
+    from ferops.plots import mistakes_grid, reliability_diagram
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bins = calibration_bins(y_test, probs_test)
+    ece = expected_calibration_error(y_test, probs_test)
+    files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
+                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %)")]
+    if val is not None and probs_val is not None:
+        files.append(mistakes_grid(val.pixels[val.labeled], val.emotion[val.labeled], probs_val,
+                                   out_dir / "mistakes_val.png",
+                                   title=f"{name} — most confident mistakes on val (row: true class; "
+                                         f"caption: predicted, probability)"))
+    return files, ece
+
+
+def comparison_chart(results: list[dict[str, Any]], path: Path) -> Path:
+    """model_comparison.png: val, test and test-with-TTA accuracy per model, best by val on top."""
+    from ferops.plots import model_comparison_chart
+
+    rows = by_validation(results)
+    return model_comparison_chart(
+        [r["model"] for r in rows],
+        {"val": [r["val_accuracy"] for r in rows], "test": [r.get("test_accuracy") for r in rows],
+         "test, TTA chosen on val": [r.get("test_accuracy_tta") for r in rows]},
+        path, title="Accuracy per model (sorted by val, which every choice uses)")
+
+
 def result_of(entry: ModelEntry, test_metrics: dict[str, Any]) -> dict[str, Any]:
     """One model's row: identity, validation metrics from training, test metrics from here."""
     m = entry.metrics
@@ -177,24 +210,24 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return f"{100 * float(v):.2f}" if pct else f"{float(v):.0f}"
 
 
-def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, batch_size: int) -> tuple[str, dict[str, float]]:
-    """The TTA mode to use on test for one model and the val accuracy of each mode tried (`auto` only)."""
-    if entry.kind != "deep":
-        return "none", {}
-    if tta != "auto":
-        return tta, {}
-    if val is None or not val.labeled.any():
-        raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled rows; "
-                        "set evaluate.tta to none | flip | tencrop | shift.")
-    acc = val_accuracy_by_tta(model, val, batch_size)
-    return best_tta(acc), acc
-
-
-def val_accuracy_by_tta(model: Any, val: FerData, batch_size: int = 512) -> dict[str, float]:
-    """A deep model's accuracy on the labeled val rows under every TTA mode."""
-    y = val.emotion[val.labeled].astype(int)
-    # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
-    return accuracy_by_tta(view_probas(model, val.pixels[val.labeled], batch_size, "all"), y)
+def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, batch_size: int
+               ) -> tuple[str, dict[str, float], np.ndarray | None]:
+    """The TTA mode to use on test for one model, the val accuracy of each mode tried (`auto` only), and the
+    model's val probabilities under that mode (None without labeled val rows)."""
+    has_val = val is not None and bool(val.labeled.any())
+    if entry.kind == "deep" and tta == "auto":
+        if not has_val:
+            raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled "
+                            "rows; set evaluate.tta to none | flip | tencrop | shift.")
+        # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
+        views = view_probas(model, val.pixels[val.labeled], batch_size, "all")
+        acc = accuracy_by_tta(views, val.emotion[val.labeled].astype(int))
+        mode = best_tta(acc)
+        return mode, acc, tta_probas(views, mode)
+    mode = tta if entry.kind == "deep" else "none"
+    if not has_val:
+        return mode, {}, None
+    return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size)
 
 
 def tta_probas(all_views: list[np.ndarray], tta: str) -> np.ndarray:
@@ -230,16 +263,21 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         + (" (per model, the mode with the best val accuracy; in brackets)" if tta == "auto" else "") + " (baselines: –).",
         "",
         "| # | model | kind | arch | val acc | val macro-F1 | test acc | test acc TTA | test macro-F1 | "
-        "test weighted-F1 | train wall (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "test weighted-F1 | test ECE | train wall (s) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(rows, 1):
         name = f"**{r['model']}** ★" if r["model"] == best else r["model"]
         lines.append(f"| {i} | {name} | {r['kind']} | {r['arch']} | {_fmt(r['val_accuracy'])} | "
                      f"{_fmt(r.get('val_macro_f1'))} | {_fmt(r.get('test_accuracy'))} | "
                      f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {_fmt(r.get('test_macro_f1'))} | "
-                     f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('train_wall_s'), pct=False)} |")
-    lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file).", "",
+                     f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('test_ece'))} | "
+                     f"{_fmt(r.get('train_wall_s'), pct=False)} |")
+    lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file). "
+              "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
+              "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model). Figures: "
+              "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` (the most "
+              "confident val errors) under the evaluation folder.", "",
               "## Test F1 per class (%)", "",
               "| model | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * len(EMOTIONS)]
     for r in rows:
@@ -317,7 +355,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     modes: dict[str, str] = {}
     for entry in tqdm(entries, desc="evaluate", unit="model"):
         model = load_model(entry)
-        mode, val_by_mode = choose_tta(model, entry, val, tta, batch_size)
+        mode, val_by_mode, probs_val = choose_tta(model, entry, val, tta, batch_size)
         modes[entry.key] = mode
         probs = predict_probs(entry, model, pixels, "none", batch_size)
         probs_tta = predict_probs(entry, model, pixels, mode, batch_size) if entry.kind == "deep" and mode != "none" \
@@ -326,12 +364,16 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         metrics.update({f"val_accuracy_tta_{m}": a for m, a in val_by_mode.items()})
         files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
                                 f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
+        more, metrics["test_ece"] = write_diagnostics(y, probs if probs_tta is None else probs_tta, val, probs_val,
+                                                      Path(out_dir) / entry.key, entry.key)
+        files += more
         if track:
             log_to_run(entry, metrics, files, mode)
         results.append({**result_of(entry, metrics), **({"tta_mode": mode} if entry.kind == "deep" else {})})
         log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
                  f"  test(TTA {mode}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
         del model
+    comparison_chart(results, Path(out_dir) / "model_comparison.png")
     best = select_best(results)
     entry = next(e for e in entries if e.key == best["model"])
     log.info("submission model (best by val accuracy): %s", best["model"])

@@ -75,6 +75,10 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
     if tta != "none" and test.get("test_accuracy_tta") is not None:
         lines.append(f"| test, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "
                      f"{_pct(test.get('test_macro_f1_tta'))} |")
+    if test.get("test_ece") is not None:
+        lines += ["", f"Calibration: the probabilities served are off from the accuracy they achieve by "
+                      f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
+                      f"`reports/evaluation/{model}/calibration_test.png`)."]
     keys = [e.lower() for e in EMOTIONS]
     if all(f"val_f1_{k}" in metrics for k in keys):
         lines += ["", "Per class, on validation:", "",

@@ -150,22 +150,31 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     _baseline_dir(root, "nb", GaussianNB(), val=0.30, train=train)  # fits in ms
     dummy = _baseline_dir(root, "dummy", DummyClassifier(strategy="most_frequent"), val=0.95, train=train)
 
-    results, labels = evaluate_all(discover_models(root), test, predict, tmp_path / "eval", tta="flip")
+    val = data.subset(np.arange(200, 300))
+    results, labels = evaluate_all(discover_models(root), test, predict, tmp_path / "eval", tta="flip", val=val)
     by = {r["model"]: r for r in results}
     assert by["nb"]["test_accuracy"] > by["dummy"]["test_accuracy"]  # test disagrees with val...
     majority = int(np.bincount(train.emotion).argmax())
     assert labels.tolist() == [majority] * 20  # ...and the submission still comes from the best-by-val model
     assert "test_accuracy_tta" not in by["nb"]  # TTA applies to deep models only
     assert (tmp_path / "eval" / "nb" / "confusion_test.csv").read_text().count("\n") == 101
+    # the majority-class dummy is always 100 % sure and mostly wrong: badly calibrated, unlike naive Bayes here
+    assert by["dummy"]["test_ece"] == pytest.approx(1 - by["dummy"]["test_accuracy"])
+    assert 0 <= by["nb"]["test_ece"] < by["dummy"]["test_ece"]
+    for f in ("mistakes_val.png", "calibration_test.png"):
+        assert (tmp_path / "eval" / "dummy" / f).stat().st_size > 1000
+    assert (tmp_path / "eval" / "model_comparison.png").stat().st_size > 1000
 
     run = mlflow.get_run((dummy / "mlflow_run_id.txt").read_text().strip())
     assert run.data.metrics["test_accuracy"] == pytest.approx(by["dummy"]["test_accuracy"])
     assert "test_recall_happy" in run.data.metrics
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
-    assert arts == {"evaluation/confusion_test.png", "evaluation/confusion_test.csv"}
+    assert arts == {f"evaluation/{f}" for f in ("confusion_test.png", "confusion_test.csv", "calibration_test.png",
+                                                  "mistakes_val.png")}
 
     _, none = evaluate_all(discover_models(root), test, data.subset(np.arange(0)), tmp_path / "eval2", track=False)
     assert none.shape == (0,)  # no unlabeled rows → nothing to predict (header-only submission)
+    assert not (tmp_path / "eval2" / "nb" / "mistakes_val.png").exists()  # no val given: no val error analysis
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ferops.training") is None,
@@ -213,3 +222,32 @@ def test_tta_modes_are_picked_out_of_one_pass_over_all_views():
     with pytest.raises(DataError, match="26"):
         tta_probas(views[:10], "shift")  # a ten-crop pass lacks the shifted views
     assert tta_probas(views[:2], "tencrop").shape == (3, 7)  # a crop-less model has two views only
+
+
+def test_calibration_bins_and_ece():
+    from ferops.metrics import calibration_bins, expected_calibration_error
+
+    y = np.zeros(10, dtype=int)
+    sure = np.tile([1.0, 0, 0, 0, 0, 0, 0], (10, 1))
+    assert expected_calibration_error(y, sure) == 0.0  # certain and right
+    assert expected_calibration_error(np.ones(10, dtype=int), sure) == 1.0  # certain and wrong
+    conf, acc, counts = calibration_bins(y, sure)
+    assert counts[-1] == 10 and counts.sum() == 10 and acc[-1] == 1.0  # confidence 1.0 falls in the last bin
+    assert np.isnan(conf[0]) and counts[0] == 0
+    # 0.85 sure (bin 0.8–0.9), right 6 times in 10: the gap is 0.25
+    p = np.tile([0.85, 0.15, 0, 0, 0, 0, 0], (10, 1))
+    assert expected_calibration_error(np.array([0] * 6 + [1] * 4), p) == pytest.approx(0.25)
+
+
+def test_confident_mistakes_picks_wrong_rows_most_confident_first():
+    from ferops.metrics import confident_mistakes
+
+    y = np.array([0, 0, 0, 0, 1])
+    probs = np.zeros((5, 7))
+    probs[0, [0, 1]] = [0.9, 0.1]  # right
+    probs[1, [0, 3]] = [0.4, 0.6]  # wrong, 0.6 sure
+    probs[2, [0, 2]] = [0.1, 0.9]  # wrong, 0.9 sure
+    probs[3, [0, 5]] = [0.3, 0.7]  # wrong, 0.7 sure
+    probs[4, [1, 6]] = [0.2, 0.8]  # wrong
+    out = confident_mistakes(y, probs, per_class=2)
+    assert [o.tolist() for o in out] == [[2, 3], [4], [], [], [], [], []]
