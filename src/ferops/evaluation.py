@@ -17,7 +17,7 @@ import numpy as np
 from ferops.constants import EMOTIONS, NUM_CLASSES, TTA_SETTINGS
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
-from ferops.metrics import classification_metrics, confusion, expected_calibration_error
+from ferops.metrics import classification_metrics, confusion
 from ferops.training import TTA_VIEW_MODES, average_views, predict_proba, view_indices, view_probas
 
 log = logging.getLogger("ferops.evaluation")
@@ -146,8 +146,7 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA) and,
     with val predictions, mistakes_val.png (the most confident val errors per class: error analysis stays on val,
     so whatever it suggests can be tried without touching test). Returns the files and the test ECE."""
-    from ferops.metrics import calibration_bins
-    from ferops.plots import mistakes_grid, reliability_diagram
+    from ferops.diagnostics import calibration_bins, expected_calibration_error, mistakes_grid, reliability_diagram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bins = calibration_bins(y_test, probs_test)
@@ -164,7 +163,7 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
 
 def comparison_chart(results: list[dict[str, Any]], path: Path) -> Path:
     """model_comparison.png: val, test and test-with-TTA accuracy per model, best by val on top."""
-    from ferops.plots import model_comparison_chart
+    from ferops.diagnostics import model_comparison_chart
 
     rows = by_validation(results)
     return model_comparison_chart(

@@ -1,5 +1,4 @@
-"""Pictures people look at: sample grid, class histogram, augmentation preview, curves, confusion matrix,
-the most confident mistakes, a reliability diagram and the model comparison.
+"""Pictures people look at: sample grid, class histogram, augmentation preview, curves, confusion matrix.
 
 Every function writes a PNG (DVC and MLflow both show it) and returns its path.
 """
@@ -125,79 +124,4 @@ def confusion_matrix_plot(cm: np.ndarray, path: str | Path, title: str = "", nor
     ax.set_ylabel("true")
     ax.set_title(title or "Confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
-
-
-def mistakes_grid(pixels: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: str | Path, per_class: int = 8,
-                  title: str = "") -> Path:
-    """One row per true class: its wrongly predicted images, most confident first, each captioned with the
-    predicted class and its probability (label noise and look-alike classes show up here first)."""
-    from ferops.metrics import confident_mistakes
-
-    plt = _plt()
-    y_true, pred, conf = np.asarray(y_true, dtype=int), np.asarray(probs).argmax(1), np.asarray(probs).max(1)
-    fig, axes = plt.subplots(len(EMOTIONS), per_class, figsize=(per_class * 1.0, len(EMOTIONS) * 1.25),
-                             squeeze=False)
-    for c, (name, wrong) in enumerate(zip(EMOTIONS, confident_mistakes(y_true, probs, per_class))):
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
-            if j < len(wrong):
-                i = wrong[j]
-                ax.imshow(pixels[i], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"{EMOTIONS[pred[i]]} {100 * conf[i]:.0f}%", fontsize=6, pad=2)
-        n_class = int((y_true == c).sum())
-        axes[c, 0].set_ylabel(f"{name}\n{int(((y_true == c) & (pred != c)).sum())}/{n_class} wrong", fontsize=7)
-    fig.subplots_adjust(top=0.93)
-    fig.suptitle(title or "Most confident mistakes (row: true class; caption: predicted, probability)", fontsize=9)
-    return _save(fig, path)
-
-
-def reliability_diagram(mean_conf: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, path: str | Path,
-                        title: str = "") -> Path:
-    """Accuracy against mean confidence per bin: on the diagonal is calibrated, above it under-confident, below it
-    over-confident; bin counts underneath."""
-    plt = _plt()
-    n = len(counts)
-    edges = np.linspace(0, 1, n + 1)
-    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / n
-    full = counts > 0
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
-    ax.plot(mean_conf[full], accuracy[full], "o-", color="tab:blue", label="model (one point per bin)")
-    ax.text(0.05, 0.93, "under-confident", fontsize=7, color="grey", va="top")
-    ax.text(0.95, 0.02, "over-confident", fontsize=7, color="grey", ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1, 0.08))
-    ax.set_title(title or "Reliability diagram", fontsize=9)
-    ax_n.bar(centers, counts, width=width * 0.95, color="grey")
-    ax_n.set_xlim(0, 1)
-    ax_n.set_xlabel("confidence (top-class probability)")
-    ax_n.set_ylabel("images")
-    return _save(fig, path)
-
-
-def model_comparison_chart(names: Sequence[str], series: dict[str, Sequence[float | None]], path: str | Path,
-                           title: str = "") -> Path:
-    """Horizontal grouped bars, one group per model (listed top to bottom), one bar per series, values in %."""
-    plt = _plt()
-    k = max(1, len(series))
-    y = np.arange(len(names))
-    height = 0.8 / k
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(names) * max(1.0, k / 2) + 1.2))
-    for i, (label, vals) in enumerate(series.items()):
-        pos = y + (i - (k - 1) / 2) * height
-        v = np.array([np.nan if x is None else 100 * float(x) for x in vals])
-        bars = ax.barh(pos[~np.isnan(v)], v[~np.isnan(v)], height, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()  # the first model on top
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "Model comparison", fontsize=9)
     return _save(fig, path)

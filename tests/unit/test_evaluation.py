@@ -225,7 +225,7 @@ def test_tta_modes_are_picked_out_of_one_pass_over_all_views():
 
 
 def test_calibration_bins_and_ece():
-    from ferops.metrics import calibration_bins, expected_calibration_error
+    from ferops.diagnostics import calibration_bins, expected_calibration_error
 
     y = np.zeros(10, dtype=int)
     sure = np.tile([1.0, 0, 0, 0, 0, 0, 0], (10, 1))
@@ -240,7 +240,7 @@ def test_calibration_bins_and_ece():
 
 
 def test_confident_mistakes_picks_wrong_rows_most_confident_first():
-    from ferops.metrics import confident_mistakes
+    from ferops.diagnostics import confident_mistakes
 
     y = np.array([0, 0, 0, 0, 1])
     probs = np.zeros((5, 7))
