@@ -1132,14 +1132,10 @@ def tuned_params(tuning_dir: str | Path, model: str, arch: str) -> tuple[dict[st
 
 
 def apply_tuned(cfg: dict[str, Any], best_params: dict[str, Any]) -> dict[str, Any]:
-    """Tuned params over a model config (the tuning module's mapping when it has one)."""
-    if not best_params:
-        return cfg
-    try:
-        from ferops.tuning import apply_params
-    except ImportError:
-        return {**cfg, **best_params}
-    return apply_params(cfg, best_params)
+    """Tuned params over a model config (`hparams.apply_params`, the mapping the tune stage sampled with)."""
+    from ferops.hparams import apply_params
+
+    return apply_params(cfg, best_params) if best_params else cfg
 
 
 def history_table(history: dict[str, list[float]]):

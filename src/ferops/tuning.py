@@ -13,7 +13,6 @@ heartbeat, so a RUNNING trial of a process that died on *another* host stays RUN
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import hashlib
 import json
@@ -32,6 +31,7 @@ import numpy as np
 from ferops.config import number, number_problem, repo_root, store_root
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
+from ferops.hparams import apply_params
 
 if TYPE_CHECKING:  # optuna is imported lazily (stage scripts stay quick to start)
     import optuna
@@ -60,8 +60,6 @@ DEFAULT_DB = "optuna.db"
 DEFAULT_JOURNAL = "optuna_journal.log"
 STALE_GRACE_S = 120                        # a RUNNING trial without a worker id this old is taken as dead
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 60, 120, 2
-AUG_STRENGTH_KEYS = ("rotate_deg", "translate", "zoom", "contrast", "erasing")
-DIRECT_KEYS = ("lr", "weight_decay", "dropout", "label_smoothing", "batch_size")
 
 # A trial function trains/evaluates one configuration: (trial, cfg, train, val, *, seed, epochs) -> val score.
 TrialFn = Callable[..., float]
@@ -126,81 +124,6 @@ def suggest_params(trial: "optuna.trial.BaseTrial", space: dict[str, dict[str, A
             step = spec.get("step")
             out[name] = trial.suggest_float(name, float(low), float(high), log=use_log,
                                             step=None if step is None else float(step))
-    return out
-
-
-def _doubling(base: int, n: int) -> list[int]:
-    return [int(base) * 2 ** i for i in range(n)]
-
-
-def _resize(seq: list[Any], n: int, grow: Callable[[Any], Any]) -> list[Any]:
-    """`seq` cut or extended to n entries (new entries derived from the last one)."""
-    out = list(seq[:n])
-    while len(out) < n:
-        out.append(grow(out[-1]))
-    return out
-
-
-def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a training config with sampled values applied (direct keys, `depth`, `base_width`, `aug_strength`, dotted keys)."""
-    out = copy.deepcopy(cfg)
-    arch = out.get("arch")
-    rest = dict(sampled)
-    if "depth" in rest:  # before base_width: depth changes how many widths there are
-        d = int(rest.pop("depth"))
-        if d < 1:
-            raise ConfigError(f"depth={d}: must be at least 1.")
-        if arch == "resnet":  # blocks per stage
-            out["stages"] = [d] * len(out.get("stages", [2, 2, 2, 2]))
-        elif arch == "cnn":  # conv/pool blocks
-            out["filters"] = _resize(list(out.get("filters", [32, 64])), d, lambda f: 2 * f)
-        elif arch == "vgg":  # convs per block
-            out["blocks"] = [[blk[0]] * d for blk in out.get("blocks", [[32, 32], [64, 64], [128, 128]])]
-        elif arch == "dnn":  # hidden layers
-            out["hidden"] = _resize(list(out.get("hidden", [500, 300, 100])), d, lambda h: max(8, h // 2))
-        elif arch == "mini_xception":  # residual modules
-            out["module_widths"] = _resize(list(out.get("module_widths", [16, 32, 64, 128])), d, lambda w: 2 * w)
-        else:
-            raise ConfigError(f"depth: not defined for arch={arch!r}.")
-    if "base_width" in rest:
-        w = int(rest.pop("base_width"))
-        out.pop("base_width", None)  # the zoo would prefer it over the widths set here
-        if arch == "resnet":
-            out["widths"] = _doubling(w, len(out.get("stages", [2, 2, 2, 2])))
-        elif arch == "cnn":
-            out["filters"] = _doubling(w, len(out.get("filters", [32, 64])))
-        elif arch == "vgg":
-            out["blocks"] = [[w * 2 ** i] * len(blk) for i, blk in enumerate(out.get("blocks", [[32, 32], [64, 64], [128, 128]]))]
-        elif arch == "mini_xception":
-            out["module_widths"] = _doubling(w, len(out.get("module_widths", [16, 32, 64, 128])))
-        elif arch == "dnn":  # first layer = w, the others keep their ratio to it
-            hidden = list(out.get("hidden", [500, 300, 100]))
-            out["hidden"] = [max(8, round(h * w / hidden[0])) for h in hidden]
-        else:
-            raise ConfigError(f"base_width: not defined for arch={arch!r}.")
-    if "aug_strength" in rest:
-        k = float(rest.pop("aug_strength"))
-        aug = dict(out.get("online_aug") or {})
-        for key in AUG_STRENGTH_KEYS:
-            if key in aug and not isinstance(aug[key], bool):
-                aug[key] = float(aug[key] or 0.0) * k
-        if "erasing" in aug:
-            aug["erasing"] = min(1.0, aug["erasing"])  # a probability
-        out["online_aug"] = aug
-    for name, value in rest.items():
-        if "." in name:  # e.g. online_aug.erasing
-            node = out
-            *parents, leaf = name.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"tune space `{name}`: `{p}` is not a mapping in the training config.")
-            node[leaf] = value
-        elif name in DIRECT_KEYS or name in out:
-            out[name] = value
-        else:
-            raise ConfigError(f"tune space `{name}`: not a training config key; use one of "
-                              f"{', '.join(DIRECT_KEYS)}, depth, base_width, aug_strength, or an existing key of the config.")
     return out
 
 
