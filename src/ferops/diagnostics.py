@@ -51,6 +51,17 @@ def confident_mistakes(y_true: np.ndarray, probs: np.ndarray, per_class: int) ->
     return out
 
 
+def mistakes_rows(source_id: np.ndarray, y_true: np.ndarray, probs: np.ndarray) -> list[tuple[str, str, str, float, float]]:
+    """Every wrongly predicted row, most confident first: (actual, predicted, source id, the predicted class's
+    probability, the actual class's probability) — a review list for suspected label noise."""
+    y_true, probs = np.asarray(y_true, dtype=int), np.asarray(probs)
+    pred, conf = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(pred != y_true)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")]
+    return [(EMOTIONS[y_true[i]], EMOTIONS[pred[i]], str(source_id[i]), round(float(conf[i]), 4),
+             round(float(probs[i, y_true[i]]), 4)) for i in wrong]
+
+
 def mistakes_grid(pixels: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: str | Path, per_class: int = 8,
                   title: str = "") -> Path:
     """One row per true class: its wrongly predicted images, most confident first, each captioned with the

@@ -144,9 +144,11 @@ def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title
 def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData | None, probs_val: np.ndarray | None,
                       out_dir: Path, name: str) -> tuple[list[Path], float]:
     """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA) and,
-    with val predictions, mistakes_val.png (the most confident val errors per class: error analysis stays on val,
-    so whatever it suggests can be tried without touching test). Returns the files and the test ECE."""
-    from ferops.diagnostics import calibration_bins, expected_calibration_error, mistakes_grid, reliability_diagram
+    with val predictions, mistakes_val.png (the most confident val errors per class) and mistakes_val.csv (every
+    val error, most confident first, with its source id: where to look for label noise). Error analysis stays on
+    val, so whatever it suggests can be tried without touching test. Returns the files and the test ECE."""
+    from ferops.diagnostics import (calibration_bins, expected_calibration_error, mistakes_grid, mistakes_rows,
+                                    reliability_diagram)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bins = calibration_bins(y_test, probs_test)
@@ -154,10 +156,16 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
                                  title=f"{name} — test calibration (ECE {100 * ece:.1f} %)")]
     if val is not None and probs_val is not None:
-        files.append(mistakes_grid(val.pixels[val.labeled], val.emotion[val.labeled], probs_val,
-                                   out_dir / "mistakes_val.png",
+        lab = val.labeled
+        files.append(mistakes_grid(val.pixels[lab], val.emotion[lab], probs_val, out_dir / "mistakes_val.png",
                                    title=f"{name} — most confident mistakes on val (row: true class; "
                                          f"caption: predicted, probability)"))
+        # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
+        files.append(out_dir / "mistakes_val.csv")
+        with open(files[-1], "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["actual", "predicted", "source_id", "p_predicted", "p_actual"])
+            w.writerows(mistakes_rows(val.source_id[lab], val.emotion[lab], probs_val))
     return files, ece
 
 
@@ -275,8 +283,8 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file). "
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
               "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model). Figures: "
-              "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` (the most "
-              "confident val errors) under the evaluation folder.", "",
+              "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` and `.csv` (the "
+              "val errors, most confident first: where label noise shows) under the evaluation folder.", "",
               "## Test F1 per class (%)", "",
               "| model | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * len(EMOTIONS)]
     for r in rows:

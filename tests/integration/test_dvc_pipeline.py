@@ -22,6 +22,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
         assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["val_accuracy"] <= 1.0 and 0.0 <= m["test_ece"] <= 1.0
     figures = ["model_comparison.png"] + [f"{m}/{f}" for m in metrics
                                           for f in ("confusion_test.png", "calibration_test.png", "mistakes_val.png")]
+    assert (repo / "reports/evaluation/resnet/mistakes_val.csv").read_text().startswith("actual,predicted,source_id")
     assert all((repo / "reports/evaluation" / f).stat().st_size > 1000 for f in figures)
     assert "resnet" in (repo / "reports/model_comparison.md").read_text()
     assert (repo / "reports/submission.csv").read_text().startswith("id,emotion")

@@ -163,6 +163,11 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert 0 <= by["nb"]["test_ece"] < by["dummy"]["test_ece"]
     for f in ("mistakes_val.png", "calibration_test.png"):
         assert (tmp_path / "eval" / "dummy" / f).stat().st_size > 1000
+    wrong = list(csv.DictReader(open(tmp_path / "eval" / "dummy" / "mistakes_val.csv")))
+    majority_name = EMOTIONS[int(np.bincount(train.emotion).argmax())]
+    assert len(wrong) == int((val.emotion != np.bincount(train.emotion).argmax()).sum())  # every val error, listed
+    assert {r["predicted"] for r in wrong} == {majority_name} and all(r["actual"] != majority_name for r in wrong)
+    assert {r["source_id"] for r in wrong} <= set(val.source_id)
     assert (tmp_path / "eval" / "model_comparison.png").stat().st_size > 1000
 
     run = mlflow.get_run((dummy / "mlflow_run_id.txt").read_text().strip())
@@ -170,7 +175,7 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert "test_recall_happy" in run.data.metrics
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert arts == {f"evaluation/{f}" for f in ("confusion_test.png", "confusion_test.csv", "calibration_test.png",
-                                                  "mistakes_val.png")}
+                                                  "mistakes_val.png", "mistakes_val.csv")}
 
     _, none = evaluate_all(discover_models(root), test, data.subset(np.arange(0)), tmp_path / "eval2", track=False)
     assert none.shape == (0,)  # no unlabeled rows → nothing to predict (header-only submission)
@@ -240,7 +245,7 @@ def test_calibration_bins_and_ece():
 
 
 def test_confident_mistakes_picks_wrong_rows_most_confident_first():
-    from ferops.diagnostics import confident_mistakes
+    from ferops.diagnostics import confident_mistakes, mistakes_rows
 
     y = np.array([0, 0, 0, 0, 1])
     probs = np.zeros((5, 7))
@@ -251,3 +256,6 @@ def test_confident_mistakes_picks_wrong_rows_most_confident_first():
     probs[4, [1, 6]] = [0.2, 0.8]  # wrong
     out = confident_mistakes(y, probs, per_class=2)
     assert [o.tolist() for o in out] == [[2, 3], [4], [], [], [], [], []]
+    rows = mistakes_rows(np.array([f"f:{i}" for i in range(5)]), y, probs)  # every error, most confident first
+    assert [r[2] for r in rows] == ["f:2", "f:4", "f:3", "f:1"]
+    assert rows[0] == ("Angry", "Fear", "f:2", 0.9, 0.1)
