@@ -32,34 +32,38 @@ def calibration_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10
     return mean_conf, acc, counts
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: the count-weighted mean gap between confidence and accuracy over the bins (0 = calibrated)."""
-    mean_conf, acc, counts = calibration_bins(y_true, probs, n_bins)
+def ece_of_bins(mean_conf: np.ndarray, accuracy: np.ndarray, counts: np.ndarray) -> float:
+    """ECE from `calibration_bins`: the count-weighted mean gap between confidence and accuracy (0 = calibrated)."""
     full = counts > 0
-    return float((np.abs(mean_conf[full] - acc[full]) * counts[full]).sum() / max(1, counts.sum()))
+    return float((np.abs(mean_conf[full] - accuracy[full]) * counts[full]).sum() / max(1, counts.sum()))
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of top-class probabilities over `n_bins` equal-width bins."""
+    return ece_of_bins(*calibration_bins(y_true, probs, n_bins))
+
+
+def mistakes_by_confidence(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of the wrongly predicted rows, most confident first (ties in row order)."""
+    probs = np.asarray(probs)
+    wrong = np.flatnonzero(probs.argmax(1) != np.asarray(y_true, dtype=int))
+    return wrong[np.argsort(-probs.max(1)[wrong], kind="stable")]
 
 
 def confident_mistakes(y_true: np.ndarray, probs: np.ndarray, per_class: int) -> list[np.ndarray]:
     """Per true class (EMOTIONS order), the indices of its wrongly predicted rows, most confident first, at most
     `per_class` of them."""
-    y_true, probs = np.asarray(y_true, dtype=int), np.asarray(probs)
-    pred, conf = probs.argmax(1), probs.max(1)
-    out = []
-    for c in range(NUM_CLASSES):
-        wrong = np.flatnonzero((y_true == c) & (pred != c))
-        out.append(wrong[np.argsort(-conf[wrong], kind="stable")][:per_class])
-    return out
+    order = mistakes_by_confidence(y_true, probs)
+    y = np.asarray(y_true, dtype=int)[order]
+    return [order[y == c][:per_class] for c in range(NUM_CLASSES)]
 
 
 def mistakes_rows(source_id: np.ndarray, y_true: np.ndarray, probs: np.ndarray) -> list[tuple[str, str, str, float, float]]:
     """Every wrongly predicted row, most confident first: (actual, predicted, source id, the predicted class's
     probability, the actual class's probability) — a review list for suspected label noise."""
     y_true, probs = np.asarray(y_true, dtype=int), np.asarray(probs)
-    pred, conf = probs.argmax(1), probs.max(1)
-    wrong = np.flatnonzero(pred != y_true)
-    wrong = wrong[np.argsort(-conf[wrong], kind="stable")]
-    return [(EMOTIONS[y_true[i]], EMOTIONS[pred[i]], str(source_id[i]), round(float(conf[i]), 4),
-             round(float(probs[i, y_true[i]]), 4)) for i in wrong]
+    return [(EMOTIONS[y_true[i]], EMOTIONS[int(probs[i].argmax())], str(source_id[i]), round(float(probs[i].max()), 4),
+             round(float(probs[i, y_true[i]]), 4)) for i in mistakes_by_confidence(y_true, probs)]
 
 
 def mistakes_grid(pixels: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: str | Path, per_class: int = 8,

@@ -127,16 +127,21 @@ def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray) -> list[tuple[str, st
     return [(EMOTIONS[int(a)], EMOTIONS[int(p)]) for a, p in zip(y_true, y_pred)]
 
 
+def _write_csv(path: Path, header: list[str], rows: Any) -> Path:
+    """A CSV file: the header row, then `rows`."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title: str) -> list[Path]:
     """confusion_test.png (row-normalised heat map) and confusion_test.csv (actual,predicted) in out_dir."""
     from ferops.plots import confusion_matrix_plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "confusion_test.csv"
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["actual", "predicted"])
-        w.writerows(confusion_rows(y_true, y_pred))
+    csv_path = _write_csv(out_dir / "confusion_test.csv", ["actual", "predicted"], confusion_rows(y_true, y_pred))
     png = confusion_matrix_plot(confusion(y_true, y_pred), out_dir / "confusion_test.png", title=title)
     return [png, csv_path]
 
@@ -147,12 +152,11 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     with val predictions, mistakes_val.png (the most confident val errors per class) and mistakes_val.csv (every
     val error, most confident first, with its source id: where to look for label noise). Error analysis stays on
     val, so whatever it suggests can be tried without touching test. Returns the files and the test ECE."""
-    from ferops.diagnostics import (calibration_bins, expected_calibration_error, mistakes_grid, mistakes_rows,
-                                    reliability_diagram)
+    from ferops.diagnostics import calibration_bins, ece_of_bins, mistakes_grid, mistakes_rows, reliability_diagram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bins = calibration_bins(y_test, probs_test)
-    ece = expected_calibration_error(y_test, probs_test)
+    ece = ece_of_bins(*bins)
     files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
                                  title=f"{name} — test calibration (ECE {100 * ece:.1f} %)")]
     if val is not None and probs_val is not None:
@@ -161,11 +165,10 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
                                    title=f"{name} — most confident mistakes on val (row: true class; "
                                          f"caption: predicted, probability)"))
         # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
-        files.append(out_dir / "mistakes_val.csv")
-        with open(files[-1], "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["actual", "predicted", "source_id", "p_predicted", "p_actual"])
-            w.writerows(mistakes_rows(val.source_id[lab], val.emotion[lab], probs_val))
+        # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
+        files.append(_write_csv(out_dir / "mistakes_val.csv",
+                                ["actual", "predicted", "source_id", "p_predicted", "p_actual"],
+                                mistakes_rows(val.source_id[lab], val.emotion[lab], probs_val)))
     return files, ece
 
 
@@ -314,11 +317,7 @@ def write_submission(source_ids: np.ndarray, labels: np.ndarray, path: str | Pat
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "emotion"])
-        w.writerows((str(i).rsplit(":", 1)[-1], int(y)) for i, y in zip(source_ids, labels))
-    return p
+    return _write_csv(p, ["id", "emotion"], ((str(i).rsplit(":", 1)[-1], int(y)) for i, y in zip(source_ids, labels)))
 
 
 def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str) -> bool:
