@@ -363,9 +363,11 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         model = load_model(entry)
         mode, val_by_mode, probs_val = choose_tta(model, entry, val, tta, batch_size)
         modes[entry.key] = mode
-        probs = predict_probs(entry, model, pixels, "none", batch_size)
-        probs_tta = predict_probs(entry, model, pixels, mode, batch_size) if entry.kind == "deep" and mode != "none" \
-            else (probs if entry.kind == "deep" else None)
+        if entry.kind == "deep":  # every mode's first view is the plain image: one pass gives both scores
+            views = view_probas(model, pixels, batch_size, mode)
+            probs, probs_tta = average_views(views[:1]), average_views(views)
+        else:
+            probs, probs_tta = predict_probs(entry, model, pixels, "none", batch_size), None
         metrics = score(y, probs, probs_tta)
         metrics.update({f"val_accuracy_tta_{m}": a for m, a in val_by_mode.items()})
         files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
