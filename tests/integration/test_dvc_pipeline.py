@@ -36,6 +36,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")  # not an earlier test's registry (init_tracking sets one)
     runs = mlflow.search_runs(experiment_names=["ferops"], filter_string="tags.dataset = 'synthetic'")
     assert {"train_baselines", "train_deep", "tune"} <= set(runs["tags.stage"])
     # the champion carries the TTA mode evaluate chose on val for it, which `tta: auto` requests then use
