@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ferops.config import load_params, number, section
 from ferops.data.io import save_npz, write_json
-from ferops.errors import DataError
+from ferops.errors import BadRowsError, DataError
 from ferops.runner import run
 
 log = logging.getLogger("ferops.ingest")
@@ -55,7 +55,12 @@ def main() -> None:
     else:
         fmt, path = found
         log.info("reading %s (format %s, on_bad_rows=%s)", path, fmt, p.get("on_bad_rows", "fail"))
-        data, rejected = read_any(path, str(p.get("on_bad_rows", "fail")), fmt=fmt)
+        try:
+            data, rejected = read_any(path, str(p.get("on_bad_rows", "fail")), fmt=fmt)
+        except BadRowsError as e:  # the message shows five; the file keeps every one, untouched
+            write_quarantine(e.rejected, args.quarantine)
+            n = len(e.rejected)
+            raise DataError(f"{e} {'It is' if n == 1 else f'All {n} are'} listed, untouched, in {args.quarantine}.") from None
         info = {"synthetic": False, "source": str(path), "format": fmt, "sha256": source_sha256(fmt, path)}
     write_quarantine(rejected, args.quarantine)  # first: the error below points the user at it
     if len(data) == 0:

@@ -13,3 +13,11 @@ class DataError(FerError):
 
 class ConfigError(FerError):
     """A bad value in params.yaml or on the command line."""
+
+
+class BadRowsError(DataError):
+    """Bad rows in `on_bad_rows: fail` mode; carries every rejected row so the caller can write the quarantine file."""
+
+    def __init__(self, message: str, rejected: list) -> None:
+        super().__init__(message)
+        self.rejected = rejected

@@ -46,6 +46,26 @@ def test_corrupt_file_fails_cleanly(tmp_path):
     assert "fer2013.csv" in r.stderr and "row 4" in r.stderr and "found 2299" in r.stderr
     assert "on_bad_rows: quarantine" in r.stderr
     assert not (tmp_path / "fer.npz").exists()
+    rows = list(csv.DictReader((tmp_path / "quarantine.csv").open()))  # fail mode too: the file the error names
+    assert [q["row"] for q in rows] == ["4"] and "quarantine.csv" in r.stderr
+
+
+def test_fail_mode_lists_five_and_quarantines_all(tmp_path):
+    """The message shows the first five bad rows; the quarantine file holds every one, raw line untouched."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = write_csv(raw / "fer2013.csv", 20)
+    for i in (2, 5, 7, 9, 11, 13, 17):
+        emotion, pixels, usage = lines[i - 1].split(",")
+        lines[i - 1] = f"{emotion},x{pixels[pixels.index(' '):]},{usage}"  # the first pixel non-numeric
+    (raw / "fer2013.csv").write_text("\n".join(["emotion,pixels,Usage", *lines]) + "\n")
+    r = run_stage(tmp_path, raw)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "7 bad row(s) of 20" in r.stderr and "and 2 more" in r.stderr and "All 7 are listed, untouched, in" in r.stderr
+    rows = list(csv.DictReader((tmp_path / "quarantine.csv").open()))
+    assert [int(q["row"]) for q in rows] == [2, 5, 7, 9, 11, 13, 17]
+    assert [q["raw"] for q in rows] == [lines[i - 1] for i in (2, 5, 7, 9, 11, 13, 17)]
+    assert all("non-numeric" in q["reason"] for q in rows) and not (tmp_path / "fer.npz").exists()
 
 
 def test_quarantine_mode_writes_everything(tmp_path):

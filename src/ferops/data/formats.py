@@ -29,7 +29,7 @@ import numpy as np
 
 from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS, UNLABELED
 from ferops.data.io import FerData, sha256_file
-from ferops.errors import ConfigError, DataError
+from ferops.errors import BadRowsError, ConfigError, DataError
 
 log = logging.getLogger("ferops.formats")
 
@@ -55,8 +55,7 @@ _CHUNK_ROWS = 2000
 _PARSE_THREADS = 4  # at most; never more than the CPU count
 T, R = TypeVar("T"), TypeVar("R")
 _PROGRESS_ROWS = 5000  # show progress bars above this many rows/files
-_FIX = ("Fix or delete them, or set `ingest.on_bad_rows: quarantine` in params.yaml to skip them "
-        "(they are written untouched to reports/quarantine.csv).")
+_FIX = "Fix or delete them, or set `ingest.on_bad_rows: quarantine` in params.yaml to skip them."
 
 
 @dataclass(frozen=True)
@@ -523,7 +522,8 @@ def _pixel_problem(s: str) -> str:
 
 
 def _check_bad(source: Path, rejected: list[Rejected], total: int, on_bad_rows: str, unit: str = "row") -> None:
-    """In `fail` mode, raise one DataError listing the first bad rows, the count, the reasons and the fix."""
+    """In `fail` mode, raise one BadRowsError listing the first bad rows, the count, the reasons and the fix (it
+    carries them all, for the quarantine file)."""
     if not rejected or on_bad_rows == "quarantine":
         if rejected:
             log.warning("%s: %d of %d %ss rejected (quarantined)", source, len(rejected), total, unit)
@@ -531,8 +531,8 @@ def _check_bad(source: Path, rejected: list[Rejected], total: int, on_bad_rows: 
     shown = "; ".join(f"{unit} {r.row}{' (' + Path(r.raw).name + ')' if unit == 'file' else ''}: {r.reason}"
                       for r in rejected[:5])
     more = f" … and {len(rejected) - 5} more" if len(rejected) > 5 else ""
-    raise DataError(f"{source}: {len(rejected)} bad {unit}(s) of {total} ({unit}s numbered from 1"
-                    f"{', header not counted' if unit == 'row' else ''}) — {shown}{more}. {_FIX}")
+    raise BadRowsError(f"{source}: {len(rejected)} bad {unit}(s) of {total} ({unit}s numbered from 1"
+                       f"{', header not counted' if unit == 'row' else ''}) — {shown}{more}. {_FIX}", rejected)
 
 
 # --------------------------------------------------------------------------------------------- images
