@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ferops.config import load_params, number, section
 from ferops.data.io import save_npz, write_json
-from ferops.errors import BadRowsError, DataError
+from ferops.errors import BadRowsError, ConfigError, DataError
 from ferops.runner import run
 
 log = logging.getLogger("ferops.ingest")
@@ -37,10 +38,18 @@ def main() -> None:
     p = section(load_params(args.params), "ingest")
     source = str(p.get("source") or "auto")
     check_on_bad_rows(str(p.get("on_bad_rows", "fail")))  # also when the demo set is generated and nothing is read
-    if source not in ("auto", "synthetic") and not Path(source).exists():
+    is_path = source not in ("auto", "synthetic")
+    if is_path and not Path(source).exists():
         raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")
+    if is_path and not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(args.raw_dir)):
+        # dvc.yaml can only watch the raw folder (`auto`/`synthetic` are not paths): data read from elsewhere would
+        # go stale unnoticed — a later edit of it would not re-run ingest, nor anything trained on it.
+        raise ConfigError(f"ingest.source: {source} is outside {args.raw_dir}/, the folder DVC watches for ingest, so "
+                          f"a change to it would not re-run the pipeline. Link it in instead (`ln -s "
+                          f"{os.path.abspath(source)} {args.raw_dir}/`; DVC follows the link) and keep `source: auto`, "
+                          "or set `ingest.raw_dir` to its folder.")
     found = None if source == "synthetic" else detect_source(args.raw_dir if source == "auto" else Path(source))
-    if found is None and source not in ("auto", "synthetic"):
+    if found is None and is_path:
         raise DataError(f"ingest.source: {source} holds no dataset (expected fer2013.csv, icml_face_data.csv, "
                         "train.csv+test.csv or train|test/<class>/ image folders).")
     if found is None:

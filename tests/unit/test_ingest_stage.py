@@ -108,6 +108,23 @@ def test_missing_source_path_is_a_config_error(tmp_path):
     assert r.returncode != 0 and "error: ingest.source" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_source_outside_the_raw_dir_is_refused_and_a_link_into_it_works(tmp_path):
+    """DVC watches only the raw folder: a source elsewhere would go stale unnoticed, so ingest says how to link it."""
+    raw, outside = tmp_path / "raw", tmp_path / "elsewhere" / "fer2013.csv"
+    raw.mkdir()
+    outside.parent.mkdir()
+    write_csv(outside, 20)
+    r = run_stage(tmp_path, raw, source=str(outside))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "fer.npz").exists()
+    assert f"ingest.source: {outside} is outside {raw}/, the folder DVC watches" in r.stderr
+    assert f"`ln -s {outside} {raw}/`" in r.stderr
+    (raw / "fer2013.csv").symlink_to(outside)  # the fix the message gives; naming the link as source works too
+    for source in ("auto", str(raw / "fer2013.csv")):
+        r = run_stage(tmp_path, raw, source=source)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "ingest.json").read_text())["rows"] == 20
+
+
 def test_bad_on_bad_rows_fails_even_for_the_demo_set(tmp_path):
     r = run_stage(tmp_path, tmp_path / "raw", on_bad_rows="skip")  # no data: the demo set, which reads no rows
     assert r.returncode != 0 and "Traceback" not in r.stderr
