@@ -30,6 +30,14 @@ def _arch(config: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
+def _duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `1 h 32 min`: a short run must not read as `0 min`."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
                test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None) -> str:
     """Markdown card for registered version `version` of `name`, made from training run `model`.
@@ -46,10 +54,11 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         f"- **Model**: `{model}` ({_arch(config)})"
         + (f", {int(n_params) / 1e6:.2f} M parameters" if n_params else "")
         + (f"; {metrics['epochs_run']} epochs (best {metrics.get('best_epoch', '?')})" if metrics.get("epochs_run") else "")
-        + (f" in {float(metrics['train_wall_s']) / 60:.0f} min" if metrics.get("train_wall_s") else "")
+        + (f" in {_duration(float(metrics['train_wall_s']))}" if metrics.get("train_wall_s") else "")
         + (f", {metrics['precision']}" if metrics.get("precision") else "") + ".",
-        f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo "
-        "through `ferops predict` or the REST `image` column (faces are found and cropped first).",
+        f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo: "
+        "`ferops predict` finds and crops the faces first; the REST `image` column does so with "
+        "`\"params\": {\"crop_face\": true}` (without it the whole image is taken as one face).",
         f"- **Output**: one of {len(EMOTIONS)} expressions ({', '.join(EMOTIONS)}) with the 7 probabilities.",
         f"- **Code**: git commit `{(git_commit or 'unknown')[:12]}`.",
         "",

@@ -34,6 +34,12 @@ def test_card_states_model_data_selection_and_figures():
     # its own weakest classes and the rarest class, from the figures given
     assert "Weakest classes by validation recall: Disgust (41 %), Fear (48 %)" in c
     assert "Disgust is 1.5 % of the labelled rows" in c
+    assert '(without it the whole image is taken as one face)' in c  # the REST default: crop_face false
+
+
+def test_card_training_time_reads_right_at_any_length():
+    for seconds, text in ((21, "in 21 s"), (3403, "in 57 min"), (5574, "in 1 h 33 min")):
+        assert f"38 epochs (best 34) {text}, mixed_bfloat16." in card(metrics={**VAL, "train_wall_s": seconds})
 
 
 def test_card_without_tta_or_per_class_figures_and_on_the_demo_set():
