@@ -9,6 +9,10 @@ from ferops.constants import FACE_MODES, TTA_VIEW_MODES
 from ferops.runner import run
 
 
+PARAMS_HELP = ("params file naming the registered model (its register: section); default: the params.yaml of the "
+               "project the current folder is in")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferops", description="Facial-expression recognition MLOps tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -24,14 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written (<name>_pred.<ext>)")
     pr.add_argument("--no-annotate", action="store_true", help="write no annotated copies")
     pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
-    pr.add_argument("--params", default="params.yaml", help="params file naming the registered model (register:)")
+    pr.add_argument("--params", default=None, help=PARAMS_HELP)
     pr.add_argument("--tta", default="auto", choices=("auto", *TTA_VIEW_MODES),
                     help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
                          "stage chose on val for the registered model; none for a .keras file)")
 
     rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
     rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
-    rg.add_argument("--params", default="params.yaml")
+    rg.add_argument("--params", default=None, help=PARAMS_HELP)
     rg.add_argument("--card", nargs="?", const="champion", default=None, metavar="VERSION|ALIAS",
                     help="print one version's model card instead (default: the champion)")
 
@@ -40,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     pm.add_argument("--alias", default="champion")
     pm.add_argument("--name", default=None)
     pm.add_argument("--reason", default="manual promotion")
-    pm.add_argument("--params", default="params.yaml")
+    pm.add_argument("--params", default=None, help=PARAMS_HELP)
     return p
 
 

@@ -50,6 +50,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
+def project_params(path: str | Path | None = None) -> dict[str, Any]:
+    """The params a `ferops` command reads: `path` when given (it must exist: a typo must not fall back silently),
+    else the params.yaml of the project the cwd is in, found like the MLflow store (so commands work from any
+    subfolder); {} outside a project, where the defaults apply."""
+    if path is not None:
+        return load_params(path)
+    found = repo_root() / "params.yaml"
+    return load_params(found) if found.exists() else {}
+
+
 # The keys each section's code reads (top level of the section). A key outside these is a typo or a leftover: it
 # would be ignored silently, so `section` warns and suggests the closest known key.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {

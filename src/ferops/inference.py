@@ -50,6 +50,7 @@ OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV cann
 # (benchmarks/face_modes.py; benchmarks/RESULTS.md, "Inference").
 FACE_CROP_MAX_SIDE = 128
 LOAD_FIX = "run `make run` (or `dvc repro`) to train and register the champion, or pass --model path/to/model.keras"
+MODEL_HINT = "pass a .keras file, a model directory (models/deep/<m>) or a models:/name@alias URI"
 PHOTO_GROUP = 64           # photos read and classified together: one model call per group, not per photo
 MAX_LISTED_ERRORS = 5
 
@@ -483,12 +484,11 @@ def crop_square(gray: np.ndarray, box: Box, margin: float = FACE_MARGIN) -> np.n
 # ---- photos: `ferops predict` ------------------------------------------------------------------------------
 
 def _champion_uri(params_path: str | Path | None) -> str:
-    """models:/<register.model_name>@<register.champion_alias> from params.yaml (defaults if absent)."""
-    from ferops.config import load_params
+    """models:/<register.model_name>@<register.champion_alias> from `params_path` (None: the project's params.yaml;
+    defaults outside a project)."""
+    from ferops.config import project_params
 
-    reg: dict[str, Any] = {}
-    if params_path and Path(params_path).exists():
-        reg = load_params(params_path).get("register") or {}
+    reg = project_params(params_path).get("register") or {}
     return f"models:/{reg.get('model_name', DEFAULT_MODEL_NAME)}@{reg.get('champion_alias', 'champion')}"
 
 
@@ -504,6 +504,18 @@ class Classifier:
         return self.tta if check_tta(tta) == "auto" else tta
 
 
+def store_missing_error(store: str, fix: str) -> str:
+    """Why a reading command found no sqlite store at `store`, and the cure: outside a ferops project (with no
+    MLFLOW_TRACKING_URI) it is the project folder; inside one nothing has been trained yet, so `fix`."""
+    from ferops.config import repo_root
+
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (repo_root() / "dvc.yaml").exists():
+        return (f"no MLflow store at {store}: {Path.cwd()} is not in a ferops project — run from the project folder "
+                "(or any folder under it), or set MLFLOW_TRACKING_URI to its store "
+                "(sqlite:////path/to/project/mlflow.db).")
+    return f"no MLflow store at {store}: nothing is registered there yet — {fix}."
+
+
 def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
     warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it
@@ -515,7 +527,7 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
 
     store = tracking_uri()
     if store_missing(store):
-        raise FerError(f"no MLflow store at {store}, so no {uri}: {fix}.")
+        raise FerError(store_missing_error(store, fix))
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
     if uri.startswith("models:/") and "@" in uri:
@@ -543,7 +555,7 @@ def _load_registered(uri: str) -> Classifier:
     return _from_pyfunc(pyfunc)
 
 
-def load_classifier(model: str | Path | None = None, params_path: str | Path | None = "params.yaml") -> Classifier:
+def load_classifier(model: str | Path | None = None, params_path: str | Path | None = None) -> Classifier:
     """A model to classify faces with: a .keras file, a model dir, or an MLflow URI (default: the champion)."""
     ref = str(model) if model else _champion_uri(params_path)
     if ":/" in ref and not Path(ref).exists():
@@ -554,10 +566,12 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
             import mlflow
 
             return _from_pyfunc(mlflow.pyfunc.load_model(str(path)))
+        if not (path / "model.keras").is_file():
+            sk = " (a scikit-learn baseline's: ferops predict takes Keras models)" if (path / "model.joblib").exists() else ""
+            raise ConfigError(f"--model {ref}: a folder with no model.keras or MLmodel in it{sk} — {MODEL_HINT}.")
         path = path / "model.keras"
     if not path.is_file():
-        raise ConfigError(f"--model {ref}: no such file — pass a .keras file, a model directory or a "
-                          f"models:/name@alias URI.")
+        raise ConfigError(f"--model {ref}: no such file — {MODEL_HINT}.")
     try:
         return Classifier(load_keras(path))
     except Exception as exc:  # keras raises several types for a file that is not a model
@@ -805,15 +819,22 @@ def cli_predict(args: Any) -> None:
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
     faces = check_faces(getattr(args, "faces", "auto"))
     photos = list_photos(args.photos)  # folders walked once; predict_photos takes the list as it is
-    if not any(p.exists() for p in photos):
-        raise DataError(_error_summary([f"{p}: file not found" for p in args.photos], "file(s)"))
+    unreadable: list[str] = []
+    for p in photos:  # up to the first photo that reads: when none does, say so before the model loads (seconds)
+        try:
+            _read_photo(p)
+            break
+        except DataError as exc:
+            unreadable.append(f"{p}: {exc}")
+    else:
+        raise DataError(_error_summary(unreadable, "file(s)"))
     out_dir = None if getattr(args, "no_annotate", False) else args.out_dir
     csv_path = getattr(args, "csv", None)
     if out_dir is not None:
         check_output(out_dir, "--out-dir", folder=True)
     if csv_path:
         check_output(csv_path, "--csv")
-    clf = load_classifier(args.model, getattr(args, "params", "params.yaml"))
+    clf = load_classifier(args.model, getattr(args, "params", None))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)

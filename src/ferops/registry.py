@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ferops.errors import DataError, FerError
 
 log = logging.getLogger("ferops.registry")
 
+REGISTER_FIX = "`make run` (or `dvc repro`) trains and registers the champion"
 PARAMS_TAG_MAX = 5000  # model-version tag values: portable limit across SQL backends
 
 
@@ -99,12 +101,12 @@ def _client():
 def _existing_store_client():
     """`_client()` for the CLI, which only reads or moves aliases: RegistryError when the sqlite store does not exist
     (opening it would leave an empty mlflow.db in whatever folder the command ran from)."""
+    from ferops.inference import store_missing_error
     from ferops.tracking import store_missing, tracking_uri
 
     uri = tracking_uri()
     if store_missing(uri):
-        raise RegistryError(f"no MLflow store at {uri}: run `ferops` from the project folder (or set "
-                            "MLFLOW_TRACKING_URI); no model is registered until `make run` (or `dvc repro`) has run.")
+        raise RegistryError(store_missing_error(uri, REGISTER_FIX))
     return _client()
 
 
@@ -250,9 +252,10 @@ def _model_name(args: Any) -> str:
     """--name, else register.model_name from the params file."""
     if getattr(args, "name", None):
         return str(args.name)
-    from ferops.config import load_params, section
+    from ferops.config import project_params
 
-    return str(section(load_params(getattr(args, "params", "params.yaml")), "register").get("model_name", "fer2013-resnet"))
+    register = project_params(getattr(args, "params", None)).get("register") or {}
+    return str(register.get("model_name", "fer2013-resnet"))
 
 
 def _registered(client: Any, name: str) -> Any:
@@ -266,7 +269,7 @@ def _registered(client: Any, name: str) -> Any:
         known = [m.name for m in client.search_registered_models()]
         raise RegistryError(f"no registered model named {name!r} in {mlflow.get_registry_uri()}; "
                             + (f"known: {', '.join(known)}." if known else
-                               "the registry is empty — run the register stage (`dvc repro register`).")) from None
+                               f"the registry is empty — {REGISTER_FIX}.")) from None
 
 
 def _version(client: Any, name: str, version: str) -> Any:
@@ -347,12 +350,25 @@ def model_card_of(client: Any, name: str, ref: str) -> str:
     return str(mv.description).rstrip("\n")
 
 
+def _check_alias(alias: str, model: Any) -> None:
+    """RegistryError before MLflow misreads `alias`: it resolves `latest` to the newest version and `v<N>` to version
+    N (so "already points at" would be reported, and nothing set); and an alias that differs from one the model has
+    only in case is a typo that would create a second alias beside it."""
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise RegistryError(f"--alias {alias!r}: reserved by MLflow (`latest` and `v<number>` name versions). "
+                            "Use a name like champion or challenger.")
+    twin = sorted(a for a in (model.aliases or {}) if a != alias and a.lower() == alias.lower())
+    if twin:
+        raise RegistryError(f"--alias {alias!r}: {model.name} has @{twin[0]}, and aliases are case-sensitive — "
+                            f"did you mean --alias {twin[0]}?")
+
+
 def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",
             by: str | None = None) -> dict[str, Any]:
     """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags."""
     from mlflow.exceptions import MlflowException
 
-    _registered(client, name)
+    _check_alias(alias, _registered(client, name))
     target = _version(client, name, str(version))
     previous = alias_version(client, name, alias)
     prev = None if previous is None else str(previous.version)

@@ -159,8 +159,12 @@ def test_register_promote_and_list(store, capsys):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
     with pytest.raises(RegistryError, match="no registered model named 'nope'"):
         cli_registry(Namespace(name="nope", params=str(store / "params.yaml")))
-    with pytest.raises(RegistryError, match="--alias 'v3': Version alias name 'v3' is reserved"):  # MLflow's names
-        cli_promote(Namespace(name=None, version="1", alias="v3", reason="x", params=str(store / "params.yaml")))
+    for alias, version in (("v3", "1"), ("v3", "3"), ("latest", "4"), ("Latest", "1")):  # names MLflow resolves itself
+        with pytest.raises(RegistryError, match=f"--alias '{alias}': reserved by MLflow"):
+            cli_promote(Namespace(name=None, version=version, alias=alias, reason="x", params=str(store / "params.yaml")))
+    with pytest.raises(RegistryError, match="has @champion, and aliases are case-sensitive — did you mean --alias champ"):
+        cli_promote(Namespace(name=None, version="1", alias="Champion", reason="x", params=str(store / "params.yaml")))
+    assert set(client.get_registered_model(NAME).aliases) == {"champion", "challenger"}
     with pytest.raises(RegistryError, match="--alias 'two words': Invalid alias name"):
         cli_promote(Namespace(name=None, version="1", alias="two words", reason="x", params=str(store / "params.yaml")))
 
@@ -172,11 +176,19 @@ def test_cli_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n")
-    with pytest.raises(RegistryError, match=f"no MLflow store at sqlite:///{tmp_path}/mlflow.db: run `ferops` from"):
+    with pytest.raises(RegistryError, match=f"no MLflow store at sqlite:///{tmp_path}/mlflow.db: {tmp_path} is not "
+                                            "in a ferops project — run from the project folder"):
         cli_registry(Namespace(name=None, params="params.yaml"))
     with pytest.raises(RegistryError, match="no MLflow store at"):
         cli_promote(Namespace(name=None, version="1", alias="champion", reason="x", params="params.yaml"))
     assert not (tmp_path / "mlflow.db").exists()
+    # In a project (dvc.yaml) that has not run yet the cure is training, from any folder under it.
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    with pytest.raises(RegistryError, match=r"nothing is registered there yet — `make run` \(or `dvc repro`\) trains"):
+        cli_registry(Namespace(name=None, params=None))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "src" / "mlflow.db").exists()
 
 
 def test_champion_decision_rules():

@@ -389,6 +389,29 @@ def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path,
         inf.load_classifier(None, params)
 
 
+def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist(tmp_path, monkeypatch):
+    """`ferops predict/registry/promote` find the project's params.yaml from a subfolder (as they find its store);
+    a --params path that does not exist is an error, not a silent fall-back to the default model name."""
+    from argparse import Namespace
+
+    from ferops.errors import ConfigError
+    from ferops.registry import _model_name
+
+    (tmp_path / "proj" / "src" / "deep").mkdir(parents=True)
+    (tmp_path / "proj" / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "proj" / "params.yaml").write_text("register:\n  model_name: fer-x\n  champion_alias: best\n")
+    monkeypatch.chdir(tmp_path / "proj" / "src" / "deep")
+    assert inf._champion_uri(None) == "models:/fer-x@best"
+    assert _model_name(Namespace(name=None, params=None)) == "fer-x"
+    with pytest.raises(ConfigError, match="nosuch.yaml: params file not found"):
+        inf._champion_uri(tmp_path / "nosuch.yaml")
+    with pytest.raises(ConfigError, match="nosuch.yaml: params file not found"):
+        _model_name(Namespace(name=None, params=str(tmp_path / "nosuch.yaml")))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # outside any project: the defaults
+    assert inf._champion_uri(None) == "models:/fer2013-resnet@champion"
+
+
 def test_cli_predict_subprocess(tmp_path, keras_path):
     face, junk = tmp_path / "face.png", tmp_path / "junk.png"
     cv2.imwrite(str(face), draw_face_photo())
@@ -424,10 +447,18 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     assert "error: 1 bad file(s): " in proc.stderr and "gone.png: file not found" in proc.stderr
     assert "I0000" not in proc.stderr and "absl::InitializeLog" not in proc.stderr  # TF's start-up chatter filtered
 
-    proc = subprocess.run([*cmd[:4], str(tmp_path / "gone.png"), "--model", str(tmp_path / "none.keras")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "gone.png: file not found" in proc.stderr  # before any model is looked for
-    assert "none.keras" not in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "gone.png"), str(junk), str(tmp_path / "empty"), "--model",
+                           str(tmp_path / "none.keras")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "error: 3 bad file(s)" in proc.stderr  # nothing to classify: said before any
+    assert "gone.png: file not found" in proc.stderr and "junk.png: not an image" in proc.stderr  # model is looked for
+    assert "empty: a folder with no image files" in proc.stderr and "none.keras" not in proc.stderr
+
+    (tmp_path / "logreg").mkdir()
+    (tmp_path / "logreg" / "model.joblib").write_bytes(b"")
+    proc = subprocess.run([*cmd[:4], str(face), "--model", str(tmp_path / "logreg")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "a folder with no model.keras or MLmodel in it (a scikit-learn baseline's" in proc.stderr
 
     # an unwritable --csv fails at once, before the model is looked for (not after every photo was classified)
     proc = subprocess.run([*cmd[:4], str(face), "--model", str(tmp_path / "none.keras"), "--csv",
