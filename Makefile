@@ -9,7 +9,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo lint test test-all bench ui dashboard serve clean help
+.PHONY: setup run demo exp lint test test-all bench ui dashboard serve clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whate
 	@cp params.yaml $(VENV)/.params-before-demo.yaml
 	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(VENV)/.params-before-demo.yaml params.yaml; exit $$rc
 
+# A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards, as for demo.
+# set -f: the overrides hold brackets (stages=[2,2,2,2]) that the shell must not glob; `&&`: a bad profile stops here
+# instead of leaving an empty override list, which would run the default pipeline.
+exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/gpu.yaml
+	@test -n "$(PROFILE)" || { echo "error: name a profile: make exp PROFILE=profiles/gpu.yaml" >&2; exit 2; }
+	@cp params.yaml $(VENV)/.params-before-exp.yaml
+	set -f; args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args; rc=$$?; \
+	  cp $(VENV)/.params-before-exp.yaml params.yaml; exit $$rc
+
 lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
 	$(VENV)/bin/ruff check src stages tests benchmarks
 
@@ -45,10 +54,10 @@ bench: setup  ## benchmarks (real data from ../shared/data); figures go to bench
 	$(PY) benchmarks/inference.py
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port 5000
+	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port 5000 --workers 2
 
 dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080
-	optuna-dashboard sqlite:///$(CURDIR)/optuna.db --host $(HOST) --port 8080
+	optuna-dashboard "$${FEROPS_OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}" --host $(HOST) --port 8080
 
 serve: setup  ## serve the champion over REST on http://127.0.0.1:5001/invocations
 	@$(PY) -c 'from ferops.runner import run; from ferops.inference import check_registered; \

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="detect: find faces (OpenCV Haar cascade) and classify each; whole: the image is one face "
                          "crop; auto (default): whole for small near-square images (<= 128 px, e.g. FER2013's "
                          "48-px files), detect otherwise")
-    pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written (<name>_pred.<ext>)")
+    pr.add_argument("--out-dir", default="predictions", help="where annotated copies are written as <name>_pred.<ext> (default: predictions)")
     pr.add_argument("--no-annotate", action="store_true", help="write no annotated copies")
     pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
     pr.add_argument("--params", default=None, help=PARAMS_HELP)
@@ -40,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="print one version's model card instead (default: the champion)")
 
     pm = sub.add_parser("promote", help="point an alias (default champion) at a version, deliberately")
-    pm.add_argument("--version", required=True, help="model version number")
-    pm.add_argument("--alias", default="champion")
-    pm.add_argument("--name", default=None)
-    pm.add_argument("--reason", default="manual promotion")
+    pm.add_argument("--version", required=True, help="model version number (see `ferops registry`)")
+    pm.add_argument("--alias", default="champion", help="the alias to move (default: champion; e.g. challenger)")
+    pm.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    pm.add_argument("--reason", default="manual promotion", help="why, recorded in the version's tags")
     pm.add_argument("--params", default=None, help=PARAMS_HELP)
     return p
 

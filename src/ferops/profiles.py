@@ -1,6 +1,6 @@
 """Turn a profile of params overrides into `dvc exp run -S key=value` arguments.
 
-Usage: dvc exp run $(python -m ferops.profiles profiles/gpu.yaml)
+Usage: make exp PROFILE=profiles/gpu.yaml (runs `dvc exp run` with these arguments, then restores params.yaml)
 
 The shell splits an unquoted `$(...)` on whitespace and does not honour quotes inside it, so every argument is
 printed as one word: lists and mappings as compact JSON (which Hydra's override grammar reads), no shell quoting.
