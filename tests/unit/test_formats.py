@@ -318,6 +318,33 @@ def test_missing_column_always_fails(tmp_path, faces, mode):
         read_any(g, mode)
 
 
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_other_separator_is_named(tmp_path, faces, sep, name):
+    f = write(tmp_path / "fer2013.csv", sep.join(["emotion", "pixels", "Usage"]),
+              [sep.join(line.split(",")) for line in competition_lines(faces)])
+    with pytest.raises(DataError, match=f"missing column 'pixels'.*The header is separated by {name}: ferops reads "
+                                        "comma-separated files"):
+        read_any(tmp_path)
+    with pytest.raises(DataError, match=f"separated by {name}"):
+        read_any(f)
+
+
+def test_several_datasets_in_one_folder_are_named(tmp_path, faces, caplog):
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))
+    write(tmp_path / "FER2013_old.csv", "emotion,pixels,Usage", competition_lines(faces))
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        assert detect_source(tmp_path) == ("fer2013", f)
+    assert "holds several CSV files: reading fer2013.csv, not FER2013_old.csv — set ingest.source" in caplog.text
+    caplog.clear()
+    (tmp_path / "FER2013_old.csv").unlink()
+    write(tmp_path / "train.csv", "emotion,pixels", [])
+    write(tmp_path / "test.csv", "id,pixels", [])
+    (tmp_path / "fer2013.csv").unlink()
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        assert detect_source(tmp_path)[0] == "kaggle"
+    assert "several" not in caplog.text  # train.csv + test.csv are one dataset
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"emotion,pixels,Usage\n"])
 @pytest.mark.parametrize("mode", ["fail", "quarantine"])
 def test_empty_file_always_fails(tmp_path, content, mode):
@@ -339,7 +366,7 @@ def test_corrupt_images_fail_or_quarantine(tmp_path, faces):
     with pytest.raises(DataError) as exc:
         read_any(root)
     msg = str(exc.value)
-    assert "broken.jpg" in msg and "unreadable or corrupt image" in msg and "unknown class folder 'grumpy'" in msg
+    assert "(train/Happy/broken.jpg): unreadable or corrupt image" in msg and "unknown class folder 'grumpy'" in msg
     assert "3 bad file(s)" in msg and "on_bad_rows: quarantine" in msg
     data, rejected = read_any(root, "quarantine")
     assert len(data) == len(faces) and len(rejected) == 3

@@ -83,17 +83,39 @@ def detect_source(path: str | Path) -> tuple[str, Path] | None:
                           ("test.csv", "kaggle")):
             for f in (d / name, d / f"{name}.gz"):
                 if f.is_file():
-                    return (_classify_file(f) if fmt != "kaggle" else "kaggle"), f
+                    return _chosen(d, ((_classify_file(f) if fmt != "kaggle" else "kaggle"), f))
         if _is_image_root(d):
             return "folders", d
         other = sorted(f for f in d.iterdir() if f.is_file() and _strip_gz(f.name).lower().endswith(".csv"))
         if other:
-            return _classify_file(other[0]), other[0]
+            return _chosen(d, (_classify_file(other[0]), other[0]))
     archives = sorted(f.name for f in p.iterdir() if f.name.lower().endswith(ARCHIVE_EXTS))
     if archives:
         raise DataError(f"{p}: found archive(s) {', '.join(archives)} but no dataset — extract them into {p}/ first "
                         "(expected fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ folders).")
     return None
+
+
+def _separator_hint(cols: Sequence[str]) -> str:
+    """For a header that names `pixels` but not as a comma-separated column: the likely cause, said."""
+    joined = ",".join(cols)
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if sep in joined and "pixels" in joined:
+            return f" The header is separated by {name}: ferops reads comma-separated files — save it with commas."
+    return ""
+
+
+def _chosen(d: Path, found: tuple[str, Path]) -> tuple[str, Path]:
+    """`found`, after a warning when `d` holds other CSV files too (which one is read should not be a surprise)."""
+    pair = {"train.csv", "test.csv"}
+    name = _strip_gz(found[1].name).lower()
+    others = sorted(f.name for f in d.iterdir() if f.is_file() and f != found[1]
+                    and _strip_gz(f.name).lower().endswith(".csv")
+                    and not (name in pair and _strip_gz(f.name).lower() in pair))
+    if others:
+        log.warning("%s holds several CSV files: reading %s, not %s — set ingest.source to the one to read",
+                    d, found[1].name, ", ".join(others))
+    return found
 
 
 def _strip_gz(name: str) -> str:
@@ -109,7 +131,8 @@ def _classify_file(f: Path) -> str:
     cols = [c.strip().lower() for c in _header(f)]
     if "pixels" not in cols:
         raise DataError(f"{f}: missing column 'pixels' (header: {','.join(cols)}). Expected `emotion,pixels,Usage` "
-                        "(fer2013.csv), `emotion, Usage, pixels` (icml_face_data.csv) or `id,pixels` (test.csv).")
+                        "(fer2013.csv), `emotion, Usage, pixels` (icml_face_data.csv) or `id,pixels` (test.csv)."
+                        + _separator_hint(cols))
     if name.startswith("icml") or cols[:3] == ["emotion", "usage", "pixels"]:
         return "icml"
     if name.startswith("fer2013"):
@@ -212,7 +235,8 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
     missing = [c for c in ("pixels", *require) if c not in cols]
     if missing:
         raise DataError(f"{p}: missing column(s) {', '.join(repr(m) for m in missing)} (header: {','.join(table.header)}). "
-                        "Expected `emotion,pixels,Usage` (fer2013.csv) or `emotion, Usage, pixels` (icml_face_data.csv).")
+                        "Expected `emotion,pixels,Usage` (fer2013.csv) or `emotion, Usage, pixels` (icml_face_data.csv)."
+                        + _separator_hint(cols))
     n, ncol = len(table.line_no), len(cols)
     if n == 0:
         raise DataError(f"{p}: no data rows below the header — the file is empty or was cut short; re-download it.")
@@ -528,7 +552,7 @@ def _check_bad(source: Path, rejected: list[Rejected], total: int, on_bad_rows: 
         if rejected:
             log.warning("%s: %d of %d %ss rejected (quarantined)", source, len(rejected), total, unit)
         return
-    shown = "; ".join(f"{unit} {r.row}{' (' + Path(r.raw).name + ')' if unit == 'file' else ''}: {r.reason}"
+    shown = "; ".join(f"{unit} {r.row}{' (' + os.path.relpath(r.raw, source) + ')' if unit == 'file' else ''}: {r.reason}"
                       for r in rejected[:5])
     more = f" … and {len(rejected) - 5} more" if len(rejected) > 5 else ""
     raise BadRowsError(f"{source}: {len(rejected)} bad {unit}(s) of {total} ({unit}s numbered from 1"
