@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="key under train_deep.models in params.yaml")
     ap.add_argument("--split", type=Path, required=True, help="folder with train.npz / val.npz")
     ap.add_argument("--augmented", type=Path, required=True, help="augment stage's train.npz (used when use_augmented)")
-    ap.add_argument("--tuning", type=Path, required=True, help="folder of tune stage results (<family>.json)")
+    ap.add_argument("--tuned", type=Path, required=True, help="tune_select's reports/tuned/<model>.json")
     ap.add_argument("--ingest-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
     ap.add_argument("--checkpoints", type=Path, required=True, help="per-epoch checkpoint folder (resume after a kill)")
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops.data.split import stratified_subsample
-    from ferops.training import apply_tuned, check_config, resolve_config, train_deep_model, tuned_params
+    from ferops.training import apply_tuned, check_config, resolve_config, train_deep_model
 
     params = load_params()
     td, demo = section(params, "train_deep"), params.get("demo") or {}
@@ -35,13 +35,10 @@ def main() -> None:
     if args.model not in models:
         raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
     cfg = resolve_config(td.get("common") or {}, models[args.model])
-    if td.get("use_tuned"):
-        best, source = tuned_params(args.tuning, args.model, str(cfg.get("arch")))
-        if source:
-            log.info("using tuned params from %s: %s", source, best)
-            cfg = apply_tuned(cfg, best)
-        else:
-            log.warning("use_tuned is true but %s has no %s.json — training with params.yaml values", args.tuning, args.model)
+    tuned = read_json(args.tuned)  # tune_select applied train_deep.use_tuned and found the study, if any
+    if tuned.get("best_params"):
+        log.info("using tuned params from %s: %s", tuned.get("source"), tuned["best_params"])
+        cfg = apply_tuned(cfg, tuned["best_params"])
 
     try:  # a mistyped value (`epochs: ten`) fails here, before TensorFlow starts, naming the params.yaml key
         check_config(cfg)

@@ -6,6 +6,8 @@ a stage whenever a module it lists changes, and the ResNet's stage takes an hour
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 from ferops.errors import ConfigError
@@ -87,3 +89,12 @@ def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]
             raise ConfigError(f"tune space `{name}`: not a training config key; use one of "
                               f"{', '.join(DIRECT_KEYS)}, depth, base_width, aug_strength, or an existing key of the config.")
     return out
+
+
+def tuned_params(tuning_dir: str | Path, model: str, arch: str) -> tuple[dict[str, Any], Path | None]:
+    """`best_params` of <tuning_dir>/<model>.json (else <arch>.json) and the file used; ({}, None) if none."""
+    for key in dict.fromkeys((model, arch)):
+        f = Path(tuning_dir) / f"{key}.json"
+        if f.exists():
+            return dict(json.loads(f.read_text()).get("best_params") or {}), f
+    return {}, None

@@ -384,6 +384,9 @@ def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData
     cbs = ([MlflowEpochLogger(prefix="")] if mlflow.active_run() is not None else []) + [
         KerasPruningCallback(trial, "val_accuracy")]
     keras.backend.clear_session()  # trials must not pile up graphs/layers in one process
+    # Exactly the study's `epochs` (tune.families.<f>.epochs), its schedule planned over them: the model's own epoch
+    # count and time budget are for the full training run, and must not cut trials short.
+    cfg = {**cfg, "epochs": epochs, "time_budget_min": None}
     try:
         res = train_keras(train, val, cfg, seed=seed, verbose=2, max_epochs=epochs, extra_callbacks=cbs)
     finally:

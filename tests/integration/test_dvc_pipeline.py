@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from pipeline_repo import dvc, make_repo
 
@@ -47,3 +48,15 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     second = dvc(repo, "repro")
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
+
+    # Re-tuning re-trains nothing while train_deep.use_tuned is false: train_deep@<m> depends on tune_select's
+    # one-file selection for <m>, which comes out unchanged (it used to depend on all of reports/tuning).
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tune"]["families"]["resnet"]["space"]["lr"]["high"] = 4.0e-3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = dvc(repo, "repro")
+    ran = [ln for ln in third.stdout.splitlines() if ln.startswith("Running stage")]
+    assert third.returncode == 0 and "Running stage 'tune@resnet':" in ran, third.stdout[-3000:]
+    assert not [ln for ln in ran if "train_deep" in ln or "evaluate" in ln], ran
+    assert json.loads((repo / "reports/tuned/resnet.json").read_text()) == {
+        "model": "resnet", "use_tuned": False, "source": None, "best_params": {}}

@@ -221,7 +221,9 @@ def test_parallel_workers_share_one_journal_study(tmp_path, tracking):
 def test_keras_trials_complete_and_prune(tmp_path, tracking):
     pytest.importorskip("ferops.training")
     train, val = _fer(84, seed=1), _fer(42, seed=2)
-    study = tuning.run_study("cnn", CNN, {"lr": {"low": 1e-3, "high": 3e-3, "log": True}}, train, val, storage=None,
+    # the model's own epochs (1) and time budget must not cut the study's 2-epoch trials short
+    study = tuning.run_study("cnn", {**CNN, "epochs": 1, "time_budget_min": 58}, {"lr": {"low": 1e-3, "high": 3e-3,
+                             "log": True}}, train, val, storage=None,
                              study_name="keras", n_trials=2, epochs=2, seed=0, pruner=PruneNumbers({1}),
                              root=tmp_path, progress=False)
     complete, pruned = study.trials
