@@ -25,6 +25,7 @@ from ferops.constants import IMG_SIZE, NUM_CLASSES, TTA_VIEW_MODES
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, DataError
 
+RUN_CONFIG_FILE = "mlflow_run_config.json"  # beside the run id in a checkpoint: which config that MLflow run is of
 OPTIMIZERS = ("adam", "adamw", "sgd_nesterov")
 SCHEDULES = ("plateau", "constant", "cosine", "onecycle")
 PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16",
@@ -821,6 +822,8 @@ def _callbacks():
             self.dir, self.backup_dir, self.early, self.plateau = ckpt_dir, backup_dir, early, plateau
             self.history: dict[str, list[float]] = {}
             self.resumed_from = 0
+            self.prior_s = 0.0  # training time of the epochs done before a resume (the run's wall counts them)
+            self._begin = time.perf_counter()
             self._best_saved = None
 
         @property
@@ -829,6 +832,7 @@ def _callbacks():
 
         def on_train_begin(self, logs=None):
             # Runs after BackupAndRestore (which restored weights + optimizer) and EarlyStopping's reset.
+            self._begin = time.perf_counter()
             meta = self.backup_dir / "training_metadata.json"
             if not (meta.exists() and self.state_file.exists()):
                 return
@@ -836,6 +840,7 @@ def _callbacks():
             st = json.loads(self.state_file.read_text())
             self.history = {k: v[:done] for k, v in st["history"].items()}
             self.resumed_from = done
+            self.prior_s = float(st.get("elapsed_s", 0.0))
             es = st.get("early") or {}
             self.early.best, self.early.wait, self.early.best_epoch = es.get("best"), es.get("wait", 0), es.get("best_epoch", 0)
             best = self.dir / "best_weights.npz"
@@ -855,6 +860,7 @@ def _callbacks():
                 save_weights_npz(self.dir / "best_weights.npz", self.early.best_weights)
                 self._best_saved = self.early.best_epoch
             st = {"epoch": epoch + 1, "history": self.history,
+                  "elapsed_s": self.prior_s + time.perf_counter() - self._begin,
                   "early": {"best": None if self.early.best is None else float(self.early.best),
                             "wait": int(self.early.wait), "best_epoch": int(self.early.best_epoch)}}
             if self.plateau is not None:
@@ -989,7 +995,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         with scope():
             swa_val, swa_kept = choose_swa(model, averager, train.pixels, ds_val, max(history["val_accuracy"]), best_epoch,
                                  batch_size=max(batch, 256))
-    wall = time.perf_counter() - t0  # SWA's statistics pass and val check count as training time
+    # SWA's statistics pass and val check count as training time, and so do the epochs before a resume.
+    wall = time.perf_counter() - t0 + (state.prior_s if state is not None else 0.0)
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
 
@@ -1118,17 +1125,6 @@ def predict_proba(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "
 # --- the train_deep stage: config resolution, MLflow logging, model directory -------------------------------
 
 HISTORY_COLUMNS = ("epoch", "accuracy", "val_accuracy", "loss", "val_loss", "lr")
-
-
-def tuned_params(tuning_dir: str | Path, model: str, arch: str) -> tuple[dict[str, Any], Path | None]:
-    """`best_params` of reports/tuning/<model>.json (else <arch>.json) and the file used; ({}, None) if none."""
-    from ferops.data.io import read_json
-
-    for key in dict.fromkeys((model, arch)):
-        f = Path(tuning_dir) / f"{key}.json"
-        if f.exists():
-            return dict(read_json(f).get("best_params") or {}), f
-    return {}, None
 
 
 def apply_tuned(cfg: dict[str, Any], best_params: dict[str, Any]) -> dict[str, Any]:
@@ -1300,8 +1296,13 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     out = Path(out_dir)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     out.mkdir(parents=True, exist_ok=True)
-    # A killed run resumes its MLflow run too (DVC empties `out` before a stage runs; the checkpoint keeps the id).
-    if ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
+    # A killed run resumes its MLflow run too (DVC empties `out` before a stage runs; the checkpoint keeps the id) —
+    # but only a run of this very config: after a change the training starts fresh, and so must its run, or the old
+    # run's params would describe the new model and its curves hold two epoch 1s.
+    fingerprint = json.dumps({"cfg": cfg, "seed": seed, "n_train": len(train), "max_epochs": max_epochs},
+                             sort_keys=True, default=str)
+    same = ckpt is not None and (ckpt / RUN_CONFIG_FILE).exists() and (ckpt / RUN_CONFIG_FILE).read_text() == fingerprint
+    if same and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
     init_tracking()
     tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch"))}
@@ -1309,6 +1310,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+            (ckpt / RUN_CONFIG_FILE).write_text(fingerprint)
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
         fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
                        callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])

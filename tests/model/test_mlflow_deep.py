@@ -69,3 +69,26 @@ def test_mlflow_run_has_params_epoch_metrics_artifacts_and_a_loadable_model(trai
     np.testing.assert_allclose(logged.predict(x, verbose=0), local, atol=1e-6)
     pyfunc = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
     np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), local, atol=1e-6)
+
+
+def test_a_checkpoint_of_another_config_gets_a_new_mlflow_run(trained, tmp_path, monkeypatch):
+    """Killed, then the config changed: training starts fresh, and so does its MLflow run (not the killed run, whose
+    params describe the old config)."""
+    from ferops.data.synthetic import make_synthetic
+    from ferops.tracking import RUN_ID_FILE
+
+    summary, _, _, store = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    init_tracking()
+    d = make_synthetic(120, 4)
+    train, val = d.subset(np.arange(120) < 90), d.subset(np.arange(120) >= 90)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / RUN_ID_FILE).write_text(summary["mlflow_run_id"] + "\n")  # as a killed run of the first config left it
+    (ckpt / "mlflow_run_config.json").write_text("{}")
+    changed = {**CFG, "dropout": 0.35, "epochs": 1}
+    m = train_deep_model("cnn", changed, train, val, seed=0, ingest_report={"synthetic": True, "sha256": "abc",
+                         "format": "synthetic"}, out_dir=tmp_path / "out", checkpoint_dir=ckpt, verbose=0)
+    assert m["mlflow_run_id"] != summary["mlflow_run_id"]
+    assert mlflow.get_run(m["mlflow_run_id"]).data.params["dropout"] == "0.35"
+    assert mlflow.get_run(summary["mlflow_run_id"]).data.params["dropout"] == "0.1"  # the old run left as it was

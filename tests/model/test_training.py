@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -156,6 +157,8 @@ def test_killed_run_resumes_at_the_next_epoch(tiny, tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Kill()])
     assert (ckpt / "state.json").exists()
+    before = json.loads((ckpt / "state.json").read_text())["elapsed_s"]  # the two epochs' training time
+    assert before > 0
 
     seen: list[int] = []
 
@@ -166,6 +169,7 @@ def test_killed_run_resumes_at_the_next_epoch(tiny, tmp_path):
     resumed = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
     assert seen == [2]  # only the third epoch ran
     assert resumed.epochs_run == 3 and not ckpt.exists()  # full history, checkpoint removed on success
+    assert resumed.wall_s > before  # the run's training time counts the epochs before the kill too
     straight = train_keras(train, val, TINY, seed=0, verbose=0)
     # epochs 1-2 come from the checkpoint; the LR schedule continues from the restored optimizer step.
     # (Epoch 3 sees a fresh shuffle order after a restart, so it is not bit-identical to a straight run.)
