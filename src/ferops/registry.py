@@ -68,7 +68,7 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     if cv == str(new_version):
         return True, f"version {cv} is already the champion"
     if new_run_id and champion.get("run_id") == new_run_id:
-        return True, f"the champion's model (run {new_run_id}) registered again with its recorded TTA mode (was v{cv})"
+        return True, f"the champion's model (run {new_run_id}) registered again, serving the TTA mode evaluate chose (was v{cv})"
     try:
         champ_val = float(champion.get("val_accuracy"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -120,9 +120,11 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None = None) -> Any | None:
+def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None = None,
+                    tag_value: str | None = None) -> Any | None:
     """An existing version of `name` made from `run_id` (so re-running register creates no duplicate); with
-    `require_tag`, only one carrying that tag (versions registered before it was recorded do not count)."""
+    `require_tag`, only one carrying that tag (versions registered before it was recorded do not count), and with
+    `tag_value` too, only one where the tag has that value."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -130,7 +132,8 @@ def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None
     except MlflowException:
         return None
     mine = [v for v in versions if (v.run_id == run_id or (v.tags or {}).get("run_id") == run_id)
-            and (require_tag is None or require_tag in (v.tags or {}))]
+            and (require_tag is None or require_tag in (v.tags or {}))
+            and (tag_value is None or (v.tags or {}).get(require_tag) == tag_value)]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
@@ -175,16 +178,18 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.warning("run %s was trained on data %s but reports/ingest.json says %s", run_id,
                     run.data.tags.get("data_sha256"), data["data_sha256"])
 
-    # A version of this run from before the TTA mode was recorded gets a fresh one (its pyfunc cannot be changed).
-    mv = version_for_run(client, name, run_id, require_tag="tta_mode")
+    from ferops.inference import log_pyfunc_model, recorded_tta
+
+    # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses. A version
+    # of this run is reused only if it serves that mode: one from before the mode was recorded, or with another mode
+    # (evaluate.tta changed), gets a fresh version — its pyfunc holds the mode, and the test figures are the new mode's.
+    tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
+    mv = version_for_run(client, name, run_id, require_tag="tta_mode", tag_value=tta)
     reused = mv is not None
     if reused:
-        log.info("%s v%s already holds run %s (%s): reusing it, no new version", name, mv.version, run_id, best.name)
+        log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
+                 best.name, tta)
     else:
-        from ferops.inference import log_pyfunc_model, recorded_tta
-
-        # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses.
-        tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
         with mlflow.start_run(run_id=run_id):
             uri = log_pyfunc_model(best.path / "model.keras", tta=tta)
         tags = {
@@ -198,9 +203,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         mv = mlflow.register_model(uri, name, tags=tags)
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
-    card = _describe(client, name, version, best, test, ingest_report,
-                     (mv.tags or {}).get("tta_mode", "none") if reused else tta,
-                     run.data.tags.get("git_commit") or git_commit())
+    card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit())
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)

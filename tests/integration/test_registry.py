@@ -154,6 +154,17 @@ def test_register_promote_and_list(store, capsys):
     assert (r4["version"], r4["decision"], r4["reused_existing_version"], r4["tta_mode"]) == (4, "champion", False, "none")
     assert "registered again" in r4["reason"] and _register(models)["version"] == 4  # and that one is reused after
 
+    # 7b) evaluate.tta changed, so evaluate re-tagged the run with another mode: a new version serves it (v4's pyfunc
+    #     holds `none`), labelled with the figures of the mode it serves, and takes the alias; then it is reused
+    from ferops.inference import load_classifier
+
+    client.set_tag((models / "resnet" / "mlflow_run_id.txt").read_text().strip(), "eval_tta", "tencrop")
+    r5 = _register(models, test_acc=0.5)
+    assert (r5["version"], r5["tta_mode"], r5["reused_existing_version"], r5["decision"]) == (5, "tencrop", False, "champion")
+    assert client.get_model_version(NAME, "5").tags["test_accuracy_tta"] == "0.51" and "`tencrop`" in r5["model_card"]
+    assert load_classifier(f"models:/{NAME}@champion").tta == "tencrop"
+    assert _register(models)["version"] == 5
+
     # 8) mistakes get clear errors, not tracebacks (FerError subclasses)
     with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
