@@ -71,3 +71,21 @@ def test_every_stage_lists_the_modules_its_script_reaches():
     assert len(reached_by) >= 9  # ingest … register
     for name, exempt in NOT_RUN.items():  # an exemption that no longer applies is dropped, not kept stale
         assert set(exempt) <= reached_by[name], name
+
+
+def test_metrics_files_are_not_git_ignored():
+    """`cache: false` metrics live in git: an ignored one never reaches a commit or an experiment, so `dvc exp show`
+    and `dvc metrics diff` show `!` for it (the whole reports/ folder used to be ignored)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    metrics = [next(iter(m)) if isinstance(m, dict) else m
+               for st in stages.values() for m in (st.get("do") or st).get("metrics") or []]
+    assert metrics == ["reports/metrics.json"]  # one file of model figures; data reports are plain outs
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *metrics], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout == "", f"git-ignored metrics: {ignored.stdout}"
