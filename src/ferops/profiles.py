@@ -22,9 +22,18 @@ from ferops.runner import run
 def set_args(profile: dict, params: dict) -> list[str]:
     """`-S key=value` pairs for every leaf of the profile; keys new to params get Hydra's `+` prefix. Each
     value is one shell word; ConfigError for a text value with whitespace (it cannot survive `$(...)`)."""
+    import difflib
+
     existing = flatten(params)
+    if not flatten(profile):  # `make exp` would run the default pipeline and call it the profile's
+        raise ConfigError("the profile holds no overrides — nothing to run as an experiment.")
     args: list[str] = []
     for key, value in flatten(profile).items():
+        top = key.split(".", 1)[0]
+        if top not in params:  # a new key may extend a section, never invent one: that is a typo
+            close = difflib.get_close_matches(top, list(params), n=1)
+            raise ConfigError(f"profile key {key}: params.yaml has no `{top}:` section"
+                              + (f" — did you mean `{close[0]}`?" if close else "."))
         if isinstance(value, (list, dict, bool)) or value is None:
             text = json.dumps(value, separators=(",", ":"))
         else:

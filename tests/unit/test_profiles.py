@@ -33,7 +33,13 @@ def test_new_keys_get_hydra_plus_and_values_json(tmp_path):
     assert args == ["-S", "a.b=2", "-S", "+a.new=[1,2]", "-S", "+a.flag=true", "-S", "+a.none=null",
                     "-S", '+a.m.k=v']
     with pytest.raises(FerError, match="profile key a.s: the value 'two words' holds whitespace"):
-        set_args({"a": {"s": "two words"}}, {})
+        set_args({"a": {"s": "two words"}}, {"a": {}})
+    # `make exp` must not run the default pipeline under a profile's name, nor invent a section from a typo
+    with pytest.raises(FerError, match="the profile holds no overrides"):
+        set_args({}, {"a": {"b": 1}})
+    with pytest.raises(FerError, match="profile key trian_deep.common.lr: params.yaml has no `trian_deep:` section "
+                                       "— did you mean `train_deep`"):
+        set_args({"trian_deep": {"common": {"lr": 0.1}}}, {"train_deep": {"common": {}}})
 
 
 def test_readme_command_line_through_a_shell(tmp_path):
