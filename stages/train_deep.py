@@ -60,7 +60,8 @@ def main() -> None:
     try:
         m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
                              checkpoint_dir=args.checkpoints,
-                             curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv", max_epochs=max_epochs)
+                             curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv", max_epochs=max_epochs,
+                             tags={"tuned_from": str(tuned.get("source") or "params.yaml")})
     except ConfigError as exc:  # name the params.yaml key behind a bad value
         raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
                                  ("train_deep.common", td.get("common"))]) from None

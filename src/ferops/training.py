@@ -1283,8 +1283,10 @@ def swa_metrics(res: TrainResult) -> dict[str, float | int]:
 
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
                      ingest_report: dict[str, Any], out_dir: str | Path, checkpoint_dir: str | Path | None = None,
-                     curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1) -> dict[str, Any]:
-    """Train one deep model inside its MLflow run and write the model directory; returns metrics.json's content."""
+                     curves_csv: str | Path | None = None, max_epochs: int | None = None, verbose: int = 1,
+                     tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one deep model inside its MLflow run (`tags` added to ferops' own) and write the model directory;
+    returns metrics.json's content."""
     import keras
     import mlflow
 
@@ -1305,7 +1307,8 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     if same and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
     init_tracking()
-    tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch"))}
+    extra = tags or {}
+    tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch")), **extra}
     with model_run(stage="train_deep", model=name, params=cfg, tags=tags, run_dir=out) as run:
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")  # not an earlier test's registry (init_tracking sets one)
     runs = mlflow.search_runs(experiment_names=["ferops"], filter_string="tags.dataset = 'synthetic'")
     assert {"train_baselines", "train_deep", "tune"} <= set(runs["tags.stage"])
+    assert set(runs[runs["tags.stage"] == "train_deep"]["tags.tuned_from"]) == {"params.yaml"}  # use_tuned: false
     # the champion carries the TTA mode evaluate chose on val for it, which `tta: auto` requests then use
     chosen = mlflow.get_run(reg["run_id"]).data.tags["eval_tta"]
     assert chosen in ("none", "flip", "tencrop", "shift") and reg["tta_mode"] == chosen
