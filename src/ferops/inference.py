@@ -352,18 +352,37 @@ def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: st
         raise DataError(f"{path}: Keras model file not found (train it with `dvc repro train_deep`).")
     if mlflow.active_run() is None:
         raise ConfigError("log_pyfunc_model needs an active MLflow run (call it inside mlflow.start_run()).")
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: no pickle
-        artifacts={KERAS_ARTIFACT: str(path)},
-        signature=model_signature(),
-        model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},
-        # A mid-grey face as the example: MLflow stores it (and a REST payload) beside the model.
-        input_example=pd.DataFrame({"pixels": [" ".join(["128"] * N_PIXELS)]}),
-        pip_requirements=pip_requirements(),
-    )
+    # A second pyfunc of the same run (register, after evaluate chose another TTA mode) cannot re-log the run param
+    # `tta`; MLflow warns and carries on, and the mode is in the model's own config, which is what serving reads.
+    quiet = logging.getLogger("mlflow.models.model")
+    drop = _DropMessage("Failed to log model config as params")
+    quiet.addFilter(drop)
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: no pickle
+            artifacts={KERAS_ARTIFACT: str(path)},
+            signature=model_signature(),
+            model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},
+            # A mid-grey face as the example: MLflow stores it (and a REST payload) beside the model.
+            input_example=pd.DataFrame({"pixels": [" ".join(["128"] * N_PIXELS)]}),
+            pip_requirements=pip_requirements(),
+        )
+    finally:
+        quiet.removeFilter(drop)
     log.info("logged pyfunc model %s (%s)", info.model_uri, path)
     return info.model_uri
+
+
+class _DropMessage(logging.Filter):
+    """A logging filter that drops records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 # ---- face detection ----------------------------------------------------------------------------------------
