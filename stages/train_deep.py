@@ -35,16 +35,15 @@ def main() -> None:
     if args.model not in models:
         raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
     cfg = resolve_config(td.get("common") or {}, models[args.model])
-    tuned = read_json(args.tuned)  # tune_select applied train_deep.use_tuned and found the study, if any
-    if tuned.get("best_params"):
-        log.info("using tuned params from %s: %s", tuned.get("source"), tuned["best_params"])
-        cfg = apply_tuned(cfg, tuned["best_params"])
-
-    try:  # a mistyped value (`epochs: ten`) fails here, before TensorFlow starts, naming the params.yaml key
+    try:  # a mistyped value (`epochs: ten`) fails here, before any file or TensorFlow, naming the params.yaml key
         check_config(cfg)
     except ConfigError as exc:
         raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
                                  ("train_deep.common", td.get("common"))]) from None
+    tuned = read_json(args.tuned)  # tune_select applied train_deep.use_tuned and found the study, if any
+    if tuned.get("best_params"):
+        log.info("using tuned params from %s: %s", tuned.get("source"), tuned["best_params"])
+        cfg = check_config(apply_tuned(cfg, tuned["best_params"]))
     seed = number(params, "", "seed", 42, whole=True)
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
