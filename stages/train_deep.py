@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ferops.config import load_params, locate_param, number, section
@@ -60,7 +61,9 @@ def main() -> None:
         m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
                              checkpoint_dir=args.checkpoints,
                              curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv", max_epochs=max_epochs,
-                             tags={"tuned_from": str(tuned.get("source") or "params.yaml")})
+                             tags={"tuned_from": str(tuned.get("source") or "params.yaml"),
+                                   # the `dvc exp show` row this run belongs to (DVC sets it under `dvc exp run`)
+                                   **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {})})
     except ConfigError as exc:  # name the params.yaml key behind a bad value
         raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
                                  ("train_deep.common", td.get("common"))]) from None
