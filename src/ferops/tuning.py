@@ -609,8 +609,8 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
 
 def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: str) -> dict[str, Any]:
     """The tuning report: best params/value (validation accuracy) and trial counts by state. Nothing run-specific
-    (no wall time): train_deep depends on reports/tuning, so a re-run that finds the study complete must write
-    the same bytes, or every deep model would retrain."""
+    (no wall time): a re-run that finds the study complete writes the same bytes, so nothing downstream
+    (tune_select, and train_deep when it uses the tuned params) re-runs for it."""
     from optuna.trial import TrialState
 
     by = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
