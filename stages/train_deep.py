@@ -19,7 +19,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="key under train_deep.models in params.yaml")
     ap.add_argument("--split", type=Path, required=True, help="folder with train.npz / val.npz")
-    ap.add_argument("--augmented", type=Path, required=True, help="augment stage's train.npz (used when use_augmented)")
+    ap.add_argument("--train", type=Path, required=True,
+                    help="train set (params.yaml train_deep.train_data: the split's, or the augment stage's)")
     ap.add_argument("--tuned", type=Path, required=True, help="tune_select's reports/tuned/<model>.json")
     ap.add_argument("--ingest-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -31,7 +32,7 @@ def main() -> None:
     from ferops.training import apply_tuned, check_config, resolve_config, train_deep_model
 
     params = load_params()
-    td, demo = section(params, "train_deep"), params.get("demo") or {}
+    td, demo = section(params, "train_deep"), section(params, "demo") if "demo" in params else {}
     models = td.get("models") or {}
     if args.model not in models:
         raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
@@ -46,15 +47,18 @@ def main() -> None:
         log.info("using tuned params from %s: %s", tuned.get("source"), tuned["best_params"])
         cfg = check_config(apply_tuned(cfg, tuned["best_params"]))
     seed = number(params, "", "seed", 42, whole=True)
+    report = read_json(args.ingest_report)
+    max_epochs = max_rows = None
+    if report.get("synthetic"):  # the demo caps, checked like every number (null / 0 = no cap, as in tune)
+        caps = {k: demo.get(k) or 0 for k in ("max_epochs", "max_train_rows")}
+        max_epochs = number(caps, "demo", "max_epochs", 0, whole=True, low=0) or None
+        max_rows = number(caps, "demo", "max_train_rows", 0, whole=True, low=0) or None
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
-    report = read_json(args.ingest_report)
-    train = load_npz(args.augmented if cfg.get("use_augmented") else args.split / "train.npz")
+    train = load_npz(args.train)
     val = load_npz(args.split / "val.npz")  # model selection on validation only; the test split is for evaluate
-    max_epochs = None
     if report.get("synthetic"):
-        max_epochs = demo.get("max_epochs")
-        train = stratified_subsample(train, demo.get("max_train_rows"), seed)
+        train = stratified_subsample(train, max_rows, seed)
         log.info("synthetic demo data: at most %s epochs, %d train rows", max_epochs, len(train))
 
     try:

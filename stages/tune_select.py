@@ -37,10 +37,11 @@ def main() -> None:
     arch = str((models[args.model] or {}).get("arch") or (td.get("common") or {}).get("arch"))
     best, source = tuned_params(args.tuning, args.model, arch) if use else ({}, None)
     if use and source is None:
-        log.warning("use_tuned is true but %s has no %s.json (nor %s.json) — %s trains with params.yaml values",
-                    args.tuning, args.model, arch, args.model)
-    write_json({"model": args.model, "use_tuned": use, "source": None if source is None else str(source),
-                "best_params": best}, args.out)
+        names = " nor ".join(f"{k}.json" for k in dict.fromkeys((args.model, arch)))
+        log.warning("use_tuned is true but %s has no %s — %s trains with params.yaml values", args.tuning, names,
+                    args.model)
+    # only what training reads: flipping use_tuned for a model without a study leaves this file, and its training, as is
+    write_json({"model": args.model, "source": None if source is None else str(source), "best_params": best}, args.out)
     log.info("%s: %s", args.model, f"tuned params from {source}: {best}" if source else "params.yaml values")
 
 

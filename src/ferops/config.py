@@ -60,16 +60,26 @@ def project_params(path: str | Path | None = None) -> dict[str, Any]:
     return load_params(found) if found.exists() else {}
 
 
+def registry_names(params: dict[str, Any]) -> tuple[str, str]:
+    """register.model_name and register.champion_alias of `params` (the defaults where unset): the one place
+    `ferops predict`, `ferops serve`, the registry commands and the register stage take them from."""
+    from ferops.constants import DEFAULT_CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+
+    reg = params.get("register") or {}
+    return str(reg.get("model_name") or DEFAULT_MODEL_NAME), str(reg.get("champion_alias") or DEFAULT_CHAMPION_ALIAS)
+
+
 # The keys each section's code reads (top level of the section). A key outside these is a typo or a leftover: it
 # would be ignored silently, so `section` warns and suggests the closest known key.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "demo": ("max_epochs", "max_trials", "max_train_rows"),
     "ingest": ("raw_dir", "source", "on_bad_rows", "synthetic"),
     "validate": ("min_class_fraction", "max_duplicate_fraction", "max_blank_fraction"),
     "split": ("strategy", "fractions", "val_from_train", "duplicates", "seed"),
     "augment": ("seed", "copies", "balance", "balance_target", "preview_n", "ops"),
     "train_baselines": ("val_max_rows", "train_max_rows", "models"),
     "tune": ("storage", "workers", "pruner", "families"),
-    "train_deep": ("use_tuned", "common", "models"),
+    "train_deep": ("train_data", "use_tuned", "common", "models"),
     "evaluate": ("tta", "batch_size"),
     "register": ("model_name", "family", "champion_alias", "challenger_alias"),
 }

@@ -60,4 +60,20 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     assert third.returncode == 0 and "Running stage 'tune@resnet':" in ran, third.stdout[-3000:]
     assert not [ln for ln in ran if "train_deep" in ln or "evaluate" in ln], ran
     assert json.loads((repo / "reports/tuned/resnet.json").read_text()) == {
-        "model": "resnet", "use_tuned": False, "source": None, "best_params": {}}
+        "model": "resnet", "source": None, "best_params": {}}
+
+    # The offline augmented set feeds no model by default (train_deep.train_data is the split's): changing augment
+    # re-runs augment alone. Turning use_tuned on re-trains only models with a study (resnet; cnn has none). A
+    # baseline removed from params leaves its folder (DVC keeps it) but leaves the reports.
+    params["augment"]["copies"] = 2
+    params["train_deep"]["use_tuned"] = True
+    del params["train_baselines"]["models"]["naive_bayes"]
+    params["train_baselines"]["models"]["logreg"] = {"kind": "logreg", "max_iter": 50, "grid": {"C": [0.01]}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = dvc(repo, "repro")
+    ran = {ln.split("'")[1] for ln in fourth.stdout.splitlines() if ln.startswith("Running stage")}
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    assert {"augment", "train_deep@resnet", "train_baselines@logreg", "evaluate", "register"} <= ran, ran
+    assert not {"train_deep@cnn", "tune@resnet"} & ran, ran
+    assert (repo / "models/baselines/naive_bayes").is_dir()
+    assert set(json.loads((repo / "reports/metrics.json").read_text())) == {"logreg", "cnn", "resnet"}

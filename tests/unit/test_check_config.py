@@ -35,6 +35,7 @@ def test_shipped_deep_configs_pass():
     ({"precision": "fp8"}, "precision='fp8': use auto | fp32 | bf16 | fp16."),
     ({"arch": "resnet50"}, "arch='resnet50': unknown model architecture"),
     ({"time_budget_min": -1}, "time_budget_min=-1"),
+    ({"use_augmented": True}, "use_augmented=True: replaced by params.yaml train_deep.train_data"),  # older params
 ])
 def test_bad_values_are_named(bad, words):
     with pytest.raises(ConfigError) as err:
@@ -47,7 +48,7 @@ def test_train_deep_stage_names_the_params_key_before_tensorflow(tmp_path):
     params["train_deep"]["models"]["cnn"]["epochs"] = "ten"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     missing = str(tmp_path / "absent")  # no data: the check must come first
-    cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--augmented",
+    cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--train",
            missing, "--tuned", missing, "--ingest-report", missing, "--out", missing, "--checkpoints", missing]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr

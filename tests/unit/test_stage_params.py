@@ -51,6 +51,25 @@ def test_a_mistyped_number_names_its_params_key(tmp_path, stage, args, key, valu
     assert f"error: {words}" in r.stderr
 
 
+@pytest.mark.parametrize("value, words", [
+    ("three", "params.yaml demo.max_epochs: 'three' is not a whole number ≥ 0."),
+    (-1, "params.yaml demo.max_epochs: -1 is not a whole number ≥ 0."),
+])
+def test_train_deep_checks_the_demo_caps_before_tensorflow(tmp_path, value, words):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["demo"]["max_epochs"] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (tmp_path / "ingest.json").write_text('{"synthetic": true}')  # the caps apply to the demo set only
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--train",
+           missing, "--tuned", str(tmp_path / "tuned.json"), "--ingest-report", str(tmp_path / "ingest.json"),
+           "--out", missing, "--checkpoints", missing]
+    (tmp_path / "tuned.json").write_text('{"model": "cnn", "source": null, "best_params": {}}')
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {words}" in r.stderr and "tensorflow" not in r.stderr.lower()
+
+
 def test_shipped_baseline_settings_pass():
     from ferops.models.baselines import check_settings
 
