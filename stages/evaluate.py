@@ -28,21 +28,22 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="per-model confusion matrices (PNG + CSV)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    cfg = section(load_params(args.params), "evaluate")
+    params = load_params(args.params)
+    cfg = section(params, "evaluate")
     # a mistyped value (`batch_size: big`) fails here, naming its key, before TensorFlow and the data load
     tta, batch_size = str(cfg.get("tta", "auto")), number(cfg, "evaluate", "batch_size", 512, whole=True, low=1)
     if tta not in TTA_SETTINGS:
         raise ConfigError(f"params.yaml evaluate.tta={tta!r}: use one of {', '.join(TTA_SETTINGS)}.")
 
     from ferops.data.io import load_npz, read_json, write_json
-    from ferops.evaluation import (comparison_markdown, discover_models, evaluate_all, load_predict, metrics_summary,
-                                   write_submission)
+    from ferops.evaluation import (comparison_markdown, declared_models, discover_models, evaluate_all, load_predict,
+                                   metrics_summary, write_submission)
     from ferops.tracking import init_tracking
 
     ingest = read_json(args.ingest_report)
     test, val = load_npz(args.split / "test.npz"), load_npz(args.split / "val.npz")
     predict = load_predict(args.split / "predict.npz")
-    entries = discover_models(args.models)
+    entries = discover_models(args.models, declared_models(params))  # not a removed model's leftover folder
     init_tracking()
     results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val)
     write_json(metrics_summary(results), args.metrics)

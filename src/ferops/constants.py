@@ -12,3 +12,6 @@ USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "val", "Pri
 TTA_VIEW_MODES: tuple[str, ...] = ("none", "flip", "tencrop", "shift")
 TTA_SETTINGS: tuple[str, ...] = (*TTA_VIEW_MODES, "auto")  # auto: the mode evaluate chose on val
 FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")
+# The registry's names when params.yaml `register:` does not set them (config.registry_names reads the params).
+DEFAULT_MODEL_NAME: str = "fer2013-resnet"
+DEFAULT_CHAMPION_ALIAS: str = "champion"

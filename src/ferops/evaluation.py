@@ -52,12 +52,26 @@ class ModelEntry:
         return str(self.metrics.get("arch") or self.config.get("arch") or self.metrics.get("estimator") or self.name)
 
 
-def discover_models(models_root: str | Path) -> list[ModelEntry]:
-    """Every model dir under <root>/baselines/* and <root>/deep/* holding its model file and metrics.json."""
+PARAMS_SECTIONS: dict[str, str] = {"baseline": "train_baselines", "deep": "train_deep"}  # where each kind's models are listed
+
+
+def declared_models(params: dict[str, Any]) -> dict[str, set[str]]:
+    """The model names params.yaml lists per kind (train_baselines.models, train_deep.models)."""
+    return {kind: set((params.get(sect) or {}).get("models") or {}) for kind, sect in PARAMS_SECTIONS.items()}
+
+
+def discover_models(models_root: str | Path, declared: dict[str, set[str]] | None = None) -> list[ModelEntry]:
+    """Every model dir under <root>/baselines/* and <root>/deep/* holding its model file and metrics.json; with
+    `declared` (declared_models), only those params.yaml lists. DVC leaves a removed or renamed model's folder in
+    place, and scoring it would put a model the params no longer describe in the reports, or in the registry."""
     root = Path(models_root)
     entries: list[ModelEntry] = []
     for kind, sub in KIND_DIRS.items():
         for d in sorted(p for p in (root / sub).glob("*") if p.is_dir()):
+            if declared is not None and d.name not in declared.get(kind, set()):
+                log.warning("%s: not in params.yaml %s.models — skipped (left by a removed or renamed model; "
+                            "delete the folder)", d, PARAMS_SECTIONS[kind])
+                continue
             if not (d / MODEL_FILES[kind]).exists():
                 log.warning("%s: no %s — skipped (not a finished %s model)", d, MODEL_FILES[kind], kind)
                 continue
@@ -164,7 +178,6 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
         files.append(mistakes_grid(val.pixels[lab], val.emotion[lab], probs_val, out_dir / "mistakes_val.png",
                                    title=f"{name} — most confident mistakes on val (row: true class; "
                                          f"caption: predicted, probability)"))
-        # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
         # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
         files.append(_write_csv(out_dir / "mistakes_val.csv",
                                 ["actual", "predicted", "source_id", "p_predicted", "p_actual"],

@@ -30,7 +30,6 @@ log = logging.getLogger("ferops.inference")
 KERAS_ARTIFACT = "keras_model"
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in EMOTIONS)
 OUTPUT_COLUMNS: tuple[str, ...] = ("label", "label_name", *PROB_COLUMNS)
-DEFAULT_MODEL_NAME = "fer2013-resnet"
 BATCH_SIZE = 512
 # Test-time augmentation at prediction: ferops.training's view modes, plus `auto` = the mode `evaluate` chose on
 # val for the registered model (recorded in its pyfunc model_config at registration; none when unknown).
@@ -505,10 +504,10 @@ def crop_square(gray: np.ndarray, box: Box, margin: float = FACE_MARGIN) -> np.n
 def _champion_uri(params_path: str | Path | None) -> str:
     """models:/<register.model_name>@<register.champion_alias> from `params_path` (None: the project's params.yaml;
     defaults outside a project)."""
-    from ferops.config import project_params
+    from ferops.config import project_params, registry_names
 
-    reg = project_params(params_path).get("register") or {}
-    return f"models:/{reg.get('model_name', DEFAULT_MODEL_NAME)}@{reg.get('champion_alias', 'champion')}"
+    name, alias = registry_names(project_params(params_path))
+    return f"models:/{name}@{alias}"
 
 
 @dataclass(frozen=True)

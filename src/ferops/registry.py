@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ class RegistryError(FerError):
     """Unknown registered model or version, or a registry state that needs a person's decision."""
 
 
-def find_candidates(models_dir: str | Path, family: str) -> list[Any]:
-    """Trained deep models under models_dir/* whose config.json `arch` is `family`, best validation accuracy first."""
+def find_candidates(models_dir: str | Path, family: str, scored: Collection[str] | None = None) -> list[Any]:
+    """Trained deep models under models_dir/* whose config.json `arch` is `family`, best validation accuracy first;
+    with `scored` (the keys of evaluate's metrics.json), only those evaluate scored: a removed or renamed model's
+    folder, which DVC leaves in place, is not registered."""
     from ferops.evaluation import ModelEntry, by_validation
     from ferops.data.io import read_json
 
@@ -38,6 +41,9 @@ def find_candidates(models_dir: str | Path, family: str) -> list[Any]:
     found: list[ModelEntry] = []
     for d in sorted(p for p in root.glob("*") if p.is_dir()):
         if not (d / "model.keras").exists() or not (d / "config.json").exists():
+            continue
+        if scored is not None and d.name not in scored and f"deep/{d.name}" not in scored:
+            log.warning("%s: not in the evaluate stage's metrics (not in params.yaml?) — not a candidate", d)
             continue
         config = read_json(d / "config.json")
         if config.get("arch") != family:
@@ -152,14 +158,14 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ferops.tracking import dataset_tags, git_commit, reopen_run
+    from ferops.config import registry_names
+    from ferops.tracking import RUN_ID_FILE, dataset_tags, git_commit, reopen_run
 
-    name = str(cfg.get("model_name", "fer2013-resnet"))
+    name, champion_alias = registry_names({"register": cfg})
     family = str(cfg.get("family", "resnet"))
     challenger_alias = str(cfg.get("challenger_alias", "challenger"))
-    champion_alias = str(cfg.get("champion_alias", "champion"))
 
-    cands = find_candidates(models_dir, family)
+    cands = find_candidates(models_dir, family, scored=eval_metrics)
     best = cands[0]
     log.info("candidates (%s) by val accuracy: %s", family,
              ", ".join(f"{e.name} {float(e.metrics['val_accuracy']):.4f}" for e in cands))
@@ -168,7 +174,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise DataError(f"{best.path / 'mlflow_run_id.txt'}: run {run_id} is not in the MLflow store "
+        raise DataError(f"{best.path / RUN_ID_FILE}: run {run_id} is not in the MLflow store "
                         f"{mlflow.get_tracking_uri()} — the store was reset; retrain with "
                         f"`dvc repro -f train_deep@{best.name}`.") from None
     val = float(best.metrics["val_accuracy"])
@@ -255,10 +261,9 @@ def _model_name(args: Any) -> str:
     """--name, else register.model_name from the params file."""
     if getattr(args, "name", None):
         return str(args.name)
-    from ferops.config import project_params
+    from ferops.config import project_params, registry_names
 
-    register = project_params(getattr(args, "params", None)).get("register") or {}
-    return str(register.get("model_name", "fer2013-resnet"))
+    return registry_names(project_params(getattr(args, "params", None)))[0]
 
 
 def _registered(client: Any, name: str) -> Any:

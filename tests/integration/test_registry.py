@@ -6,7 +6,6 @@ re-runs, deliberate promotion with its audit tags, and the readable listing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -15,11 +14,7 @@ import pytest
 
 from ferops.errors import DataError
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("ferops.inference") is None,
-                       reason="ferops.inference.log_pyfunc_model not written yet (register logs the pyfunc with it)"),
-]
+pytestmark = pytest.mark.integration
 
 NAME = "fer2013-resnet"
 CFG = {"model_name": NAME, "family": "resnet", "challenger_alias": "challenger", "champion_alias": "champion"}

@@ -13,8 +13,9 @@ import pytest
 from ferops.constants import EMOTIONS
 from ferops.data.io import FerData
 from ferops.errors import DataError
-from ferops.evaluation import (SUMMARY_KEYS, best_tta, comparison_markdown, confusion_rows, discover_models, evaluate_all,
-                               metrics_summary, select_best, write_confusion, write_submission)
+from ferops.evaluation import (SUMMARY_KEYS, best_tta, comparison_markdown, confusion_rows, declared_models,
+                               discover_models, evaluate_all, metrics_summary, select_best, write_confusion,
+                               write_submission)
 
 
 def _data(n: int, seed: int) -> FerData:
@@ -59,6 +60,25 @@ def test_discover_models_by_contract(tmp_path):
     entries = discover_models(root)
     assert [(e.key, e.kind, e.arch) for e in entries] == [
         ("baselines/logreg", "baseline", "logreg"), ("cnn", "deep", "cnn"), ("deep/logreg", "deep", "dnn")]
+
+
+def test_a_model_params_yaml_no_longer_lists_is_not_scored_nor_registered(tmp_path, caplog):
+    """DVC leaves a removed or renamed model's folder in place: evaluate scores only the models params.yaml lists,
+    and register only those evaluate scored."""
+    from ferops.registry import find_candidates
+
+    root = tmp_path / "models"
+    for name, val in (("resnet", 0.5), ("resnet_old", 0.9)):  # resnet_old: renamed away, and better on val
+        _write(root / "deep" / name, "metrics.json", {"model": name, "kind": "deep", "val_accuracy": val})
+        _write(root / "deep" / name, "config.json", {"arch": "resnet"})
+        (root / "deep" / name / "model.keras").write_bytes(b"x")
+    params = {"train_baselines": {"models": {"knn": {}}}, "train_deep": {"models": {"resnet": {}, "cnn": {}}}}
+    with caplog.at_level("WARNING", logger="ferops.evaluation"):
+        entries = discover_models(root, declared_models(params))
+    assert [e.name for e in entries] == ["resnet"]
+    assert "resnet_old: not in params.yaml train_deep.models — skipped" in caplog.text
+    assert [e.name for e in find_candidates(root / "deep", "resnet")] == ["resnet_old", "resnet"]  # without the list
+    assert [e.name for e in find_candidates(root / "deep", "resnet", scored={"resnet": {}})] == ["resnet"]
 
 
 def test_discover_models_errors_name_the_file(tmp_path):
