@@ -22,7 +22,7 @@ import numpy as np
 
 from ferops.config import deep_merge, number_problem
 from ferops.constants import IMG_SIZE, NUM_CLASSES, TTA_VIEW_MODES
-from ferops.data.io import FerData
+from ferops.data.io import FerData, data_digest
 from ferops.errors import ConfigError, DataError
 
 RUN_CONFIG_FILE = "mlflow_run_config.json"  # beside the run id in a checkpoint: which config that MLflow run is of
@@ -429,6 +429,9 @@ NUMBER_KEYS: dict[str, tuple[bool, float, float | None]] = {
 def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """`cfg` if its numbers and choices are usable, else ConfigError `key=value: why` (the train_deep stage adds
     where params.yaml sets it); cheap, so stages call it before TensorFlow starts."""
+    if "use_augmented" in cfg:  # a params.yaml from before train_data: say where the choice moved
+        raise ConfigError(f"use_augmented={cfg['use_augmented']!r}: replaced by params.yaml train_deep.train_data "
+                          "(data/processed/augmented/train.npz for the augment stage's set); delete this key.")
     for key, (whole, low, high) in NUMBER_KEYS.items():
         problem = None if cfg.get(key) is None else number_problem(cfg[key], whole=whole, low=low, high=high)
         if problem:
@@ -823,7 +826,7 @@ def _callbacks():
             self.history: dict[str, list[float]] = {}
             self.resumed_from = 0
             self.prior_s = 0.0  # training time of the epochs done before a resume (the run's wall counts them)
-            self._begin = time.perf_counter()
+            self._begin = 0.0  # on_train_begin's clock
             self._best_saved = None
 
         @property
@@ -963,7 +966,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     state = None
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir)
-        _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "n_train": len(train)})
+        _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": data_digest(train, val)})
         backup = ckpt / "backup"
         state = cbs["TrainState"](ckpt, backup, early, plateau)
         callbacks += [keras.callbacks.BackupAndRestore(str(backup)), state]
@@ -1028,15 +1031,19 @@ def choose_swa(model, averager, train_pixels: np.ndarray, ds_val, best_val: floa
     return acc, keep
 
 
-def _guard_checkpoint(ckpt: Path, cfg: dict[str, Any]) -> None:
-    """Keep a checkpoint only if it was made with the same config; otherwise start fresh (say so)."""
-    f = ckpt / "config.json"
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    if f.exists() and f.read_text() != text:
-        print(f"checkpoint {ckpt} was made with another config: starting fresh", file=sys.stderr)
+def _guard_checkpoint(ckpt: Path, identity: dict[str, Any], file: str = "config.json", strict: bool = False) -> bool:
+    """Keep a checkpoint only if its `file` records the same identity (config, seed, data digest); otherwise start
+    fresh (say so). `strict`: files without that record are of unknown origin and go too. True when the record was
+    there and the same: a resume."""
+    f = ckpt / file
+    text = json.dumps(identity, sort_keys=True, default=str)
+    same = f.exists() and f.read_text() == text
+    if (f.exists() and not same) or (strict and not f.exists() and ckpt.is_dir() and any(ckpt.iterdir())):
+        print(f"checkpoint {ckpt} was made with another config or data: starting fresh", file=sys.stderr)
         shutil.rmtree(ckpt, ignore_errors=True)
     ckpt.mkdir(parents=True, exist_ok=True)
     f.write_text(text)
+    return same
 
 
 def _as_input(pixels: np.ndarray) -> np.ndarray:
@@ -1165,8 +1172,8 @@ def ensemble_seeds(cfg: dict[str, Any], seed: int) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def _member_key(cfg: dict[str, Any], seed: int, n_train: int) -> str:
-    return json.dumps({**cfg, "seed": seed, "n_train": n_train}, sort_keys=True, default=str)
+def _member_key(cfg: dict[str, Any], seed: int, data: str) -> str:
+    return json.dumps({**cfg, "seed": seed, "data": data}, sort_keys=True, default=str)
 
 
 def save_member(res: TrainResult, folder: Path, key: str) -> None:
@@ -1206,9 +1213,10 @@ def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list
         return [train_keras(train, val, cfg, seed=seeds[0], extra_callbacks=callbacks_for(""),
                             checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs)]
     results = []
+    digest = data_digest(train, val)
     for i, s in enumerate(seeds, start=1):
         done = checkpoint_dir / f"member_{i}_done" if checkpoint_dir is not None else None
-        key = _member_key(cfg, s, len(train))
+        key = _member_key(cfg, s, digest)
         res = load_member(done, key) if done is not None else None
         if res is None:
             print(f"ensemble member {i}/{len(seeds)}: seed {s}", file=sys.stderr)
@@ -1299,21 +1307,19 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     out.mkdir(parents=True, exist_ok=True)
     # A killed run resumes its MLflow run too (DVC empties `out` before a stage runs; the checkpoint keeps the id) —
-    # but only a run of this very config: after a change the training starts fresh, and so must its run, or the old
+    # but only a run of this very config and data. One check decides for the whole checkpoint tree (members
+    # included) before the id is copied: after a change the training starts fresh, and so must its run, or the old
     # run's params would describe the new model and its curves hold two epoch 1s.
-    fingerprint = json.dumps({"cfg": cfg, "seed": seed, "n_train": len(train), "max_epochs": max_epochs},
-                             sort_keys=True, default=str)
-    same = ckpt is not None and (ckpt / RUN_CONFIG_FILE).exists() and (ckpt / RUN_CONFIG_FILE).read_text() == fingerprint
-    if same and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
+    identity = {"cfg": cfg, "seed": seed, "data": data_digest(train, val), "max_epochs": max_epochs}
+    resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
+    if resume and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
     init_tracking()
     extra = tags or {}
     tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch")), **extra}
     with model_run(stage="train_deep", model=name, params=cfg, tags=tags, run_dir=out) as run:
         if ckpt is not None:
-            ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
-            (ckpt / RUN_CONFIG_FILE).write_text(fingerprint)
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
         fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
                        callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])

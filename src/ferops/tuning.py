@@ -26,8 +26,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
-
 from ferops.config import number, number_problem, repo_root, store_root
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
@@ -155,15 +153,6 @@ def study_name(family: str, fingerprint_of: dict[str, Any]) -> str:
     """`ferops-<family>-<hash>`: a new study when the space, data or trial budget per trial changes, the same one to resume."""
     blob = json.dumps(fingerprint_of, sort_keys=True, default=str)
     return f"ferops-{family}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
-
-
-def data_digest(*datasets: FerData) -> str:
-    """A short digest of which rows (and labels) a study trains/validates on, for its fingerprint."""
-    h = hashlib.sha1()
-    for d in datasets:
-        h.update(np.asarray(d.source_id).astype(str).tobytes())
-        h.update(np.asarray(d.emotion, dtype=np.int8).tobytes())
-    return h.hexdigest()[:16]
 
 
 def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from ferops import tuning
-from ferops.data.io import FerData
+from ferops.data.io import FerData, data_digest
 from ferops.data.split import stratified_subsample
 from ferops.errors import ConfigError
 
@@ -200,9 +200,12 @@ def test_store_root_leaves_dvc_temp_copies_and_digest_tracks_rows(tmp_path):
     spec = tuning.storage_spec(None, tmp_path / ".dvc" / "tmp" / "exps" / "x")
     assert spec == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"  # the experiment's trials land in the real repo's DB
     a, b = _fer(20), _fer(20)
-    assert tuning.data_digest(a) == tuning.data_digest(b)
+    assert data_digest(a) == data_digest(b)
     b.emotion[0] = 6
-    assert tuning.data_digest(a) != tuning.data_digest(b)
+    assert data_digest(a) != data_digest(b)
+    c = _fer(20)
+    c.pixels[0, 0, 0] ^= 1  # a corrected pixel, same rows and labels
+    assert data_digest(c) != data_digest(_fer(20))
     assert isinstance(tuning.make_pruner({"n_warmup_steps": 2}, 6), optuna.pruners.MedianPruner)
 
 

@@ -54,6 +54,17 @@ class FerData:
         )
 
 
+def data_digest(*datasets: FerData) -> str:
+    """A short digest of the rows, labels and pixels of `datasets`: what a study or a checkpoint was made from, so
+    that corrected labels or pixels (same row count) start fresh instead of resuming (~0.1 s for FER2013)."""
+    h = hashlib.sha1()
+    for d in datasets:
+        h.update(np.asarray(d.source_id).astype(str).tobytes())
+        h.update(np.asarray(d.emotion, dtype=np.int8).tobytes())
+        h.update(np.ascontiguousarray(d.pixels).tobytes())
+    return h.hexdigest()[:16]
+
+
 def save_npz(data: FerData, path: str | Path, **extra: Any) -> Path:
     """Write a dataset (plus optional extra arrays) as an uncompressed .npz (fast to reload)."""
     p = Path(path)
