@@ -66,4 +66,4 @@ serve: setup  ## serve the champion over REST on http://127.0.0.1:5001/invocatio
 	  mlflow models serve -m "models:/fer2013-resnet@champion" --env-manager local --host $(HOST) --port 5001
 
 clean:  ## remove pipeline outputs, stores and caches (keeps data/raw and .venv)
-	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlartifacts mlruns optuna.db optuna_journal* .dvc/cache .dvc/tmp
+	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna_journal* .dvc/cache .dvc/tmp

@@ -35,17 +35,45 @@ def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str
     """Point MLflow at the store (created once, before any parallel writer) and select the experiment."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        art = None
-        if uri.startswith("sqlite:///"):
-            # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
-            art = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=art)
+    with _first_use_lock(uri):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            art = None
+            if uri.startswith("sqlite:///"):
+                # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
+                art = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            try:
+                mlflow.create_experiment(experiment, artifact_location=art)
+            except MlflowException:  # another process (a server store, unlocked) created it in between
+                if mlflow.get_experiment_by_name(experiment) is None:
+                    raise
     mlflow.set_experiment(experiment)
     return uri
+
+
+@contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Serialise processes around a sqlite store's first use: `dvc queue start -j 2` can start two stages on a fresh
+    store, and concurrent creation of its schema corrupts it (DESIGN). A no-op for other stores and without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def git_commit(root: Path | None = None) -> str:
