@@ -148,3 +148,21 @@ def test_usage_without_publictest_carves_val_from_train_never_from_test():
     assert report["val_carved_from_train"] == len(parts["val"]) > 0
     assert set(parts["test"].source_id) == test_ids and not (set(parts["val"].source_id) & test_ids)
     assert len(parts["train"]) + len(parts["val"]) == int((data.usage == "Training").sum())
+
+
+def test_data_without_competition_usage_is_split_by_class_under_the_default_strategy(caplog):
+    """Kaggle train.csv (labeled, no Usage: "Unknown") + unlabeled test.csv: the default `usage` strategy has
+    nothing to go by, so the split falls back to `stratified` instead of stopping (and says so)."""
+    d = make_synthetic(300, seed=5)
+    labeled = FerData(d.pixels, d.emotion, np.full(len(d), "Unknown"), d.source_id)
+    unl = make_synthetic(10, seed=6)
+    unl = FerData(unl.pixels, np.full(10, -1, np.int8), np.full(10, "Unlabeled"), np.char.add(unl.source_id, "t"))
+    with caplog.at_level("WARNING", logger="ferops.split"):
+        parts, report = split_dataset(FerData.concat([labeled, unl]), strategy="usage", seed=1)
+    assert report["strategy"] == "stratified" and report["strategy_requested"] == "usage" and report["seed"] == 1
+    assert len(parts["predict"]) == 10 and len(parts["train"]) == 240  # 80 % (per-class rounding moves val/test a bit)
+    assert min(len(parts["val"]), len(parts["test"])) >= 25
+    assert "splitting with the `stratified` strategy" in caplog.text
+    mixed = FerData(d.pixels, d.emotion, np.where(np.arange(len(d)) % 2, "Unknown", "Training"), d.source_id)
+    with pytest.raises(DataError, match="usage the `usage` split strategy does not know"):
+        split_dataset(mixed, strategy="usage")  # some rows have a usage: a partial guess would be wrong

@@ -12,6 +12,7 @@ Duplicate policy (`split.duplicates`):
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from ferops.constants import EMOTIONS, NUM_CLASSES, SPLITS, UNLABELED, USAGE_TO_SPLIT
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, DataError
+
+log = logging.getLogger("ferops.split")
 
 STRATEGIES = ("usage", "stratified")
 DUPLICATE_MODES = ("report", "drop", "fail")
@@ -150,6 +153,14 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         raise ConfigError(f"split.strategy = {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
     if duplicates not in DUPLICATE_MODES:
         raise ConfigError(f"split.duplicates = {duplicates!r}: choose one of {', '.join(DUPLICATE_MODES)}.")
+    requested = strategy
+    lab = data.emotion != UNLABELED
+    if strategy == "usage" and lab.any() and set(data.usage[lab].tolist()) <= {"Unknown"}:
+        # No labeled row says where it belongs (e.g. Kaggle train.csv + unlabeled test.csv): `usage` has nothing to
+        # go by, so split by class instead of stopping.
+        log.warning("no labeled row has a competition usage (Training/PublicTest/PrivateTest): splitting with the "
+                    "`stratified` strategy (split.fractions) instead of `usage`")
+        strategy = "stratified"
     fr = check_fractions(fractions or {"train": 0.8, "val": 0.1, "test": 0.1}) if strategy == "stratified" else None
     splits = assign_usage(data) if fr is None else assign_stratified(data, fr, seed)
     carved = 0
@@ -175,8 +186,9 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     dup["dropped"] = {s: int(((splits == s) & ~keep).sum()) for s in SPLITS}
     report = {
         "strategy": strategy,
+        "strategy_requested": requested,
         "fractions": fr,
-        "seed": seed if strategy == "stratified" else None,
+        "seed": seed if strategy == "stratified" or carved else None,
         "n_in": len(data),
         "val_carved_from_train": carved,
         "n": {s: len(p) for s, p in parts.items()},
