@@ -1,6 +1,6 @@
 """ingest stage: find the dataset in data/raw (or ingest.source) → canonical data/interim/fer.npz + report.
 
-No dataset found → a synthetic demo set (ingest.synthetic.{n,seed}) with a loud warning.
+An empty raw folder → a synthetic demo set (ingest.synthetic.{n,seed}) with a loud warning.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
-    from ferops.data.formats import (check_on_bad_rows, dataset_sha256, detect_source, read_any, source_sha256,
-                                     summarize, write_quarantine)
+    from ferops.data.formats import (check_on_bad_rows, dataset_sha256, detect_source, linked_folder, read_any,
+                                     source_sha256, summarize, write_quarantine)
     from ferops.data.synthetic import make_synthetic
     from ferops.plots import class_histogram, sample_grid
 
@@ -44,11 +44,17 @@ def main() -> None:
     if is_path and not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(args.raw_dir)):
         # dvc.yaml can only watch the raw folder (`auto`/`synthetic` are not paths): data read from elsewhere would
         # go stale unnoticed — a later edit of it would not re-run ingest, nor anything trained on it.
+        fix = (f"set `ingest.raw_dir: {os.path.abspath(source)}` (DVC then watches that folder)" if Path(source).is_dir()
+               else f"link it in (`ln -s {os.path.abspath(source)} {args.raw_dir}/`; DVC follows links to files) and "
+                    "keep `source: auto`, or set `ingest.raw_dir` to its folder")
         raise ConfigError(f"ingest.source: {source} is outside {args.raw_dir}/, the folder DVC watches for ingest, so "
-                          f"a change to it would not re-run the pipeline. Link it in instead (`ln -s "
-                          f"{os.path.abspath(source)} {args.raw_dir}/`; DVC follows the link) and keep `source: auto`, "
-                          "or set `ingest.raw_dir` to its folder.")
+                          f"a change to it would not re-run the pipeline. Instead, {fix}.")
     found = None if source == "synthetic" else detect_source(args.raw_dir if source == "auto" else Path(source))
+    link = linked_folder(found[1], args.raw_dir) if found is not None else None
+    if link is not None:
+        raise ConfigError(f"{link} links to a folder ({os.path.realpath(link)}): DVC does not look inside linked "
+                          "folders, so a change there would not re-run ingest. Set `ingest.raw_dir: "
+                          f"{os.path.realpath(link)}` in params.yaml instead (DVC then watches that folder).")
     if found is None and is_path:
         raise DataError(f"ingest.source: {source} holds no dataset (expected fer2013.csv, icml_face_data.csv, "
                         "train.csv+test.csv or train|test/<class>/ image folders).")

@@ -152,3 +152,30 @@ def test_every_row_rejected_still_writes_the_quarantine(tmp_path):
     rows = list(csv.DictReader((tmp_path / "quarantine.csv").open()))
     assert [q["raw"] for q in rows] == bad and [q["row"] for q in rows] == ["1", "2"]
     assert "found 3" in rows[0]["reason"] and not (tmp_path / "fer.npz").exists()
+
+
+def test_raw_data_in_a_layout_not_recognised_is_an_error_not_the_demo_set(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "download" / "archive" / "train" / "happy").mkdir(parents=True)  # unzipped two levels deep
+    (raw / ".gitkeep").write_text("")
+    r = run_stage(tmp_path, raw)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "fer.npz").exists()
+    assert "holds download but no dataset ferops reads" in r.stderr and "one folder down" in r.stderr
+    (raw / "download").rename(tmp_path / "away")
+    assert run_stage(tmp_path, raw).returncode == 0  # only dot-files left: the demo set, as documented
+    assert json.loads((tmp_path / "ingest.json").read_text())["synthetic"] is True
+
+
+def test_a_linked_image_folder_is_refused_with_the_raw_dir_fix(tmp_path):
+    """DVC does not hash through a link to a folder: its images could change without re-running ingest."""
+    import cv2
+
+    images = tmp_path / "elsewhere" / "imgs"
+    (images / "train" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(images / "train" / "happy" / "a.png"), make_synthetic(1, seed=1).pixels[0])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "imgs").symlink_to(images, target_is_directory=True)
+    r = run_stage(tmp_path, raw)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "links to a folder" in r.stderr and f"ingest.raw_dir: {images}" in r.stderr

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -48,7 +48,7 @@ CLASS_ALIASES: dict[str, int] = {
 }
 # Split folder names → usage when the file name carries none.
 FOLDER_USAGE: dict[str, str] = {"train": "Training", "training": "Training", "val": "PublicTest",
-                                "validation": "PublicTest", "publictest": "PublicTest", "test": "PrivateTest",
+                                "valid": "PublicTest", "validation": "PublicTest", "publictest": "PublicTest", "test": "PrivateTest",
                                 "privatetest": "PrivateTest"}
 _SENTINEL = -7777  # joins rows in one fast parse; never a valid pixel, so its positions give per-row counts
 _CHUNK_ROWS = 2000
@@ -89,10 +89,29 @@ def detect_source(path: str | Path) -> tuple[str, Path] | None:
         other = sorted(f for f in d.iterdir() if f.is_file() and _strip_gz(f.name).lower().endswith(".csv"))
         if other:
             return _chosen(d, (_classify_file(other[0]), other[0]))
+    expected = ("expected fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ image folders, "
+                f"in {p}/ or one folder down")
     archives = sorted(f.name for f in p.iterdir() if f.name.lower().endswith(ARCHIVE_EXTS))
     if archives:
         raise DataError(f"{p}: found archive(s) {', '.join(archives)} but no dataset — extract them into {p}/ first "
-                        "(expected fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ folders).")
+                        f"({expected}).")
+    entries = sorted(c.name for c in p.iterdir() if not c.name.startswith("."))
+    if entries:  # real data in a layout not recognised must not quietly become the synthetic demo set
+        more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+        raise DataError(f"{p}: holds {', '.join(entries[:5])}{more} but no dataset ferops reads ({expected}). Move "
+                        "the dataset there (a .tsv: save it as .csv), or empty the folder for the synthetic demo.")
+    return None
+
+
+def linked_folder(path: str | Path, raw_dir: str | Path) -> Path | None:
+    """The link to a folder between `raw_dir` and `path` (inclusive), if any. DVC hashes what a linked file holds,
+    but not a linked folder's files: data read through one would go stale unnoticed."""
+    raw = Path(os.path.abspath(raw_dir))
+    for q in (Path(os.path.abspath(path)), *Path(os.path.abspath(path)).parents):
+        if q == raw or not q.is_relative_to(raw):
+            return None
+        if q.is_symlink() and q.is_dir():
+            return q
     return None
 
 
@@ -573,7 +592,11 @@ def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[Fer
     from tqdm import tqdm
 
     root = Path(root)
-    items = list(_image_files(root))
+    items, skipped = _image_files(root)
+    if skipped:
+        shown = "; ".join(f"{p.relative_to(root).as_posix()} ({why})" for p, why in skipped[:5])
+        log.warning("%s: %d file(s) or folder(s) not read: %s%s", root, len(skipped), shown,
+                    f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
     if not items:
         raise DataError(f"{root}: no images found (expected train|test/<class>/*.jpg|png).")
     n = len(items)
@@ -604,17 +627,38 @@ def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[Fer
     return FerData(pixels[keep], emotion[keep], usage[keep].astype(str), source_id[keep].astype(str)), rejected
 
 
-def _image_files(root: Path) -> Iterable[tuple[Path, str, str]]:
-    """(file, usage from its split folder, class folder name or "") for every image, in sorted order."""
-    subs = sorted(c for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
+def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Path, str]]]:
+    """(file, usage from its split folder, class folder name or "") for every image, in sorted order; and (path,
+    reason) for every entry not read, so that none is dropped unsaid."""
+    subs = sorted(c for c in root.iterdir() if c.is_dir() and not c.is_symlink() and not c.name.startswith("."))
     splits = [c for c in subs if c.name.lower() in FOLDER_USAGE]
     # Without split folders, the root holds the class folders directly (all Training).
-    for split_dir, split_usage in ([(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, "Training")]):
-        for f in sorted(split_dir.rglob("*")):
-            if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS or f.name.startswith("."):
+    tops = [(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, "Training")]
+    items: list[tuple[Path, str, str]] = []
+    skipped: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed here, never followed
+        d = Path(dirpath)
+        for name in [n for n in dirnames if not n.startswith(".") and (d / n).is_symlink()]:
+            skipped.append((d / name, "a link to a folder: DVC does not look through it, so edits there would go "
+                                      "unnoticed — copy the folder in, or point ingest.raw_dir at it"))
+        dirnames[:] = [n for n in dirnames if not n.startswith(".") and not (d / n).is_symlink()]
+        for name in filenames:
+            f = d / name
+            top = next(((t, u) for t, u in tops if f.is_relative_to(t) and f != t), None)
+            if name.startswith("."):
                 continue
-            rel = f.relative_to(split_dir).parts
-            yield f, split_usage, (rel[0] if len(rel) > 1 else "")
+            if not f.exists():
+                skipped.append((f, "a broken link"))
+            elif f.suffix.lower() not in IMAGE_EXTS:
+                skipped.append((f, f"not an image type ferops reads ({', '.join(sorted(IMAGE_EXTS))})"))
+            elif top is None:
+                skipped.append((f, f"outside the split folders ({', '.join(s.name for s in splits)})"))
+            else:
+                rel = f.relative_to(top[0]).parts
+                items.append((f, top[1], rel[0] if len(rel) > 1 else ""))
+    order = {t: i for i, (t, _) in enumerate(tops)}
+    items.sort(key=lambda it: (order[next(t for t in order if it[0].is_relative_to(t))], it[0]))
+    return items, sorted(skipped)
 
 
 def _load_image(f: Path, cv2) -> np.ndarray | None:  # noqa: ANN001 - cv2 module passed in (lazy import)
