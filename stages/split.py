@@ -45,7 +45,8 @@ def main() -> None:
     write_json(report, args.report)
     class_histogram(report["per_class"], Path(args.figures) / "split_hist.png", title="Images per class and split")
     d = report["duplicates"]
-    log.info("split %s: %s; duplicates (%s): %d groups across splits %s, %d with conflicting labels, dropped %s",
+    log.info("split %s: %s; duplicates (%s): %d groups across splits %s; %d duplicate groups in all have "
+             "conflicting labels; dropped %s",
              report["strategy"], report["n"], d["mode"], d["cross_split_groups"], d["cross_split_pairs"],
              d["conflicting_label_groups"], d["dropped"])
 

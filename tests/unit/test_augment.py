@@ -67,8 +67,15 @@ def test_bad_ops_are_config_errors():
         check_ops({"sharpen": {"p": 0.5}})
     with pytest.raises(ConfigError, match=r"rotate.*unknown key"):
         check_ops({"rotate": {"p": 0.5, "degrees": 3}})
-    with pytest.raises(ConfigError, match="probability"):
-        check_ops({"hflip": {"p": 1.5}})
+    for ops, words in (({"hflip": {"p": 1.5}}, "augment.ops.hflip.p: 1.5 is not a number ≥ 0 and ≤ 1"),
+                       ({"gaussian_blur": {"p": 0.2, "sigma": "abc"}}, "augment.ops.gaussian_blur.sigma: 'abc' is not"),
+                       ({"hflip": {"p": "half"}}, "augment.ops.hflip.p: 'half' is not"),
+                       ({"rescale": {"p": 1, "min": 0, "max": 0}}, "augment.ops.rescale.min: 0 is not a number ≥ 0.1"),
+                       ({"rescale": {"p": 1, "min": 1.5, "max": 0.5}}, "min 1.5 is above max 0.5"),
+                       (["hflip"], "give a mapping of op → settings"), ({"hflip": 0.5}, "give its settings as a mapping")):
+        with pytest.raises(ConfigError) as err:
+            check_ops(ops)
+        assert words in str(err.value), (ops, str(err.value))
 
 
 def test_dataset_copies_preserve_labels_and_originals(data):

@@ -111,6 +111,19 @@ def test_kaggle_train_and_unlabeled_test(tmp_path, faces):
     assert data.source_id[8] == "test:100" and data.source_id[0] == "train:0"
 
 
+def test_kaggle_labeled_test_csv_stays_the_test_set(tmp_path, faces):
+    from ferops.data.split import split_dataset
+
+    big = make_synthetic(200, seed=9)
+    tr, te = big.subset(np.arange(200) < 150), big.subset(np.arange(200) >= 150)
+    write(tmp_path / "train.csv", "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(tr.pixels, tr.emotion)])
+    write(tmp_path / "test.csv", "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(te.pixels, te.emotion)])
+    data, _ = read_any(tmp_path)
+    parts, report = split_dataset(data)  # the defaults: `usage`, val carved from train
+    assert sorted(parts["test"].source_id) == sorted(f"test:{i}" for i in range(1, 51))
+    assert all(s.startswith("train:") for s in parts["val"].source_id) and report["val_carved_from_train"] > 0
+
+
 def test_kaggle_test_without_id_and_empty_label_column(tmp_path, faces):
     write(tmp_path / "test.csv", "emotion,pixels", [f",{pix(p)}" for p in faces.pixels[:3]])
     data, rejected = read_any(tmp_path)
@@ -214,6 +227,15 @@ def test_bad_on_bad_rows_value(tmp_path, faces):
         read_any(f, "skip")
 
 
+def test_class_names_and_usage_in_any_case_read_like_digits(tmp_path, faces):
+    """`Happy` / `happy` as the label and `training` / `PUBLICTEST` as the usage, as exports write them."""
+    lines = [f"{EMOTIONS[e] if i % 2 else EMOTIONS[e].lower()},{pix(p)},{u.lower() if i % 2 else u.upper()}"
+             for i, (p, e, u) in enumerate(zip(faces.pixels, faces.emotion, faces.usage))]
+    data, rejected = read_any(write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines))
+    assert rejected == [] and data.emotion.tolist() == faces.emotion.tolist()
+    assert data.usage.tolist() == faces.usage.tolist()
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 BAD_CASES = {
@@ -222,7 +244,7 @@ BAD_CASES = {
     "negative": (lambda line: line.split(",")[0] + ",-5 " + line.split(",", 1)[1].split(" ", 1)[1], "outside 0..255"),
     "float_pixel": (lambda line: line.split(",")[0] + ",1.5 " + line.split(",", 1)[1].split(" ", 1)[1], "non-numeric"),
     "label_range": (lambda line: "9" + line[1:], "emotion label 9 outside 0..6"),
-    "label_text": (lambda line: "happy" + line[1:], "not an integer 0..6"),
+    "label_text": (lambda line: "smiley" + line[1:], "'smiley' is not an integer 0..6 nor a class name"),
     "bad_usage": (lambda line: line.rsplit(",", 1)[0] + ",Trainig", "Usage 'Trainig'"),
     "extra_field": (lambda line: line + ",x", "expected 3 fields, found 4"),
 }
@@ -328,6 +350,13 @@ def test_blank_lines_keep_row_numbers(tmp_path, faces):
     f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", lines)
     data, rejected = read_any(f, "quarantine")
     assert len(data) == 11 and [r.row for r in rejected] == [5]
+    for quoted in (False, True):  # a spaces-only line is blank too, in the fast and the quoted reader alike
+        body = competition_lines(faces) + ["   \t "]
+        (tmp_path / f"q{quoted}").mkdir()
+        g = write(tmp_path / f"q{quoted}" / "fer2013.csv", "emotion,pixels,Usage",
+                  ['{},"{}",{}'.format(*ln.split(",")) if quoted else ln for ln in body[:-1]] + body[-1:])
+        data, rejected = read_any(g)
+        assert rejected == [] and len(data) == len(faces)
 
 
 @pytest.mark.parametrize("mode", ["fail", "quarantine"])

@@ -166,3 +166,12 @@ def test_data_without_competition_usage_is_split_by_class_under_the_default_stra
     mixed = FerData(d.pixels, d.emotion, np.where(np.arange(len(d)) % 2, "Unknown", "Training"), d.source_id)
     with pytest.raises(DataError, match="usage the `usage` split strategy does not know"):
         split_dataset(mixed, strategy="usage")  # some rows have a usage: a partial guess would be wrong
+
+
+def test_training_rows_only_stop_at_split_with_the_fix_not_at_evaluate():
+    d = make_synthetic(100, seed=5)
+    only_train = FerData(d.pixels, d.emotion, np.full(len(d), "Training"), d.source_id)
+    with pytest.raises(DataError, match=r"the test split is empty .*split.strategy: stratified"):
+        split_dataset(only_train)
+    parts, _ = split_dataset(only_train, strategy="stratified")
+    assert len(parts["test"]) > 0

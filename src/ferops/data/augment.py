@@ -31,20 +31,41 @@ _GEOMETRIC = ("rotate", "rescale", "center_crop", "shift")
 _CHUNK = 4096  # images per augment_batch call in augment_dataset (bounds float32 temporaries)
 
 
+# The range each strength must lie in: out of range is a typo or a setting that ruins the data (rescale 0 makes
+# blank images), so it stops the stage with the key named.
+LIMITS: dict[str, tuple[float, float]] = {
+    "p": (0.0, 1.0), "max_deg": (0.0, 180.0), "max_px": (0.0, IMG_SIZE / 2), "min": (0.1, 4.0), "max": (0.1, 4.0),
+    "size": (1, IMG_SIZE), "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "sigma": (0.0, 10.0),
+    "std": (0.0, 128.0)}
+
+
 def check_ops(ops: dict[str, Any] | None) -> dict[str, dict[str, float]]:
-    """Op specs merged with defaults; unknown ops/keys or p outside [0,1] raise a ConfigError naming them."""
+    """Op specs merged with defaults (an op without `p` is off); unknown ops/keys, or a value that is not a number
+    in its LIMITS range, raise a ConfigError naming its params.yaml key."""
+    from ferops.config import number_problem
+
+    if ops is not None and not isinstance(ops, dict):
+        raise ConfigError(f"augment.ops = {ops!r}: give a mapping of op → settings, e.g. `hflip: {{p: 0.5}}`.")
     out: dict[str, dict[str, float]] = {}
     for name, spec in (ops or {}).items():
         if name not in OPS:
             raise ConfigError(f"augment.ops.{name}: unknown op; choose from {', '.join(OPS)}.")
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(f"augment.ops.{name} = {spec!r}: give its settings as a mapping, e.g. `{{p: 0.5}}`.")
         spec = dict(spec or {})
         extra = set(spec) - set(OPS[name]) - {"p"}
         if extra:
             raise ConfigError(f"augment.ops.{name}: unknown key(s) {sorted(extra)}; allowed: p, {', '.join(OPS[name]) or '-'}.")
-        merged = {"p": float(spec.get("p", 0.0)), **{k: float(spec.get(k, v)) for k, v in OPS[name].items()}}
-        if not 0.0 <= merged["p"] <= 1.0:
-            raise ConfigError(f"augment.ops.{name}.p = {merged['p']}: a probability must be in [0, 1].")
-        out[name] = merged
+        merged = {"p": spec.get("p", 0.0), **{k: spec.get(k, v) for k, v in OPS[name].items()}}
+        for key, value in merged.items():
+            low, high = LIMITS[key]
+            problem = number_problem(value, low=low, high=high)
+            if problem:
+                raise ConfigError(f"params.yaml augment.ops.{name}.{key}: {value!r} is not {problem}.")
+        out[name] = {k: float(v) for k, v in merged.items()}
+    if "rescale" in out and out["rescale"]["min"] > out["rescale"]["max"]:
+        raise ConfigError(f"params.yaml augment.ops.rescale: min {out['rescale']['min']} is above max "
+                          f"{out['rescale']['max']}.")
     return out
 
 

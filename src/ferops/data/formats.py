@@ -226,14 +226,19 @@ def read_kaggle(path: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, l
         files = [p]
     if not files:
         raise DataError(f"{folder}: no train.csv or test.csv found.")
-    parts, rejected = [], []
+    parts, rejected, labeled_test = [], [], False
     for f in files:
         is_test = _strip_gz(f.name).lower() == "test.csv"
-        # No Usage column: "Unknown" (the split stage's `stratified` strategy assigns train/val/test).
+        # No Usage column: train rows are "Unknown" (the split stage then splits them by class), labeled test rows
+        # PrivateTest.
         data, rej = read_csv(f, on_bad_rows, default_usage="PrivateTest" if is_test else "Unknown",
                              require=() if is_test else ("emotion",))
+        labeled_test |= is_test and bool((data.emotion != UNLABELED).any())
         parts.append(data)
         rejected += rej
+    if labeled_test:  # a labeled test.csv is the test set: train.csv is then train (val carved from it), not a pool
+        parts = [FerData(d.pixels, d.emotion, np.where(d.usage == "Unknown", "Training", d.usage), d.source_id)
+                 for d in parts]
     return FerData.concat(parts), rejected
 
 
@@ -255,7 +260,9 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
     if missing:
         raise DataError(f"{p}: missing column(s) {', '.join(repr(m) for m in missing)} (header: {','.join(table.header)}). "
                         "Expected `emotion,pixels,Usage` (fer2013.csv) or `emotion, Usage, pixels` (icml_face_data.csv)."
-                        + _separator_hint(cols))
+                        + _separator_hint(cols)
+                        + (" Rows without labels (only to predict) are read from a file named test.csv."
+                           if missing == ["emotion"] else ""))
     n, ncol = len(table.line_no), len(cols)
     if n == 0:
         raise DataError(f"{p}: no data rows below the header — the file is empty or was cut short; re-download it.")
@@ -281,7 +288,9 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
             else:
                 emotion[i] = lab
     if "usage" in cols:
-        usage = np.array([s.strip() for s in table.column(cols.index("usage"))], dtype=object)
+        canonical = {u.lower(): u for u in USAGES}  # `training`, `PUBLICTEST`: the same usage, as column names are
+        usage = np.array([canonical.get(s.strip().lower(), s.strip()) for s in table.column(cols.index("usage"))],
+                         dtype=object)
         for i in np.flatnonzero(~np.isin(usage, USAGES)).tolist():
             reasons.setdefault(i, f"Usage {usage[i]!r} is not one of {', '.join(USAGES)}")
     else:
@@ -369,7 +378,8 @@ def _read_table(p: Path) -> _Table:
         e = n if e < 0 else e
         k += 1
         end = e - 1 if cr and e > pos and raw[e - 1] == 13 else e
-        if end > pos:  # blank lines (e.g. the end of the file) are not rows
+        # blank lines (e.g. the end of the file), spaces-only too (as the quoted path), are not rows
+        if end > pos and not (raw[pos] in b" \t" and raw[pos:end].isspace()):
             c = count(b",", pos, end)
             starts.append(pos)
             ends.append(end)
@@ -427,7 +437,8 @@ def _read_bytes(p: Path) -> bytes:
 
 
 def _parse_label(s: str) -> tuple[int, str]:
-    """(label, "") for an integer 0..6 (also "3.0"), else (−1, reason)."""
+    """(label, "") for an integer 0..6 (also "3.0") or a class name (`Happy`, any case, as the image folders take),
+    else (−1, reason)."""
     t = s.strip()
     if len(t) == 1 and "0" <= t <= "6":
         return int(t), ""
@@ -436,7 +447,10 @@ def _parse_label(s: str) -> tuple[int, str]:
     try:
         v = float(t)
     except ValueError:
-        return UNLABELED, f"emotion label {t[:20]!r} is not an integer 0..6"
+        named = CLASS_ALIASES.get(t.lower())
+        if named is not None:
+            return named, ""
+        return UNLABELED, f"emotion label {t[:20]!r} is not an integer 0..6 nor a class name ({', '.join(EMOTIONS)})"
     if not v.is_integer():
         return UNLABELED, f"emotion label {t[:20]!r} is not an integer 0..6"
     if not 0 <= v < len(EMOTIONS):

@@ -182,6 +182,12 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     if duplicates == "drop":
         keep &= ~leakage_drop_mask(hashes, splits)
     parts = {s: data.subset((splits == s) & keep) for s in SPLITS}
+    empty = [s for s in ("train", "val", "test") if len(parts[s]) == 0]
+    if empty and lab.any():  # evaluate (test) or selection (val) would fail hours later, after training
+        raise DataError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+                        f"({strategy} strategy: {', '.join(f'{k} {int((splits == k).sum())}' for k in SPLITS)}). "
+                        "Fix: set `split.strategy: stratified` (split.fractions) for data with Training rows only, "
+                        "or add PublicTest/PrivateTest rows (image folders: a test/ folder).")
     dup["mode"] = duplicates
     dup["dropped"] = {s: int(((splits == s) & ~keep).sum()) for s in SPLITS}
     report = {

@@ -127,7 +127,8 @@ def build_expectations(params: dict[str, Any] | None = None) -> list[Any]:
         gxe.ExpectColumnMinToBeBetween(column="train_class_fraction", min_value=float(p["min_class_fraction"]),
                                        severity="warning",
                                        meta=warn("a very rare class is hard to learn",
-                                                 "consider augment.balance or train_deep.common.class_weights")),
+                                                 "consider train_deep.common.class_weights, or augment.balance with "
+                                                 "train_deep.train_data set to the augment stage's set")),
         gxe.ExpectColumnMeanToBeBetween(column="is_duplicate", min_value=0.0, max_value=float(p["max_duplicate_fraction"]),
                                         severity="warning",
                                         meta=warn("share of rows whose exact image occurs more than once",
