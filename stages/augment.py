@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
-    from ferops.data.augment import augment_batch, augment_dataset, check_ops, class_counts, preview_rows
+    from ferops.data.augment import augment_batch, augment_dataset, check_ops, preview_rows
+    from ferops.data.io import class_counts
     from ferops.plots import augmentation_preview
 
     p = section(load_params(args.params), "augment")

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ferops.constants import EMOTIONS, NUM_CLASSES
-from ferops.plots import _plt, _save
+from ferops.plots import pyplot, save_figure
 
 
 def calibration_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10
@@ -70,7 +70,7 @@ def mistakes_grid(pixels: np.ndarray, y_true: np.ndarray, probs: np.ndarray, pat
                   title: str = "") -> Path:
     """One row per true class: its wrongly predicted images, most confident first, each captioned with the
     predicted class and its probability (label noise and look-alike classes show up here first)."""
-    plt = _plt()
+    plt = pyplot()
     y_true, pred, conf = np.asarray(y_true, dtype=int), np.asarray(probs).argmax(1), np.asarray(probs).max(1)
     fig, axes = plt.subplots(len(EMOTIONS), per_class, figsize=(per_class * 1.0, len(EMOTIONS) * 1.25),
                              squeeze=False)
@@ -89,14 +89,14 @@ def mistakes_grid(pixels: np.ndarray, y_true: np.ndarray, probs: np.ndarray, pat
         axes[c, 0].set_ylabel(f"{name}\n{int(((y_true == c) & (pred != c)).sum())}/{n_class} wrong", fontsize=7)
     fig.subplots_adjust(top=0.93)
     fig.suptitle(title or "Most confident mistakes (row: true class; caption: predicted, probability)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_diagram(mean_conf: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, path: str | Path,
                         title: str = "") -> Path:
     """Accuracy against mean confidence per bin: on the diagonal is calibrated, above it under-confident, below it
     over-confident; bin counts underneath."""
-    plt = _plt()
+    plt = pyplot()
     n = len(counts)
     edges = np.linspace(0, 1, n + 1)
     centers, width = (edges[:-1] + edges[1:]) / 2, 1 / n
@@ -114,13 +114,13 @@ def reliability_diagram(mean_conf: np.ndarray, accuracy: np.ndarray, counts: np.
     ax_n.set_xlim(0, 1)
     ax_n.set_xlabel("confidence (top-class probability)")
     ax_n.set_ylabel("images")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def model_comparison_chart(names: Sequence[str], series: dict[str, Sequence[float | None]], path: str | Path,
                            title: str = "") -> Path:
     """Horizontal grouped bars, one group per model (listed top to bottom), one bar per series, values in %."""
-    plt = _plt()
+    plt = pyplot()
     k = max(1, len(series))
     y = np.arange(len(names))
     height = 0.8 / k
@@ -136,4 +136,4 @@ def model_comparison_chart(names: Sequence[str], series: dict[str, Sequence[floa
     ax.set_xlabel("accuracy (%)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title or "Model comparison", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_SETTINGS, TTA_VIEW_MODES
+from ferops.data.formats import resize_to_model
 from ferops.errors import ConfigError, DataError, FerError
 
 log = logging.getLogger("ferops.inference")
@@ -62,21 +63,6 @@ class InputError(DataError, ValueError):
 
 
 # ---- preprocessing (pure) ----------------------------------------------------------------------------------
-
-def resize_to_model(gray: np.ndarray) -> np.ndarray:
-    """A grey image of any size → uint8 48x48 exactly as ingest reads image files: centre-crop to a
-    square, then resize (INTER_AREA when shrinking, INTER_LINEAR when enlarging)."""
-    import cv2
-
-    h, w = gray.shape[:2]
-    if h != w:
-        s = min(h, w)
-        gray = gray[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    if gray.shape == (IMG_SIZE, IMG_SIZE):
-        return np.ascontiguousarray(gray, dtype=np.uint8)
-    interp = cv2.INTER_AREA if gray.shape[0] > IMG_SIZE else cv2.INTER_LINEAR
-    return cv2.resize(gray, (IMG_SIZE, IMG_SIZE), interpolation=interp)
-
 
 def _error_summary(errors: list[str], what: str) -> str:
     head = "; ".join(errors[:MAX_LISTED_ERRORS])

@@ -6,34 +6,39 @@ Every function writes a PNG (DVC and MLflow both show it) and returns its path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ferops.constants import EMOTIONS
 
 
-def _plt():
+def pyplot() -> Any:
+    """matplotlib.pyplot, headless (Agg) unless a backend was already chosen: a notebook keeps its own."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")  # headless: no display on servers/CI
+    if "matplotlib.pyplot" not in sys.modules:  # no display on servers/CI; choosing it later would be too late
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """`fig` as a PNG at `path` (folders made), then closed; returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return p
 
 
 def sample_grid(pixels: np.ndarray, labels: np.ndarray, path: str | Path, per_class: int = 10, seed: int = 0,
                 title: str = "") -> Path:
     """A row of random examples per class (blank where a class has none)."""
-    plt = _plt()
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(EMOTIONS), per_class, figsize=(per_class * 0.9, len(EMOTIONS) * 1.0))
     for c, name in enumerate(EMOTIONS):
@@ -47,12 +52,12 @@ def sample_grid(pixels: np.ndarray, labels: np.ndarray, path: str | Path, per_cl
         axes[c, 0].set_title(f"{name} ({len(idx)})", fontsize=7, loc="left")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def class_histogram(counts: dict[str, dict[str, int]], path: str | Path, title: str = "Images per class") -> Path:
     """Grouped bars: one group per class, one bar per group key (usage or split)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     groups = list(counts)
     width = 0.8 / max(1, len(groups))
@@ -65,12 +70,12 @@ def class_histogram(counts: dict[str, dict[str, int]], path: str | Path, title: 
     ax.set_ylabel("images")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def augmentation_preview(originals: np.ndarray, augmented: Sequence[np.ndarray], path: str | Path) -> Path:
     """Each row: an original image, then its augmented versions."""
-    plt = _plt()
+    plt = pyplot()
     n, k = len(originals), len(augmented)
     fig, axes = plt.subplots(n, k + 1, figsize=((k + 1) * 1.1, n * 1.1), squeeze=False)
     for i in range(n):
@@ -81,12 +86,12 @@ def augmentation_preview(originals: np.ndarray, augmented: Sequence[np.ndarray],
     axes[0, 0].set_title("original", fontsize=7)
     for j in range(1, k + 1):
         axes[0, j].set_title(f"aug {j}", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs validation (and LR when present)."""
-    plt = _plt()
+    plt = pyplot()
     has_lr = "lr" in history or "learning_rate" in history
     fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(12 if has_lr else 9, 3.4))
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -103,12 +108,12 @@ def training_curves(history: dict[str, Sequence[float]], path: str | Path, title
         axes[2].set_xlabel("epoch")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix_plot(cm: np.ndarray, path: str | Path, title: str = "", normalize: bool = True) -> Path:
     """Confusion matrix heat map, rows = true class; normalised rows show recall on the diagonal."""
-    plt = _plt()
+    plt = pyplot()
     m = cm.astype(float)
     if normalize:
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -124,4 +129,4 @@ def confusion_matrix_plot(cm: np.ndarray, path: str | Path, title: str = "", nor
     ax.set_ylabel("true")
     ax.set_title(title or "Confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -564,9 +564,9 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
     import optuna
     from optuna.trial import TrialState
 
-    from ferops.plots import _plt
+    from ferops.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     vis = optuna.visualization.matplotlib
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,6 @@ def test_parallel_workers_share_one_journal_study(tmp_path, tracking):
 
 
 def test_keras_trials_complete_and_prune(tmp_path, tracking):
-    pytest.importorskip("ferops.training")
     train, val = _fer(84, seed=1), _fer(42, seed=2)
     # the model's own epochs (1) and time budget must not cut the study's 2-epoch trials short
     study = tuning.run_study("cnn", {**CNN, "epochs": 1, "time_budget_min": 58}, {"lr": {"low": 1e-3, "high": 3e-3,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-mlflow = pytest.importorskip("mlflow")
+import keras
+import mlflow
 
 from ferops.data.io import read_json  # noqa: E402
 from ferops.tracking import init_tracking  # noqa: E402

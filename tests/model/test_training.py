@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from ferops.data.io import FerData  # noqa: E402
 from ferops.data.split import stratified_subsample  # noqa: E402

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRASTRUCTURE = {"src/ferops/config.py", "src/ferops/constants.py", "src/ferops/errors.py", "src/ferops/runner.py"}
 # Reached through an import the stage never exercises, with why.
 NOT_RUN: dict[str, dict[str, str]] = {
-    "evaluate": {"src/ferops/data/formats.py": "inference parses the REST `pixels` column with it; evaluate passes arrays"},
+    "evaluate": {"src/ferops/data/formats.py": "inference parses REST `pixels` and resizes photos with it; evaluate "
+                                               "passes arrays"},
     "register": {m: "reached through evaluation's scoring and training's helpers; register only reads their outputs "
                     "(metrics.json, the model files), which are its deps"
                  for m in ("src/ferops/data/formats.py", "src/ferops/diagnostics.py", "src/ferops/hparams.py",

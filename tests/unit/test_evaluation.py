@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -201,8 +200,6 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert not (tmp_path / "eval2" / "nb" / "mistakes_val.png").exists()  # no val given: no val error analysis
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ferops.training") is None,
-                    reason="ferops.training (predict_proba) not written yet")
 def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
     import keras
 

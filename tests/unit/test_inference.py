@@ -213,13 +213,13 @@ def test_pyfunc_tta_param(registered, keras_model):
 
 def test_image_preprocessing_matches_ingest(tmp_path):
     """Serving must see images exactly as training did: compare with ingest's image-folder reader."""
-    formats = pytest.importorskip("ferops.data.formats")
+    from ferops.data import formats
     rng = np.random.default_rng(4)
     for i, shape in enumerate([(900, 1200, 3), (30, 20), (IMG_SIZE, IMG_SIZE), (200, 120, 3)]):
         f = tmp_path / f"img{i}.jpg"
         cv2.imwrite(str(f), cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), shape[1::-1])
                     if len(shape) == 3 else rng.integers(0, 256, shape, dtype=np.uint8))
-        np.testing.assert_array_equal(inf.resize_to_model(inf.decode_image(f.read_bytes())),
+        np.testing.assert_array_equal(formats.resize_to_model(inf.decode_image(f.read_bytes())),
                                       formats._load_image(f, cv2))
 
 

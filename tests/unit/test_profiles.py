@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _profile_params(tmp_path: Path, profile: Path) -> dict:
     """params.yaml after DVC applies the profile's `-S` arguments (what `dvc exp run $(...)` does)."""
-    hydra = pytest.importorskip("dvc.utils.hydra")
+    from dvc.utils import hydra
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
     args = set_args(yaml.safe_load(profile.read_text()), yaml.safe_load(params.read_text()))
@@ -45,7 +45,7 @@ def test_new_keys_get_hydra_plus_and_values_json(tmp_path):
 def test_readme_command_line_through_a_shell(tmp_path):
     """`dvc exp run $(python -m ferops.profiles profiles/gpu.yaml)`: the words the shell hands DVC, applied by DVC's
     own override parser, give the YAML merge (no quote may reach DVC, no value may be split)."""
-    hydra = pytest.importorskip("dvc.utils.hydra")
+    from dvc.utils import hydra
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
     script = f'for w in $("{sys.executable}" -m ferops.profiles profiles/gpu.yaml "{params}"); do echo "$w"; done'

@@ -86,7 +86,7 @@ def test_apply_params_resnet_width_aug_and_direct_keys_without_mutating():
 
 def test_apply_params_is_applied_once_by_the_model_zoo():
     """The zoo also understands base_width/aug_strength keys: the mapped config must not be scaled twice."""
-    zoo = pytest.importorskip("ferops.models.zoo")
+    from ferops.models import zoo
     out = tuning.apply_params({**RESNET, "base_width": 64}, {"base_width": 16, "aug_strength": 2.0})
     assert zoo.resnet_widths(out) == [16, 32, 64, 128]
     aug = zoo.aug_config(out)

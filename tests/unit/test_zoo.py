@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from ferops.config import deep_merge  # noqa: E402
 from ferops.errors import ConfigError  # noqa: E402
@@ -196,7 +196,7 @@ def test_fold_batchnorm_leaves_a_bn_that_cannot_fold(pixels):
 
 
 def test_fused_batchnorm_trains_like_the_builtin_layer_and_is_optional():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the fused kernel is TF's")
     fused_cls = zoo.custom_objects()["FusedBatchNormalization"]

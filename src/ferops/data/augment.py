@@ -224,8 +224,3 @@ def preview_rows(emotion: np.ndarray, n: int, seed: int) -> np.ndarray:
             if pool and len(out) < n:
                 out.append(int(pool.pop()))
     return np.array(out, dtype=int)
-
-
-def class_counts(emotion: np.ndarray) -> dict[str, int]:
-    """Rows per class name."""
-    return {name: int((emotion == c).sum()) for c, name in enumerate(EMOTIONS)}

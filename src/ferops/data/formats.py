@@ -683,14 +683,23 @@ def _load_image(f: Path, cv2) -> np.ndarray | None:  # noqa: ANN001 - cv2 module
     img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
     if img is None or img.size == 0:
         return None
-    h, w = img.shape[:2]
-    if h != w:  # keep the face's aspect ratio: centre-crop to a square first
+    return resize_to_model(img)
+
+
+def resize_to_model(gray: np.ndarray) -> np.ndarray:
+    """A grey image of any size → uint8 48x48: centre-crop to a square (the face keeps its aspect ratio), then
+    resize (INTER_AREA when shrinking, INTER_LINEAR when enlarging). The one copy: ingest reads image files with
+    it, and `ferops predict` / REST serving prepare photos with it, so serving sees what training saw."""
+    import cv2
+
+    h, w = gray.shape[:2]
+    if h != w:
         s = min(h, w)
-        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    if img.shape != (IMG_SIZE, IMG_SIZE):
-        interp = cv2.INTER_AREA if img.shape[0] > IMG_SIZE else cv2.INTER_LINEAR
-        img = cv2.resize(img, (IMG_SIZE, IMG_SIZE), interpolation=interp)
-    return img
+        gray = gray[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    if gray.shape == (IMG_SIZE, IMG_SIZE):
+        return np.ascontiguousarray(gray, dtype=np.uint8)
+    interp = cv2.INTER_AREA if gray.shape[0] > IMG_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(gray, (IMG_SIZE, IMG_SIZE), interpolation=interp)
 
 
 # --------------------------------------------------------------------------------------------- quarantine

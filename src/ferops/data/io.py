@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ferops.constants import IMG_SIZE, UNLABELED
+from ferops.constants import EMOTIONS, IMG_SIZE, UNLABELED
 from ferops.errors import DataError
 
 
@@ -52,6 +52,11 @@ class FerData:
             np.concatenate([p.usage for p in parts]).astype(str),
             np.concatenate([p.source_id for p in parts]).astype(str),
         )
+
+
+def class_counts(emotion: np.ndarray) -> dict[str, int]:
+    """Labeled rows per class name (all classes listed)."""
+    return {name: int((emotion == c).sum()) for c, name in enumerate(EMOTIONS)}
 
 
 def data_digest(*datasets: FerData) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ferops.constants import EMOTIONS, NUM_CLASSES, SPLITS, UNLABELED, USAGE_TO_SPLIT
-from ferops.data.io import FerData
+from ferops.constants import NUM_CLASSES, SPLITS, UNLABELED, USAGE_TO_SPLIT
+from ferops.data.io import FerData, class_counts
 from ferops.errors import ConfigError, DataError
 
 log = logging.getLogger("ferops.split")
@@ -138,11 +138,6 @@ def leakage_drop_mask(hashes: list[str] | np.ndarray, splits: np.ndarray) -> np.
     pri = np.array([_PRIORITY[str(s)] for s in splits], dtype=int)
     first = np.array([seen[x] for x in hashes], dtype=int)
     return (pri > first) & np.isin(splits, ("val", "test"))
-
-
-def class_counts(emotion: np.ndarray) -> dict[str, int]:
-    """Labeled rows per class name (all classes listed)."""
-    return {name: int((emotion == c).sum()) for c, name in enumerate(EMOTIONS)}
 
 
 def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, float] | None = None,
