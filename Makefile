@@ -56,14 +56,11 @@ bench: setup  ## benchmarks (real data from ../shared/data); figures go to bench
 ui: setup  ## MLflow UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port 5000 --workers 2
 
-dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080
-	optuna-dashboard "$${FEROPS_OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}" --host $(HOST) --port 8080
+dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080 (the storage params.yaml's tune: section names)
+	$(PY) -m ferops.cli dashboard --host $(HOST) --port 8080
 
-serve: setup  ## serve the champion over REST on http://127.0.0.1:5001/invocations
-	@$(PY) -c 'from ferops.runner import run; from ferops.inference import check_registered; \
-	  run(lambda: check_registered("models:/fer2013-resnet@champion", "run `make run` first"))'
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-	  mlflow models serve -m "models:/fer2013-resnet@champion" --env-manager local --host $(HOST) --port 5001
+serve: setup  ## serve the champion (params.yaml register:) over REST on http://127.0.0.1:5001/invocations
+	$(PY) -m ferops.cli serve --host $(HOST) --port 5001
 
 clean:  ## remove pipeline outputs, stores and caches (keeps data/raw and .venv)
 	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna_journal* .dvc/cache .dvc/tmp

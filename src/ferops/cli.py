@@ -1,4 +1,5 @@
-"""The `ferops` command: predict on photos, list the registry, promote a version."""
+"""The `ferops` command: predict on photos, list the registry, promote a version, serve the champion, open the
+Optuna dashboard."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     pm.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     pm.add_argument("--reason", default="manual promotion", help="why, recorded in the version's tags")
     pm.add_argument("--params", default=None, help=PARAMS_HELP)
+
+    sv = sub.add_parser("serve", help="serve the champion over REST (mlflow models serve; POST /invocations)")
+    sv.add_argument("--model", default=None,
+                    help="model URI (default: models:/<register.model_name>@<register.champion_alias>)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    sv.add_argument("--params", default=None, help=PARAMS_HELP)
+
+    db = sub.add_parser("dashboard", help="optuna-dashboard on the tune stage's study storage")
+    db.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    db.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    db.add_argument("--params", default=None, help="params file whose tune: section names the storage; default: "
+                                                   "the project's params.yaml")
     return p
 
 
@@ -65,6 +79,14 @@ def main(argv: list[str] | None = None) -> None:
             from ferops.registry import cli_promote
 
             cli_promote(args)
+        elif args.command == "serve":
+            from ferops.inference import cli_serve
+
+            cli_serve(args)
+        elif args.command == "dashboard":
+            from ferops.tuning import cli_dashboard
+
+            cli_dashboard(args)
 
     run(dispatch)
 

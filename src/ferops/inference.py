@@ -520,6 +520,19 @@ def store_missing_error(store: str, fix: str) -> str:
     return f"no MLflow store at {store}: nothing is registered there yet — {fix}."
 
 
+def cli_serve(args: Any) -> None:
+    """`ferops serve`: check the model is registered (one line, not MLflow's traceback), then become
+    `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
+    uri = args.model or _champion_uri(args.params)
+    store = check_registered(uri, "run `make run` first, or name one with --model")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+           "--host", str(args.host), "--port", str(args.port)]
+    log.info("serving %s on http://%s:%s/invocations (Ctrl-C stops it)", uri, args.host, args.port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": store})
+
+
 def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
     warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it

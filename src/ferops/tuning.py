@@ -184,6 +184,31 @@ def storage_spec(spec: str | None, root: Path, workers: int = 1) -> str:
     return str(spec)
 
 
+def cli_dashboard(args: Any) -> None:
+    """`ferops dashboard`: optuna-dashboard on the storage the tune stage uses (tune.storage, tune.workers'
+    journal, or $FEROPS_OPTUNA_STORAGE), found from any folder of the project."""
+    from ferops.config import project_params, section
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("optuna-dashboard is not installed: `pip install -e '.[dashboard]'` (make setup installs "
+                          "it).") from None
+    params = project_params(args.params)
+    tune = section(params, "tune") if "tune" in params else {}
+    workers = number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1
+    root = repo_root()
+    spec = storage_spec(tune.get("storage"), root, workers)
+    path = _sqlite_path(spec)
+    if spec.startswith("journal:"):
+        path = Path(spec[len("journal:"):]).expanduser()
+        path = path if path.is_absolute() else root / path
+    if path is not None and not path.exists():
+        raise ConfigError(f"no Optuna studies yet at {path}: run the tune stage first (`dvc repro tune`, or `make run`).")
+    log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)
+    optuna_dashboard.run_server(make_storage(spec, root, workers), host=args.host, port=int(args.port))
+
+
 def _sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///") and ":memory:" not in url:
         return Path(url[len("sqlite:///"):]).resolve()

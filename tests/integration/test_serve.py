@@ -1,4 +1,4 @@
-"""Serving the champion over REST: `mlflow models serve models:/<name>@champion --env-manager local`."""
+"""Serving the champion over REST: `ferops serve` → `mlflow models serve models:/<name>@champion --env-manager local`."""
 
 from __future__ import annotations
 
@@ -69,9 +69,8 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
     _register_champion(tmp_path)
     port, log = _free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # `ferops serve` (what `make serve` runs): checks the alias, then becomes `mlflow models serve` on it
+    cmd = [sys.executable, "-m", "ferops.cli", "serve", "--model", f"models:/{NAME}@champion", "--port", str(port)]
     # pickle loading off, as a security-minded deployment would run it: the model is logged as code
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TF_CPP_MIN_LOG_LEVEL": "3",
            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
@@ -121,3 +120,19 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, mlflow_store):
+    (tmp_path / "params.yaml").write_text("register: {model_name: nothing-here}\ntune: {storage: null}\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    env.pop("FEROPS_OPTUNA_STORAGE", None)
+    from ferops.tracking import init_tracking
+
+    init_tracking()  # the store exists, the model does not
+    serve = subprocess.run([sys.executable, "-m", "ferops.cli", "serve", "--params", str(tmp_path / "params.yaml")],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert serve.returncode != 0 and "Traceback" not in serve.stderr
+    assert "no model 'nothing-here' with alias @champion" in serve.stderr
+    dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert dash.returncode != 0 and "Traceback" not in dash.stderr and "no Optuna studies yet at" in dash.stderr
