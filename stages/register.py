@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--models", required=True, type=Path, help="folder of trained deep models (models/deep)")
     ap.add_argument("--ingest-report", required=True, type=Path, help="reports/ingest.json (data sha256 for tags)")
     ap.add_argument("--out", required=True, type=Path, help="reports/register.json")
-    ap.add_argument("--card", type=Path, default=Path("reports/model_card.md"),
+    ap.add_argument("--card", type=Path, required=True,
                     help="the registered version's model card (also its description in the MLflow registry)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--ingest-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
     ap.add_argument("--checkpoints", type=Path, required=True, help="per-epoch checkpoint folder (resume after a kill)")
-    ap.add_argument("--curves", type=Path, default=None, help="per-epoch CSV for DVC plots (default reports/curves/<model>.csv)")
+    ap.add_argument("--curves", type=Path, required=True, help="per-epoch CSV for DVC plots")
     args = ap.parse_args()
 
     from ferops.data.split import stratified_subsample
@@ -64,7 +64,7 @@ def main() -> None:
     try:
         m = train_deep_model(args.model, cfg, train, val, seed=seed, ingest_report=report, out_dir=args.out,
                              checkpoint_dir=args.checkpoints,
-                             curves_csv=args.curves or Path("reports/curves") / f"{args.model}.csv", max_epochs=max_epochs,
+                             curves_csv=args.curves, max_epochs=max_epochs,
                              tags={"tuned_from": str(tuned.get("source") or "params.yaml"),
                                    # the `dvc exp show` row this run belongs to (DVC sets it under `dvc exp run`)
                                    **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {})})

@@ -49,7 +49,8 @@ def test_train_deep_stage_names_the_params_key_before_tensorflow(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     missing = str(tmp_path / "absent")  # no data: the check must come first
     cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--train",
-           missing, "--tuned", missing, "--ingest-report", missing, "--out", missing, "--checkpoints", missing]
+           missing, "--tuned", missing, "--ingest-report", missing, "--out", missing, "--checkpoints", missing,
+           "--curves", missing]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: params.yaml train_deep.models.cnn.epochs='ten': give a whole number ≥ 1." in r.stderr

@@ -63,7 +63,7 @@ def test_train_deep_checks_the_demo_caps_before_tensorflow(tmp_path, value, word
     missing = str(tmp_path / "absent")
     cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing, "--train",
            missing, "--tuned", str(tmp_path / "tuned.json"), "--ingest-report", str(tmp_path / "ingest.json"),
-           "--out", missing, "--checkpoints", missing]
+           "--out", missing, "--checkpoints", missing, "--curves", missing]
     (tmp_path / "tuned.json").write_text('{"model": "cnn", "source": null, "best_params": {}}')
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
