@@ -121,7 +121,7 @@ def gpu_count() -> int:
     return len(_local_gpus())
 
 
-def data_parallel(setting: Any = "auto"):
+def data_parallel(setting: Any = "auto") -> Any:
     """The distribution under which to build, compile and fit so each step splits its batch over every local GPU
     (an object whose `.scope()` is entered for each), or None to train on one device.
 
@@ -268,7 +268,7 @@ def _lr_schedules():
 _SCHEDULES: dict[str, Any] | None = None
 
 
-def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
+def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int) -> Any:
     """The configured learning rate: a per-step schedule over `epochs` (cosine | onecycle) or a float (plateau).
     With `swa`, the schedule anneals to `swa.lr_ratio` × lr by `swa.start` of the epochs and holds that rate."""
     lr = float(cfg.get("lr", 1e-3))
@@ -286,7 +286,7 @@ def lr_schedule(cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
     return lr
 
 
-def make_optimizer(cfg: dict[str, Any], lr: Any):
+def make_optimizer(cfg: dict[str, Any], lr: Any) -> Any:
     """Optimizer (adam | adamw | sgd_nesterov) at learning rate `lr` (a float or a schedule, see `lr_schedule`)."""
     import keras
 
@@ -343,7 +343,7 @@ def swa_config(cfg: dict[str, Any]) -> dict[str, float] | None:
     return {"start": start, "lr_ratio": ratio}
 
 
-def batchnorm_layers(model) -> list:
+def batchnorm_layers(model: Any) -> list:
     """Every BatchNormalization layer in `model`, nested models included."""
     import keras
 
@@ -356,7 +356,7 @@ def batchnorm_layers(model) -> list:
     return found
 
 
-def recompute_bn_stats(model, pixels: np.ndarray, batch_size: int = 256) -> None:
+def recompute_bn_stats(model: Any, pixels: np.ndarray, batch_size: int = 256) -> None:
     """Set every BatchNormalization's moving mean/variance to their average over `pixels` (uint8 faces), seen
     in training mode (augmentation on, as when they were learnt): averaged weights need statistics of their own,
     which no training step computed. Eager calls, so each batch can set the exact running-average momentum."""
@@ -544,7 +544,7 @@ def mix_batch(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, rng: np.random
 
 
 def make_dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, sample_weight: np.ndarray | None = None, mix: dict[str, Any] | None = None):
+                 seed: int = 0, sample_weight: np.ndarray | None = None, mix: dict[str, Any] | None = None) -> Any:
     """Batches of (float32 pixels, one-hot labels[, weights]) from uint8 arrays, reshuffled every epoch (seeded).
 
     `mix` (from `mix_config`) applies `mix_batch` to every batch, seeded per batch. TensorFlow backend: a
@@ -898,7 +898,7 @@ def _callbacks():
 _CALLBACKS: dict[str, Any] | None = None
 
 
-def MlflowEpochLogger(prefix: str = "epoch_"):  # noqa: N802 — reads like the class it returns
+def MlflowEpochLogger(prefix: str = "epoch_") -> Any:  # noqa: N802 — reads like the class it returns
     """A Keras callback logging per-epoch train/val loss, accuracy and lr to the active MLflow run."""
     return _callbacks()["MlflowEpochLogger"](prefix)
 
@@ -1013,7 +1013,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                        swa_used=swa_kept)
 
 
-def choose_swa(model, averager, train_pixels: np.ndarray, ds_val, best_val: float, best_epoch: int, *,
+def choose_swa(model: Any, averager: Any, train_pixels: np.ndarray, ds_val: Any, best_val: float, best_epoch: int, *,
                batch_size: int = 256) -> tuple[float, bool]:
     """Score the weight average on val (its BN statistics recomputed on the train images); keep it in `model`
     only if it beats the best epoch's `best_val` — the model holds that epoch's weights on entry — else put
@@ -1105,7 +1105,7 @@ def view_indices(tta: str, n_views: int) -> list[int]:
     return idx
 
 
-def view_probas(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
+def view_probas(model: Any, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
     """Class probabilities (float64) of each test-time view, in `tta_views` order (`all`: every mode's views,
     predicted once). Views are made one at a time, so only one extra copy of `pixels` is held."""
     from ferops.models.zoo import crop_size
@@ -1122,7 +1122,7 @@ def average_views(probas: list[np.ndarray]) -> np.ndarray:
     return (out / len(probas)).astype(np.float32)
 
 
-def predict_proba(model, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
+def predict_proba(model: Any, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
     """Class probabilities [N,7] for raw 0..255 pixels, averaged over test-time-augmented views."""
     if len(pixels) == 0:
         return np.zeros((0, NUM_CLASSES), dtype=np.float32)
@@ -1141,7 +1141,7 @@ def apply_tuned(cfg: dict[str, Any], best_params: dict[str, Any]) -> dict[str, A
     return apply_params(cfg, best_params) if best_params else cfg
 
 
-def history_table(history: dict[str, list[float]]):
+def history_table(history: dict[str, list[float]]) -> Any:
     """Per-epoch history as a DataFrame: epoch (1-based), accuracy, val_accuracy, loss, val_loss, lr, then the rest."""
     import pandas as pd
 
@@ -1150,7 +1150,7 @@ def history_table(history: dict[str, list[float]]):
     return df[[c for c in HISTORY_COLUMNS if c in df] + [c for c in df if c not in HISTORY_COLUMNS]]
 
 
-def model_signature():
+def model_signature() -> Any:
     """MLflow signature: raw pixels float32 [-1,48,48,1] → probabilities float32 [-1,7]."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec

@@ -113,7 +113,7 @@ def check_settings(kind: str, cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{where}={value!r}: give {problem}.")
 
 
-def build_estimator(kind: str, fixed: dict[str, Any], seed: int):
+def build_estimator(kind: str, fixed: dict[str, Any], seed: int) -> Any:
     """An unfitted sklearn Pipeline of `kind` whose input is raw pixels float32 [N, 2304] in 0..255."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.decomposition import PCA

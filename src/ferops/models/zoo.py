@@ -243,7 +243,7 @@ def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return aug
 
 
-def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
+def input_block(cfg: dict[str, Any], seed: int | None = None, inference: bool = False) -> Any:
     """Input (48,48,1) raw 0..255 → online augmentation (training only) → scaling. Returns (inputs, x).
 
     `inference=True` leaves the augmentation out and crops with the built-in CenterCrop, so the
@@ -353,7 +353,7 @@ def _conv_bn(x, filters: int, kernel: int = 3, stride: int = 1, act: str | None 
     return _act(act)(x) if act else x
 
 
-def build_dnn(cfg: dict[str, Any], x, *, norm: Norm):
+def build_dnn(cfg: dict[str, Any], x: Any, *, norm: Norm) -> Any:
     """Report 1's fully connected net: hidden [500,300,100], each Dense → BN → ReLU → Dropout."""
     from keras import layers
 
@@ -366,7 +366,7 @@ def build_dnn(cfg: dict[str, Any], x, *, norm: Norm):
     return x
 
 
-def build_cnn(cfg: dict[str, Any], x, *, norm: Norm):
+def build_cnn(cfg: dict[str, Any], x: Any, *, norm: Norm) -> Any:
     """Report 1's CNN: conv/pool per filter count, dropout, dense (no batch norm: `norm` is unused)."""
     from keras import layers
 
@@ -379,7 +379,7 @@ def build_cnn(cfg: dict[str, Any], x, *, norm: Norm):
     return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
 
 
-def build_vgg(cfg: dict[str, Any], x, *, norm: Norm):
+def build_vgg(cfg: dict[str, Any], x: Any, *, norm: Norm) -> Any:
     """VGG-style blocks of 3x3 conv+BN+ReLU, max-pool and dropout per block, then a dense layer."""
     from keras import layers
 
@@ -417,7 +417,7 @@ def _squeeze_excite(y, hidden: int, act: str, name: str):
     return layers.Multiply(name=f"{name}_scale")([y, s])
 
 
-def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
+def build_resnet(cfg: dict[str, Any], x: Any, *, norm: Norm) -> Any:
     """BN ResNet: stem conv (stride `stem_stride`, optional max-pool), basic (or bottleneck) residual
     blocks, `stages` blocks per stage, stride 2 at the first block of every stage after the first."""
     from keras import layers
@@ -458,7 +458,7 @@ def build_resnet(cfg: dict[str, Any], x, *, norm: Norm):
     return layers.Dropout(float(cfg.get("dropout", 0.2)))(x)
 
 
-def build_mini_xception(cfg: dict[str, Any], x, *, norm: Norm):
+def build_mini_xception(cfg: dict[str, Any], x: Any, *, norm: Norm) -> Any:
     """Mini-Xception (Arriaga et al. 2017): 2 plain convs, 4 depthwise-separable residual modules, GAP (~60k params)."""
     from keras import layers
 
@@ -503,7 +503,7 @@ def check_arch(arch: Any) -> str:
     return arch
 
 
-def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False):
+def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False) -> Any:
     """A keras.Model for `cfg["arch"]`: raw pixels (N,48,48,1) in 0..255 → softmax (N,7).
 
     The training model carries the online augmentation (active only when training=True);
@@ -517,7 +517,7 @@ def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     return keras.Model(inputs, _head(x, cfg), name=str(cfg.get("name", arch)))
 
 
-def inference_model(model, cfg: dict[str, Any]):
+def inference_model(model: Any, cfg: dict[str, Any]) -> Any:
     """A float32 copy of a trained model without augmentation layers (built-in layers only), for saving/serving."""
     import keras
 
@@ -562,7 +562,7 @@ def _foldable_pairs(model) -> dict[str, str]:
     return pairs
 
 
-def fold_batchnorm(model):
+def fold_batchnorm(model: Any) -> Any:
     """A copy of a trained functional model with every BatchNormalization that directly follows a linear
     Conv2D/SeparableConv2D/Dense folded into that layer (kernel × γ/√(σ²+ε), bias β − μγ/√(σ²+ε)).
 
@@ -605,7 +605,7 @@ def fold_batchnorm(model):
     return new
 
 
-def ensemble_model(members: list, name: str = "ensemble"):
+def ensemble_model(members: list, name: str = "ensemble") -> Any:
     """One flat functional model averaging the members' softmax outputs, on one shared input.
 
     Each member's layers are cloned with an `m<i>_` name prefix (names must be unique in one graph) and
@@ -629,7 +629,7 @@ def ensemble_model(members: list, name: str = "ensemble"):
     return keras.Model(inputs, keras.layers.Average(name="ensemble_mean", dtype="float32")(outputs), name=name)
 
 
-def crop_size(model) -> int:
+def crop_size(model: Any) -> int:
     """The inference crop of a built/loaded model (0 when it has no crop layer)."""
     import keras
 
