@@ -113,6 +113,7 @@ def test_warnings_never_fail_but_are_listed(synth):
     assert warned["is_blank"]["observed"] == pytest.approx(0.025)
     assert report["duplicates"]["groups"] == 41 and report["blanks"]["count"] == 10  # 40 pairs + the blank group
     assert report["blanks"]["rows"] == list(range(80, 90))
+    assert report["blanks"]["source_ids"] == d.source_id[80:90].tolist()  # rows of the source, not of fer.npz
     assert "is_duplicate" in describe_failures(report, "x", "warnings")
 
 

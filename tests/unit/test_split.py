@@ -118,7 +118,7 @@ def test_duplicates_drop_removes_val_test_copies_keeps_train(data):
 
 
 def test_duplicates_fail_names_rows_and_fix(data):
-    with pytest.raises(DataError, match=r"more than one split.*rows \[.*split.duplicates: drop"):
+    with pytest.raises(DataError, match=r"more than one split.*e.g. \[.*split.duplicates: drop"):
         split_dataset(_with_duplicates(data), duplicates="fail")
     parts, _ = split_dataset(data, duplicates="fail")  # clean data passes
     assert sum(len(p) for p in parts.values()) == len(data)
@@ -175,3 +175,16 @@ def test_training_rows_only_stop_at_split_with_the_fix_not_at_evaluate():
         split_dataset(only_train)
     parts, _ = split_dataset(only_train, strategy="stratified")
     assert len(parts["test"]) > 0
+
+
+def test_duplicate_examples_and_the_fail_message_name_source_rows():
+    d = make_synthetic(60, seed=2)
+    px = d.pixels.copy()
+    i, j = int(np.flatnonzero(d.usage == "Training")[0]), int(np.flatnonzero(d.usage == "PrivateTest")[0])
+    px[j] = px[i]  # the same image in train and test
+    data = FerData(px, d.emotion, d.usage, d.source_id)
+    _, report = split_dataset(data)
+    ex = report["duplicates"]["examples"][0]
+    assert ex["source_ids"] == [str(d.source_id[i]), str(d.source_id[j])]
+    with pytest.raises(DataError, match=str(d.source_id[j])):
+        split_dataset(data, duplicates="fail")

@@ -88,8 +88,10 @@ def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
     return fr
 
 
-def duplicate_groups(hashes: list[str] | np.ndarray, splits: np.ndarray, emotion: np.ndarray) -> dict[str, Any]:
-    """Exact duplicates: groups spanning splits (with pair counts), within-split copies, conflicting labels."""
+def duplicate_groups(hashes: list[str] | np.ndarray, splits: np.ndarray, emotion: np.ndarray,
+                     source_id: np.ndarray | None = None) -> dict[str, Any]:
+    """Exact duplicates: groups spanning splits (with pair counts), within-split copies, conflicting labels; examples
+    name their rows by index and, given `source_id`, by source row or image path."""
     h = np.asarray(hashes)
     _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
     dup_rows = np.flatnonzero(counts[inv] > 1)
@@ -115,7 +117,8 @@ def duplicate_groups(hashes: list[str] | np.ndarray, splits: np.ndarray, emotion
                     pairs[f"{a}-{b}"] = pairs.get(f"{a}-{b}", 0) + 1
             if len(examples) < 20:
                 examples.append({"rows": rows, "splits": [str(splits[r]) for r in rows],
-                                 "labels": [int(emotion[r]) for r in rows]})
+                                 "labels": [int(emotion[r]) for r in rows],
+                                 **({"source_ids": [str(source_id[r]) for r in rows]} if source_id is not None else {})})
     return {
         "groups": len(groups),
         "rows_in_groups": int(len(dup_rows)),
@@ -164,11 +167,11 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         splits = carve_val(splits, data.emotion, val_from_train, seed)
         carved = int((splits == "val").sum())
     hashes = image_hashes(data.pixels)
-    dup = duplicate_groups(hashes, splits, data.emotion)
+    dup = duplicate_groups(hashes, splits, data.emotion, data.source_id)
     leak = {k: v for k, v in dup["cross_split_pairs"].items() if "predict" not in k}
     if duplicates == "fail" and leak:
         ex = next((e for e in dup["examples"] if len(set(e["splits"]) - {"predict"}) > 1), None)
-        where = f", e.g. rows {ex['rows']} in {ex['splits']}" if ex else ""
+        where = f", e.g. {ex['source_ids']} in {ex['splits']}" if ex else ""
         raise DataError(
             f"exact-duplicate images occur in more than one split ({leak} groups per split pair){where}. "
             "Fix: set `split.duplicates: drop` to drop the "

@@ -267,8 +267,16 @@ def validate_frame(frame: pd.DataFrame, params: dict[str, Any] | None = None, do
 
 def validate_dataset(data: FerData, params: dict[str, Any] | None = None, docs_dir: str | Path | None = None,
                      context_dir: str | Path | None = None) -> dict[str, Any]:
-    """validate_frame() of a canonical dataset."""
-    return validate_frame(frame_from_ferdata(data), params, docs_dir, context_dir)
+    """validate_frame() of a canonical dataset, with rows also named by `source_id` (`fer2013:<row>`, an image's
+    path), which point back into the source — the frame's indices count rows of fer.npz."""
+    report = validate_frame(frame_from_ferdata(data), params, docs_dir, context_dir)
+    ids = np.asarray(data.source_id).astype(str)
+    report["blanks"]["source_ids"] = ids[report["blanks"]["rows"]].tolist()
+    for f in report["critical"] + report["warnings"]:
+        index = [i for i in f.get("partial_unexpected_index_list") or [] if isinstance(i, int) and 0 <= i < len(ids)]
+        if index:
+            f["source_ids"] = ids[index].tolist()
+    return report
 
 
 def describe_failures(report: dict[str, Any], source: str = "dataset", key: str = "critical") -> str:
@@ -281,8 +289,9 @@ def describe_failures(report: dict[str, Any], source: str = "dataset", key: str 
             detail = f"missing: {', '.join(f['missing_classes'])}"
         elif "unexpected_count" in f:
             vals = ", ".join(f"{c['value']!r}×{c['count']}" for c in f.get("partial_unexpected_counts", [])[:5])
-            rows = f.get("partial_unexpected_index_list", [])[:10]
-            detail = f"{f['unexpected_count']} row(s) fail, e.g. values {vals} at row index {rows}"
+            where = (f"source rows {f['source_ids'][:10]}" if f.get("source_ids")
+                     else f"row index {f.get('partial_unexpected_index_list', [])[:10]}")
+            detail = f"{f['unexpected_count']} row(s) fail, e.g. values {vals} at {where}"
         else:
             obs = f.get("observed")
             detail = f"observed {round(obs, 4) if isinstance(obs, float) else obs!r}"
