@@ -30,21 +30,27 @@ def _free_port() -> int:
 
 
 def _register_champion(tmp_path: Path) -> None:
-    """A tiny Keras model (raw pixels → Rescaling → Dense softmax) logged as FerPyfunc, registered @champion."""
+    """A tiny ResNet as train_deep exports it (BatchNorm, a 44-px centre crop), logged as FerPyfunc with `tencrop`
+    as the mode evaluate chose, registered @champion: serving folds its BatchNorm and crops as training did."""
     import keras
     import mlflow
+    import yaml
 
     from ferops.inference import log_pyfunc_model
+    from ferops.models.zoo import build_model
     from ferops.tracking import init_tracking
+    from ferops.training import resolve_config
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((IMG_SIZE, IMG_SIZE, 1)), keras.layers.Rescaling(1.0 / 255),
-                              keras.layers.Flatten(), keras.layers.Dense(len(EMOTIONS), activation="softmax")])
+    common = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["train_deep"]["common"]
+    cfg = resolve_config(common, {"arch": "resnet", "stages": [1, 1], "widths": [8, 16], "stem_stride": 2,
+                                  "stem_pool": False, "dropout": 0.0})
+    model = build_model(cfg, seed=0, inference=True)
     path = tmp_path / "model.keras"
     model.save(path)
     init_tracking()
     with mlflow.start_run():
-        uri = log_pyfunc_model(path)
+        uri = log_pyfunc_model(path, tta="tencrop")
     mv = mlflow.register_model(uri, NAME)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", mv.version)
 
@@ -107,6 +113,11 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
         assert flip.status_code == 200, flip.text
         want = predict_proba(load_keras(tmp_path / "model.keras"), parse_pixel_strings(pixels), tta="flip")
         got = np.array([[p[f"prob_{n}"] for n in EMOTIONS] for p in flip.json()["predictions"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        auto = requests.post(f"{url}/invocations", json={**rows, "params": {"tta": "auto"}}, timeout=60)
+        assert auto.status_code == 200, auto.text  # `auto`: the registered mode, ten-crop here
+        want = predict_proba(load_keras(tmp_path / "model.keras"), parse_pixel_strings(pixels), tta="tencrop")
+        got = np.array([[p[f"prob_{n}"] for n in EMOTIONS] for p in auto.json()["predictions"]])
         np.testing.assert_allclose(got, want, atol=1e-5)
         bad = requests.post(f"{url}/invocations", json={**rows, "params": {"tta": "ten-crop"}}, timeout=60)
         assert bad.status_code == 400
