@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from ferops import tracking
 from ferops.config import load_params, locate_param, number, section
-from ferops.data.io import load_npz, read_json, write_json
+from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
-from ferops.metrics import classification_metrics, confusion
 from ferops.models import baselines
-from ferops.plots import confusion_matrix_plot
 from ferops.runner import log, run
 
 
@@ -44,37 +40,10 @@ def main() -> None:
     log.info("%s (%s): train %d rows, val %d rows, %s data", a.model, kind, len(Xtr), len(Xva),
              "synthetic" if report.get("synthetic") else "real")
 
-    import mlflow
-    import pandas as pd
-
-    tracking.init_tracking()
-    (a.out / tracking.RUN_ID_FILE).unlink(missing_ok=True)  # a retrain is a new run, never a resumed one
-    with tracking.model_run(stage="train_baselines", model=a.model, params=cfg,
-                            tags=tracking.dataset_tags(report) | {"kind": kind}, run_dir=a.out) as run_:
-        t0 = time.perf_counter()
-        model, grid, best = baselines.fit_with_grid(kind, cfg, Xtr, ytr, Xva, yva, seed)
-        wall = time.perf_counter() - t0
-        pred = model.predict(Xva)
-        metrics = {"model": a.model, "kind": "baseline", "estimator": kind, "best_params": best,
-                   **classification_metrics(yva, pred, prefix="val_"), "train_wall_s": round(wall, 2),
-                   "train_rows": len(Xtr), "val_rows": len(Xva), "mlflow_run_id": run_.info.run_id}
-        info = baselines.log_sklearn_model(model, Xva)
-        metrics["mlflow_model_uri"] = info.model_uri
-        import joblib
-
-        joblib.dump(model, a.out / "model.joblib", compress=3)  # forests: ~100 MB raw, a fraction zipped
-        pd.DataFrame(grid).to_csv(a.out / "grid.csv", index=False)
-        confusion_matrix_plot(confusion(yva, pred), a.out / "confusion_val.png", title=f"{a.model} — validation")
-        write_json(metrics, a.out / "metrics.json")
-
-        for r in grid:  # one step per grid point, so the MLflow UI charts the search
-            mlflow.log_metrics({f"grid_{k}": r[k] for k in ("val_accuracy", "val_macro_f1", "train_accuracy", "fit_s")},
-                               step=r["point"])
-        mlflow.log_params({f"best.{k}": v for k, v in best.items()})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        for f in ("grid.csv", "confusion_val.png", "metrics.json"):  # model.joblib is already the logged model
-            mlflow.log_artifact(str(a.out / f))
-    log.info("%s: val_accuracy %.4f (best %s) in %.0fs → %s", a.model, metrics["val_accuracy"], best, wall, a.out)
+    metrics = baselines.train_baseline_model(a.model, kind, cfg, (Xtr, ytr), (Xva, yva), seed=seed,
+                                             ingest_report=report, out_dir=a.out)
+    log.info("%s: val_accuracy %.4f (best %s) in %.0fs → %s", a.model, metrics["val_accuracy"], metrics["best_params"],
+             metrics["train_wall_s"], a.out)
 
 
 if __name__ == "__main__":

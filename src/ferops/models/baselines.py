@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -308,3 +309,46 @@ def log_sklearn_model(model: Any, X_example: np.ndarray, name: str = "model") ->
                                         pip_requirements=reqs)
     return mlflow.sklearn.log_model(model, name=name, signature=signature, serialization_format="skops",
                                     skops_trusted_types=trusted, pip_requirements=reqs)
+
+
+def train_baseline_model(name: str, kind: str, cfg: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
+                         val: tuple[np.ndarray, np.ndarray], *, seed: int, ingest_report: dict[str, Any],
+                         out_dir: str | Path) -> dict[str, Any]:
+    """Fit one baseline (grid selected on val) inside its own MLflow run and write its model directory
+    (model.joblib, grid.csv, confusion_val.png, metrics.json); returns metrics.json's content."""
+    import joblib
+    import mlflow
+    import pandas as pd
+
+    from ferops import tracking
+    from ferops.data.io import write_json
+    from ferops.metrics import classification_metrics, confusion
+    from ferops.plots import confusion_matrix_plot
+
+    (Xtr, ytr), (Xva, yva), out = train, val, Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tracking.init_tracking()
+    (out / tracking.RUN_ID_FILE).unlink(missing_ok=True)  # a retrain is a new run, never a resumed one
+    with tracking.model_run(stage="train_baselines", model=name, params=cfg,
+                            tags=tracking.dataset_tags(ingest_report) | {"kind": kind}, run_dir=out) as run:
+        t0 = time.perf_counter()
+        model, grid, best = fit_with_grid(kind, cfg, Xtr, ytr, Xva, yva, seed)
+        wall = time.perf_counter() - t0
+        pred = model.predict(Xva)
+        metrics = {"model": name, "kind": "baseline", "estimator": kind, "best_params": best,
+                   **classification_metrics(yva, pred, prefix="val_"), "train_wall_s": round(wall, 2),
+                   "train_rows": len(Xtr), "val_rows": len(Xva), "mlflow_run_id": run.info.run_id}
+        metrics["mlflow_model_uri"] = log_sklearn_model(model, Xva).model_uri
+        joblib.dump(model, out / "model.joblib", compress=3)  # forests: ~100 MB raw, a fraction zipped
+        pd.DataFrame(grid).to_csv(out / "grid.csv", index=False)
+        confusion_matrix_plot(confusion(yva, pred), out / "confusion_val.png", title=f"{name} — validation")
+        write_json(metrics, out / "metrics.json")
+
+        for r in grid:  # one step per grid point, so the MLflow UI charts the search
+            mlflow.log_metrics({f"grid_{k}": r[k] for k in ("val_accuracy", "val_macro_f1", "train_accuracy", "fit_s")},
+                               step=r["point"])
+        mlflow.log_params({f"best.{k}": v for k, v in best.items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for f in ("grid.csv", "confusion_val.png", "metrics.json"):  # model.joblib is already the logged model
+            mlflow.log_artifact(str(out / f))
+    return metrics
