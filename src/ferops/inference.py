@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_SETTINGS, TTA_VIEW_MODES
-from ferops.data.formats import resize_to_model
+from ferops.data.formats import opencv_reads_gif, resize_to_model
 from ferops.errors import ConfigError, DataError, FerError
 
 log = logging.getLogger("ferops.inference")
@@ -42,8 +42,8 @@ MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downs
 DETECT_MAX_SIDE = {"opencv-haar": 400, "skimage-lbp": 256}
 ANNOTATED_MAX_SIDE = 1920  # annotated copies of huge photos are downscaled to this (for viewing)
 ANNOTATED_MIN_SIDE = 256   # and small images (face crops) enlarged to this
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV cannot read: named when a folder walk skips them
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # and .gif where OpenCV reads it
+OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV may not read: named when a folder walk skips them
 # `ferops predict --faces`: detect faces, take the whole image as one face, or auto = whole for a small near-square
 # image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
 # image-folder sample the cascade finds a face in only 32: the champion scores 61-64 % whole, 14-15 % with detection
@@ -126,7 +126,7 @@ def known_format_problem(head: bytes, size: int) -> str | None:
     """Why OpenCV could not decode an image whose first bytes are `head` (of `size`), when they name a format;
     None when they do not (then it is simply not an image)."""
     kind = next((name for at, sig, name in _SIGNATURES if head[at:at + len(sig)] == sig), None)
-    if kind in ("GIF", "HEIC", "HEIF"):
+    if kind in ("HEIC", "HEIF") or (kind == "GIF" and not opencv_reads_gif()):
         return f"a {kind} image, which OpenCV cannot read — convert it to JPEG or PNG"
     if kind:
         return f"a damaged or cut-short {kind} file ({size} bytes) — re-export or re-download it"
@@ -614,14 +614,23 @@ def _from_pyfunc(pyfunc: Any) -> Classifier:
     return Classifier(call)
 
 
-def list_photos(paths: Sequence[str | Path]) -> list[Path]:
+def list_photos(paths: Sequence[str | Path], skip: str | Path | None = None) -> list[Path]:
     """Command-line inputs → photo paths: a folder expands to the image files under it (recursively, sorted by
-    path); anything else stays as given, so a missing or unreadable file is reported on its own line."""
+    path), except those under `skip` (predict's own --out-dir: its annotated copies are not photos to classify);
+    anything else stays as given, so a missing or unreadable file is reported on its own line."""
+    readable = set(IMAGE_SUFFIXES) | ({".gif"} if opencv_reads_gif() else set())
     out: list[Path] = []
+    below = Path(skip).resolve() if skip is not None else None
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        found = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-        other = [f for f in files if f.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+        if below is not None and files:
+            kept = [f for f in files if below not in f.resolve().parents]
+            if len(kept) < len(files):
+                log.info("%s: not reading %d file(s) under %s (annotated copies this command writes)", p,
+                         len(files) - len(kept), skip)
+            files = kept
+        found = [f for f in files if f.suffix.lower() in readable]
+        other = [f for f in files if f.suffix.lower() in OTHER_IMAGE_SUFFIXES and f.suffix.lower() not in readable]
         if other:  # a phone's HEIC photos would otherwise vanish without a word
             log.warning("%s: skipped %d image(s) OpenCV cannot read (%s, e.g. %s) — convert them to JPEG or PNG", p,
                         len(other), ", ".join(sorted({f.suffix.lower() for f in other})), other[0].name)
@@ -835,7 +844,8 @@ def cli_predict(args: Any) -> None:
     JSON per photo on stdout; exit 2 if any failed."""
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
     faces = check_faces(getattr(args, "faces", "auto"))
-    photos = list_photos(args.photos)  # folders walked once; predict_photos takes the list as it is
+    # folders walked once (predict_photos takes the list as it is), without the annotated copies of an earlier run
+    photos = list_photos(args.photos, skip=args.out_dir)
     unreadable: list[str] = []
     for p in photos:  # up to the first photo that reads: when none does, say so before the model loads (seconds)
         try:

@@ -63,10 +63,14 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
 
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
-                      champion: dict[str, Any] | None, new_run_id: str | None = None) -> tuple[bool, str]:
+                      champion: dict[str, Any] | None, new_run_id: str | None = None,
+                      reused: bool = False) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`).
+    `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
+    elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
+    stage (code update, `dvc exp apply`) must not take it back.
     """
     if champion is None:
         return True, "no champion yet"
@@ -75,6 +79,11 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         return True, f"version {cv} is already the champion"
     if new_run_id and champion.get("run_id") == new_run_id:
         return True, f"the champion's model (run {new_run_id}) registered again, serving the TTA mode evaluate chose (was v{cv})"
+    if reused:
+        by = champion.get("promoted_by")
+        return False, (f"v{new_version} was registered and compared before; @champion is v{cv} since"
+                       f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
+                       f"`ferops promote --version {new_version}` does, deliberately")
     try:
         champ_val = float(champion.get("val_accuracy"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -176,7 +185,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     except MlflowException:
         raise DataError(f"{best.path / RUN_ID_FILE}: run {run_id} is not in the MLflow store "
                         f"{mlflow.get_tracking_uri()} — the store was reset; retrain with "
-                        f"`dvc repro -f train_deep@{best.name}`.") from None
+                        f"`dvc repro -f -s train_deep@{best.name}` (-s: that stage alone, not everything before it).") from None
     val = float(best.metrics["val_accuracy"])
     test = _test_metrics(eval_metrics, best.name)
     data = dataset_tags(ingest_report)
@@ -214,7 +223,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
-    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id)
+    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": "register stage", "promotion_reason": reason, "promoted_at": _now(),
@@ -354,7 +363,7 @@ def model_card_of(client: Any, name: str, ref: str) -> str:
                             f"(or give a version number; see `ferops registry`).")
     if not mv.description:
         raise RegistryError(f"{name} v{mv.version} has no model card: it was registered before ferops wrote them "
-                            f"(`dvc repro -f register` writes one for the best model's version).")
+                            f"(`dvc repro -f -s register` writes one for the best model's version).")
     return str(mv.description).rstrip("\n")
 
 

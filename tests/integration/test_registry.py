@@ -123,6 +123,12 @@ def test_register_promote_and_list(store, capsys):
     assert t1["promotion_reason"] == "rollback drill" and t1["previous_champion_version"] == "3"
     assert t1["promoted_by"] and t1["promoted_at"].startswith("20")
 
+    # 5b) the stage re-runs (a code update, `dvc exp apply`): it reuses v3, already compared, and leaves the rollback
+    r3b = _register(models)
+    assert (r3b["version"], r3b["reused_existing_version"], r3b["decision"], r3b["champion_version"]) == (
+        3, True, "challenger", 1)
+    assert "a re-run does not move it back" in r3b["reason"]
+
     # 6) the listing shows every version with its aliases and accuracies
     cli_registry(Namespace(name=None, params=str(store / "params.yaml")))
     lines = capsys.readouterr().out.splitlines()

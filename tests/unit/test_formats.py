@@ -177,7 +177,7 @@ def test_non_square_image_is_centre_cropped(tmp_path):
 
 
 def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, caplog):
-    """A `valid/` split is read (as PublicTest); a link to a folder, a broken link, a .gif and an image beside the
+    """A `valid/` split is read (as PublicTest); a link to a folder, a broken link, a .heic and an image beside the
     split folders are not, and the warning names each of them."""
     root = tmp_path / "imgs"
     for split, cls, i in (("train", "happy", 0), ("valid", "sad", 1), ("test", "fear", 2)):
@@ -187,7 +187,7 @@ def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, ca
     cv2.imwrite(str(tmp_path / "elsewhere" / "3.png"), faces.pixels[3])
     (root / "train" / "angry").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (root / "train" / "happy" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
-    (root / "train" / "happy" / "anim.gif").write_bytes(b"GIF89a")
+    (root / "train" / "happy" / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     cv2.imwrite(str(root / "loose.png"), faces.pixels[4])
     with caplog.at_level("WARNING", logger="ferops.formats"):
         data, rejected = read_any(root)
@@ -195,7 +195,7 @@ def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, ca
         ("test/fear/2.png", "PrivateTest"), ("train/happy/0.png", "Training"), ("valid/sad/1.png", "PublicTest")]
     assert "4 file(s) or folder(s) not read" in caplog.text
     for what in ("train/angry (a link to a folder", "train/happy/gone.jpg (a broken link)",
-                 "train/happy/anim.gif (not an image type", "loose.png (outside the split folders"):
+                 "train/happy/phone.heic (not an image type", "loose.png (outside the split folders"):
         assert what in caplog.text, what
 
 

@@ -274,8 +274,8 @@ def test_predict_photos_per_file_answers(tmp_path, keras_model):
 
 
 def test_damaged_and_unsupported_image_files_say_which(tmp_path, keras_model):
-    """A JPEG cut short is damaged, not 'not an image'; HEIC/GIF are named as formats OpenCV does not read; a
-    photo too small to hold a face is answered with a note."""
+    """A JPEG cut short is damaged, not 'not an image'; HEIC (and GIF, where OpenCV lacks it) is named as a format
+    OpenCV does not read; a photo too small to hold a face is answered with a note."""
     ok, buf = cv2.imencode(".jpg", draw_face_photo(200, 200))
     files = {"cut.jpg": buf.tobytes()[:len(buf) // 2], "phone.heic": b"\x00\x00\x00\x18ftypheic" + bytes(64),
              "anim.gif": b"GIF89a" + bytes(32), "notes.jpg": b"just text"}
@@ -286,10 +286,27 @@ def test_damaged_and_unsupported_image_files_say_which(tmp_path, keras_model):
     errors = [r["error"] for r in res]
     assert errors[0] == f"a damaged or cut-short JPEG file ({len(buf) // 2} bytes) — re-export or re-download it"
     assert errors[1].startswith("a HEIC image, which OpenCV cannot read — convert it to JPEG or PNG")
-    assert errors[2].startswith("a GIF image") and errors[3].startswith("not an image OpenCV can read")
+    from ferops.data.formats import opencv_reads_gif
+
+    gif_error = "a damaged or cut-short GIF file" if opencv_reads_gif() else "a GIF image, which OpenCV cannot read"
+    assert errors[2].startswith(gif_error) and errors[3].startswith("not an image OpenCV can read")
     assert errors[4] is None and len(res[4]["faces"]) == 1 and res[4]["note"].startswith("image under 24 px a side")
     with pytest.raises(ValueError, match=r"^a damaged or cut-short JPEG file"):  # the REST `image` column alike
         inf.decode_image(base64.b64encode(buf.tobytes()[:300]).decode())
+
+
+def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_path):
+    from ferops.data.formats import opencv_reads_gif
+
+    (tmp_path / "predictions").mkdir()
+    for name in ("a.jpg", "predictions/a_pred.jpg"):
+        cv2.imwrite(str(tmp_path / name), draw_face_photo(100, 100))
+    from PIL import Image  # Pillow (matplotlib's dependency) writes the GIF: OpenCV only reads them
+    Image.fromarray(np.full((48, 48), 120, np.uint8)).save(tmp_path / "b.gif")
+    found = inf.list_photos([tmp_path], skip=tmp_path / "predictions")
+    assert [p.name for p in found] == ["a.jpg", "b.gif"] if opencv_reads_gif() else ["a.jpg"]
+    assert [p.name for p in inf.list_photos([tmp_path])] == ["a.jpg", *(["b.gif"] if opencv_reads_gif() else []),
+                                                             "a_pred.jpg"]
 
 
 def test_check_output_fails_before_anything_is_written(tmp_path):

@@ -13,6 +13,7 @@ Formats (auto-detected by `detect_source`):
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import os
@@ -663,8 +664,8 @@ def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Pa
                 continue
             if not f.exists():
                 skipped.append((f, "a broken link"))
-            elif f.suffix.lower() not in IMAGE_EXTS:
-                skipped.append((f, f"not an image type ferops reads ({', '.join(sorted(IMAGE_EXTS))})"))
+            elif f.suffix.lower() not in image_suffixes():
+                skipped.append((f, f"not an image type ferops reads ({', '.join(sorted(image_suffixes()))})"))
             elif top is None:
                 skipped.append((f, f"outside the split folders ({', '.join(s.name for s in splits)})"))
             else:
@@ -673,6 +674,24 @@ def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Pa
     order = {t: i for i, (t, _) in enumerate(tops)}
     items.sort(key=lambda it: (order[next(t for t in order if it[0].is_relative_to(t))], it[0]))
     return items, sorted(skipped)
+
+
+# The smallest GIF (1x1): whether this OpenCV decodes GIFs (4.14 does; older builds did not).
+_TINY_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00"
+             b"\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+@functools.cache
+def opencv_reads_gif() -> bool:
+    """True when the installed OpenCV decodes GIF files (their first frame)."""
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(_TINY_GIF, np.uint8), cv2.IMREAD_GRAYSCALE) is not None
+
+
+def image_suffixes() -> frozenset[str]:
+    """File suffixes of the images ferops reads: IMAGE_EXTS, and .gif where OpenCV decodes it."""
+    return IMAGE_EXTS | ({".gif"} if opencv_reads_gif() else set())
 
 
 def _load_image(f: Path, cv2) -> np.ndarray | None:  # noqa: ANN001 - cv2 module passed in (lazy import)
