@@ -55,6 +55,9 @@ def project_params(path: str | Path | None = None) -> dict[str, Any]:
     else the params.yaml of the project the cwd is in, found like the MLflow store (so commands work from any
     subfolder); {} outside a project, where the defaults apply."""
     if path is not None:
+        if not Path(path).exists():
+            raise ConfigError(f"--params {path}: file not found — check the path, or leave --params out to use the "
+                              "project's params.yaml.")
         return load_params(path)
     found = repo_root() / "params.yaml"
     return load_params(found) if found.exists() else {}

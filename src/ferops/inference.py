@@ -311,15 +311,14 @@ def model_signature() -> Any:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned versions of what FerPyfunc imports (explicit, so MLflow does not load the model to infer them).
-
-    The logged model is code (ferops/pyfunc_code.py) that imports `ferops.inference`, so the serving environment
-    needs ferops installed: `mlflow models serve --env-manager local` from this project's venv.
-    """
+    """Pinned versions of what FerPyfunc and the ferops code bundled with it import (explicit, so MLflow does not
+    load the model to infer them). ferops itself travels inside the model (`code_paths`), so the model also loads
+    where ferops is not installed: a Docker image from `mlflow models build-docker`, another machine."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "opencv-python-headless", "scikit-image"):
+    for pkg in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "opencv-python-headless", "scikit-image",
+                "pyyaml"):
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
@@ -346,6 +345,10 @@ def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: st
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: no pickle
+            # the ferops package, copied into the model: it loads and serves with the preprocessing and TTA code it
+            # was registered with, also where ferops is not installed (a process that already imported ferops,
+            # e.g. `ferops predict`, keeps its own copy)
+            code_paths=[str(Path(__file__).parent)],
             artifacts={KERAS_ARTIFACT: str(path)},
             signature=model_signature(),
             model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},
@@ -549,9 +552,18 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     mlflow.set_registry_uri(store)
     if uri.startswith("models:/") and "@" in uri:
         name, alias = uri[len("models:/"):].split("@", 1)
+        client = mlflow.MlflowClient()
         try:
-            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+            version = client.get_model_version_by_alias(name, alias)
         except MlflowException:
+            try:  # the model exists and only the alias is wrong: name the ones there are, not a retrain
+                have = client.get_registered_model(name).aliases or {}
+            except MlflowException:
+                have = None
+            if have is not None:
+                listed = ", ".join(f"@{a} (v{v})" for a, v in sorted(have.items())) or "none"
+                raise FerError(f"the registry at {store} has model {name!r} but no alias @{alias}; its aliases: "
+                               f"{listed} (`ferops registry` lists its versions).") from None
             raise FerError(f"the registry at {store} has no model {name!r} with alias @{alias}: {fix}.") from None
         if (version.tags or {}).get("dataset") == "synthetic":
             log.warning("%s (version %s) was trained on the synthetic demo faces, not on FER2013: its answers on real "

@@ -229,6 +229,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         for k, v in {"promoted_by": "register stage", "promotion_reason": reason, "promoted_at": _now(),
                      f"previous_{champion_alias}_version": "none" if current is None else str(current.version)}.items():
             client.set_model_version_tag(name, version, k, v)
+        log_promotion(client, name, champion_alias, None if current is None else str(current.version), version,
+                      "register stage", reason)
         log.info("%s v%s is the new @%s: %s", name, version, champion_alias, reason)
     elif promote:
         log.info("%s v%s stays @%s: %s", name, version, champion_alias, reason)
@@ -343,13 +345,18 @@ def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def cli_registry(args: Any) -> None:
-    """`ferops registry`: print the versions of the registered model with aliases and accuracies."""
+    """`ferops registry`: print the versions of the registered model with aliases and accuracies, and the latest
+    alias moves of its promotion log."""
     client = _existing_store_client()
     name = _model_name(args)
     if getattr(args, "card", None):
         print(model_card_of(client, name, str(args.card)))
         return
     print(format_registry(name, registry_rows(client, name)))
+    moves = ((client.get_registered_model(name).tags or {}).get(PROMOTION_LOG) or "").splitlines()
+    if moves:
+        print(f"\nalias moves (latest {min(5, len(moves))} of {len(moves)}; all in the `{PROMOTION_LOG}` tag):")
+        print("\n".join(f"  {m}" for m in moves[-5:]))
 
 
 def model_card_of(client: Any, name: str, ref: str) -> str:
@@ -401,9 +408,25 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
             "promoted_at": _now(), f"previous_{alias}_version": prev or "none"}
     for k, v in tags.items():
         client.set_model_version_tag(name, str(target.version), k, v)
+    log_promotion(client, name, alias, prev, str(target.version), tags["promoted_by"], reason)
     change["val_accuracy"] = (target.tags or {}).get("val_accuracy")
     change["previous_val_accuracy"] = None if previous is None else (previous.tags or {}).get("val_accuracy")
     return change
+
+
+PROMOTION_LOG = "promotion_log"  # registered-model tag: every alias move, newest last (version tags keep the latest)
+
+
+def log_promotion(client: Any, name: str, alias: str, previous: str | None, version: str, by: str,
+                  reason: str) -> None:
+    """Append one line to the registered model's promotion log, dropping the oldest lines past the tag size limit:
+    the version tags say who moved an alias there last; the log keeps every move, rollbacks included."""
+    model = client.get_registered_model(name)
+    lines = ((model.tags or {}).get(PROMOTION_LOG) or "").splitlines()
+    lines.append(f"{_now()} @{alias} v{previous or '-'} -> v{version} by {by}: {reason}"[:500])
+    while len("\n".join(lines)) > PARAMS_TAG_MAX:
+        lines.pop(0)
+    client.set_registered_model_tag(name, PROMOTION_LOG, "\n".join(lines))
 
 
 def cli_promote(args: Any) -> None:
@@ -416,10 +439,14 @@ def cli_promote(args: Any) -> None:
         return
     before = f"v{c['previous_version']} (val {_pct(c['previous_val_accuracy'])}%)" if c["previous_version"] else "nobody"
     print(f"{name}: @{c['alias']} moved from {before} to v{c['version']} (val {_pct(c['val_accuracy'])}%); "
-          f"reason: {args.reason}. Load it as models:/{name}@{c['alias']}.")
+          f"reason: {args.reason}. Load it as models:/{name}@{c['alias']}; a running `ferops serve` keeps the "
+          f"version it loaded until restarted.")
+    lower = False
     try:
-        if float(c["val_accuracy"]) < float(c["previous_val_accuracy"]):
-            print(f"note: v{c['version']} has a lower validation accuracy than v{c['previous_version']} "
-                  f"(deliberate rollback?); undo with `ferops promote --version {c['previous_version']}`.")
+        lower = float(c["val_accuracy"]) < float(c["previous_val_accuracy"])
     except (TypeError, ValueError):
         pass
+    if c["previous_version"]:
+        alias = "" if c["alias"] == "champion" else f" --alias {c['alias']}"
+        note = (f"v{c['version']} has a lower validation accuracy than v{c['previous_version']}; " if lower else "")
+        print(f"note: {note}undo with `ferops promote --version {c['previous_version']}{alias}`.")

@@ -117,7 +117,8 @@ def test_register_promote_and_list(store, capsys):
     cli_promote(Namespace(name=None, version="1", alias="champion", reason="rollback drill",
                           params=str(store / "params.yaml")))
     out = capsys.readouterr().out
-    assert "v3" in out and "v1" in out and "rollback drill" in out
+    assert "v3" in out and "v1" in out and "rollback drill" in out and "until restarted" in out
+    assert "undo with `ferops promote --version 3`" in out
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     t1 = client.get_model_version(NAME, "1").tags
     assert t1["promotion_reason"] == "rollback drill" and t1["previous_champion_version"] == "3"
@@ -133,7 +134,11 @@ def test_register_promote_and_list(store, capsys):
     cli_registry(Namespace(name=None, params=str(store / "params.yaml")))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{NAME}: 3 version")
-    row = {ln.split()[0]: ln for ln in lines[3:]}
+    row = {ln.split()[0]: ln for ln in lines[3:lines.index("")]}
+    moves = lines[lines.index("") + 2:]  # every alias move, the stage's and the person's: an audit trail
+    assert len(moves) == 3 and "@champion v- -> v1 by register stage" in moves[0]
+    assert "@champion v1 -> v3 by register stage" in moves[1] and "@champion v3 -> v1" in moves[2]
+    assert moves[2].endswith(": rollback drill")
     assert set(row) == {"3", "2", "1"}
     assert "champion" in row["1"] and "challenger" in row["3"] and "champion" not in row["3"]
     assert "60.00" in row["3"] and "40.00" in row["2"]

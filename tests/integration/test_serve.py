@@ -147,3 +147,34 @@ def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, mlflow_st
     dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert dash.returncode != 0 and "Traceback" not in dash.stderr and "no Optuna studies yet at" in dash.stderr
+
+
+LOAD_WITHOUT_FEROPS = """
+import sys
+from pathlib import Path
+sys.path = [p for p in sys.path if not (Path(p or ".") / "ferops" / "__init__.py").exists()]  # ferops not installed
+import importlib.util
+assert importlib.util.find_spec("ferops") is None
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"pixels": [" ".join(["128"] * 2304)]}), params={"tta": "auto"})
+import ferops
+print(ferops.__file__, out.shape)
+"""
+
+
+def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store):
+    """It loads and predicts where ferops is not installed (a Docker image, another machine): the package is copied
+    into the model, so it also serves with the preprocessing and TTA code it was registered with."""
+    from ferops.errors import FerError
+    from ferops.inference import check_registered
+
+    _register_champion(tmp_path)
+    with pytest.raises(FerError, match=rf"has model '{NAME}' but no alias @best; its aliases: @champion \(v1\)"):
+        check_registered(f"models:/{NAME}@best")  # a wrong alias is named as such, not answered with "retrain"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_FEROPS, f"models:/{NAME}@champion"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    where, shape = r.stdout.split()[-3], r.stdout.split()[-2:]
+    assert "/code/ferops/__init__.py" in where and "".join(shape) == "(1,9)"

@@ -420,9 +420,9 @@ def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist
     monkeypatch.chdir(tmp_path / "proj" / "src" / "deep")
     assert inf._champion_uri(None) == "models:/fer-x@best"
     assert _model_name(Namespace(name=None, params=None)) == "fer-x"
-    with pytest.raises(ConfigError, match="nosuch.yaml: params file not found"):
+    with pytest.raises(ConfigError, match="--params .*nosuch.yaml: file not found — check the path"):
         inf._champion_uri(tmp_path / "nosuch.yaml")
-    with pytest.raises(ConfigError, match="nosuch.yaml: params file not found"):
+    with pytest.raises(ConfigError, match="--params .*nosuch.yaml: file not found — check the path"):
         _model_name(Namespace(name=None, params=str(tmp_path / "nosuch.yaml")))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # outside any project: the defaults

@@ -83,3 +83,18 @@ def test_keras_retracing_hint_is_dropped_other_tensorflow_warnings_kept(caplog):
         tf_log.warning("5 out of the last 9 calls to <function f at 0x1> triggered tf.function retracing. Tracing is…")
         tf_log.warning("a warning worth reading")
     assert [r.getMessage() for r in caplog.records] == ["a warning worth reading"]
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`ferops registry | head`: the pipe closes; the command stops quietly, exit 0, no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    code = ("from ferops.runner import run\n"
+            "def main():\n"
+            "    for i in range(100000):\n"
+            "        print('line', i)\n"
+            "run(main)\n")
+    r = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, capture_output=True, text=True,
+                       timeout=120, executable="/bin/bash")
+    assert r.stdout == "line 0\n" and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
