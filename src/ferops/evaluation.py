@@ -29,7 +29,7 @@ TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, ch
 # (ties: the cheaper mode).
 # Keys of reports/metrics.json, per model (DVC metrics).
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
-                                 "test_macro_f1", "test_weighted_f1", "test_ece")
+                                 "test_macro_f1", "test_weighted_f1", "test_ece", "test_ece_single")
 
 
 @dataclass
@@ -362,6 +362,8 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     """
     from tqdm import tqdm
 
+    from ferops.diagnostics import calibration_bins, ece_of_bins
+
     if tta not in TTA_SETTINGS:
         from ferops.errors import ConfigError
 
@@ -387,6 +389,8 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
                                 f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
         more, metrics["test_ece"] = write_diagnostics(y, probs if probs_tta is None else probs_tta, val, probs_val,
                                                       Path(out_dir) / entry.key, entry.key)
+        # single pass too: what a plain REST request gets (ten-crop's average is far better calibrated)
+        metrics["test_ece_single"] = metrics["test_ece"] if probs_tta is None else ece_of_bins(*calibration_bins(y, probs))
         files += more
         if track:
             log_to_run(entry, metrics, files, mode)

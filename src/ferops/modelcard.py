@@ -85,9 +85,13 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         lines.append(f"| test, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "
                      f"{_pct(test.get('test_macro_f1_tta'))} |")
     if test.get("test_ece") is not None:
-        lines += ["", f"Calibration: the probabilities served are off from the accuracy they achieve by "
+        mode = f"with `{tta}` (what `ferops predict` and a REST request with `tta: auto` get)" if tta != "none" else ""
+        single = test.get("test_ece_single")
+        plain = (f"; a plain REST request (single pass) gets probabilities off by "
+                 f"{100 * float(single):.1f} points" if tta != "none" and single is not None else "")
+        lines += ["", f"Calibration: the probabilities {mode or 'served'} are off from the accuracy they achieve by "
                       f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
-                      f"`reports/evaluation/{model}/calibration_test.png`)."]
+                      f"`reports/evaluation/{model}/calibration_test.png`){plain}."]
     keys = [e.lower() for e in EMOTIONS]
     if all(f"val_f1_{k}" in metrics for k in keys):
         lines += ["", "Per class, on validation:", "",

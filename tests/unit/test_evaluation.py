@@ -180,6 +180,7 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     # the majority-class dummy is always 100 % sure and mostly wrong: badly calibrated, unlike naive Bayes here
     assert by["dummy"]["test_ece"] == pytest.approx(1 - by["dummy"]["test_accuracy"])
     assert 0 <= by["nb"]["test_ece"] < by["dummy"]["test_ece"]
+    assert by["nb"]["test_ece_single"] == by["nb"]["test_ece"]  # no TTA for a baseline: the same probabilities
     for f in ("mistakes_val.png", "calibration_test.png"):
         assert (tmp_path / "eval" / "dummy" / f).stat().st_size > 1000
     wrong = list(csv.DictReader(open(tmp_path / "eval" / "dummy" / "mistakes_val.csv")))
