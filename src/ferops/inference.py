@@ -579,8 +579,19 @@ def _load_registered(uri: str) -> Classifier:
     store = check_registered(uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        raise FerError(f"cannot load {uri} from {store}: {exc.message.splitlines()[0]} — {LOAD_FIX}.") from None
+    except (MlflowException, OSError) as exc:
+        first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
+        fix = LOAD_FIX
+        if uri.startswith("models:/") and "@" in uri:  # MLflow stores absolute artifact paths: a moved project breaks
+            name, alias = uri[len("models:/"):].split("@", 1)
+            client = mlflow.MlflowClient()
+            where = client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
+            path = Path(where[len("file://"):]) if where.startswith("file://") else None
+            if path is not None and not path.exists():
+                fix = (f"its files are not at {path}, where the store says they are: MLflow records absolute paths, "
+                       "so a copied or moved project still points at the original's mlartifacts/ — keep the project "
+                       "where it was trained, or re-run `make run` in the new place")
+        raise FerError(f"cannot load {uri} from {store}: {first} — {fix}.") from None
     return _from_pyfunc(pyfunc)
 
 

@@ -178,3 +178,9 @@ def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store
     assert r.returncode == 0, r.stderr[-3000:]
     where, shape = r.stdout.split()[-3], r.stdout.split()[-2:]
     assert "/code/ferops/__init__.py" in where and "".join(shape) == "(1,9)"
+
+    from ferops.inference import load_classifier
+
+    (tmp_path / "mlartifacts").rename(tmp_path / "elsewhere")  # as in a copy of a project whose original moved
+    with pytest.raises(FerError, match="MLflow records absolute paths, so a copied or moved project"):
+        load_classifier(f"models:/{NAME}@champion")
