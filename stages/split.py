@@ -35,7 +35,8 @@ def main() -> None:
     seed, val_share = number(p, "split", "seed", 42, whole=True), number(p, "split", "val_from_train", 0.1, low=0, high=1)
     data = load_npz(args.data)
     parts, report = split_dataset(data, strategy=p.get("strategy", "usage"), fractions=p.get("fractions"),
-                                  duplicates=p.get("duplicates", "report"), seed=seed, val_from_train=val_share)
+                                  duplicates=p.get("duplicates", "report"), seed=seed, val_from_train=val_share,
+                                  drop_blank=bool(p.get("drop_blank", False)))
     if report["val_carved_from_train"]:
         log.warning("no PublicTest rows: %d train rows (split.val_from_train) became the validation split",
                     report["val_carved_from_train"])

@@ -78,7 +78,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "demo": ("max_epochs", "max_trials", "max_train_rows"),
     "ingest": ("raw_dir", "source", "on_bad_rows", "synthetic"),
     "validate": ("min_class_fraction", "max_duplicate_fraction", "max_blank_fraction"),
-    "split": ("strategy", "fractions", "val_from_train", "duplicates", "seed"),
+    "split": ("strategy", "fractions", "val_from_train", "duplicates", "drop_blank", "seed"),
     "augment": ("seed", "copies", "balance", "balance_target", "preview_n", "ops"),
     "train_baselines": ("val_max_rows", "train_max_rows", "models"),
     "tune": ("storage", "workers", "pruner", "families"),

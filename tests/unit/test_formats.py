@@ -393,6 +393,11 @@ def test_several_datasets_in_one_folder_are_named(tmp_path, faces, caplog):
     with caplog.at_level("WARNING", logger="ferops.formats"):
         assert detect_source(tmp_path)[0] == "kaggle"
     assert "several" not in caplog.text  # train.csv + test.csv are one dataset
+    (tmp_path / "train" / "happy").mkdir(parents=True)  # and image folders beside them: which one is read is said
+    cv2.imwrite(str(tmp_path / "train" / "happy" / "a.png"), faces.pixels[0])
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        assert detect_source(tmp_path)[0] == "kaggle"
+    assert "holds image folders too: reading train.csv, not them" in caplog.text
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"emotion,pixels,Usage\n"])

@@ -188,3 +188,16 @@ def test_duplicate_examples_and_the_fail_message_name_source_rows():
     assert ex["source_ids"] == [str(d.source_id[i]), str(d.source_id[j])]
     with pytest.raises(DataError, match=str(d.source_id[j])):
         split_dataset(data, duplicates="fail")
+
+
+def test_blank_images_are_reported_and_dropped_on_request():
+    d = make_synthetic(80, seed=4)
+    px = d.pixels.copy()
+    px[:3] = 0  # three blank (constant) images
+    data = FerData(px, d.emotion, d.usage, d.source_id)
+    parts, report = split_dataset(data)
+    assert report["blank"] == {"found": 3, "dropped": False, "source_ids": d.source_id[:3].tolist()}
+    assert sum(len(p) for p in parts.values()) == 80
+    parts, report = split_dataset(data, drop_blank=True)
+    assert sum(len(p) for p in parts.values()) == 77 and report["blank"]["dropped"]
+    assert not any(s in set(d.source_id[:3]) for p in parts.values() for s in p.source_id)

@@ -135,6 +135,9 @@ def _chosen(d: Path, found: tuple[str, Path]) -> tuple[str, Path]:
     if others:
         log.warning("%s holds several CSV files: reading %s, not %s — set ingest.source to the one to read",
                     d, found[1].name, ", ".join(others))
+    if _is_image_root(d):
+        log.warning("%s holds image folders too: reading %s, not them — set ingest.source to the one to read",
+                    d, found[1].name)
     return found
 
 

@@ -144,9 +144,10 @@ def leakage_drop_mask(hashes: list[str] | np.ndarray, splits: np.ndarray) -> np.
 
 
 def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, float] | None = None,
-                  duplicates: str = "report", seed: int = 42, val_from_train: float = 0.1,
+                  duplicates: str = "report", seed: int = 42, val_from_train: float = 0.1, drop_blank: bool = False,
                   ) -> tuple[dict[str, FerData], dict[str, Any]]:
-    """Split into train/val/test/predict, handle exact duplicates per `duplicates`; returns (parts, report)."""
+    """Split into train/val/test/predict, handle exact duplicates per `duplicates` and, with `drop_blank`, leave out
+    labeled constant (blank) images, which carry no face (FER2013 has 12); returns (parts, report)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"split.strategy = {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
     if duplicates not in DUPLICATE_MODES:
@@ -179,6 +180,12 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     keep = np.ones(len(data), dtype=bool)
     if duplicates == "drop":
         keep &= ~leakage_drop_mask(hashes, splits)
+    dup["mode"] = duplicates
+    dup["dropped"] = {s: int(((splits == s) & ~keep).sum()) for s in SPLITS}
+    flat = data.pixels.reshape(len(data), -1)
+    blank = (flat.min(axis=1) == flat.max(axis=1)) & lab if len(data) else np.zeros(0, bool)
+    if drop_blank:
+        keep &= ~blank
     parts = {s: data.subset((splits == s) & keep) for s in SPLITS}
     empty = [s for s in ("train", "val", "test") if len(parts[s]) == 0]
     if empty and lab.any():  # evaluate (test) or selection (val) would fail hours later, after training
@@ -186,8 +193,6 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
                         f"({strategy} strategy: {', '.join(f'{k} {int((splits == k).sum())}' for k in SPLITS)}). "
                         "Fix: set `split.strategy: stratified` (split.fractions) for data with Training rows only, "
                         "or add PublicTest/PrivateTest rows (image folders: a test/ folder).")
-    dup["mode"] = duplicates
-    dup["dropped"] = {s: int(((splits == s) & ~keep).sum()) for s in SPLITS}
     report = {
         "strategy": strategy,
         "strategy_requested": requested,
@@ -195,6 +200,8 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         "seed": seed if strategy == "stratified" or carved else None,
         "n_in": len(data),
         "val_carved_from_train": carved,
+        "blank": {"found": int(blank.sum()), "dropped": bool(drop_blank),
+                  "source_ids": data.source_id[blank][:50].astype(str).tolist()},
         "n": {s: len(p) for s, p in parts.items()},
         "per_class": {s: class_counts(p.emotion) for s, p in parts.items() if s != "predict"},
         "duplicates": dup,

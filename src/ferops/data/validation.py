@@ -135,7 +135,8 @@ def build_expectations(params: dict[str, Any] | None = None) -> list[Any]:
                                                   "see reports/split.json; split.duplicates: drop removes val/test copies")),
         gxe.ExpectColumnMeanToBeBetween(column="is_blank", min_value=0.0, max_value=float(p["max_blank_fraction"]),
                                         severity="warning",
-                                        meta=warn("share of constant (blank) images", "drop the blank rows from the source")),
+                                        meta=warn("share of constant (blank) images",
+                                                  "set split.drop_blank: true, or drop the blank rows from the source")),
     ]
 
 
