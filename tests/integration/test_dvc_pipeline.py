@@ -36,15 +36,17 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")  # not an earlier test's registry (init_tracking sets one)
-    runs = mlflow.search_runs(experiment_names=["ferops"], filter_string="tags.dataset = 'synthetic'")
-    assert {"train_baselines", "train_deep", "tune"} <= set(runs["tags.stage"])
-    assert set(runs[runs["tags.stage"] == "train_deep"]["tags.tuned_from"]) == {"params.yaml"}  # use_tuned: false
+    store = f"sqlite:///{repo / 'mlflow.db'}"  # a client of its own: MLflow's global URIs stay as other tests set them
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("ferops").experiment_id],
+                              filter_string="tags.dataset = 'synthetic'")
+    assert {"train_baselines", "train_deep", "tune"} <= {r.data.tags.get("stage") for r in runs}
+    assert {r.data.tags.get("tuned_from") for r in runs if r.data.tags.get("stage") == "train_deep"} == {
+        "params.yaml"}  # use_tuned: false
     # the champion carries the TTA mode evaluate chose on val for it, which `tta: auto` requests then use
-    chosen = mlflow.get_run(reg["run_id"]).data.tags["eval_tta"]
+    chosen = client.get_run(reg["run_id"]).data.tags["eval_tta"]
     assert chosen in ("none", "flip", "tencrop", "shift") and reg["tta_mode"] == chosen
-    assert mlflow.MlflowClient().get_model_version(reg["name"], str(reg["version"])).tags["tta_mode"] == chosen
+    assert client.get_model_version(reg["name"], str(reg["version"])).tags["tta_mode"] == chosen
 
     second = dvc(repo, "repro")
     assert second.returncode == 0
