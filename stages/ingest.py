@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
-    from ferops.data.formats import (check_on_bad_rows, dataset_sha256, detect_source, linked_folder, read_any,
-                                     source_sha256, summarize, write_quarantine)
+    from ferops.data.formats import (EXPECTED_LAYOUTS, check_on_bad_rows, dataset_sha256, detect_source,
+                                     linked_folder, read_any, source_sha256, summarize, write_quarantine)
     from ferops.data.synthetic import make_synthetic
     from ferops.plots import class_histogram, sample_grid
 
@@ -56,8 +56,7 @@ def main() -> None:
                           "folders, so a change there would not re-run ingest. Set `ingest.raw_dir: "
                           f"{os.path.realpath(link)}` in params.yaml instead (DVC then watches that folder).")
     if found is None and is_path:
-        raise DataError(f"ingest.source: {source} holds no dataset (expected fer2013.csv, icml_face_data.csv, "
-                        "train.csv+test.csv or train|test/<class>/ image folders).")
+        raise DataError(f"ingest.source: {source} holds no dataset (expected {EXPECTED_LAYOUTS}).")
     if found is None:
         syn = p.get("synthetic") or {}
         n, seed = number(syn, "ingest.synthetic", "n", 3500, whole=True, low=1), number(syn, "ingest.synthetic", "seed", 42, whole=True)

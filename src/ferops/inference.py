@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ferops.constants import EMOTIONS, FACE_MODES, IMG_SIZE, N_PIXELS, NUM_CLASSES, TTA_SETTINGS, TTA_VIEW_MODES
-from ferops.data.formats import opencv_reads_gif, resize_to_model
+from ferops.data.formats import image_suffixes, opencv_reads_gif, resize_to_model
 from ferops.errors import ConfigError, DataError, FerError
 
 log = logging.getLogger("ferops.inference")
@@ -536,6 +536,14 @@ def cli_serve(args: Any) -> None:
     os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": store})
 
 
+def _alias_ref(uri: str) -> tuple[str, str] | None:
+    """(name, alias) of a `models:/<name>@<alias>` URI, else None."""
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri[len("models:/"):].split("@", 1)
+        return name, alias
+    return None
+
+
 def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
     warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it
@@ -550,8 +558,9 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
         raise FerError(store_missing_error(store, fix))
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
-    if uri.startswith("models:/") and "@" in uri:
-        name, alias = uri[len("models:/"):].split("@", 1)
+    ref = _alias_ref(uri)
+    if ref is not None:
+        name, alias = ref
         client = mlflow.MlflowClient()
         try:
             version = client.get_model_version_by_alias(name, alias)
@@ -582,8 +591,9 @@ def _load_registered(uri: str) -> Classifier:
     except (MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
         fix = LOAD_FIX
-        if uri.startswith("models:/") and "@" in uri:  # MLflow stores absolute artifact paths: a moved project breaks
-            name, alias = uri[len("models:/"):].split("@", 1)
+        ref = _alias_ref(uri)
+        if ref is not None:  # MLflow stores absolute artifact paths: a moved project breaks
+            name, alias = ref
             client = mlflow.MlflowClient()
             where = client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
             path = Path(where[len("file://"):]) if where.startswith("file://") else None
@@ -641,7 +651,7 @@ def list_photos(paths: Sequence[str | Path], skip: str | Path | None = None) -> 
     """Command-line inputs → photo paths: a folder expands to the image files under it (recursively, sorted by
     path), except those under `skip` (predict's own --out-dir: its annotated copies are not photos to classify);
     anything else stays as given, so a missing or unreadable file is reported on its own line."""
-    readable = set(IMAGE_SUFFIXES) | ({".gif"} if opencv_reads_gif() else set())
+    readable = image_suffixes(IMAGE_SUFFIXES)
     out: list[Path] = []
     below = Path(skip).resolve() if skip is not None else None
     for p in map(Path, paths):

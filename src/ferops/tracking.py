@@ -28,7 +28,13 @@ def tracking_uri(root: Path | None = None) -> str:
 def store_missing(uri: str) -> bool:
     """True when `uri` is a sqlite store whose file does not exist: reading commands must say so, since opening it
     would leave an empty mlflow.db behind."""
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    db = _sqlite_file(uri)
+    return db is not None and not db.exists()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
@@ -42,10 +48,9 @@ def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str
     mlflow.set_registry_uri(uri)
     with _first_use_lock(uri):
         if mlflow.get_experiment_by_name(experiment) is None:
-            art = None
-            if uri.startswith("sqlite:///"):
-                # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
-                art = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            db = _sqlite_file(uri)
+            # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
+            art = None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
             try:
                 mlflow.create_experiment(experiment, artifact_location=art)
             except MlflowException:  # another process (a server store, unlocked) created it in between
@@ -63,10 +68,10 @@ def _first_use_lock(uri: str) -> Iterator[None]:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
-    if fcntl is None or not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if fcntl is None or db is None:
         yield
         return
-    db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -199,14 +199,17 @@ def cli_dashboard(args: Any) -> None:
     workers = number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1
     root = repo_root()
     spec = storage_spec(tune.get("storage"), root, workers)
-    path = _sqlite_path(spec)
-    if spec.startswith("journal:"):
-        path = Path(spec[len("journal:"):]).expanduser()
-        path = path if path.is_absolute() else root / path
+    path = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
     if path is not None and not path.exists():
         raise ConfigError(f"no Optuna studies yet at {path}: run the tune stage first (`dvc repro tune`, or `make run`).")
     log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)
     optuna_dashboard.run_server(make_storage(spec, root, workers), host=args.host, port=int(args.port))
+
+
+def _journal_path(spec: str, root: Path) -> Path:
+    """The file of a `journal:<path>` storage spec (relative paths under the project root)."""
+    path = Path(spec[len("journal:"):]).expanduser()
+    return path if path.is_absolute() else Path(root) / path
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -223,8 +226,7 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
 
     spec = storage_spec(spec, root, workers)
     if spec.startswith("journal:"):
-        path = Path(spec[len("journal:"):]).expanduser()
-        path = path if path.is_absolute() else (Path(root) / path)
+        path = _journal_path(spec, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path.resolve())))
     db = _sqlite_path(spec)

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ ON_BAD_ROWS: tuple[str, ...] = ("fail", "quarantine")
 USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 UNLABELED_USAGE = "Unlabeled"
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+EXPECTED_LAYOUTS = "fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ image folders"
 ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "row", "reason", "raw")
 
@@ -90,8 +91,7 @@ def detect_source(path: str | Path) -> tuple[str, Path] | None:
         other = sorted(f for f in d.iterdir() if f.is_file() and _strip_gz(f.name).lower().endswith(".csv"))
         if other:
             return _chosen(d, (_classify_file(other[0]), other[0]))
-    expected = ("expected fer2013.csv, icml_face_data.csv, train.csv+test.csv or train|test/<class>/ image folders, "
-                f"in {p}/ or one folder down")
+    expected = f"expected {EXPECTED_LAYOUTS}, in {p}/ or one folder down"
     archives = sorted(f.name for f in p.iterdir() if f.name.lower().endswith(ARCHIVE_EXTS))
     if archives:
         raise DataError(f"{p}: found archive(s) {', '.join(archives)} but no dataset — extract them into {p}/ first "
@@ -209,8 +209,7 @@ def read_any(path: str | Path, on_bad_rows: str = "fail", fmt: str | None = None
     if fmt is None:
         found = detect_source(p)
         if found is None:
-            raise DataError(f"{p}: no dataset found (expected fer2013.csv, icml_face_data.csv, train.csv+test.csv "
-                            "or train|test/<class>/ image folders).")
+            raise DataError(f"{p}: no dataset found (expected {EXPECTED_LAYOUTS}).")
         fmt, p = found
     if fmt == "folders":
         return read_image_folders(p, on_bad_rows)
@@ -652,7 +651,8 @@ def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Pa
     splits = [c for c in subs if c.name.lower() in FOLDER_USAGE]
     # Without split folders, the root holds the class folders directly (all Training).
     tops = [(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, "Training")]
-    items: list[tuple[Path, str, str]] = []
+    readable = image_suffixes()
+    found: list[tuple[int, Path, str, str]] = []  # (index of its split folder, file, usage, class): sorted below
     skipped: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed here, never followed
         d = Path(dirpath)
@@ -661,22 +661,21 @@ def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Pa
                                       "unnoticed — copy the folder in, or point ingest.raw_dir at it"))
         dirnames[:] = [n for n in dirnames if not n.startswith(".") and not (d / n).is_symlink()]
         for name in filenames:
-            f = d / name
-            top = next(((t, u) for t, u in tops if f.is_relative_to(t) and f != t), None)
             if name.startswith("."):
                 continue
+            f = d / name
+            top = next((i for i, (t, _) in enumerate(tops) if f.is_relative_to(t)), None)
             if not f.exists():
                 skipped.append((f, "a broken link"))
-            elif f.suffix.lower() not in image_suffixes():
-                skipped.append((f, f"not an image type ferops reads ({', '.join(sorted(image_suffixes()))})"))
+            elif f.suffix.lower() not in readable:
+                skipped.append((f, f"not an image type ferops reads ({', '.join(sorted(readable))})"))
             elif top is None:
                 skipped.append((f, f"outside the split folders ({', '.join(s.name for s in splits)})"))
             else:
-                rel = f.relative_to(top[0]).parts
-                items.append((f, top[1], rel[0] if len(rel) > 1 else ""))
-    order = {t: i for i, (t, _) in enumerate(tops)}
-    items.sort(key=lambda it: (order[next(t for t in order if it[0].is_relative_to(t))], it[0]))
-    return items, sorted(skipped)
+                rel = f.relative_to(tops[top][0]).parts
+                found.append((top, f, tops[top][1], rel[0] if len(rel) > 1 else ""))
+    found.sort(key=lambda it: it[:2])  # split folders in order, each sorted by path
+    return [it[1:] for it in found], sorted(skipped)
 
 
 # The smallest GIF (1x1): whether this OpenCV decodes GIFs (4.14 does; older builds did not).
@@ -692,9 +691,9 @@ def opencv_reads_gif() -> bool:
     return cv2.imdecode(np.frombuffer(_TINY_GIF, np.uint8), cv2.IMREAD_GRAYSCALE) is not None
 
 
-def image_suffixes() -> frozenset[str]:
-    """File suffixes of the images ferops reads: IMAGE_EXTS, and .gif where OpenCV decodes it."""
-    return IMAGE_EXTS | ({".gif"} if opencv_reads_gif() else set())
+def image_suffixes(base: Iterable[str] = IMAGE_EXTS) -> frozenset[str]:
+    """File suffixes of the images read: `base` (ingest's IMAGE_EXTS by default), and .gif where OpenCV decodes it."""
+    return frozenset(base) | ({".gif"} if opencv_reads_gif() else frozenset())
 
 
 def _load_image(f: Path, cv2) -> np.ndarray | None:  # noqa: ANN001 - cv2 module passed in (lazy import)
