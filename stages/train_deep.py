@@ -37,11 +37,11 @@ def main() -> None:
     if args.model not in models:
         raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
     cfg = resolve_config(td.get("common") or {}, models[args.model])
+    sections = [(f"train_deep.models.{args.model}", models[args.model]), ("train_deep.common", td.get("common"))]
     try:  # a mistyped value (`epochs: ten`) fails here, before any file or TensorFlow, naming the params.yaml key
         check_config(cfg)
     except ConfigError as exc:
-        raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
-                                 ("train_deep.common", td.get("common"))]) from None
+        raise locate_param(exc, sections) from None
     tuned = read_json(args.tuned)  # tune_select applied train_deep.use_tuned and found the study, if any
     if tuned.get("best_params"):
         log.info("using tuned params from %s: %s", tuned.get("source"), tuned["best_params"])
@@ -69,8 +69,7 @@ def main() -> None:
                                    # the `dvc exp show` row this run belongs to (DVC sets it under `dvc exp run`)
                                    **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {})})
     except ConfigError as exc:  # name the params.yaml key behind a bad value
-        raise locate_param(exc, [(f"train_deep.models.{args.model}", models[args.model]),
-                                 ("train_deep.common", td.get("common"))]) from None
+        raise locate_param(exc, sections) from None
     epochs = f"{m['epochs_run']} epochs" + (f" (best {m['best_epoch']})" if "best_epoch" in m
                                              else f" over {m['n_members']} members")
     if m.get("swa_used"):
