@@ -546,8 +546,8 @@ def _alias_ref(uri: str) -> tuple[str, str] | None:
 
 def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
-    warn when that version was trained on the synthetic demo set. Returns the store URI. (`make serve` calls it
-    first, so a missing champion is one line, not MLflow's traceback.)"""
+    log the version the alias resolves to, and warn when it was trained on the synthetic demo set. Returns the store
+    URI. (`make serve` calls it first, so a missing champion is one line, not MLflow's traceback.)"""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -574,6 +574,8 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
                 raise FerError(f"the registry at {store} has model {name!r} but no alias @{alias}; its aliases: "
                                f"{listed} (`ferops registry` lists its versions).") from None
             raise FerError(f"the registry at {store} has no model {name!r} with alias @{alias}: {fix}.") from None
+        # which version the alias points at now: a promotion between two runs changes the answer
+        log.info("%s is version %s (MLflow run %s)", uri, version.version, version.run_id)
         if (version.tags or {}).get("dataset") == "synthetic":
             log.warning("%s (version %s) was trained on the synthetic demo faces, not on FER2013: its answers on real "
                         "photos mean little. Put FER2013 in data/raw/ and `make run`.", uri, version.version)

@@ -163,7 +163,7 @@ print(ferops.__file__, out.shape)
 """
 
 
-def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store):
+def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store, caplog):
     """It loads and predicts where ferops is not installed (a Docker image, another machine): the package is copied
     into the model, so it also serves with the preprocessing and TTA code it was registered with."""
     from ferops.errors import FerError
@@ -172,6 +172,9 @@ def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store
     _register_champion(tmp_path)
     with pytest.raises(FerError, match=rf"has model '{NAME}' but no alias @best; its aliases: @champion \(v1\)"):
         check_registered(f"models:/{NAME}@best")  # a wrong alias is named as such, not answered with "retrain"
+    with caplog.at_level("INFO", logger="ferops.inference"):  # serve and predict say which version they use
+        check_registered(f"models:/{NAME}@champion")
+    assert f"models:/{NAME}@champion is version 1 (MLflow run " in caplog.text
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TF_CPP_MIN_LOG_LEVEL": "3"}
     r = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_FEROPS, f"models:/{NAME}@champion"], capture_output=True,
                        text=True, cwd=tmp_path, env=env, timeout=300)
