@@ -14,8 +14,32 @@ PARAMS_HELP = ("params file naming the registered model (its register: section);
                "project the current folder is in")
 
 
+def _versions() -> str:
+    """`ferops 0.1.0 (mlflow …, tensorflow …, keras …, …)` from the installed metadata (no imports: instant)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{pkg} {ver(pkg)}" for pkg in ("mlflow", "tensorflow", "keras", "optuna", "dvc", "scikit-learn"))
+    return f"ferops {ver('ferops')} ({libs}; Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    """argparse's own version action wraps the line at the terminal width; this prints it whole."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(_versions())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferops", description="Facial-expression recognition MLOps tools.")
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="ferops' version and those of the libraries its models depend on (for bug reports)")
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("predict", help="classify the expression of each face in photos (or folders of them) "
