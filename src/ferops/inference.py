@@ -548,6 +548,11 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
     log the version the alias resolves to, and warn when it was trained on the synthetic demo set. Returns the store
     URI. (`make serve` calls it first, so a missing champion is one line, not MLflow's traceback.)"""
+    return _resolve_registered(uri, fix)[0]
+
+
+def _resolve_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
+    """check_registered's work: (store URI, the ModelVersion an alias URI resolves to, or None for other URIs)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -559,6 +564,7 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
     ref = _alias_ref(uri)
+    version = None
     if ref is not None:
         name, alias = ref
         client = mlflow.MlflowClient()
@@ -579,7 +585,7 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
         if (version.tags or {}).get("dataset") == "synthetic":
             log.warning("%s (version %s) was trained on the synthetic demo faces, not on FER2013: its answers on real "
                         "photos mean little. Put FER2013 in data/raw/ and `make run`.", uri, version.version)
-    return store
+    return store, version
 
 
 def _load_registered(uri: str) -> Classifier:
@@ -587,17 +593,16 @@ def _load_registered(uri: str) -> Classifier:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = check_registered(uri)
+    store, version = _resolve_registered(uri)
+    # Load the version just logged, not the alias again: a promotion in between would swap the model unsaid.
+    pinned = f"models:/{version.name}/{version.version}" if version is not None else uri
     try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
+        pyfunc = mlflow.pyfunc.load_model(pinned)
     except (MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
         fix = LOAD_FIX
-        ref = _alias_ref(uri)
-        if ref is not None:  # MLflow stores absolute artifact paths: a moved project breaks
-            name, alias = ref
-            client = mlflow.MlflowClient()
-            where = client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
+        if version is not None:  # MLflow stores absolute artifact paths: a moved project breaks
+            where = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
             path = Path(where[len("file://"):]) if where.startswith("file://") else None
             if path is not None and not path.exists():
                 fix = (f"its files are not at {path}, where the store says they are: MLflow records absolute paths, "

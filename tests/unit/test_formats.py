@@ -199,6 +199,25 @@ def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, ca
         assert what in caplog.text, what
 
 
+def test_a_folder_of_gifs_only_is_detected_and_read(tmp_path, faces):
+    """Detection takes the reader's suffixes: GIFs (where OpenCV decodes them) make an image folder on their own."""
+    from PIL import Image  # Pillow (matplotlib's dependency) writes GIFs: OpenCV only reads them
+
+    root = tmp_path / "gifs"
+    for split, cls, i in (("train", "happy", 0), ("test", "sad", 1)):
+        (root / split / cls).mkdir(parents=True)
+        Image.fromarray(faces.pixels[i]).save(root / split / cls / f"{i}.gif")
+    if not formats.opencv_reads_gif():
+        with pytest.raises(DataError):
+            detect_source(tmp_path)
+        return
+    assert detect_source(tmp_path) == ("folders", root)
+    data, rejected = read_any(root)
+    assert rejected == [] and list(zip(data.source_id, data.emotion, data.usage)) == [
+        ("test/sad/1.gif", 4, "PrivateTest"), ("train/happy/0.gif", 3, "Training")]
+    np.testing.assert_array_equal(data.pixels, faces.pixels[[1, 0]])  # a grey 48x48 GIF is lossless
+
+
 @pytest.mark.realdata
 def test_shared_image_sample():
     if not SAMPLE_IMAGES.exists():

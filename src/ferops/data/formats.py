@@ -189,7 +189,8 @@ def _is_image_root(d: Path) -> bool:
 
 
 def _has_images(d: Path) -> bool:
-    return any(f.suffix.lower() in IMAGE_EXTS for f in d.rglob("*") if f.is_file())
+    readable = image_suffixes()  # the reader's own list: a folder of GIFs only is a dataset too, where they read
+    return any(f.suffix.lower() in readable for f in d.rglob("*") if f.is_file())
 
 
 # --------------------------------------------------------------------------------------------- dispatch
