@@ -527,8 +527,8 @@ def cli_serve(args: Any) -> None:
     """`ferops serve`: check the model is registered (one line, not MLflow's traceback), then become
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
-    store = check_registered(uri, "run `make run` first, or name one with --model")
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+    store, version = _resolve_registered(uri, "run `make run` first, or name one with --model")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _pinned(uri, version), "--env-manager", "local",
            "--host", str(args.host), "--port", str(args.port)]
     log.info("serving %s on http://%s:%s/invocations (Ctrl-C stops it)", uri, args.host, args.port)
     sys.stdout.flush()
@@ -588,16 +588,20 @@ def _resolve_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
     return store, version
 
 
+def _pinned(uri: str, version: Any) -> str:
+    """models:/<name>/<N> for the version an alias resolved to (and was logged as), else `uri`: loading the alias
+    again would let a promotion in between swap the model unsaid."""
+    return f"models:/{version.name}/{version.version}" if version is not None else uri
+
+
 def _load_registered(uri: str) -> Classifier:
     """Load a models:/ or runs:/ URI from the ferops tracking store, with the fix when it is not there."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     store, version = _resolve_registered(uri)
-    # Load the version just logged, not the alias again: a promotion in between would swap the model unsaid.
-    pinned = f"models:/{version.name}/{version.version}" if version is not None else uri
     try:
-        pyfunc = mlflow.pyfunc.load_model(pinned)
+        pyfunc = mlflow.pyfunc.load_model(_pinned(uri, version))
     except (MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
         fix = LOAD_FIX

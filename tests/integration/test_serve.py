@@ -86,6 +86,7 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
                                 start_new_session=True)
     try:
         _wait_for_ping(url, proc, log)
+        assert f"models:/{NAME}@champion is version 1 (MLflow run" in log.read_text()  # and serves that version
         rng = np.random.default_rng(0)
         pixels = [" ".join(map(str, rng.integers(0, 256, IMG_SIZE * IMG_SIZE))) for _ in range(2)]
         ok, png = cv2.imencode(".png", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
