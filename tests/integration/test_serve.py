@@ -134,7 +134,7 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
             proc.wait(timeout=10)
 
 
-def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, mlflow_store):
+def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, tmp_path_factory, mlflow_store):
     (tmp_path / "params.yaml").write_text("register: {model_name: nothing-here}\ntune: {storage: null}\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
     env.pop("FEROPS_OPTUNA_STORAGE", None)
@@ -148,6 +148,13 @@ def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, mlflow_st
     dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert dash.returncode != 0 and "Traceback" not in dash.stderr and "no Optuna studies yet at" in dash.stderr
+    outside = tmp_path_factory.mktemp("elsewhere")  # no dvc.yaml or params.yaml above it: the cure is the folder
+    env.pop("MLFLOW_TRACKING_URI")
+    for cmd in ("serve", "dashboard"):
+        r = subprocess.run([sys.executable, "-m", "ferops.cli", cmd], capture_output=True, text=True, cwd=outside,
+                           env=env, timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert f"{outside} is not in a ferops project — run from the project folder" in r.stderr, (cmd, r.stderr)
 
 
 LOAD_WITHOUT_FEROPS = """
