@@ -527,7 +527,7 @@ def cli_serve(args: Any) -> None:
     """`ferops serve`: check the model is registered (one line, not MLflow's traceback), then become
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
-    store, version = _resolve_registered(uri, "run `make run` first, or name one with --model")
+    store, version = check_registered(uri, "run `make run` first, or name one with --model")
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _pinned(uri, version), "--env-manager", "local",
            "--host", str(args.host), "--port", str(args.port)]
     log.info("serving %s on http://%s:%s/invocations (Ctrl-C stops it)", uri, args.host, args.port)
@@ -544,15 +544,11 @@ def _alias_ref(uri: str) -> tuple[str, str] | None:
     return None
 
 
-def check_registered(uri: str, fix: str = LOAD_FIX) -> str:
+def check_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
     """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
-    log the version the alias resolves to, and warn when it was trained on the synthetic demo set. Returns the store
-    URI. (`make serve` calls it first, so a missing champion is one line, not MLflow's traceback.)"""
-    return _resolve_registered(uri, fix)[0]
-
-
-def _resolve_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
-    """check_registered's work: (store URI, the ModelVersion an alias URI resolves to, or None for other URIs)."""
+    log the version the alias resolves to, and warn when it was trained on the synthetic demo set. Returns (store URI,
+    that ModelVersion, or None for other URIs). (`ferops serve` calls it first, so a missing champion is one line,
+    not MLflow's traceback.)"""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -599,7 +595,7 @@ def _load_registered(uri: str) -> Classifier:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store, version = _resolve_registered(uri)
+    store, version = check_registered(uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(_pinned(uri, version))
     except (MlflowException, OSError) as exc:
