@@ -23,6 +23,12 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def not_in_project(env_var: str, target: str) -> str:
+    """The cure when a reading command runs outside any ferops project: the folder, or `env_var` set to `target`."""
+    return (f"{Path.cwd()} is not in a ferops project — run from the project folder (or any folder under it), "
+            f"or set {env_var} to {target}")
+
+
 def store_root(root: Path | None = None) -> Path:
     """Where shared stores (mlflow.db, optuna.db) live: the repo root, also under `dvc exp run --temp`.
 

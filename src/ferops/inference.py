@@ -514,12 +514,11 @@ class Classifier:
 def store_missing_error(store: str, fix: str) -> str:
     """Why a reading command found no sqlite store at `store`, and the cure: outside a ferops project (with no
     MLFLOW_TRACKING_URI) it is the project folder; inside one nothing has been trained yet, so `fix`."""
-    from ferops.config import repo_root
+    from ferops.config import not_in_project, repo_root
 
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (repo_root() / "dvc.yaml").exists():
-        return (f"no MLflow store at {store}: {Path.cwd()} is not in a ferops project — run from the project folder "
-                "(or any folder under it), or set MLFLOW_TRACKING_URI to its store "
-                "(sqlite:////path/to/project/mlflow.db).")
+        return (f"no MLflow store at {store}: "
+                f"{not_in_project('MLFLOW_TRACKING_URI', 'its store (sqlite:////path/to/project/mlflow.db)')}.")
     return f"no MLflow store at {store}: nothing is registered there yet — {fix}."
 
 

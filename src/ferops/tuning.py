@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ferops.config import number, number_problem, repo_root, store_root
+from ferops.config import not_in_project, number, number_problem, repo_root, store_root
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
 from ferops.hparams import apply_params
@@ -202,8 +202,7 @@ def cli_dashboard(args: Any) -> None:
     path = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
     if path is not None and not path.exists():
         if not os.environ.get(STORAGE_ENV) and not any((root / f).exists() for f in ("dvc.yaml", "params.yaml")):
-            raise ConfigError(f"no Optuna studies at {path}: {Path.cwd()} is not in a ferops project — run from the "
-                              f"project folder (or any folder under it), or set {STORAGE_ENV} to its storage.")
+            raise ConfigError(f"no Optuna studies at {path}: {not_in_project(STORAGE_ENV, 'its storage')}.")
         raise ConfigError(f"no Optuna studies yet at {path}: run the tune stage first (`dvc repro tune`, or `make run`).")
     log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)
     optuna_dashboard.run_server(make_storage(spec, root, workers), host=args.host, port=int(args.port))
