@@ -23,6 +23,12 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def in_project() -> bool:
+    """Whether the cwd is in a ferops project: a dvc.yaml at or above it. A params.yaml alone is not one (a params
+    file may live anywhere, passed with --params), so reading commands there get the `not_in_project` cure."""
+    return (repo_root() / "dvc.yaml").exists()
+
+
 def not_in_project(env_var: str, target: str) -> str:
     """The cure when a reading command runs outside any ferops project: the folder, or `env_var` set to `target`."""
     return (f"{Path.cwd()} is not in a ferops project — run from the project folder (or any folder under it), "

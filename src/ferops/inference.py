@@ -514,9 +514,9 @@ class Classifier:
 def store_missing_error(store: str, fix: str) -> str:
     """Why a reading command found no sqlite store at `store`, and the cure: outside a ferops project (with no
     MLFLOW_TRACKING_URI) it is the project folder; inside one nothing has been trained yet, so `fix`."""
-    from ferops.config import not_in_project, repo_root
+    from ferops.config import in_project, not_in_project
 
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (repo_root() / "dvc.yaml").exists():
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not in_project():
         return (f"no MLflow store at {store}: "
                 f"{not_in_project('MLFLOW_TRACKING_URI', 'its store (sqlite:////path/to/project/mlflow.db)')}.")
     return f"no MLflow store at {store}: nothing is registered there yet — {fix}."

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ferops.config import not_in_project, number, number_problem, repo_root, store_root
+from ferops.config import in_project, not_in_project, number, number_problem, repo_root, store_root
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
 from ferops.hparams import apply_params
@@ -201,7 +201,7 @@ def cli_dashboard(args: Any) -> None:
     spec = storage_spec(tune.get("storage"), root, workers)
     path = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
     if path is not None and not path.exists():
-        if not os.environ.get(STORAGE_ENV) and not any((root / f).exists() for f in ("dvc.yaml", "params.yaml")):
+        if not os.environ.get(STORAGE_ENV) and not in_project():
             raise ConfigError(f"no Optuna studies at {path}: {not_in_project(STORAGE_ENV, 'its storage')}.")
         raise ConfigError(f"no Optuna studies yet at {path}: run the tune stage first (`dvc repro tune`, or `make run`).")
     log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)

@@ -147,6 +147,11 @@ def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, tmp_path_
     assert "no model 'nothing-here' with alias @champion" in serve.stderr
     dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
+    # A params.yaml alone is not a project (as for the MLflow store); with its dvc.yaml the cure is the tune stage.
+    assert dash.returncode != 0 and "Traceback" not in dash.stderr and "is not in a ferops project" in dash.stderr
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
     assert dash.returncode != 0 and "Traceback" not in dash.stderr and "no Optuna studies yet at" in dash.stderr
     outside = tmp_path_factory.mktemp("elsewhere")  # no dvc.yaml or params.yaml above it: the cure is the folder
     env.pop("MLFLOW_TRACKING_URI")
