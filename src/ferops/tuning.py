@@ -363,7 +363,14 @@ class _Claim:
             self._fh = None
 
 
-def _claim_path(spec: str, name: str) -> Path:
+def _claim_path(spec: str, name: str, root: Path) -> Path:
+    """The claim lock of study `name`: beside a local storage file (`<file>.claim.lock`, one per file: a claim lasts
+    milliseconds), so it goes with the project; in the temp folder for a server or in-memory storage. Never deleted:
+    removing a flock file while another worker waits on it would let two workers hold 'the' lock at once.
+    Not `<file>.lock`: Optuna's journal backend creates and deletes that name as its own lock."""
+    local = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
+    if local is not None:
+        return local.with_name(local.name + ".claim.lock")
     key = hashlib.sha1(f"{spec}|{name}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"ferops-optuna-{key}.lock"
 
@@ -534,7 +541,7 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
         mlflow.set_tracking_uri(tracking_uri)
     storage = make_storage(spec, Path(root), workers=2 if spec.startswith("journal:") else 1)
     study = _open_study(storage, name, seed, pruner, n_startup, worker_index)
-    _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name), track)
+    _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track)
 
 
 def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> None:
@@ -693,7 +700,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     pruner = pruner if pruner is not None else make_pruner(None, epochs)
     n_startup = n_startup_trials or min(10, max(3, n_trials // 3))
     study = _open_study(store, study_name, seed, pruner, n_startup)
-    claim_path = _claim_path(spec, study_name)
+    claim_path = _claim_path(spec, study_name, root)
     claim = _Claim(claim_path).acquire()
     try:
         fail_dead_trials(study, track)

@@ -213,6 +213,10 @@ def test_parallel_workers_share_one_journal_study(tmp_path, tracking):
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2 and all(f":{os.getpid()}:" not in w for w in workers)
     assert isinstance(tuning.make_storage(spec, tmp_path, 2), optuna.storages.JournalStorage)
+    # The workers' claim lock lives beside the journal (it goes with the project), not in the temp folder.
+    assert (tmp_path / "journal.log.claim.lock").exists()
+    assert tuning._claim_path(spec, "parallel", tmp_path) == tmp_path / "journal.log.claim.lock"
+    assert tuning._claim_path(f"sqlite:///{tmp_path / 'o.db'}", "s", tmp_path) == tmp_path / "o.db.claim.lock"
     parents, children, _ = _runs("parallel")
     assert len(parents) == 1 and len(children) == 6
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
