@@ -63,4 +63,4 @@ serve: setup  ## serve the champion (params.yaml register:) over REST on http://
 	$(PY) -m ferops.cli serve --host $(HOST) --port 5001
 
 clean:  ## remove pipeline outputs, stores and caches (keeps data/raw and .venv)
-	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna_journal* .dvc/cache .dvc/tmp
+	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* .dvc/cache .dvc/tmp
