@@ -107,6 +107,11 @@ def test_balance_modes_raise_minority_counts(data, mode):
     assert after[before.argmin()] > before.min()
     assert (kind == 1).sum() == (after - before).sum()
     extra = out.subset(kind == 1)
+    if mode == "smote":  # each blend names its two source rows of the same class
+        ids = {str(s): e for s, e in zip(data.source_id, data.emotion)}
+        for sid, e in zip(extra.source_id.astype(str), extra.emotion):
+            a, b = sid.removesuffix("#smote").split("+")
+            assert ids[a] == ids[b] == e and a != b, sid
     if mode == "oversample":  # exact copies of minority rows
         orig = {p.tobytes() for p in data.pixels}
         assert all(p.tobytes() in orig for p in extra.pixels)
@@ -132,8 +137,9 @@ def test_smote_samples_lie_between_neighbours():
     rng = np.random.default_rng(0)
     a = np.zeros((1, 48, 48), np.uint8)
     b = np.full((1, 48, 48), 200, np.uint8)
-    new = smote_rows(np.concatenate([a, b]), 50, rng)
+    new, pairs = smote_rows(np.concatenate([a, b]), 50, rng)
     assert new.shape == (50, 48, 48) and new.dtype == np.uint8
+    assert sorted(map(tuple, np.unique(pairs, axis=0).tolist())) == [(0, 1), (1, 0)]  # each blends the two
     v = new.reshape(50, -1)
     assert (v.min(1) == v.max(1)).all()  # each sample is a uniform blend of the two images
     assert v[:, 0].min() >= 0 and v[:, 0].max() <= 200 and len(np.unique(v[:, 0])) > 10

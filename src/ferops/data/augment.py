@@ -152,20 +152,24 @@ def _pick(idx: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([*(rng.permutation(idx) for _ in range(reps)), rng.choice(idx, size=rest, replace=False)])
 
 
-def smote_rows(pixels: np.ndarray, need: int, rng: np.random.Generator, k: int = 5) -> np.ndarray:
-    """SMOTE in pixel space: new = x_i + λ (x_nn − x_i), nn among x_i's k nearest same-class images."""
+def smote_rows(pixels: np.ndarray, need: int, rng: np.random.Generator,
+               k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """SMOTE in pixel space: new = x_i + λ (x_nn − x_i), nn among x_i's k nearest same-class images.
+
+    Returns the new images and, per image, the (i, nn) rows it blends (so each can name its two sources)."""
     from sklearn.neighbors import NearestNeighbors
 
     flat = pixels.reshape(len(pixels), -1).astype(np.float32)
-    if len(flat) < 2:
-        return np.repeat(pixels, need, axis=0)  # one image: nothing to interpolate with
+    if len(flat) < 2:  # one image: nothing to interpolate with
+        return np.repeat(pixels, need, axis=0), np.zeros((need, 2), np.int64)
     k = min(k, len(flat) - 1)
     nn = NearestNeighbors(n_neighbors=k + 1).fit(flat).kneighbors(flat, return_distance=False)[:, 1:]
     base = rng.integers(0, len(flat), size=need)
     other = nn[base, rng.integers(0, k, size=need)]
     lam = rng.random((need, 1), dtype=np.float32)
     new = flat[base] + lam * (flat[other] - flat[base])
-    return np.clip(np.rint(new), 0, 255).astype(np.uint8).reshape(need, *pixels.shape[1:])
+    return (np.clip(np.rint(new), 0, 255).astype(np.uint8).reshape(need, *pixels.shape[1:]),
+            np.stack([base, other], axis=1))
 
 
 def balance_rows(data: FerData, mode: str, target: float, ops: dict[str, Any], rng: np.random.Generator) -> FerData:
@@ -177,10 +181,10 @@ def balance_rows(data: FerData, mode: str, target: float, ops: dict[str, Any], r
     for c, need in plan.items():
         idx = np.flatnonzero(data.emotion == c)
         if mode == "smote":
-            pix = smote_rows(data.pixels[idx], need, rng)
-            src = data.source_id[idx[:1]].repeat(need)
-            parts.append(FerData(pix, np.full(need, c, np.int8), data.usage[idx[:1]].repeat(need),
-                                 np.char.add(src.astype(str), "#smote")))
+            pix, pairs = smote_rows(data.pixels[idx], need, rng)
+            src = data.source_id[idx].astype(str)  # a blend names both its images: "<a>+<b>#smote"
+            ids = np.char.add(np.char.add(np.char.add(src[pairs[:, 0]], "+"), src[pairs[:, 1]]), "#smote")
+            parts.append(FerData(pix, np.full(need, c, np.int8), data.usage[idx[pairs[:, 0]]], ids))
             continue
         pick = _pick(idx, need, rng)
         rows = data.subset(pick)
