@@ -49,9 +49,9 @@ def main() -> None:
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     train = stratified_subsample(load_npz(args.train or args.split / "train.npz"), b["train_rows"], seed)
     val = stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
-    # Same space/config/data/epochs → same study (a rerun resumes it); any change → a fresh study.
-    name = tuning.study_name(args.family, {"cfg": cfg, "space": fam["space"], "epochs": b["epochs"], "seed": seed,
-                                           "pruner": tune.get("pruner"), "data": data_digest(train, val)})
+    # Same space/trial config/data/epochs → same study (a rerun resumes or reuses it); any change → a fresh study.
+    name = tuning.family_study_name(args.family, cfg, fam["space"], b["epochs"], seed, tune.get("pruner"),
+                                    data_digest(train, val))
     root = repo_root()
     init_tracking()
 

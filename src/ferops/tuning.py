@@ -155,6 +155,24 @@ def study_name(family: str, fingerprint_of: dict[str, Any]) -> str:
     return f"ferops-{family}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
 
+# Keys of a model's config that only its full training run reads: a trial trains exactly the study's epochs, with no
+# time budget, one model (not an ensemble). They stay out of the study's fingerprint, so changing them (the README's
+# `-S train_deep.models.resnet.time_budget_min=120`) finds the finished study instead of tuning again.
+FULL_RUN_ONLY = ("epochs", "time_budget_min", "ensemble_seeds")
+
+
+def trial_config(cfg: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """What a trial trains: `cfg` without its full-run-only keys, for exactly `epochs`, unbudgeted."""
+    return {**{k: v for k, v in cfg.items() if k not in FULL_RUN_ONLY}, "epochs": epochs, "time_budget_min": None}
+
+
+def family_study_name(family: str, cfg: dict[str, Any], space: dict[str, Any], epochs: int, seed: int,
+                      pruner: dict[str, Any] | None, data: str) -> str:
+    """The study of a tune stage: same trial config/space/data/epochs → same study (a rerun resumes or reuses it)."""
+    return study_name(family, {"cfg": trial_config(cfg, epochs), "space": space, "seed": seed, "pruner": pruner,
+                               "data": data})
+
+
 def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":
     """MedianPruner from `tune.pruner` ({n_startup_trials, n_warmup_steps}); defaults 2 and epochs // 3."""
     import optuna
@@ -411,7 +429,7 @@ def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData
     keras.backend.clear_session()  # trials must not pile up graphs/layers in one process
     # Exactly the study's `epochs` (tune.families.<f>.epochs), its schedule planned over them: the model's own epoch
     # count and time budget are for the full training run, and must not cut trials short.
-    cfg = {**cfg, "epochs": epochs, "time_budget_min": None}
+    cfg = trial_config(cfg, epochs)
     try:
         res = train_keras(train, val, cfg, seed=seed, verbose=2, max_epochs=epochs, extra_callbacks=cbs)
     finally:

@@ -153,6 +153,20 @@ def test_budget_demo_caps_and_redaction():
     assert tuning.redact("sqlite:////a/b.db") == "sqlite:////a/b.db"
 
 
+def test_full_run_only_keys_keep_the_study():
+    """The full run's epochs, time budget and ensemble seeds never reach a trial: changing them reuses the study;
+    a key a trial trains with (lr), the study's epochs, or the data make a new one."""
+    cfg = {"arch": "resnet", "lr": 1e-3, "epochs": 30, "time_budget_min": 58}
+    name = tuning.family_study_name("resnet", cfg, SPACE, 4, 42, None, "d1")
+    for other in ({"epochs": 60}, {"time_budget_min": 120}, {"time_budget_min": None}, {"ensemble_seeds": [1, 2]}):
+        assert tuning.family_study_name("resnet", {**cfg, **other}, SPACE, 4, 42, None, "d1") == name, other
+    assert tuning.family_study_name("resnet", {**cfg, "lr": 2e-3}, SPACE, 4, 42, None, "d1") != name
+    assert tuning.family_study_name("resnet", cfg, SPACE, 5, 42, None, "d1") != name
+    assert tuning.family_study_name("resnet", cfg, SPACE, 4, 42, None, "d2") != name
+    assert tuning.trial_config({**cfg, "ensemble_seeds": [1, 2]}, 4) == {"arch": "resnet", "lr": 1e-3, "epochs": 4,
+                                                                         "time_budget_min": None}
+
+
 def test_study_name_tracks_the_fingerprint():
     a = tuning.study_name("resnet", {"space": SPACE, "epochs": 6})
     assert a.startswith("ferops-resnet-") and a == tuning.study_name("resnet", {"epochs": 6, "space": SPACE})
