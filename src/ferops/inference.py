@@ -527,6 +527,9 @@ def cli_serve(args: Any) -> None:
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
     store, version = check_registered(uri, "run `make run` first, or name one with --model")
+    from ferops.runner import ensure_port_free
+
+    ensure_port_free(args.host, args.port, "ferops serve")
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _pinned(uri, version), "--env-manager", "local",
            "--host", str(args.host), "--port", str(args.port)]
     log.info("serving %s on http://%s:%s/invocations (Ctrl-C stops it)", uri, args.host, args.port)

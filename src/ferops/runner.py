@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Mapping
 
-from ferops.errors import FerError
+from ferops.errors import ConfigError, FerError
 
 log = logging.getLogger("ferops")
 
@@ -107,6 +107,26 @@ def cap_onednn_isa(cfg: Mapping[str, Any]) -> None:
     Why: TF 2.21's AVX-512 oneDNN kernels corrupt the heap training mini_xception (params.yaml)."""
     if cfg.get("onednn_max_isa"):
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", str(cfg["onednn_max_isa"]).upper())
+
+
+def ensure_port_free(host: str, port: int, what: str) -> None:
+    """Fail in one line when `what` (a server) could not listen on host:port, before it starts: uvicorn and
+    optuna-dashboard otherwise end in a 30-line traceback after loading everything (e.g. `make serve` twice)."""
+    import socket
+
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"--port {port}: not a port number (1-65535).")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror} (an address of this machine, e.g. 127.0.0.1).") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: a closed socket's TIME_WAIT is no clash
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"{what} cannot listen on {host}:{port}: {exc.strerror} — is it already running? "
+                              f"Stop it, or pick another port with --port.") from None
 
 
 def run(main: Callable[[], object]) -> None:

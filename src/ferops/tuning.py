@@ -222,6 +222,9 @@ def cli_dashboard(args: Any) -> None:
         if not os.environ.get(STORAGE_ENV) and not in_project():
             raise ConfigError(f"no Optuna studies at {path}: {not_in_project(STORAGE_ENV, 'its storage')}.")
         raise ConfigError(f"no Optuna studies yet at {path}: run the tune stage first (`dvc repro tune`, or `make run`).")
+    from ferops.runner import ensure_port_free
+
+    ensure_port_free(args.host, args.port, "ferops dashboard")
     log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)
     optuna_dashboard.run_server(make_storage(spec, root, workers), host=args.host, port=int(args.port))
 

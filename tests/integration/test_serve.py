@@ -87,6 +87,10 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
     try:
         _wait_for_ping(url, proc, log)
         assert f"models:/{NAME}@champion is version 1 (MLflow run" in log.read_text()  # and serves that version
+        # A second server on the same port (`make serve` twice): one line before anything loads, not uvicorn's traceback.
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+        assert f"ferops serve cannot listen on 127.0.0.1:{port}: Address already in use" in again.stderr
         rng = np.random.default_rng(0)
         pixels = [" ".join(map(str, rng.integers(0, 256, IMG_SIZE * IMG_SIZE))) for _ in range(2)]
         ok, png = cv2.imencode(".png", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
@@ -153,6 +157,17 @@ def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, tmp_path_
     dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert dash.returncode != 0 and "Traceback" not in dash.stderr and "no Optuna studies yet at" in dash.stderr
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
+    with socket.socket() as busy:  # the port taken (a dashboard already running): one line, not a traceback
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        dash = subprocess.run([sys.executable, "-m", "ferops.cli", "dashboard", "--port", str(port)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert dash.returncode == 2 and "Traceback" not in dash.stderr, dash.stderr
+    assert f"ferops dashboard cannot listen on 127.0.0.1:{port}: Address already in use" in dash.stderr
     outside = tmp_path_factory.mktemp("elsewhere")  # no dvc.yaml or params.yaml above it: the cure is the folder
     env.pop("MLFLOW_TRACKING_URI")
     for cmd in ("serve", "dashboard"):

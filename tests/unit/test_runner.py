@@ -98,3 +98,23 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     r = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, capture_output=True, text=True,
                        timeout=120, executable="/bin/bash")
     assert r.stdout == "line 0\n" and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+def test_a_server_port_is_checked_before_the_server_starts():
+    import socket
+
+    from ferops.errors import ConfigError
+    from ferops.runner import ensure_port_free
+
+    for port in (0, 70000):
+        with pytest.raises(ConfigError, match=f"--port {port}: not a port number"):
+            ensure_port_free("127.0.0.1", port, "x")
+    with pytest.raises(ConfigError, match="--host no.such.host.invalid: "):
+        ensure_port_free("no.such.host.invalid", 5001, "x")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"x cannot listen on 127.0.0.1:{port}: .* pick another port with --port"):
+            ensure_port_free("127.0.0.1", port, "x")
+    ensure_port_free("127.0.0.1", port, "x")  # free again once closed
