@@ -132,6 +132,7 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 def run(main: Callable[[], object]) -> None:
     """Run a stage's main(); expected failures print `error: …` and exit non-zero, no traceback."""
     setup_logging()
+    project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow deletes it once it reads it
     try:
         main()
     except FerError as exc:
@@ -143,3 +144,16 @@ def run(main: Callable[[], object]) -> None:
     except BrokenPipeError:  # `ferops registry | head`: the reader left; nothing more to say, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail too
         sys.exit(0)
+    except Exception as exc:
+        if not (project_run and _outside_project_experiment(exc)):
+            raise
+        print(f"error: this stage runs inside MLflow Project run {project_run} of another experiment "
+              "(MLflow's Default, unless named); ferops logs into experiment `ferops` — add `--experiment-name ferops` "
+              "to `mlflow run` (see MLproject).", file=sys.stderr)
+        sys.exit(2)
+
+
+def _outside_project_experiment(exc: Exception) -> bool:
+    """`mlflow run` without `--experiment-name ferops`: MLflow refuses the stage's run in the `ferops` experiment
+    (the project run it must join is elsewhere). MLflow has no exception type for it; its message is stable."""
+    return type(exc).__name__ == "MlflowException" and "does not match environment run ID" in str(exc)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -67,8 +71,10 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     # The offline augmented set feeds no model by default (train_deep.train_data is the split's): changing augment
     # re-runs augment alone. Turning use_tuned on re-trains only models with a study (resnet; cnn has none). A
     # baseline removed from params leaves its folder (DVC keeps it) but leaves the reports.
+    study = json.loads((repo / "reports/tuning/resnet.json").read_text())
     params["augment"]["copies"] = 2
     params["train_deep"]["use_tuned"] = True
+    params["train_deep"]["models"]["resnet"]["time_budget_min"] = 30  # a full-run setting: the study stays
     del params["train_baselines"]["models"]["naive_bayes"]
     params["train_baselines"]["models"]["logreg"] = {"kind": "logreg", "max_iter": 50, "grid": {"C": [0.01]}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -76,6 +82,26 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     ran = {ln.split("'")[1] for ln in fourth.stdout.splitlines() if ln.startswith("Running stage")}
     assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
     assert {"augment", "train_deep@resnet", "train_baselines@logreg", "evaluate", "register"} <= ran, ran
-    assert not {"train_deep@cnn", "tune@resnet"} & ran, ran
+    assert "train_deep@cnn" not in ran, ran
+    # tune@resnet lists the model's params, so it re-ran — only to find its finished study: same study, no new trials
+    again = json.loads((repo / "reports/tuning/resnet.json").read_text())
+    assert "tune@resnet" in ran and again["study_name"] == study["study_name"], (again, study)
+    assert (again["n_complete"], again["n_pruned"]) == (study["n_complete"], study["n_pruned"])
     assert (repo / "models/baselines/naive_bayes").is_dir()
     assert set(json.loads((repo / "reports/metrics.json").read_text())) == {"logreg", "cnn", "resnet"}
+
+    # The stages as MLflow Project entry points (MLproject), as the README shows them: in the `ferops` experiment the
+    # stage's run is the project run; without --experiment-name, one line that names the flag (not MLflow's traceback).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "train_baselines", "-P", "model=logreg",
+           "--env-manager", "local"]
+    bare = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert bare.returncode != 0 and "Traceback" not in bare.stderr, bare.stderr[-3000:]
+    assert "add `--experiment-name ferops` to `mlflow run`" in bare.stderr
+    named = subprocess.run(cmd + ["--experiment-name", "ferops"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert named.returncode == 0, named.stderr[-3000:]
+    run = client.get_run((repo / "models/baselines/logreg/mlflow_run_id.txt").read_text().strip())
+    assert run.info.experiment_id == client.get_experiment_by_name("ferops").experiment_id
+    assert run.data.tags.get("mlflow.project.entryPoint") == "train_baselines" and "val_accuracy" in run.data.metrics
