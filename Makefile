@@ -62,5 +62,5 @@ dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080 (the storage para
 serve: setup  ## serve the champion (params.yaml register:) over REST on http://127.0.0.1:5001/invocations
 	$(PY) -m ferops.cli serve --host $(HOST) --port 5001
 
-clean:  ## remove pipeline outputs, stores and caches (keeps data/raw and .venv)
-	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* .dvc/cache .dvc/tmp
+clean:  ## remove pipeline outputs, stores and caches (keeps data/raw, .venv and your predictions/)
+	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* dvc_plots .dvc/cache .dvc/tmp
