@@ -24,6 +24,7 @@ log = logging.getLogger("ferops.registry")
 
 REGISTER_FIX = "`make run` (or `dvc repro`) trains and registers the champion"
 PARAMS_TAG_MAX = 5000  # model-version tag values: portable limit across SQL backends
+REGISTER_STAGE = "register stage"  # promoted_by of a promotion the stage made (a person's carries their name)
 
 
 class RegistryError(FerError):
@@ -77,7 +78,10 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     cv = str(champion["version"])
     if cv == str(new_version):
         return True, f"version {cv} is already the champion"
-    if new_run_id and champion.get("run_id") == new_run_id:
+    # Another version of the champion's own run (a new TTA mode) follows it — unless a person put the alias where it
+    # is: then a re-run that reuses an older version must not undo that (a rollback to the other mode, say).
+    own = not reused or champion.get("promoted_by") == REGISTER_STAGE
+    if new_run_id and champion.get("run_id") == new_run_id and own:
         return True, f"the champion's model (run {new_run_id}) registered again, serving the TTA mode evaluate chose (was v{cv})"
     if reused:
         by = champion.get("promoted_by")
@@ -95,7 +99,7 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         return False, (f"champion v{cv} was validated on other data (sha256 {str(champion.get('data_sha256'))[:12]} ≠ "
                        f"{str(new_data.get('data_sha256'))[:12]}): accuracies are not comparable; promote "
                        f"deliberately with `ferops promote --version {new_version}` if it should win")
-    if new_val > champ_val:
+    if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
 
@@ -226,11 +230,11 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
-        for k, v in {"promoted_by": "register stage", "promotion_reason": reason, "promoted_at": _now(),
+        for k, v in {"promoted_by": REGISTER_STAGE, "promotion_reason": reason, "promoted_at": _now(),
                      f"previous_{champion_alias}_version": "none" if current is None else str(current.version)}.items():
             client.set_model_version_tag(name, version, k, v)
         log_promotion(client, name, champion_alias, None if current is None else str(current.version), version,
-                      "register stage", reason)
+                      REGISTER_STAGE, reason)
         log.info("%s v%s is the new @%s: %s", name, version, champion_alias, reason)
     elif promote:
         log.info("%s v%s stays @%s: %s", name, version, champion_alias, reason)

@@ -228,3 +228,12 @@ def test_champion_decision_rules():
     ok, why = champion_decision("5", 0.6, data, {**champ, "run_id": "r1"}, new_run_id="r1")
     assert ok and "registered again" in why
     assert not champion_decision("5", 0.6, data, {**champ, "run_id": "r1"}, new_run_id="r2")[0]
+    # ...but a reused version of that run does not undo a person's move to the run's other version (a rollback)
+    moved = {**champ, "run_id": "r1", "promoted_by": "alice"}
+    ok, why = champion_decision("3", 0.6, data, moved, new_run_id="r1", reused=True)
+    assert not ok and "a re-run does not move it back" in why
+    assert champion_decision("3", 0.6, data, {**moved, "promoted_by": "register stage"}, new_run_id="r1",
+                             reused=True)[0]  # the stage's own earlier move: it follows the mode evaluate chose
+    # the tag holds 6 decimals: the same score, rounded down in the tag, is a tie, not a win
+    assert not champion_decision("5", 1 / 3, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
+    assert champion_decision("5", 1 / 3 + 1e-6, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
