@@ -29,7 +29,7 @@ TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, ch
 # (ties: the cheaper mode).
 # Keys of reports/metrics.json, per model (DVC metrics).
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
-                                 "test_macro_f1", "test_weighted_f1", "test_ece", "test_ece_single")
+                                 "test_macro_f1", "test_macro_f1_tta", "test_weighted_f1", "test_ece", "test_ece_single")
 
 
 @dataclass

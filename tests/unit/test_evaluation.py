@@ -101,13 +101,15 @@ def test_selection_uses_validation_never_test():
 
 def test_metrics_summary_and_comparison_table():
     results = [_result("logreg", 0.31, 0.33),
-               _result("resnet", 0.66, 0.65, kind="deep", arch="resnet", test_accuracy_tta=0.67, test_f1_happy=0.8),
+               _result("resnet", 0.66, 0.65, kind="deep", arch="resnet", test_accuracy_tta=0.67, test_macro_f1_tta=0.64,
+                       test_f1_happy=0.8),
                _result("cnn", 0.55, 0.57, kind="deep", arch="cnn", test_accuracy_tta=0.58)]
     summary = metrics_summary(results)
     assert set(summary) == {"logreg", "resnet", "cnn"}
     assert all(set(v) == set(SUMMARY_KEYS) for v in summary.values())
     assert summary["logreg"]["test_accuracy_tta"] is None  # no TTA for baselines
     assert summary["resnet"]["test_accuracy_tta"] == 0.67
+    assert summary["resnet"]["test_macro_f1_tta"] == 0.64  # the model card's TTA row reads it from here
     json.dumps(summary)  # DVC reads it: plain JSON
 
     md = comparison_markdown(results, "flip", {"synthetic": True, "format": "synthetic", "sha256": "abc"})
