@@ -1,7 +1,7 @@
 """register: put the best ResNet (by validation accuracy) in the MLflow registry; challenger/champion aliases.
 
 python stages/register.py --metrics reports/metrics.json --models models/deep --ingest-report reports/ingest.json \
-    --out reports/register.json --card reports/model_card.md
+    --split data/processed/split --split-report reports/split.json --out reports/register.json --card reports/model_card.md
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json from evaluate (test numbers)")
     ap.add_argument("--models", required=True, type=Path, help="folder of trained deep models (models/deep)")
     ap.add_argument("--ingest-report", required=True, type=Path, help="reports/ingest.json (data sha256 for tags)")
+    ap.add_argument("--split", type=Path, default=None,
+                    help="data/processed/split: the digest of its val.npz is tagged, so a champion validated on another "
+                         "val split is not compared by accuracy")
+    ap.add_argument("--split-report", type=Path, default=None, help="reports/split.json (the model card says how "
+                                                                   "val and test were made)")
     ap.add_argument("--out", required=True, type=Path, help="reports/register.json")
     ap.add_argument("--card", type=Path, required=True,
                     help="the registered version's model card (also its description in the MLflow registry)")
@@ -31,7 +36,8 @@ def main() -> None:
 
     cfg = section(load_params(args.params), "register")
     init_tracking()
-    report = register_best(args.models, read_json(args.metrics), read_json(args.ingest_report), cfg)
+    report = register_best(args.models, read_json(args.metrics), read_json(args.ingest_report), cfg,
+                           split_dir=args.split, split_report=read_json(args.split_report) if args.split_report else None)
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(report.pop("model_card"), encoding="utf-8")
     write_json(report, args.out)

@@ -38,15 +38,32 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def _splits(ingest: dict[str, Any], split: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(the data sentence's split part, val label, test label) from reports/split.json: FER2013's PublicTest and
+    PrivateTest only when the split is its Usage column as it is; else the split says how it was made."""
+    split = split or {}
+    n, usage = split.get("n") or {}, ingest.get("per_usage") or {}
+    train, val, test = (n.get("train", usage.get("Training", "?")), n.get("val", usage.get("PublicTest", "?")),
+                        n.get("test", usage.get("PrivateTest", "?")))
+    if split.get("strategy", "usage") == "usage" and not split.get("val_carved_from_train"):
+        return (f"train {train} rows, validation = PublicTest {val}, test = PrivateTest {test}",
+                "validation (PublicTest)", "test (PrivateTest)")
+    how = ("validation carved from the training rows, per class (split.val_from_train)"
+           if split.get("strategy") == "usage" else "a stratified random split by class (split.fractions)")
+    return f"train {train} rows, validation {val}, test {test}: {how}", "validation", "test"
+
+
 def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
-               test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None) -> str:
+               test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None,
+               split: dict[str, Any] | None = None) -> str:
     """Markdown card for registered version `version` of `name`, made from training run `model`.
 
     `config` and `metrics` are the model directory's config.json and metrics.json (validation figures), `test`
-    the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val.
+    the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val, `split`
+    reports/split.json (how val and test were made; None: FER2013's Usage column assumed).
     """
     synthetic = bool(ingest.get("synthetic"))
-    usage = ingest.get("per_usage") or {}
+    split_text, val_label, test_label = _splits(ingest, split)
     n_params = metrics.get("n_params")
     lines = [
         f"# {name} v{version}: facial-expression classifier",
@@ -66,9 +83,7 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         "",
         ("**Synthetic demo faces** (no real data was in `data/raw/`): the figures below say nothing about real "
          "faces; put FER2013 in `data/raw/` and run `make run`." if synthetic else
-         f"FER2013 (`{ingest.get('source', '?')}`, sha256 `{str(ingest.get('sha256', '?'))[:12]}`): "
-         f"train {usage.get('Training', '?')} rows, validation = PublicTest {usage.get('PublicTest', '?')}, "
-         f"test = PrivateTest {usage.get('PrivateTest', '?')}."),
+         f"FER2013 (`{ingest.get('source', '?')}`, sha256 `{str(ingest.get('sha256', '?'))[:12]}`): {split_text}."),
         "",
         "Chosen by validation accuracy among the trained candidates of its architecture (early stopping and the "
         "test-time augmentation mode were chosen on validation too); the test split was scored once, after "
@@ -78,8 +93,8 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         "",
         "| split | accuracy | macro-F1 |",
         "|---|---:|---:|",
-        f"| validation (PublicTest) | {_pct(metrics.get('val_accuracy'))} | {_pct(metrics.get('val_macro_f1'))} |",
-        f"| test (PrivateTest), single pass | {_pct(test.get('test_accuracy'))} | {_pct(test.get('test_macro_f1'))} |",
+        f"| {val_label} | {_pct(metrics.get('val_accuracy'))} | {_pct(metrics.get('val_macro_f1'))} |",
+        f"| {test_label}, single pass | {_pct(test.get('test_accuracy'))} | {_pct(test.get('test_macro_f1'))} |",
     ]
     if tta != "none" and test.get("test_accuracy_tta") is not None:
         lines.append(f"| test, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "

@@ -68,7 +68,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                       reused: bool = False) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
-    `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`).
+    `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
+    `val_digest` on versions registered since it was recorded).
     `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
     elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
     stage (code update, `dvc exp apply`) must not take it back.
@@ -99,6 +100,10 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         return False, (f"champion v{cv} was validated on other data (sha256 {str(champion.get('data_sha256'))[:12]} ≠ "
                        f"{str(new_data.get('data_sha256'))[:12]}): accuracies are not comparable; promote "
                        f"deliberately with `ferops promote --version {new_version}` if it should win")
+    if champion.get("val_digest") and new_data.get("val_digest") and champion["val_digest"] != new_data["val_digest"]:
+        return False, (f"champion v{cv} was validated on another val split (digest {champion['val_digest'][:12]} ≠ "
+                       f"{new_data['val_digest'][:12]}: the split params changed): accuracies are not comparable; "
+                       f"promote deliberately with `ferops promote --version {new_version}` if it should win")
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
@@ -166,8 +171,13 @@ def _test_metrics(metrics: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_report: dict[str, Any],
-                  cfg: dict[str, Any]) -> dict[str, Any]:
-    """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it."""
+                  cfg: dict[str, Any], split_dir: str | Path | None = None,
+                  split_report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it.
+
+    `split_dir` (data/processed/split): its val.npz's digest is tagged, so a champion validated on another val split
+    (the same raw file, split otherwise) is not compared by accuracy; `split_report` (reports/split.json) describes
+    the split in the model card."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -193,6 +203,10 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     val = float(best.metrics["val_accuracy"])
     test = _test_metrics(eval_metrics, best.name)
     data = dataset_tags(ingest_report)
+    if split_dir is not None:
+        from ferops.data.io import data_digest, load_npz
+
+        data["val_digest"] = data_digest(load_npz(Path(split_dir) / "val.npz"))
     if run.data.tags.get("data_sha256") not in (None, data["data_sha256"]):
         log.warning("run %s was trained on data %s but reports/ingest.json says %s", run_id,
                     run.data.tags.get("data_sha256"), data["data_sha256"])
@@ -222,7 +236,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         mv = mlflow.register_model(uri, name, tags=tags)
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
-    card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit())
+    card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit(),
+                     split_report)
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
@@ -256,12 +271,12 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
 
 def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],
-              tta: str, commit: str | None) -> str:
+              tta: str, commit: str | None, split_report: dict[str, Any] | None = None) -> str:
     """Set the version's model card as its registry description (and the model's, when it has none); return it."""
     from ferops.modelcard import model_card
 
     card = model_card(name=name, version=version, model=best.name, config=best.config, metrics=best.metrics,
-                      test=test, ingest=ingest_report, tta=tta, git_commit=commit)
+                      test=test, ingest=ingest_report, tta=tta, git_commit=commit, split=split_report)
     client.update_model_version(name, version, description=card)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=(

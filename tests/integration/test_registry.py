@@ -208,6 +208,33 @@ def test_cli_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "src" / "mlflow.db").exists()
 
 
+def test_a_champion_validated_on_another_val_split_is_not_compared(store):
+    """The same raw file split otherwise (split seed, strategy, duplicates: drop) gives another val set: the val digest
+    tagged with each version keeps accuracies on the two from being compared; the card says how the split was made."""
+    from mlflow import MlflowClient
+
+    from ferops.data.io import save_npz
+    from ferops.data.synthetic import make_synthetic
+    from ferops.registry import register_best
+
+    models, split = store / "models" / "deep", store / "split"
+    faces = make_synthetic(40, 0)
+    save_npz(faces.subset(slice(0, 20)), split / "val.npz")
+    stratified = {"strategy": "stratified", "n": {"train": 30, "val": 20, "test": 20}}
+    _train(models, "resnet", "resnet", val=0.50, seed=2)
+    r1 = register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, CFG, split_dir=split, split_report=stratified)
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert r1["decision"] == "champion" and len(tags["val_digest"]) == 16
+    assert "train 30 rows, validation 20, test 20: a stratified random split by class" in r1["model_card"]
+    assert "| validation | 50.00 %" in r1["model_card"] and "PublicTest" not in r1["model_card"]
+
+    save_npz(faces.subset(slice(20, 40)), split / "val.npz")  # the split changed
+    _train(models, "resnet", "resnet", val=0.90, seed=3)
+    r2 = register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, CFG, split_dir=split)
+    assert (r2["decision"], r2["champion_version"]) == ("challenger", 1)
+    assert "was validated on another val split" in r2["reason"] and "ferops promote --version 2" in r2["reason"]
+
+
 def test_champion_decision_rules():
     from ferops.registry import champion_decision
 
@@ -234,6 +261,10 @@ def test_champion_decision_rules():
     assert not ok and "a re-run does not move it back" in why
     assert champion_decision("3", 0.6, data, {**moved, "promoted_by": "register stage"}, new_run_id="r1",
                              reused=True)[0]  # the stage's own earlier move: it follows the mode evaluate chose
+    # another val split (digests differ) is not comparable; a champion from before digests were tagged still is
+    ok, why = champion_decision("5", 0.9, {**data, "val_digest": "v2"}, {**champ, "val_digest": "v1"})
+    assert not ok and "another val split" in why
+    assert champion_decision("5", 0.9, {**data, "val_digest": "v2"}, champ)[0]
     # the tag holds 6 decimals: the same score, rounded down in the tag, is a tie, not a win
     assert not champion_decision("5", 1 / 3, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
     assert champion_decision("5", 1 / 3 + 1e-6, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]

@@ -57,3 +57,14 @@ def test_card_without_tta_or_per_class_figures_and_on_the_demo_set():
 def test_card_fits_the_registry_description():
     c = card(config={**CONFIG, "widths": list(range(5000))})
     assert len(c) <= DESCRIPTION_MAX and c.endswith("…(cut)\n")
+
+
+def test_card_names_public_and_private_test_only_for_the_usage_split():
+    carved = card(split={"strategy": "usage", "val_carved_from_train": 2871,
+                         "n": {"train": 25838, "val": 2871, "test": 7178}})
+    assert "train 25838 rows, validation 2871, test 7178: validation carved from the training rows" in carved
+    assert "| validation | 66.70 %" in carved and "| test, single pass | 68.29 %" in carved
+    assert "PublicTest" not in carved and "PrivateTest" not in carved
+    usage = card(split={"strategy": "usage", "val_carved_from_train": 0,
+                        "n": {"train": 28698, "val": 3589, "test": 3589}})  # e.g. after split.drop_blank
+    assert "train 28698 rows, validation = PublicTest 3589, test = PrivateTest 3589" in usage
