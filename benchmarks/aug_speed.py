@@ -60,8 +60,8 @@ def main() -> None:
     print(f"backend {keras.backend.backend()}, precision {choose_precision(base.get('precision', 'auto'))}")
     for name, aug in cases.items():
         cfg = {**base, "online_aug": aug}
+        keras.backend.clear_session()  # first: it resets the dtype policy too
         keras.mixed_precision.set_global_policy(choose_precision(cfg.get("precision", "auto")))
-        keras.backend.clear_session()
         model = build_model(cfg, seed=1)
         model.compile(optimizer=make_optimizer(cfg, lr_schedule(cfg, args.steps, 2)), loss="categorical_crossentropy")
         timer = Timer()

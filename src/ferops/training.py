@@ -709,7 +709,7 @@ def _callbacks():
             self.raw = None
 
         def on_test_begin(self, logs=None):
-            opt = self.model.optimizer
+            opt = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # fp16 wraps it for loss scaling
             if self.raw is None and getattr(opt, "use_ema", False) and opt.built:
                 weights = self.model.trainable_variables
                 self.raw = [keras.ops.convert_to_numpy(v) for v in weights]
@@ -919,8 +919,10 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     train, val = _labeled(train, "train"), _labeled(val, "validation")
     set_seeds(seed)
     precision = choose_precision(cfg.get("precision", "auto"))
-    keras.mixed_precision.set_global_policy(precision)
+    # clear_session first: it resets Keras' global state, the dtype policy included (set the other way round, every
+    # model trained in float32 while its reports said mixed_bfloat16, until session 48)
     keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(precision)
     set_seeds(seed)  # clear_session resets the layer-name counters; seed again so builds are identical
 
     epochs = int(cfg.get("epochs", 10))
