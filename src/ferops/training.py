@@ -444,7 +444,20 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
     check_arch(cfg.get("arch"))
     steps_per_execution(cfg), time_budget_s(cfg), ema_decay(cfg), swa_config(cfg), mix_config(cfg)
+    if progressive_on(cfg) and cfg.get("arch") in FLATTENING_ARCHS:
+        raise ConfigError(f"progressive={cfg['progressive']!r}: arch {cfg['arch']} flattens a fixed-size feature map, "
+                          "so it cannot train on smaller images first — use it with resnet or mini_xception.")
     return cfg
+
+
+FLATTENING_ARCHS = ("dnn", "cnn", "vgg")  # their dense head needs the full-size map (models.zoo: Flatten)
+
+
+def progressive_on(cfg: dict[str, Any]) -> bool:
+    """Whether `progressive` is set and valid (ConfigError when malformed), before TensorFlow starts."""
+    from ferops.models.zoo import progressive_config
+
+    return progressive_config(cfg, int((cfg.get("online_aug") or {}).get("crop") or IMG_SIZE)) is not None
 
 
 def budget_epochs(done: int, elapsed_s: float, epoch_s: list[float], budget_s: float, max_epochs: int) -> int:
@@ -994,12 +1007,15 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     history = state.history if state is not None else {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     if not history.get("val_accuracy"):
         raise DataError("training ran no epoch (epochs=0 or the run had already finished); nothing to return.")
-    best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    # The epoch whose weights early stopping kept: never one of progressive's low-resolution epochs, which it skips.
+    skip = int(low["epochs"]) if low and len(history["val_accuracy"]) > int(low["epochs"]) else 0
+    best_epoch = skip + int(np.argmax(history["val_accuracy"][skip:])) + 1
     swa_val, swa_kept = None, False
     if averager is not None and averager.count >= 2:
         with scope():
-            swa_val, swa_kept = choose_swa(model, averager, train.pixels, ds_val, max(history["val_accuracy"]), best_epoch,
-                                 batch_size=max(batch, 256))
+            swa_val, swa_kept = choose_swa(model, averager, train.pixels, ds_val,
+                                           history["val_accuracy"][best_epoch - 1], best_epoch,
+                                           batch_size=max(batch, 256))
     # SWA's statistics pass and val check count as training time, and so do the epochs before a resume.
     wall = time.perf_counter() - t0 + (state.prior_s if state is not None else 0.0)
     if checkpoint_dir is not None:
@@ -1316,6 +1332,8 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
     if resume and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
+    elif not resume:  # a fresh training is a new run, also where nothing emptied `out` (the script run by hand)
+        (out / RUN_ID_FILE).unlink(missing_ok=True)
     init_tracking()
     extra = tags or {}
     tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch")), **extra}

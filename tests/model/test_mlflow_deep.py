@@ -87,6 +87,8 @@ def test_a_checkpoint_of_another_config_gets_a_new_mlflow_run(trained, tmp_path,
     (ckpt / RUN_ID_FILE).write_text(summary["mlflow_run_id"] + "\n")  # as a killed run of the first config left it
     (ckpt / "mlflow_run_config.json").write_text("{}")
     changed = {**CFG, "dropout": 0.35, "epochs": 1}
+    (tmp_path / "out").mkdir()  # and the script was run by hand: nothing emptied `out`, which still names that run
+    (tmp_path / "out" / RUN_ID_FILE).write_text(summary["mlflow_run_id"] + "\n")
     m = train_deep_model("cnn", changed, train, val, seed=0, ingest_report={"synthetic": True, "sha256": "abc",
                          "format": "synthetic"}, out_dir=tmp_path / "out", checkpoint_dir=ckpt, verbose=0)
     assert m["mlflow_run_id"] != summary["mlflow_run_id"]

@@ -57,6 +57,22 @@ def test_resolve_config_deep_merges_and_tuned_wins():
     assert common["online_aug"]["crop"] == 44  # inputs untouched
 
 
+def test_the_chosen_precision_is_what_trains(tiny):
+    """bf16 asked, bf16 trained: the layers compute in bfloat16 during fit (the policy used to be reset by
+    clear_session after it was set, so every model trained in float32), and the exported model is float32."""
+    seen = []
+
+    class Policies(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.extend(layer.dtype_policy.name for layer in self.model.layers if layer.weights)
+
+    res = train_keras(*tiny, {**TINY, "epochs": 1, "precision": "bf16"}, seed=0, verbose=0,
+                      extra_callbacks=[Policies()])
+    # every layer but the head, which the zoo keeps in float32 for a stable softmax
+    assert res.precision == "mixed_bfloat16" and set(seen[:-1]) == {"mixed_bfloat16"} and seen[-1] == "float32", seen
+    assert {layer.dtype_policy.name for layer in res.model.layers if layer.weights} == {"float32"}
+
+
 def test_choose_precision():
     assert choose_precision("fp32") == "float32"
     assert choose_precision("bf16") == "mixed_bfloat16"

@@ -55,3 +55,13 @@ def test_train_deep_stage_names_the_params_key_before_tensorflow(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: params.yaml train_deep.models.cnn.epochs='ten': give a whole number ≥ 1." in r.stderr
     assert "tensorflow" not in r.stderr.lower() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_progressive_needs_a_fully_convolutional_arch():
+    prog = {"progressive": {"size": 32, "epochs": 2}}
+    for arch in ("dnn", "cnn", "vgg"):
+        with pytest.raises(ConfigError, match=f"arch {arch} flattens a fixed-size feature map"):
+            check_config({"arch": arch, **prog})
+    check_config({"arch": "resnet", **prog})
+    with pytest.raises(ConfigError, match="progressive.size=100"):
+        check_config({"arch": "resnet", "progressive": {"size": 100, "epochs": 2}})  # caught before TF starts too
