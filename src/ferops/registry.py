@@ -97,16 +97,20 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     if champion.get("data_sha256") != new_data.get("data_sha256"):
         if champion.get("dataset") == "synthetic" and new_data.get("dataset") == "real":
             return True, f"a real-data model replaces champion v{cv}, trained on the synthetic demo set"
-        return False, (f"champion v{cv} was validated on other data (sha256 {str(champion.get('data_sha256'))[:12]} ≠ "
-                       f"{str(new_data.get('data_sha256'))[:12]}): accuracies are not comparable; promote "
-                       f"deliberately with `ferops promote --version {new_version}` if it should win")
+        return _not_comparable(cv, f"other data (sha256 {str(champion.get('data_sha256'))[:12]} ≠ "
+                                   f"{str(new_data.get('data_sha256'))[:12]})", new_version)
     if champion.get("val_digest") and new_data.get("val_digest") and champion["val_digest"] != new_data["val_digest"]:
-        return False, (f"champion v{cv} was validated on another val split (digest {champion['val_digest'][:12]} ≠ "
-                       f"{new_data['val_digest'][:12]}: the split params changed): accuracies are not comparable; "
-                       f"promote deliberately with `ferops promote --version {new_version}` if it should win")
+        return _not_comparable(cv, f"another val split (digest {champion['val_digest'][:12]} ≠ "
+                                   f"{new_data['val_digest'][:12]}: the split params changed)", new_version)
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
+
+
+def _not_comparable(champion_version: str, validated_on: str, new_version: str) -> tuple[bool, str]:
+    """champion_decision's answer when the champion's val accuracy was measured on other rows: no automatic move."""
+    return False, (f"champion v{champion_version} was validated on {validated_on}: accuracies are not comparable; "
+                   f"promote deliberately with `ferops promote --version {new_version}` if it should win")
 
 
 def _client():

@@ -455,9 +455,9 @@ FLATTENING_ARCHS = ("dnn", "cnn", "vgg")  # their dense head needs the full-size
 
 def progressive_on(cfg: dict[str, Any]) -> bool:
     """Whether `progressive` is set and valid (ConfigError when malformed), before TensorFlow starts."""
-    from ferops.models.zoo import progressive_config
+    from ferops.models.zoo import aug_config, progressive_config
 
-    return progressive_config(cfg, int((cfg.get("online_aug") or {}).get("crop") or IMG_SIZE)) is not None
+    return progressive_config(cfg, aug_config(cfg)["crop"] or IMG_SIZE) is not None  # the crop train_keras trains at
 
 
 def budget_epochs(done: int, elapsed_s: float, epoch_s: list[float], budget_s: float, max_epochs: int) -> int:

@@ -217,7 +217,7 @@ def cli_dashboard(args: Any) -> None:
     workers = number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1
     root = repo_root()
     spec = storage_spec(tune.get("storage"), root, workers)
-    path = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
+    path = _storage_file(spec, root)
     if path is not None and not path.exists():
         if not os.environ.get(STORAGE_ENV) and not in_project():
             raise ConfigError(f"no Optuna studies at {path}: {not_in_project(STORAGE_ENV, 'its storage')}.")
@@ -233,6 +233,11 @@ def _journal_path(spec: str, root: Path) -> Path:
     """The file of a `journal:<path>` storage spec (relative paths under the project root)."""
     path = Path(spec[len("journal:"):]).expanduser()
     return path if path.is_absolute() else Path(root) / path
+
+
+def _storage_file(spec: str, root: Path) -> Path | None:
+    """The local file of a journal or sqlite storage spec; None for a server or in-memory storage."""
+    return _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -389,7 +394,7 @@ def _claim_path(spec: str, name: str, root: Path) -> Path:
     milliseconds), so it goes with the project; in the temp folder for a server or in-memory storage. Never deleted:
     removing a flock file while another worker waits on it would let two workers hold 'the' lock at once.
     Not `<file>.lock`: Optuna's journal backend creates and deletes that name as its own lock."""
-    local = _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
+    local = _storage_file(spec, root)
     if local is not None:
         return local.with_name(local.name + ".claim.lock")
     key = hashlib.sha1(f"{spec}|{name}".encode()).hexdigest()[:16]
