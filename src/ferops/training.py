@@ -831,11 +831,13 @@ def _callbacks():
                 self.model.stop_training = True
 
     class TrainState(keras.callbacks.Callback):
-        """Resumable state beside BackupAndRestore: full history, early-stopping/plateau state, best weights."""
+        """Resumable state beside BackupAndRestore: full history, early-stopping/plateau state, best weights, the
+        epochs' train-step times, and whether training had decided to stop (a run killed after that resumes to the end)."""
 
-        def __init__(self, ckpt_dir: Path, backup_dir: Path, early, plateau=None):
+        def __init__(self, ckpt_dir: Path, backup_dir: Path, early, plateau=None, throughput=None):
             super().__init__()
             self.dir, self.backup_dir, self.early, self.plateau = ckpt_dir, backup_dir, early, plateau
+            self.throughput = throughput
             self.history: dict[str, list[float]] = {}
             self.resumed_from = 0
             self.prior_s = 0.0  # training time of the epochs done before a resume (the run's wall counts them)
@@ -857,6 +859,8 @@ def _callbacks():
             self.history = {k: v[:done] for k, v in st["history"].items()}
             self.resumed_from = done
             self.prior_s = float(st.get("elapsed_s", 0.0))
+            if self.throughput is not None:  # images/s over the whole run, not only the epochs after the resume
+                self.throughput.times[:0] = list(st.get("step_s", []))[:done]
             es = st.get("early") or {}
             self.early.best, self.early.wait, self.early.best_epoch = es.get("best"), es.get("wait", 0), es.get("best_epoch", 0)
             best = self.dir / "best_weights.npz"
@@ -878,7 +882,11 @@ def _callbacks():
             st = {"epoch": epoch + 1, "history": self.history,
                   "elapsed_s": self.prior_s + time.perf_counter() - self._begin,
                   "early": {"best": None if self.early.best is None else float(self.early.best),
-                            "wait": int(self.early.wait), "best_epoch": int(self.early.best_epoch)}}
+                            "wait": int(self.early.wait), "best_epoch": int(self.early.best_epoch)},
+                  # set by EarlyStopping / TimeBudget, which run before this callback
+                  "stopped": bool(getattr(self.model, "stop_training", False))}
+            if self.throughput is not None:
+                st["step_s"] = [float(t) for t in self.throughput.times]
             if self.plateau is not None:
                 st["plateau"] = {"best": float(self.plateau.best), "wait": int(self.plateau.wait),
                                  "cooldown_counter": int(self.plateau.cooldown_counter)}
@@ -983,7 +991,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         ckpt = Path(checkpoint_dir)
         _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": data_digest(train, val)})
         backup = ckpt / "backup"
-        state = cbs["TrainState"](ckpt, backup, early, plateau)
+        state = cbs["TrainState"](ckpt, backup, early, plateau, throughput)
         callbacks += [keras.callbacks.BackupAndRestore(str(backup)), state]
     budget = time_budget_s(cfg)
     if budget is not None:  # before TrainState's epoch end, which saves the logs it adds
@@ -999,9 +1007,12 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     if verbose == 1 and not sys.stdout.isatty():
         verbose = 2  # one line per epoch in logs and CI instead of a redrawn bar
 
+    # A run killed after early stopping or the budget had ended it (before the cleanup below) runs no further epoch:
+    # fit restores the checkpoint and early stopping's best weights, and returns.
+    stopped = _stopped_at(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     t0 = time.perf_counter()
     with scope():
-        fit = model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose,
+        fit = model.fit(ds_train, validation_data=ds_val, epochs=stopped or epochs, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
 
     history = state.history if state is not None else {k: [float(v) for v in vs] for k, vs in fit.history.items()}
@@ -1047,6 +1058,18 @@ def choose_swa(model: Any, averager: Any, train_pixels: np.ndarray, ds_val: Any,
     print(f"SWA: mean of {averager.count} epochs ({first}-{last}) val {acc:.4f} against epoch {best_epoch}'s "
           f"{best_val:.4f}: keeping {'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
     return acc, keep
+
+
+def _stopped_at(ckpt: Path) -> int | None:
+    """The epoch count of a checkpointed run that had decided to stop there, or None (no such checkpoint). Only when
+    the weights' backup is at that same epoch: a kill between the two saves leaves the state one epoch behind."""
+    try:
+        st = json.loads((ckpt / "state.json").read_text())
+        backup = json.loads((ckpt / "backup" / "training_metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = int(st.get("epoch", 0))
+    return done if st.get("stopped") and done > 0 and int(backup.get("epoch", -1)) == done else None
 
 
 def _guard_checkpoint(ckpt: Path, identity: dict[str, Any], file: str = "config.json", strict: bool = False) -> bool:

@@ -684,6 +684,37 @@ def test_time_budget_counts_the_time_a_resumed_run_spent(tiny, tmp_path, monkeyp
     assert res.history["lr"][-1] == pytest.approx(TINY["lr"] * 0.01, rel=1e-3)
 
 
+def test_a_run_killed_after_it_had_stopped_resumes_to_its_end(tiny, tmp_path, monkeypatch):
+    """Killed after the budget (or early stopping) ended training but before the cleanup: the resume trains no
+    further epoch, returns the same history, and still reports the run's images/s."""
+    import ferops.training as training
+
+    train, val = tiny
+    cfg = {**TINY, "epochs": 6, "time_budget_min": 55 / 60}
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 4:  # the budget's last epoch: TimeBudget has set stop_training, TrainState has saved
+                raise RuntimeError("killed after epoch 5")
+
+    monkeypatch.setattr(training, "_clock", _Clock())
+    with pytest.raises(RuntimeError, match="killed"):
+        train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Kill()])
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["stopped"] is True
+
+    seen: list[int] = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    monkeypatch.setattr(training, "_clock", _Clock())
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Epochs()])
+    assert seen == []  # the old code trained a sixth epoch here
+    assert res.epochs_run == 5 and not (tmp_path / "ckpt").exists()
+    assert res.images_per_s > 0 and 1 <= res.best_epoch <= 5
+
+
 def test_weight_decay_can_spare_norm_scales_and_biases():
     """`decay_norm_and_bias: false`: AdamW decays kernels only; BN gamma/beta and biases keep their values."""
     layers = keras.layers
