@@ -206,14 +206,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                         f"`dvc repro -f -s train_deep@{best.name}` (-s: that stage alone, not everything before it).") from None
     val = float(best.metrics["val_accuracy"])
     test = _test_metrics(eval_metrics, best.name)
-    data = dataset_tags(ingest_report)
-    if split_dir is not None:
-        from ferops.data.io import data_digest, load_npz
-
-        data["val_digest"] = data_digest(load_npz(Path(split_dir) / "val.npz"))
-    if run.data.tags.get("data_sha256") not in (None, data["data_sha256"]):
-        log.warning("run %s was trained on data %s but reports/ingest.json says %s", run_id,
-                    run.data.tags.get("data_sha256"), data["data_sha256"])
+    data = _trained_on(run, dataset_tags(ingest_report), split_dir)
 
     from ferops.inference import log_pyfunc_model, recorded_tta
 
@@ -272,6 +265,24 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
     }
+
+
+def _trained_on(run: Any, current: dict[str, str], split_dir: Path | None) -> dict[str, str]:
+    """The data tags a version of `run` carries: the current ingest's (and val split's digest), or — when the run
+    was trained on another data file (trained outside DVC, or the data changed since) — the run's own, without a
+    val digest: a version is never tagged with data it did not see, so it is not compared with a champion on them."""
+    trained = run.data.tags.get("data_sha256")
+    if trained not in (None, current["data_sha256"]):
+        log.warning("run %s was trained on data %s but reports/ingest.json says %s: the version is tagged with the "
+                    "run's data, so it is not compared with a champion validated on other data; retrain on the "
+                    "current data with `dvc repro -f -s train_deep@<model>`", run.info.run_id, str(trained)[:12],
+                    current["data_sha256"][:12])
+        return {k: run.data.tags.get(k, "unknown") for k in current}
+    if split_dir is None:
+        return dict(current)
+    from ferops.data.io import data_digest, load_npz
+
+    return {**current, "val_digest": data_digest(load_npz(Path(split_dir) / "val.npz"))}
 
 
 def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],

@@ -21,7 +21,7 @@ CFG = {"model_name": NAME, "family": "resnet", "challenger_alias": "challenger",
 INGEST = {"synthetic": False, "format": "fer2013_csv", "sha256": "a" * 64, "source": "test", "rows": 10}
 
 
-def _train(models: Path, name: str, arch: str, val: float, seed: int) -> Path:
+def _train(models: Path, name: str, arch: str, val: float, seed: int, ingest: dict = INGEST) -> Path:
     """A tiny Keras model dir by train_deep's contract (fresh dir + fresh MLflow run, as `dvc repro` makes)."""
     import shutil
 
@@ -40,7 +40,7 @@ def _train(models: Path, name: str, arch: str, val: float, seed: int) -> Path:
     (d / "config.json").write_text(json.dumps(config))
     (d / "metrics.json").write_text(json.dumps({"model": name, "kind": "deep", "arch": arch, "val_accuracy": val,
                                                 "val_macro_f1": val - 0.1, "train_wall_s": 1.0}))
-    with model_run("train_deep", name, config, dataset_tags(INGEST), run_dir=d):
+    with model_run("train_deep", name, config, dataset_tags(ingest), run_dir=d):
         pass
     return d
 
@@ -61,6 +61,22 @@ def _register(models: Path, test_acc: float = 0.5) -> dict:
 
     return register_best(models, {"resnet": {"test_accuracy": test_acc, "test_accuracy_tta": test_acc + 0.01}},
                          INGEST, CFG)
+
+
+def test_a_model_trained_on_other_data_is_tagged_with_them_and_not_promoted_over_the_champion(store, caplog):
+    """A run trained on another data file than reports/ingest.json names (trained outside DVC): its version carries
+    the run's data hash, not the current one, so a higher val accuracy on other rows does not take @champion."""
+    from mlflow import MlflowClient
+
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.50, seed=2)
+    assert _register(models)["decision"] == "champion"
+    _train(models, "resnet", "resnet", val=0.90, seed=3, ingest={**INGEST, "sha256": "b" * 64})
+    r2 = _register(models)
+    assert (r2["version"], r2["decision"], r2["champion_version"]) == (2, "challenger", 1)  # old code: v2 champion
+    assert "not comparable" in r2["reason"]
+    assert MlflowClient().get_model_version(NAME, "2").tags["data_sha256"] == "b" * 64
+    assert "trained on data bbbbbbbbbbbb" in caplog.text
 
 
 def test_register_promote_and_list(store, capsys):
