@@ -87,10 +87,14 @@ def space_problem(spec: Any) -> str | None:
     problem = None if step is None else number_problem(step, whole=whole, low=1 if whole else 0)
     if problem:
         return f"step={step!r} is not {problem}."
+    if step is not None and float(step) <= 0:  # Optuna's own ValueError would only come in the first trial
+        return f"step={step!r} must be above 0 (leave it out for a continuous range)."
     if float(low) > float(high):
         return f"low={low} is above high={high}; swap them."
     if spec.get("log", False) and float(low) <= 0:
         return f"a log scale needs low > 0 (got {low})."
+    if spec.get("log", False) and step is not None and not (whole and float(step) == 1):
+        return f"Optuna cannot combine `log: true` with step={step!r}; drop one of them."
     return None
 
 

@@ -243,13 +243,19 @@ def test_budget_names_values_that_are_not_numbers():
     ({"low": 0.1, "high": 0.4, "step": "small"}, "lr: step='small' is not a number ≥ 0."),
     ({"choices": 64}, "lr: `choices` must be a list, got 64."),
     ({"low": 3.0e-3, "high": 3.0e-4}, "lr: low=0.003 is above high=0.0003; swap them."),
+    # Optuna refuses these only inside the first trial (a ValueError traceback after TF start-up and the data load)
+    ({"low": 0.0, "high": 0.4, "step": 0}, "lr: step=0 must be above 0 (leave it out for a continuous range)."),
+    ({"low": 16, "high": 128, "step": 16, "log": True},
+     "lr: Optuna cannot combine `log: true` with step=16; drop one of them."),
+    ({"low": 1.0e-4, "high": 1.0e-2, "step": 1.0e-4, "log": True},
+     "lr: Optuna cannot combine `log: true` with step=0.0001; drop one of them."),
 ])
 def test_check_space_names_the_params_key_of_a_bad_entry(spec, words):
     where = "params.yaml tune.families.resnet.space"
     with pytest.raises(ConfigError) as err:
         tuning.check_space({"dropout": {"low": 0.0, "high": 0.4}, "lr": spec}, where)
     assert str(err.value) == f"{where}.{words}"
-    with pytest.raises(ConfigError, match="must be a list|is not|swap") as err:  # a trial refuses it too, in words
+    with pytest.raises(ConfigError, match="must be a list|is not|swap|above 0|cannot combine") as err:  # a trial too
         tuning.suggest_params(optuna.create_study().ask(), {"lr": spec})
     assert str(err.value).startswith("tune space `lr`: ")
     with pytest.raises(ConfigError, match=r"space: expected a mapping of param"):
@@ -260,6 +266,7 @@ def test_space_numbers_written_as_yaml_text_are_read_and_the_shipped_spaces_pass
     import yaml
 
     tuning.check_space({"lr": {"low": "3e-4", "high": "3e-3", "log": True}}, "space")  # YAML reads 3e-3 as text
+    tuning.check_space({"width": {"low": 8, "high": 64, "log": True, "step": 1}}, "space")  # the one step Optuna logs
     p = tuning.suggest_params(optuna.create_study().ask(), {"lr": {"low": "3e-4", "high": "3e-3", "log": True}})
     assert isinstance(p["lr"], float) and 3e-4 <= p["lr"] <= 3e-3
     families = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["tune"]["families"]
