@@ -250,6 +250,24 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
+def adopt_default_study(store: "str | optuna.storages.BaseStorage", name: str, root: Path, workers: int) -> bool:
+    """With no storage set, `tune.workers` picks the file (sqlite for one worker, the journal for more): copy study
+    `name` from the other default file when only that one holds it, so changing the worker count alone resumes the
+    study instead of starting it over. Returns whether it copied."""
+    import optuna
+
+    other_spec = storage_spec(None, root, 2 if workers == 1 else 1)
+    other_file = _storage_file(other_spec, root)
+    if other_file is None or not other_file.exists() or name in optuna.get_all_study_names(store):
+        return False
+    other = make_storage(other_spec, root, 2 if workers == 1 else 1)
+    if name not in optuna.get_all_study_names(other):
+        return False
+    optuna.copy_study(from_study_name=name, from_storage=other, to_storage=store)
+    log.info("study %s: copied from %s (tune.workers changed which default storage it uses)", name, other_file)
+    return True
+
+
 def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optuna.storages.BaseStorage":
     """Open an Optuna storage: sqlite URL (default), JournalStorage (`journal:<path>` or workers > 1), or RDB with heartbeat."""
     import optuna
@@ -723,6 +741,8 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     if isinstance(storage, (str, type(None))):
         spec = storage_spec(storage, root, workers)
         store = make_storage(spec, root, workers)
+        if not storage and not os.environ.get(STORAGE_ENV):
+            adopt_default_study(store, study_name, root, workers)
     elif workers > 1:
         raise ConfigError("parallel workers need the storage as a spec string (journal:<path> or a URL), not an object.")
     else:

@@ -142,6 +142,32 @@ def test_make_storage_defaults_journal_rdb_and_guards(tmp_path, monkeypatch):
     assert tuning.storage_spec(None, tmp_path) == "journal:env.log"
 
 
+def test_changing_only_the_worker_count_resumes_the_study_from_the_other_default_file(tmp_path, monkeypatch):
+    monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # a finished study of `tune.workers: 2` (the default journal file)
+    journal = tuning.make_storage(None, tmp_path, 2)
+    done = optuna.create_study(study_name="ferops-cnn-x", storage=journal, direction="maximize")
+    done.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=3)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the finished study was started over")
+
+    # back to one worker (sqlite): the three trials are found, none is run again
+    study = tuning.run_study("cnn", {"arch": "cnn"}, {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, _fer(14), _fer(7),
+                             storage=None, study_name="ferops-cnn-x", n_trials=3, trial_fn=must_not_run, track=False,
+                             root=tmp_path, progress=False)
+    assert tuning.counted(study) == 3 and study.best_value == done.best_value
+    assert (tmp_path / tuning.DEFAULT_DB).exists()
+    # and the other way round; a study both files hold is left as it is
+    assert tuning.adopt_default_study(journal, "ferops-cnn-x", tmp_path, 2) is False
+    optuna.create_study(study_name="ferops-cnn-y", storage=tuning.make_storage(None, tmp_path, 1)).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert tuning.adopt_default_study(journal, "ferops-cnn-y", tmp_path, 2) is True
+    assert len(optuna.load_study(study_name="ferops-cnn-y", storage=journal).trials) == 2
+    assert tuning.adopt_default_study(journal, "ferops-cnn-new", tmp_path, 2) is False
+
+
 def test_budget_demo_caps_and_redaction():
     fam = {"n_trials": 6, "epochs": 6, "timeout_min": 20, "train_max_rows": 12000}
     demo = {"max_trials": 3, "max_epochs": 2, "max_train_rows": 2000}
