@@ -177,6 +177,15 @@ def test_training_rows_only_stop_at_split_with_the_fix_not_at_evaluate():
     assert len(parts["test"]) > 0
 
 
+def test_an_empty_stratified_split_names_its_fraction_not_the_strategy_already_set():
+    d = make_synthetic(200, seed=5)  # ~28 rows a class: the last 1 % of each rounds to none
+    with pytest.raises(DataError) as err:
+        split_dataset(d, strategy="stratified", fractions={"train": 0.98, "val": 0.01, "test": 0.01})
+    msg = str(err.value)
+    assert "the test split is empty" in msg and "split.strategy" not in msg  # it is stratified already
+    assert "Fix: raise split.fractions.test (now 0.01)" in msg
+
+
 def test_duplicate_examples_and_the_fail_message_name_source_rows():
     d = make_synthetic(60, seed=2)
     px = d.pixels.copy()

@@ -189,10 +189,15 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     parts = {s: data.subset((splits == s) & keep) for s in SPLITS}
     empty = [s for s in ("train", "val", "test") if len(parts[s]) == 0]
     if empty and lab.any():  # evaluate (test) or selection (val) would fail hours later, after training
+        if fr is not None:  # already stratified: the fractions (rounded per class) left the split without rows
+            fix = (f"raise {' and '.join(f'split.fractions.{s} (now {fr[s]:g})' for s in empty)}: each class's "
+                   "share is rounded to whole rows, so a small fraction of a small set can leave none")
+        else:
+            fix = ("set `split.strategy: stratified` (split.fractions) for data with Training rows only, "
+                   "or add PublicTest/PrivateTest rows (image folders: a test/ folder)")
         raise DataError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
                         f"({strategy} strategy: {', '.join(f'{k} {int((splits == k).sum())}' for k in SPLITS)}). "
-                        "Fix: set `split.strategy: stratified` (split.fractions) for data with Training rows only, "
-                        "or add PublicTest/PrivateTest rows (image folders: a test/ folder).")
+                        f"Fix: {fix}.")
     report = {
         "strategy": strategy,
         "strategy_requested": requested,
