@@ -32,13 +32,14 @@ def main() -> None:
     seed, ops = number(p, "augment", "seed", 42, whole=True), check_ops(p.get("ops"))
     copies = number(p, "augment", "copies", 1, whole=True, low=0)
     target = number(p, "augment", "balance_target", 0.5, low=0)
+    preview_n = number(p, "augment", "preview_n", 8, whole=True, low=1)  # before the work: 0 fails in the plot
     train = load_npz(args.train)
     t0 = time.perf_counter()
     out, kind = augment_dataset(train, ops, copies=copies, balance=p.get("balance", "none"),
                                 balance_target=target, seed=seed)
     wall = time.perf_counter() - t0
     save_npz(out, args.out, kind=kind)  # kind: 0 original, 1 balancing row, 2 augmented copy
-    rows = preview_rows(train.emotion, number(p, "augment", "preview_n", 8, whole=True), seed)
+    rows = preview_rows(train.emotion, preview_n, seed)
     rng = np.random.default_rng(seed + 1)
     augmentation_preview(train.pixels[rows], [augment_batch(train.pixels[rows], ops, rng) for _ in range(6)], args.preview)
     report = {

@@ -35,6 +35,8 @@ def _set(params: dict, dotted: str, value: object) -> None:
      "lots", "params.yaml train_baselines.models.logreg.max_iter='lots': give a whole number ≥ 1."),
     ("train_baselines", ["--model", "--split", "--ingest-report", "--out"], "train_baselines.models.logreg.grid.C",
      [1e-3, "fast"], "params.yaml train_baselines.models.logreg.grid.C='fast': give a number ≥ 0."),
+    ("augment", ["--train", "--out", "--report", "--preview"],
+     "augment.preview_n", 0, "params.yaml augment.preview_n: 0 is not a whole number ≥ 1."),
     ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"],
      "tune.families.resnet.space.lr.low", "fast", "params.yaml tune.families.resnet.space.lr: low='fast' is not a number."),
 ])
