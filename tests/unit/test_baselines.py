@@ -98,6 +98,18 @@ def test_unknown_kind_and_setting_are_config_errors(data):
         baselines.fit_with_grid("knn", {"grid": {"n_neighbors": 3}}, Xtr, ytr, Xva, yva, seed=0, progress=False)
 
 
+def test_a_pca_above_the_rows_or_pixels_is_a_config_error_before_any_point_trains(data):
+    Xtr, ytr, Xva, yva = data
+    small = baselines.to_xy(make_synthetic(80, seed=1))  # e.g. a small train_max_rows
+    with pytest.raises(ConfigError, match=r"knn: pca=100 is above the 80 dimensions the fit has \(80 train rows.*max_rows"):
+        baselines.fit_with_grid("knn", {}, *small, Xva, yva, seed=0, progress=False)
+    big = np.zeros((2400, N_PIXELS), np.float32), np.arange(2400) % NUM_CLASSES
+    with pytest.raises(ConfigError, match=r"naive_bayes: grid.pca=3000 is above the 2304 dimensions .*; lower it\.$"):
+        baselines.fit_with_grid("naive_bayes", {"grid": {"pca": [None, 3000]}}, *big, Xva, yva, seed=0, progress=False)
+    with pytest.raises(ConfigError, match=r"pca=250 is above the 240 dimensions .*per 5-fold CV fit"):
+        baselines.fit_with_grid("knn", {"pca": 250, "cv": 5}, Xtr, ytr, Xva, yva, seed=0, progress=False)
+
+
 def test_wrong_input_shape_is_a_data_error(data):
     Xtr, ytr, Xva, yva = data
     with pytest.raises(DataError, match="2304"):

@@ -190,6 +190,21 @@ def _grid_points(grid: Any, kind: str) -> list[dict[str, Any]]:
     return list(ParameterGrid(grid))
 
 
+def _check_pca(kind: str, fixed: dict[str, Any], points: list[dict[str, Any]], n_rows: int, cv: int) -> None:
+    """ConfigError for a `pca` above what the fit can have (its rows — per CV fold — and 2304 pixels): sklearn's
+    ValueError would come mid-grid, as a traceback, after the points before it trained."""
+    fit_rows = n_rows - -(-n_rows // cv) if cv > 1 else n_rows  # a fold fits on all but its ~n/cv held-out rows
+    limit = min(fit_rows, N_PIXELS)
+    for point in points:
+        n = resolve_settings(kind, {**fixed, **point}).get("pca")  # knn's default is 100
+        if n and int(n) > limit:
+            where = "grid.pca" if "pca" in point else "pca"
+            fix = "lower it" if limit == N_PIXELS else "lower it, or raise train_baselines.train_max_rows"
+            raise ConfigError(f"train_baselines {kind}: {where}={n} is above the {limit} dimensions the fit has "
+                              f"({fit_rows} train rows{f' per {cv}-fold CV fit' if cv > 1 else ''}, {N_PIXELS} "
+                              f"pixels); {fix}.")
+
+
 def _check_xy(X: np.ndarray, y: np.ndarray, what: str) -> None:
     if X.ndim != 2 or X.shape[1] != N_PIXELS or len(X) != len(y):
         raise DataError(f"{what}: expected raw pixels [N, {N_PIXELS}] with N labels, got X{X.shape} y{y.shape}.")
@@ -246,6 +261,7 @@ def fit_with_grid(kind: str, cfg: dict[str, Any], train_X: np.ndarray, train_y: 
     fixed = {k: v for k, v in cfg.items() if k not in META_KEYS}
     points = _grid_points(cfg.get("grid"), kind)
     cv = int(cfg.get("cv") or 0)
+    _check_pca(kind, fixed, points, len(train_X), cv)
     # Train accuracy on a fixed subsample: shows over/under-fitting without predicting all 28k rows (slow for KNN).
     rng = np.random.default_rng(seed)
     sub = rng.choice(len(train_X), size=min(2000, len(train_X)), replace=False)
