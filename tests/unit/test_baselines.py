@@ -110,6 +110,17 @@ def test_a_pca_above_the_rows_or_pixels_is_a_config_error_before_any_point_train
         baselines.fit_with_grid("knn", {"pca": 250, "cv": 5}, Xtr, ytr, Xva, yva, seed=0, progress=False)
 
 
+def test_a_bad_setting_in_a_later_grid_point_fails_before_the_first_point_trains(data, monkeypatch):
+    Xtr, ytr, Xva, yva = data
+    monkeypatch.setattr(baselines, "_evaluate_point", lambda *a, **k: pytest.fail("a grid point trained"))
+    with pytest.raises(ConfigError, match="classifier must be `logreg` or `linear_svc`, got 'linearsvc'"):
+        baselines.fit_with_grid("hog_svm", {"grid": {"classifier": ["logreg", "linearsvc"]}}, Xtr, ytr, Xva, yva,
+                                seed=0, progress=False)
+    with pytest.raises(ConfigError, match=r"pixels_per_cell × cells_per_block = 64 is above the 48-px image"):
+        baselines.fit_with_grid("hog_svm", {"grid": {"pixels_per_cell": [8, 32]}}, Xtr, ytr, Xva, yva, seed=0,
+                                progress=False)
+
+
 def test_wrong_input_shape_is_a_data_error(data):
     Xtr, ytr, Xva, yva = data
     with pytest.raises(DataError, match="2304"):

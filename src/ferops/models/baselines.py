@@ -154,6 +154,10 @@ def build_estimator(kind: str, fixed: dict[str, Any], seed: int) -> Any:
                                    n_jobs=s["n_jobs"])
         norm = ("scale", FunctionTransformer(standardize_images)) if s["per_image"] else to01
         return Pipeline([norm, *pca(s["pca"]), ("clf", clf)])
+    cells = int(s["pixels_per_cell"]) * int(s["cells_per_block"])
+    if cells > IMG_SIZE:  # skimage's ValueError would come at fit time, as a traceback
+        raise ConfigError(f"train_baselines hog_svm: pixels_per_cell × cells_per_block = {cells} is above the "
+                          f"{IMG_SIZE}-px image; lower one of them.")
     hog = FunctionTransformer(hog_features, kw_args={k: int(s[k]) for k in ("orientations", "pixels_per_cell",
                                                                                  "cells_per_block")})
     if s["classifier"] == "logreg":
@@ -269,7 +273,8 @@ def fit_with_grid(kind: str, cfg: dict[str, Any], train_X: np.ndarray, train_y: 
     rows: list[dict[str, Any]] = []
     best, best_score, best_i = None, -np.inf, -1
     bar = tqdm(points, desc=f"{kind} grid", unit="point", disable=not progress)
-    build_estimator(kind, {**fixed, **points[0]}, seed)  # bad settings fail now; loads scipy's BLAS before limiting it
+    for point in points:  # bad settings of any point fail now, not after the points before it trained
+        build_estimator(kind, {**fixed, **point}, seed)  # (also loads scipy's BLAS before limiting it)
     # `blas_threads: 1` avoids BLAS spin-waiting on a busy shared CPU (lbfgs got ~40x slower on small data).
     with threadpool_limits(limits=cfg.get("blas_threads"), user_api="blas"):
         for i, point in enumerate(bar):
