@@ -36,7 +36,11 @@ def main() -> None:
     use = bool(td.get("use_tuned"))
     arch = str((models[args.model] or {}).get("arch") or (td.get("common") or {}).get("arch"))
     best, source = tuned_params(args.tuning, args.model, arch) if use else ({}, None)
-    if use and source is None:
+    if use and source is not None and not best:  # a study with no complete trial (e.g. its timeout came first)
+        log.warning("use_tuned is true but %s has no best params (no complete trial) — %s trains with params.yaml "
+                    "values", source, args.model)
+        source = None  # else train_deep's `tuned_from` tag would name a study whose params it never used
+    elif use and source is None:
         names = " nor ".join(f"{k}.json" for k in dict.fromkeys((args.model, arch)))
         log.warning("use_tuned is true but %s has no %s — %s trains with params.yaml values", args.tuning, names,
                     args.model)
