@@ -262,3 +262,44 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
     default = zoo.build_model(cfg, seed=0)
     assert all((np.asarray(layer.gamma) == 1).all() for layer in default.layers
                if isinstance(layer, keras.layers.BatchNormalization))
+
+
+@pytest.mark.parametrize("aug, match", [
+    ({"rotate": 15}, "online_aug.rotate=15: unknown augmentation key — did you mean `rotate_deg`"),
+    ({"rotate_deg": "ten"}, r"online_aug.rotate_deg='ten': give a number"),
+    ({"hflip": "no"}, "online_aug.hflip='no': use true | false"),
+    ({"crop": 44.5}, "online_aug.crop=44.5: give a whole number"),
+    ({"erasing": 1.5}, "online_aug.erasing=1.5"),
+    ([1, 2], "online_aug=.*give a mapping"),
+])
+def test_a_bad_online_aug_key_or_value_is_a_config_error_not_silently_ignored(aug, match):
+    # a typo'd key was dropped by the merge with the defaults (that augmentation silently off), "no" switched the
+    # flip on, and a word ended in a raw ValueError inside check_config
+    with pytest.raises(ConfigError, match=match):
+        zoo.aug_config({"online_aug": aug})
+    from ferops.training import check_config  # the early check before TensorFlow reaches it
+
+    with pytest.raises(ConfigError, match=match):
+        check_config({"arch": "resnet", "online_aug": aug})
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({"arch": "resnet", "stages": 2}, r"stages=2: give a list of whole numbers >= 1"),
+    ({"arch": "resnet", "widths": [32, "x", 128, 256]}, r"widths=\[32, 'x', 128, 256\]"),
+    ({"arch": "resnet", "stages": [0, 2, 2, 2]}, r"stages=\[0, 2, 2, 2\]"),
+    ({"arch": "resnet", "se": "yes"}, "se='yes': give a whole number >= 0"),
+    ({"arch": "resnet", "base_width": "wide"}, "base_width='wide'"),
+    ({"arch": "dnn", "hidden": 500}, "hidden=500"),
+    ({"arch": "vgg", "blocks": [32, 64]}, r"blocks=\[32, 64\]: give one list of conv widths per block"),
+    ({"arch": "mini_xception", "module_widths": 16}, "module_widths=16"),
+    ({"arch": "cnn", "filters": [8] * 6}, "filters: 6 blocks each halve the 48-px input, down to nothing; use at most 5"),
+    ({"arch": "vgg", "blocks": [[8]] * 6, "online_aug": {"crop": 40}}, "blocks: 6 blocks .* 40-px .* at most 5"),
+])
+def test_a_bad_layer_size_setting_is_a_config_error_naming_the_key(cfg, match):
+    # each ended in a raw TypeError/ValueError from the builder (or Keras' "output size would be zero")
+    with pytest.raises(ConfigError, match=match):
+        zoo.build_model(cfg)
+
+
+def test_deepest_valid_cnn_still_builds():
+    assert zoo.build_model({"arch": "cnn", "filters": [8] * 5}).output.shape == (None, 7)

@@ -228,9 +228,34 @@ def custom_objects() -> dict[str, Any]:
     return dict(_layers())
 
 
+def _check_online_aug(given: Any) -> None:
+    """ConfigError `online_aug.<key>=value: why` for a block the layers cannot use. An unknown key (`rotate: 15`)
+    would be dropped by the merge with the defaults — that augmentation silently off — and a value such as
+    `rotate_deg: ten` would end in a raw ValueError; `check_config` reaches this through `progressive_on`."""
+    import difflib
+
+    from ferops.config import number_problem
+
+    if not isinstance(given, dict):
+        raise ConfigError(f"online_aug={given!r}: give a mapping, e.g. {{hflip: true, rotate_deg: 10, crop: 44}}.")
+    for key, value in given.items():
+        if key not in AUG_DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(AUG_DEFAULTS), n=1)
+            raise ConfigError(f"online_aug.{key}={value!r}: unknown augmentation key"
+                              + (f" — did you mean `{close[0]}`?" if close else f"; use {', '.join(AUG_DEFAULTS)}."))
+        if key == "hflip" and not isinstance(value, bool) and value is not None:
+            raise ConfigError(f"online_aug.hflip={value!r}: use true | false.")  # "no" (a string) would be true
+        if key not in ("hflip", "warp") and value is not None:
+            problem = number_problem(value, whole=key == "crop", low=0, high=1 if key == "erasing" else None)
+            if problem:
+                raise ConfigError(f"online_aug.{key}={value!r}: give {problem}.")
+
+
 def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Online-augmentation settings with defaults, magnitudes scaled by `aug_strength` (tuning knob)."""
-    aug = {**AUG_DEFAULTS, **(cfg.get("online_aug") or {})}
+    given = cfg.get("online_aug") or {}
+    _check_online_aug(given)
+    aug = {**AUG_DEFAULTS, **given}
     k = float(cfg.get("aug_strength", 1.0) or 0.0)
     for key in ("rotate_deg", "translate", "zoom", "contrast"):
         aug[key] = float(aug[key] or 0.0) * k
@@ -503,6 +528,37 @@ def check_arch(arch: Any) -> str:
     return arch
 
 
+# Layer-size lists a builder iterates (whole numbers >= 1): a scalar or a word there ended in a raw TypeError/ValueError.
+SIZE_LISTS = ("stages", "widths", "hidden", "filters", "module_widths")
+
+
+def check_arch_config(cfg: dict[str, Any]) -> None:
+    """ConfigError `key=value: why` for a layer-size setting the builders cannot use (`stages: 2`, `widths: [32, x]`,
+    `blocks: [32, 64]`), or for more 2x2 poolings than the cnn's/vgg's input has pixels; Keras-free."""
+    from ferops.config import number_problem
+
+    def sizes_problem(value: Any) -> bool:
+        return not isinstance(value, list) or any(number_problem(v, whole=True, low=1) for v in value)
+
+    for key in SIZE_LISTS:
+        if cfg.get(key) is not None and sizes_problem(cfg[key]):
+            example = "[2, 2, 2, 2]" if key == "stages" else "[32, 64]"
+            raise ConfigError(f"{key}={cfg[key]!r}: give a list of whole numbers >= 1, e.g. {example}.")
+    blocks = cfg.get("blocks")
+    if blocks is not None and (not isinstance(blocks, list) or any(sizes_problem(b) or not b for b in blocks)):
+        raise ConfigError(f"blocks={blocks!r}: give one list of conv widths per block, e.g. [[32, 32], [64, 64]].")
+    for key, low in (("base_width", 1), ("se", 0)):
+        if cfg.get(key) is not None and number_problem(cfg[key], whole=True, low=low):
+            raise ConfigError(f"{key}={cfg[key]!r}: give a whole number >= {low}.")
+    n_pools = {"cnn": len(cfg.get("filters") or [32, 64]), "vgg": len(blocks or [[32, 32], [64, 64], [128, 128]])}
+    if cfg.get("arch") in n_pools:  # each block ends in a valid 2x2 max-pool: the map must keep >= 1 pixel
+        side = aug_config(cfg)["crop"] or IMG_SIZE
+        n = n_pools[cfg["arch"]]
+        if side >> n < 1:
+            raise ConfigError(f"{'filters' if cfg['arch'] == 'cnn' else 'blocks'}: {n} blocks each halve the "
+                              f"{side}-px input, down to nothing; use at most {side.bit_length() - 1}.")
+
+
 def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = False) -> Any:
     """A keras.Model for `cfg["arch"]`: raw pixels (N,48,48,1) in 0..255 → softmax (N,7).
 
@@ -512,6 +568,7 @@ def build_model(cfg: dict[str, Any], seed: int | None = None, inference: bool = 
     import keras
 
     arch = check_arch(cfg.get("arch"))
+    check_arch_config(cfg)
     inputs, x = input_block(cfg, seed=seed, inference=inference)
     x = BUILDERS[arch](cfg, x, norm=_norm_factory(cfg, inference))
     return keras.Model(inputs, _head(x, cfg), name=str(cfg.get("name", arch)))
