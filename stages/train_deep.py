@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ferops.config import load_params, locate_param, number, section
+from ferops.config import load_params, locate_param, number, section, unknown_model_keys
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
 from ferops.runner import cap_onednn_isa, run, start_tensorflow
@@ -38,6 +38,9 @@ def main() -> None:
         raise ConfigError(f"--model {args.model}: not in params.yaml train_deep.models ({', '.join(models)}).")
     cfg = resolve_config(td.get("common") or {}, models[args.model])
     sections = [(f"train_deep.models.{args.model}", models[args.model]), ("train_deep.common", td.get("common"))]
+    for where, sect in sections:  # a typo'd key would train the default silently
+        for message in unknown_model_keys(where, sect or {}):
+            log.warning("%s", message)
     try:  # a mistyped value (`epochs: ten`) fails here, before any file or TensorFlow, naming the params.yaml key
         check_config(cfg)
     except ConfigError as exc:

@@ -100,20 +100,38 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
-    """One message per key of section `name` that no code reads, with the closest known key when there is one."""
+# The keys of one deep model's config (train_deep.common, train_deep.models.<m>) that models.zoo and training read.
+# Nothing else checks these names: a typo there (`widht:`, or one a profile adds with DVC's `+`) trained the defaults.
+MODEL_KEYS: tuple[str, ...] = (
+    "arch", "hidden", "filters", "dense", "blocks", "stages", "widths", "base_width", "bottleneck",
+    "zero_init_residual", "se", "stem_stride", "stem_pool", "activation", "base_filters", "module_widths", "dropout",
+    "online_aug", "aug_strength", "input_norm", "progressive", "fused_batchnorm", "optimizer", "lr", "weight_decay",
+    "decay_norm_and_bias", "schedule", "warmup_epochs", "plateau_patience", "label_smoothing", "class_weights",
+    "batch_size", "epochs", "early_stopping_patience", "time_budget_min", "batch_mix", "ema", "swa", "precision",
+    "data_parallel", "steps_per_execution", "onednn_max_isa", "ensemble_seeds", "name")
+
+
+def _unknown(where: str, keys: Any, known: tuple[str, ...]) -> list[str]:
     import difflib
 
-    known = KNOWN_KEYS.get(name)
-    if known is None:
-        return []
     out = []
-    for key in sect:
+    for key in keys:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" — did you mean `{close[0]}`?" if close else f" (known: {', '.join(known)})"
-            out.append(f"params.yaml {name}.{key}: unknown key, ignored{hint}")
+            out.append(f"params.yaml {where}.{key}: unknown key, ignored{hint}")
     return out
+
+
+def unknown_model_keys(where: str, cfg: dict[str, Any]) -> list[str]:
+    """One message per key of the model config at `where` (e.g. train_deep.models.resnet) that no code reads."""
+    return _unknown(where, cfg or {}, MODEL_KEYS)
+
+
+def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
+    """One message per key of section `name` that no code reads, with the closest known key when there is one."""
+    known = KNOWN_KEYS.get(name)
+    return [] if known is None else _unknown(name, sect, known)
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ferops.config import flatten
+from ferops.config import MODEL_KEYS, flatten
 from ferops.errors import ConfigError
 from ferops.runner import run
 
@@ -34,6 +34,11 @@ def set_args(profile: dict, params: dict) -> list[str]:
             close = difflib.get_close_matches(top, list(params), n=1)
             raise ConfigError(f"profile key {key}: params.yaml has no `{top}:` section"
                               + (f" — did you mean `{close[0]}`?" if close else "."))
+        model_key = _model_key(key)
+        if model_key is not None and model_key not in MODEL_KEYS:  # DVC takes it with `+`; training would ignore it
+            close = difflib.get_close_matches(model_key, MODEL_KEYS, n=1)
+            raise ConfigError(f"profile key {key}: `{model_key}` is not a model setting"
+                              + (f" — did you mean `{close[0]}`?" if close else "."))
         if isinstance(value, (list, dict, bool)) or value is None:
             text = json.dumps(value, separators=(",", ":"))
         else:
@@ -43,6 +48,16 @@ def set_args(profile: dict, params: dict) -> list[str]:
                               f"would split; use a value without spaces.")
         args += ["-S", f"{'' if key in existing else '+'}{key}={text}"]
     return args
+
+
+def _model_key(key: str) -> str | None:
+    """The model-config key a dotted profile key sets (train_deep.common.<k>…, train_deep.models.<m>.<k>…), else None."""
+    parts = key.split(".")
+    if parts[:2] == ["train_deep", "common"] and len(parts) > 2:
+        return parts[2]
+    if parts[:2] == ["train_deep", "models"] and len(parts) > 3:
+        return parts[3]
+    return None
 
 
 def _read_yaml(path: str, what: str) -> dict:

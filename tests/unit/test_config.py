@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferops.config import KNOWN_KEYS, deep_merge, number, section, unknown_keys
+from ferops.config import KNOWN_KEYS, MODEL_KEYS, deep_merge, number, section, unknown_keys, unknown_model_keys
 from ferops.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +20,23 @@ def test_shipped_params_and_gpu_profile_use_only_known_keys():
     for p in (params, merged):
         assert set(KNOWN_KEYS) <= set(p)
         assert [m for name in KNOWN_KEYS for m in unknown_keys(name, p[name] or {})] == []
+        td = p["train_deep"]
+        assert unknown_model_keys("train_deep.common", td["common"]) == []
+        assert [m for name, cfg in td["models"].items() for m in unknown_model_keys(name, cfg)] == []
+
+
+def test_model_keys_are_the_ones_the_code_reads_and_a_typo_names_the_closest():
+    """MODEL_KEYS lists every key the builders and training read (a key they read but the list lacks would be
+    reported as ignored): each `cfg.get("<key>"` / `cfg["<key>"]` in models/zoo.py and training.py is in it."""
+    import re
+
+    read = set()
+    for module in ("models/zoo.py", "training.py"):
+        text = (ROOT / "src" / "ferops" / module).read_text()
+        read |= set(re.findall(r"cfg(?:\.get\(|\[)\"(\w+)\"", text))
+    assert read - {"use_augmented"} <= set(MODEL_KEYS)  # use_augmented: read only to refuse it
+    assert unknown_model_keys("train_deep.models.resnet", {"arch": "resnet", "widht": [8]}) == [
+        "params.yaml train_deep.models.resnet.widht: unknown key, ignored — did you mean `widths`?"]
 
 
 def test_a_typo_is_warned_with_the_closest_key(caplog):

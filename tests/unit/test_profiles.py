@@ -42,6 +42,21 @@ def test_new_keys_get_hydra_plus_and_values_json(tmp_path):
         set_args({"trian_deep": {"common": {"lr": 0.1}}}, {"train_deep": {"common": {}}})
 
 
+@pytest.mark.parametrize("profile, match", [
+    ({"train_deep": {"models": {"resnet": {"widht": [64, 128]}}}},
+     "profile key train_deep.models.resnet.widht: `widht` is not a model setting — did you mean `widths`"),
+    ({"train_deep": {"common": {"learning_rate": 0.1}}}, "profile key train_deep.common.learning_rate"),
+    ({"train_deep": {"models": {"new": {"arch": "resnet", "stem_strde": 2}}}}, "did you mean `stem_stride`"),
+])
+def test_a_typo_in_a_model_key_is_refused_not_added_with_plus(profile, match):
+    # DVC accepts `+train_deep.models.resnet.widht=…` and training never reads it: the profile ran the defaults
+    params = {"train_deep": {"common": {"lr": 0.01}, "models": {"resnet": {"arch": "resnet", "widths": [32]}}}}
+    with pytest.raises(FerError, match=match):
+        set_args(profile, params)
+    assert set_args({"train_deep": {"models": {"resnet": {"widths": [64], "online_aug": {"crop": 40}}}}}, params) == [
+        "-S", "train_deep.models.resnet.widths=[64]", "-S", "+train_deep.models.resnet.online_aug.crop=40"]
+
+
 def test_readme_command_line_through_a_shell(tmp_path):
     """`dvc exp run $(python -m ferops.profiles profiles/gpu.yaml)`: the words the shell hands DVC, applied by DVC's
     own override parser, give the YAML merge (no quote may reach DVC, no value may be split)."""
