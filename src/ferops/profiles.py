@@ -24,7 +24,10 @@ def set_args(profile: dict, params: dict) -> list[str]:
     value is one shell word; ConfigError for a text value with whitespace (it cannot survive `$(...)`)."""
     import difflib
 
-    existing = flatten(params)
+    if not isinstance(profile, dict):
+        raise ConfigError(f"the profile is a {type(profile).__name__}, not a mapping of params sections "
+                          "(e.g. train_deep: {common: {epochs: 60}}).")
+    existing = _paths(params)
     if not flatten(profile):  # `make exp` would run the default pipeline and call it the profile's
         raise ConfigError("the profile holds no overrides — nothing to run as an experiment.")
     args: list[str] = []
@@ -48,6 +51,17 @@ def set_args(profile: dict, params: dict) -> list[str]:
                               f"would split; use a value without spaces.")
         args += ["-S", f"{'' if key in existing else '+'}{key}={text}"]
     return args
+
+
+def _paths(params: dict, prefix: str = "") -> set[str]:
+    """Every dotted path params.yaml holds, mappings included: a profile value replacing a whole mapping (say
+    `online_aug: null`) sets an existing key, and Hydra's `+` (add a new key) on it is refused by DVC."""
+    out: set[str] = set()
+    for k, v in params.items():
+        out.add(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out |= _paths(v, f"{prefix}{k}.")
+    return out
 
 
 def _model_key(key: str) -> str | None:
@@ -75,7 +89,13 @@ def main(argv: list[str]) -> None:
     if not argv:
         sys.exit("usage: python -m ferops.profiles PROFILE.yaml [PARAMS.yaml]")
     profile = _read_yaml(argv[0], "profile")
-    params = _read_yaml(argv[1] if len(argv) > 1 else "params.yaml", "params file")
+    params_file = argv[1] if len(argv) > 1 else "params.yaml"
+    if not Path(params_file).is_file():  # not the profile's hint: this is the project's own file
+        raise ConfigError(f"params file {params_file}: no such file — run from the project root (where params.yaml "
+                          "is), or name the params file after the profile.")
+    params = _read_yaml(params_file, "params file")
+    if not isinstance(params, dict):
+        raise ConfigError(f"params file {params_file}: expected a mapping at top level.")
     print(" ".join(set_args(profile, params)))
 
 

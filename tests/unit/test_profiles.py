@@ -89,3 +89,28 @@ def test_gpu_profile_applied_by_dvc_is_the_yaml_merge_and_x4_trains_the_resnet_r
     assert x4.pop("ensemble_seeds") == [42, 7, 13, 21]
     # the ensemble's members train the single model's recipe (the 58-min CPU budget only binds on CPUs)
     assert {k: v for k, v in single.items() if k != "time_budget_min"} == {**x4, "activation": "relu", "input_norm": "scale"}
+
+
+def test_a_value_replacing_a_whole_mapping_is_an_override_dvc_accepts(tmp_path):
+    # `online_aug: null` replaces a mapping params.yaml holds: it got Hydra's `+` (add a new key), which DVC
+    # refuses ("Invalid `--set-param` value"), so `make exp` failed on a valid profile
+    from dvc.utils import hydra
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    profile = {"train_deep": {"common": {"online_aug": None}, "models": {"resnet": {"online_aug": {"crop": 40}}}}}
+    args = set_args(profile, yaml.safe_load(params.read_text()))
+    assert "train_deep.common.online_aug=null" in args
+    hydra.apply_overrides(params, [a for a in args if a != "-S"])
+    assert yaml.safe_load(params.read_text()) == deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), profile)
+
+
+def test_a_profile_that_is_not_a_mapping_or_no_params_file_is_one_line_naming_the_fix(tmp_path):
+    (tmp_path / "list.yaml").write_text("- train_deep\n")
+    bad = subprocess.run([sys.executable, "-m", "ferops.profiles", "list.yaml", str(ROOT / "params.yaml")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "error: the profile is a list, not a mapping of params sections" in bad.stderr
+    # outside the project: the missing file is params.yaml, and the hint must not be about profiles/
+    away = subprocess.run([sys.executable, "-m", "ferops.profiles", str(ROOT / "profiles" / "gpu.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert away.returncode == 2 and "run from the project root" in away.stderr and "profiles live" not in away.stderr
