@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ferops.config import load_params, locate_param, number, section, unknown_model_keys
+from ferops.config import load_params, locate_param, number, section, train_data, unknown_model_keys
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
 from ferops.runner import cap_onednn_isa, run, start_tensorflow
@@ -19,8 +19,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="key under train_deep.models in params.yaml")
     ap.add_argument("--split", type=Path, required=True, help="folder with train.npz / val.npz")
-    ap.add_argument("--train", type=Path, required=True,
-                    help="train set (params.yaml train_deep.train_data: the split's, or the augment stage's)")
+    ap.add_argument("--train", type=Path, default=None,
+                    help="train set (default: params.yaml train_deep.train_data, the split's or the augment stage's)")
     ap.add_argument("--tuned", type=Path, required=True, help="tune_select's reports/tuned/<model>.json")
     ap.add_argument("--ingest-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -58,7 +58,7 @@ def main() -> None:
         max_rows = number(caps, "demo", "max_train_rows", 0, whole=True, low=0) or None
     cap_onednn_isa(cfg)  # before TensorFlow runs a kernel
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
-    train = load_npz(args.train)
+    train = load_npz(args.train or train_data(params))
     val = load_npz(args.split / "val.npz")  # model selection on validation only; the test split is for evaluate
     if report.get("synthetic"):
         train = stratified_subsample(train, max_rows, seed)

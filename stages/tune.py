@@ -14,7 +14,7 @@ def main() -> None:
     ap.add_argument("--family", required=True, help="a key of tune.families (and of train_deep.models)")
     ap.add_argument("--split", required=True, type=Path, help="folder with train.npz and val.npz")
     ap.add_argument("--train", type=Path, default=None,
-                    help="train set the trials use (train_deep.train_data, like the model's stage; default <split>/train.npz)")
+                    help="train set the trials use (default: params.yaml train_deep.train_data, like the model's stage)")
     ap.add_argument("--ingest-report", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="tuning report (JSON)")
     ap.add_argument("--figures", required=True, type=Path, help="folder for the Optuna plots")
@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops import tuning
-    from ferops.config import load_params, locate_param, number, repo_root, section
+    from ferops.config import load_params, locate_param, number, repo_root, section, train_data
     from ferops.data.io import data_digest, load_npz, read_json, write_json
     from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
@@ -47,7 +47,7 @@ def main() -> None:
     cfg = resolve_config(deep.get("common") or {}, model)
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
-    train = stratified_subsample(load_npz(args.train or args.split / "train.npz"), b["train_rows"], seed)
+    train = stratified_subsample(load_npz(args.train or train_data(params)), b["train_rows"], seed)
     val = stratified_subsample(load_npz(args.split / "val.npz"), None, seed)  # labeled rows, all of them
     # Same space/trial config/data/epochs → same study (a rerun resumes or reuses it); any change → a fresh study.
     name = tuning.family_study_name(args.family, cfg, fam["space"], b["epochs"], seed, tune.get("pruner"),

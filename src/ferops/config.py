@@ -75,6 +75,12 @@ def project_params(path: str | Path | None = None) -> dict[str, Any]:
     return load_params(found) if found.exists() else {}
 
 
+def train_data(params: dict[str, Any]) -> Path:
+    """params.yaml train_deep.train_data: the train set of the deep models and their trials (the split's by default).
+    The stages' fallback when no --train is given, so `mlflow run -e train_deep` trains on what `dvc repro` does."""
+    return Path((params.get("train_deep") or {}).get("train_data") or "data/processed/split/train.npz")
+
+
 def registry_names(params: dict[str, Any]) -> tuple[str, str]:
     """register.model_name and register.champion_alias of `params` (the defaults where unset): the one place
     `ferops predict`, `ferops serve`, the registry commands and the register stage take them from."""

@@ -81,3 +81,22 @@ def test_shipped_baseline_settings_pass():
     check_settings("random_forest", {"grid": {"max_depth": [None, 10]}, "n_jobs": -1, "cv": 3})
     with pytest.raises(ConfigError, match=r"^n_estimators=0: give a whole number ≥ 1\.$"):
         check_settings("random_forest", {"n_estimators": 0})
+
+
+def test_train_deep_without_train_reads_train_data_and_mlproject_leaves_it_to_params(tmp_path):
+    # MLproject's train_deep passed --train data/processed/split/train.npz: with train_data set to the augment
+    # stage's file, `mlflow run -e train_deep` trained on another set than `dvc repro` did, silently
+    entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    assert "--train" not in entries["train_deep"]["command"] and "--train" not in entries["tune"]["command"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_deep"]["train_data"] = "chosen/train.npz"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (tmp_path / "ingest.json").write_text('{"synthetic": false}')
+    (tmp_path / "tuned.json").write_text('{"model": "cnn", "source": null, "best_params": {}}')
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "train_deep.py"), "--model", "cnn", "--split", missing,
+           "--tuned", str(tmp_path / "tuned.json"), "--ingest-report", str(tmp_path / "ingest.json"),
+           "--out", missing, "--checkpoints", missing, "--curves", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "chosen/train.npz" in r.stderr.splitlines()[-1]
