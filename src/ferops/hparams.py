@@ -13,6 +13,10 @@ from typing import Any, Callable
 from ferops.errors import ConfigError
 
 AUG_STRENGTH_KEYS = ("rotate_deg", "translate", "zoom", "contrast", "erasing")
+# The most each online_aug magnitude can be: Keras' RandomContrast/Translation/Zoom refuse a factor above 1 (a raw
+# ValueError mid-study when aug_strength scaled, say, contrast 0.8 by 1.5), erasing is a probability, and a turn
+# beyond 180° is one within it. aug_strength caps at these; a larger value in params.yaml is a ConfigError (zoo).
+AUG_LIMITS = {"rotate_deg": 180.0, "translate": 1.0, "zoom": 1.0, "contrast": 1.0, "erasing": 1.0}
 DIRECT_KEYS = ("lr", "weight_decay", "dropout", "label_smoothing", "batch_size")
 
 
@@ -70,9 +74,7 @@ def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]
         aug = dict(out.get("online_aug") or {})
         for key in AUG_STRENGTH_KEYS:
             if key in aug and not isinstance(aug[key], bool):
-                aug[key] = float(aug[key] or 0.0) * k
-        if "erasing" in aug:
-            aug["erasing"] = min(1.0, aug["erasing"])  # a probability
+                aug[key] = min(AUG_LIMITS[key], float(aug[key] or 0.0) * k)
         out["online_aug"] = aug
     for name, value in rest.items():
         if "." in name:  # e.g. online_aug.erasing

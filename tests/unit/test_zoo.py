@@ -303,3 +303,18 @@ def test_a_bad_layer_size_setting_is_a_config_error_naming_the_key(cfg, match):
 
 def test_deepest_valid_cnn_still_builds():
     assert zoo.build_model({"arch": "cnn", "filters": [8] * 5}).output.shape == (None, 7)
+
+
+def test_aug_strength_caps_magnitudes_where_the_keras_layers_end():
+    # contrast 0.8 x 1.5 = 1.2 reached RandomContrast, which raised a raw ValueError (factor must be in [0, 1])
+    from ferops.hparams import apply_params
+
+    cfg = {"arch": "dnn", "hidden": [8], "online_aug": {"contrast": 0.8, "zoom": 0.9, "translate": 0.9, "rotate_deg": 170}}
+    aug = zoo.aug_config({**cfg, "aug_strength": 1.5})
+    assert (aug["contrast"], aug["zoom"], aug["translate"], aug["rotate_deg"]) == (1.0, 1.0, 1.0, 180.0)
+    zoo.build_model({**cfg, "aug_strength": 1.5, "online_aug": {**cfg["online_aug"], "warp": "builtin"}})
+    tuned = apply_params(cfg, {"aug_strength": 1.5})  # the tune trial's path
+    assert tuned["online_aug"]["contrast"] == 1.0
+    zoo.build_model({**tuned, "online_aug": {**tuned["online_aug"], "warp": "builtin"}})
+    with pytest.raises(ConfigError, match=r"online_aug.contrast=1.2: give a number ≥ 0 and ≤ 1"):
+        zoo.aug_config({"online_aug": {"contrast": 1.2}})

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ferops.constants import IMG_SIZE, NUM_CLASSES
 from ferops.errors import ConfigError
+from ferops.hparams import AUG_LIMITS
 
 ARCHS = ("dnn", "cnn", "vgg", "resnet", "mini_xception")
 # PyTorch's default (Keras' 0.99 needs thousands of steps before the moving statistics fit: short/demo runs fail).
@@ -246,7 +247,7 @@ def _check_online_aug(given: Any) -> None:
         if key == "hflip" and not isinstance(value, bool) and value is not None:
             raise ConfigError(f"online_aug.hflip={value!r}: use true | false.")  # "no" (a string) would be true
         if key not in ("hflip", "warp") and value is not None:
-            problem = number_problem(value, whole=key == "crop", low=0, high=1 if key == "erasing" else None)
+            problem = number_problem(value, whole=key == "crop", low=0, high=AUG_LIMITS.get(key))
             if problem:
                 raise ConfigError(f"online_aug.{key}={value!r}: give {problem}.")
 
@@ -257,9 +258,8 @@ def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _check_online_aug(given)
     aug = {**AUG_DEFAULTS, **given}
     k = float(cfg.get("aug_strength", 1.0) or 0.0)
-    for key in ("rotate_deg", "translate", "zoom", "contrast"):
-        aug[key] = float(aug[key] or 0.0) * k
-    aug["erasing"] = min(1.0, float(aug["erasing"] or 0.0) * k)
+    for key, limit in AUG_LIMITS.items():  # scaled up, capped where the layers' range ends
+        aug[key] = min(limit, float(aug[key] or 0.0) * k)
     aug["crop"] = int(aug["crop"] or 0)
     if aug["crop"] and not 8 <= aug["crop"] <= IMG_SIZE:
         raise ConfigError(f"online_aug.crop={aug['crop']}: must be 0 (off) or between 8 and {IMG_SIZE}.")
