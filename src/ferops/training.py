@@ -440,9 +440,10 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg.get(key) is not None and cfg[key] not in choices:
             raise ConfigError(f"{key}={cfg[key]!r}: use {' | '.join(choices)}.")
     check_precision(cfg.get("precision"))
-    from ferops.models.zoo import check_arch  # no Keras import at module level
+    from ferops.models.zoo import check_arch, check_arch_config  # no Keras import at module level
 
     check_arch(cfg.get("arch"))
+    check_arch_config(cfg)  # layer sizes too: before TensorFlow starts and the MLflow run opens, not in the build
     steps_per_execution(cfg), time_budget_s(cfg), ema_decay(cfg), swa_config(cfg), mix_config(cfg)
     if progressive_on(cfg) and cfg.get("arch") in FLATTENING_ARCHS:
         raise ConfigError(f"progressive={cfg['progressive']!r}: arch {cfg['arch']} flattens a fixed-size feature map, "

@@ -36,6 +36,7 @@ def test_shipped_deep_configs_pass():
     ({"arch": "resnet50"}, "arch='resnet50': unknown model architecture"),
     ({"time_budget_min": -1}, "time_budget_min=-1"),
     ({"use_augmented": True}, "use_augmented=True: replaced by params.yaml train_deep.train_data"),  # older params
+    ({"filters": 64}, "filters=64: give a list of whole numbers >= 1"),  # layer sizes: before TF, not at the build
 ])
 def test_bad_values_are_named(bad, words):
     with pytest.raises(ConfigError) as err:
