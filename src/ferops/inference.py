@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -656,19 +657,25 @@ def _from_pyfunc(pyfunc: Any) -> Classifier:
     return Classifier(call)
 
 
+def _is_annotated_copy(f: Path, out_dir: Path) -> bool:
+    """`f` is an annotated copy `_annotated_path` writes: named <stem>_pred[k].<ext>, directly in `out_dir`. Only
+    those: `--out-dir` may be the photos' own folder (copies beside the originals), whose photos are still read."""
+    return f.parent.resolve() == out_dir and re.search(r"_pred\d*$", f.stem) is not None
+
+
 def list_photos(paths: Sequence[str | Path], skip: str | Path | None = None) -> list[Path]:
     """Command-line inputs → photo paths: a folder expands to the image files under it (recursively, sorted by
-    path), except those under `skip` (predict's own --out-dir: its annotated copies are not photos to classify);
-    anything else stays as given, so a missing or unreadable file is reported on its own line."""
+    path), except the annotated copies in `skip` (predict's own --out-dir: not photos to classify); anything else
+    stays as given, so a missing or unreadable file is reported on its own line."""
     readable = image_suffixes(IMAGE_SUFFIXES)
     out: list[Path] = []
     below = Path(skip).resolve() if skip is not None else None
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
         if below is not None and files:
-            kept = [f for f in files if below not in f.resolve().parents]
+            kept = [f for f in files if not _is_annotated_copy(f, below)]
             if len(kept) < len(files):
-                log.info("%s: not reading %d file(s) under %s (annotated copies this command writes)", p,
+                log.info("%s: not reading %d annotated cop(ies) in %s (<name>_pred.<ext>: written by this command)", p,
                          len(files) - len(kept), skip)
             files = kept
         found = [f for f in files if f.suffix.lower() in readable]

@@ -309,6 +309,16 @@ def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_pat
                                                              "a_pred.jpg"]
 
 
+def test_out_dir_that_is_the_photos_folder_still_reads_the_photos(tmp_path):
+    """`--out-dir` the photos' own folder (copies beside the originals): the originals are read, the copies of an
+    earlier run are not (they used to be skipped too, and the folder reported as holding no images)."""
+    for name in ("a.jpg", "a_pred.jpg", "b_pred2.png", "sub/c_pred.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), draw_face_photo(100, 100))
+    found = inf.list_photos([tmp_path], skip=tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.jpg", "sub/c_pred.jpg"]
+
+
 def test_check_output_fails_before_anything_is_written(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")
