@@ -633,10 +633,25 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
     if not path.is_file():
         raise ConfigError(f"--model {ref}: no such file — {MODEL_HINT}.")
     try:
-        return Classifier(load_keras(path))
+        model = load_keras(path)
     except Exception as exc:  # keras raises several types for a file that is not a model
         raise ConfigError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}).") from None
+    return Classifier(check_contract(model, path))
+
+
+def check_contract(model: Any, path: str | Path) -> Any:
+    """`model` if it takes [N,48,48,1] grey faces and returns 7 class probabilities (every ferops model), else
+    ConfigError: another Keras model would fail mid-run with Keras' shape traceback, or index past EMOTIONS."""
+    try:
+        inp, out = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, ValueError):  # several inputs or outputs: not a ferops model either
+        inp, out = None, None
+    if inp is None or inp[1:] not in ((IMG_SIZE, IMG_SIZE, 1), (IMG_SIZE, IMG_SIZE)) or out[1:] != (NUM_CLASSES,):
+        have = f"input {inp}, output {out}" if inp is not None else "several inputs or outputs"
+        raise ConfigError(f"--model {path}: not a ferops expression model ({have}; expected input "
+                          f"(None, {IMG_SIZE}, {IMG_SIZE}, 1) and output (None, {NUM_CLASSES})) — {MODEL_HINT}.")
+    return model
 
 
 def _from_pyfunc(pyfunc: Any) -> Classifier:

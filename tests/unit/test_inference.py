@@ -416,6 +416,20 @@ def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path,
         inf.load_classifier(None, params)
 
 
+def test_a_keras_model_of_another_shape_is_refused_at_load(tmp_path, keras_path):
+    """--model with a Keras model that is not a 48x48-grey → 7-class one: one line naming the shapes at load, not
+    Keras' shape traceback (or an IndexError past EMOTIONS) in the middle of the photos."""
+    import keras
+
+    for name, shape, classes in (("rgb", (64, 64, 3), 7), ("eight", (IMG_SIZE, IMG_SIZE, 1), 8)):
+        keras.Sequential([keras.Input(shape), keras.layers.Flatten(),
+                          keras.layers.Dense(classes, activation="softmax")]).save(tmp_path / f"{name}.keras")
+        with pytest.raises(FerError, match=rf"--model .*{name}.keras: not a ferops expression model \(input "
+                                           rf"\(None, {shape[0]}, {shape[1]}, {shape[2]}\), output \(None, {classes}\)"):
+            inf.load_classifier(tmp_path / f"{name}.keras")
+    assert inf.load_classifier(keras_path).model.output_shape == (None, len(EMOTIONS))
+
+
 def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist(tmp_path, monkeypatch):
     """`ferops predict/registry/promote` find the project's params.yaml from a subfolder (as they find its store);
     a --params path that does not exist is an error, not a silent fall-back to the default model name."""
