@@ -185,15 +185,16 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     return files, ece
 
 
-def comparison_chart(results: list[dict[str, Any]], path: Path) -> Path:
-    """model_comparison.png: val, test and test-with-TTA accuracy per model, best by val on top."""
+def comparison_chart(results: list[dict[str, Any]], path: Path, tta: str = "auto") -> Path:
+    """model_comparison.png: val, test and test-with-TTA accuracy per model, best by val on top; the TTA bars are
+    labelled with evaluate.tta (a fixed mode was set, not chosen on val)."""
     from ferops.diagnostics import model_comparison_chart
 
     rows = by_validation(results)
     return model_comparison_chart(
         [r["model"] for r in rows],
         {"val": [r["val_accuracy"] for r in rows], "test": [r.get("test_accuracy") for r in rows],
-         "test, TTA chosen on val": [r.get("test_accuracy_tta") for r in rows]},
+         "test, TTA chosen on val" if tta == "auto" else f"test, TTA {tta}": [r.get("test_accuracy_tta") for r in rows]},
         path, title="Accuracy per model (sorted by val, which every choice uses)")
 
 
@@ -398,7 +399,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
                  f"  test(TTA {mode}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
         del model
-    comparison_chart(results, Path(out_dir) / "model_comparison.png")
+    comparison_chart(results, Path(out_dir) / "model_comparison.png", tta)
     best = select_best(results)
     entry = next(e for e in entries if e.key == best["model"])
     log.info("submission model (best by val accuracy): %s", best["model"])

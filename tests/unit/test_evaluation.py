@@ -120,6 +120,19 @@ def test_metrics_summary_and_comparison_table():
     assert "| resnet | " in md and "80.00" in md  # per-class F1 table
 
 
+def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):
+    """The TTA bars say `chosen on val` only for evaluate.tta=auto; a fixed mode is named (it was not chosen)."""
+    import ferops.diagnostics as diag
+    from ferops.evaluation import comparison_chart
+
+    seen = []
+    monkeypatch.setattr(diag, "model_comparison_chart", lambda names, series, path, title="": seen.append(list(series)))
+    results = [_result("cnn", 0.55, 0.57, kind="deep", test_accuracy_tta=0.58)]
+    comparison_chart(results, tmp_path / "c.png", "auto")
+    comparison_chart(results, tmp_path / "c.png", "flip")
+    assert [s[-1] for s in seen] == ["test, TTA chosen on val", "test, TTA flip"]
+
+
 def test_write_submission(tmp_path):
     p = write_submission(np.array(["id7", "id9"]), np.array([3, 6]), tmp_path / "sub.csv")
     assert p.read_text().splitlines() == ["id,emotion", "id7,3", "id9,6"]
