@@ -745,8 +745,9 @@ def face_regions(gray: np.ndarray, faces: str = "auto") -> tuple[list[Box], str]
     return detect_faces(gray), "detected"
 
 
-def _annotate(img: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
-    """A copy with one box and `Label 87%` per face (downscaled first when huge)."""
+def _annotate(img: np.ndarray, faces: list[dict[str, Any]], width: int | None = None) -> np.ndarray:
+    """A copy with one box and `Label 87%` per face (downscaled first when huge); `width`: of the photo the boxes
+    are in, when `img` is already a downscaled copy of it (`predict_photos` keeps only that)."""
     import cv2
 
     out = shrink(img, ANNOTATED_MAX_SIDE, exact=False)
@@ -754,7 +755,7 @@ def _annotate(img: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
         f = ANNOTATED_MIN_SIDE / max(out.shape[:2])
         out = cv2.resize(out, (round(out.shape[1] * f), round(out.shape[0] * f)), interpolation=cv2.INTER_CUBIC)
     out = out.copy() if out is img else out
-    scale = out.shape[1] / img.shape[1]
+    scale = out.shape[1] / (width or img.shape[1])
     thick = max(1, round(max(out.shape[:2]) / 400))
     font = 0.4 + max(out.shape[:2]) / 1600
     if not faces:
@@ -788,27 +789,26 @@ def _annotated_path(out_dir: Path, src: Path, used: set[Path]) -> Path:
     return p
 
 
-def _classify_group(items: list[tuple[dict[str, Any], np.ndarray | None]], model: Any, tta: str, faces: str) -> None:
-    """Fill each readable photo's `faces`, `faces_from` and `note`, all faces of the group in one model call."""
+def _face_crops(res: dict[str, Any], img: np.ndarray, faces: str) -> list[tuple[np.ndarray, Box]]:
+    """The 48x48 crops of one photo's faces and their boxes; fills its `faces_from` and `note`."""
     import cv2
 
-    crops, owners = [], []
-    for res, img in items:
-        if img is None:
-            continue
-        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        boxes, res["faces_from"] = face_regions(gray, faces)
-        whole = res["faces_from"] == "whole image"
-        for b in boxes:
-            crops.append(resize_to_model(gray if whole else crop_square(gray, b)))
-            owners.append((res, b))
-        if not boxes:
-            res["note"] = "no face found"
-        elif whole and min(gray.shape) < MIN_FACE_PX:  # still answered, but a few pixels hold no expression
-            res["note"] = f"image under {MIN_FACE_PX} px a side, enlarged to {IMG_SIZE}: the answer means little"
-    if not crops:
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    boxes, res["faces_from"] = face_regions(gray, faces)
+    whole = res["faces_from"] == "whole image"
+    if not boxes:
+        res["note"] = "no face found"
+    elif whole and min(gray.shape) < MIN_FACE_PX:  # still answered, but a few pixels hold no expression
+        res["note"] = f"image under {MIN_FACE_PX} px a side, enlarged to {IMG_SIZE}: the answer means little"
+    return [(resize_to_model(gray if whole else crop_square(gray, b)), b) for b in boxes]
+
+
+def _classify_group(items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box]]]], model: Any, tta: str) -> None:
+    """Fill each photo's `faces` from its crops (`_face_crops`), all faces of the group in one model call."""
+    owners = [(res, b) for res, crops in items for _, b in crops]
+    if not owners:
         return
-    proba = predict_proba(model, np.stack(crops), tta=tta)
+    proba = predict_proba(model, np.stack([c for _, crops in items for c, _ in crops]), tta=tta)
     for (res, b), pr in zip(owners, proba):
         k = int(pr.argmax())
         res["faces"].append({"box": [int(v) for v in b], "label": k, "label_name": EMOTIONS[k],
@@ -833,34 +833,45 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(photos), desc="predict", unit="photo", disable=None if progress else True)
     for g in range(0, len(photos), PHOTO_GROUP):
-        items: list[tuple[dict[str, Any], np.ndarray | None]] = []
+        # A group keeps each photo's face crops and its copy to annotate (≤ ANNOTATED_MAX_SIDE), never the decoded
+        # photo: 64 phone photos of 12 MP held at once took 3 GB.
+        items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box]]]] = []
+        views: list[np.ndarray | None] = []
         for p in photos[g:g + PHOTO_GROUP]:
             res: dict[str, Any] = {"file": str(p), "image_size": None, "faces": [], "faces_from": None,
                                    "annotated": None, "note": None, "error": None}
             try:
                 img = _read_photo(p)
-                res["image_size"] = [int(img.shape[1]), int(img.shape[0])]
             except DataError as exc:
-                res["error"], img = str(exc), None
-            items.append((res, img))
-        _classify_group(items, model, tta, faces)
-        for res, img in items:
-            if img is not None and out is not None:
-                res["annotated"] = str(_write_annotated(out, Path(res["file"]), img, res["faces"], used))
+                res["error"] = str(exc)
+                items.append((res, []))
+                views.append(None)
+                continue
+            res["image_size"] = [int(img.shape[1]), int(img.shape[0])]
+            items.append((res, _face_crops(res, img, faces)))
+            views.append(shrink(img, ANNOTATED_MAX_SIDE, exact=False) if out is not None else None)
+            del img
+        _classify_group(items, model, tta)
+        for (res, _), view in zip(items, views):
+            if view is not None and out is not None:
+                res["annotated"] = str(_write_annotated(out, Path(res["file"]), view, res["faces"], used,
+                                                        res["image_size"][0]))
             results.append(res)
         bar.update(len(items))
     bar.close()
     return results
 
 
-def _write_annotated(out: Path, src: Path, img: np.ndarray, faces: list[dict[str, Any]], used: set[Path]) -> Path:
-    """Write the annotated copy of one photo into `out`; ConfigError when the folder cannot take it."""
+def _write_annotated(out: Path, src: Path, img: np.ndarray, faces: list[dict[str, Any]], used: set[Path],
+                     width: int | None = None) -> Path:
+    """Write the annotated copy of one photo (`img`, maybe downscaled from `width` px) into `out`; ConfigError when
+    the folder cannot take it."""
     import cv2
 
     dest = _annotated_path(out, src, used)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        written = cv2.imwrite(str(dest), _annotate(img, faces))
+        written = cv2.imwrite(str(dest), _annotate(img, faces, width))
     except (OSError, cv2.error) as exc:
         raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there ({exc}).") from None
     if not written:
