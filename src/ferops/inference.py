@@ -110,7 +110,7 @@ def decode_image(data: str | bytes) -> np.ndarray:
         raise ValueError("empty image")
     gray = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is None:
-        raise ValueError(known_format_problem(raw[:16], len(raw))
+        raise ValueError(known_format_problem(raw)
                          or f"not a decodable image ({len(raw)} bytes; use PNG, JPEG, BMP, WebP or TIFF)")
     return gray
 
@@ -123,15 +123,31 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (4, b"ftypheix", "HEIC"), (4, b"ftypmif1", "HEIF"))
 
 
-def known_format_problem(head: bytes, size: int) -> str | None:
-    """Why OpenCV could not decode an image whose first bytes are `head` (of `size`), when they name a format;
-    None when they do not (then it is simply not an image)."""
+def known_format_problem(data: bytes | np.ndarray) -> str | None:
+    """Why OpenCV could not decode the image file `data` as 8-bit grey or colour, when its first bytes name a
+    format; None when they do not (then it is simply not an image)."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8)
+    head = buf[:16].tobytes()
     kind = next((name for at, sig, name in _SIGNATURES if head[at:at + len(sig)] == sig), None)
     if kind in ("HEIC", "HEIF") or (kind == "GIF" and not opencv_reads_gif()):
         return f"a {kind} image, which OpenCV cannot read — convert it to JPEG or PNG"
     if kind:
-        return f"a damaged or cut-short {kind} file ({size} bytes) — re-export or re-download it"
+        samples = _wide_samples(buf)
+        if samples:  # e.g. a scientific TIFF: intact, but no grey levels to map its values to
+            return f"a {kind} image with {samples} samples, which ferops does not read — save it as 8-bit PNG or JPEG"
+        return f"a damaged or cut-short {kind} file ({buf.size} bytes) — re-export or re-download it"
     return None
+
+
+def _wide_samples(buf: np.ndarray) -> str | None:
+    """`32-bit floating-point` (…) when `buf` decodes only as is, with samples wider than 16-bit: OpenCV does not
+    convert those to 8-bit grey or colour (a TIFF of floats or 32-bit integers); None otherwise."""
+    import cv2
+
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype.itemsize <= 2:
+        return None
+    return f"{8 * img.dtype.itemsize}-bit {'floating-point' if img.dtype.kind == 'f' else 'integer'}"
 
 
 def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
@@ -717,7 +733,7 @@ def _read_photo(path: Path) -> np.ndarray:
         raise DataError("empty file")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
-        raise DataError(known_format_problem(data[:16].tobytes(), data.size)
+        raise DataError(known_format_problem(data)
                         or "not an image OpenCV can read (use JPEG, PNG, BMP, WebP or TIFF)")
     return img
 

@@ -322,6 +322,21 @@ def test_damaged_and_unsupported_image_files_say_which(tmp_path, keras_model):
         inf.decode_image(base64.b64encode(buf.tobytes()[:300]).decode())
 
 
+def test_a_tiff_of_32_bit_samples_is_named_as_such_not_as_damaged(tmp_path, keras_model):
+    """An intact float or 32-bit-integer TIFF (OpenCV reads it only as is) is not 'damaged or cut-short'."""
+    from PIL import Image
+
+    grey = np.random.default_rng(0).integers(0, 256, (48, 48))
+    Image.fromarray((grey / 255).astype(np.float32)).save(tmp_path / "float.tif")
+    Image.fromarray(grey.astype(np.int32) * 100).save(tmp_path / "int.tif")
+    res = inf.predict_photos([tmp_path / "float.tif", tmp_path / "int.tif"], keras_model, None)
+    assert [r["error"] for r in res] == [
+        f"a TIFF image with 32-bit {kind} samples, which ferops does not read — save it as 8-bit PNG or JPEG"
+        for kind in ("floating-point", "integer")]
+    with pytest.raises(ValueError, match="^a TIFF image with 32-bit floating-point samples"):  # REST alike
+        inf.decode_image((tmp_path / "float.tif").read_bytes())
+
+
 def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_path):
     from ferops.data.formats import opencv_reads_gif
 
