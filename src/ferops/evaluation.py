@@ -327,11 +327,19 @@ def load_predict(path: str | Path) -> FerData:
 def write_submission(source_ids: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
     """Kaggle-style `id,emotion` CSV (header only when there is nothing to predict).
 
-    Ingest's source ids are `<file stem>:<id or row>`; the submission keeps the id part (Kaggle's `id` column).
+    Ingest's source ids are `<file stem>:<id or row>` for CSV rows; the submission keeps the id part (Kaggle's `id`
+    column), whole even when it holds a colon itself. Image files' ids (their path) are kept as they are.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    return _write_csv(p, ["id", "emotion"], ((str(i).rsplit(":", 1)[-1], int(y)) for i, y in zip(source_ids, labels)))
+    return _write_csv(p, ["id", "emotion"], ((submission_id(str(i)), int(y)) for i, y in zip(source_ids, labels)))
+
+
+def submission_id(source_id: str) -> str:
+    """The id part of a CSV row's `<file stem>:<id>` (split at the first colon: an id such as `img:07` stays whole,
+    where the last colon made it `07`); an image's path (`test/x.png`, a folder before any colon) unchanged."""
+    stem, sep, rest = source_id.partition(":")
+    return rest if sep and "/" not in stem else source_id
 
 
 def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str) -> bool:

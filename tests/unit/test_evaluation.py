@@ -136,6 +136,10 @@ def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):
 def test_write_submission(tmp_path):
     p = write_submission(np.array(["id7", "id9"]), np.array([3, 6]), tmp_path / "sub.csv")
     assert p.read_text().splitlines() == ["id,emotion", "id7,3", "id9,6"]
+    ids = ["test:00012", "test:img:07", "test:2019-01-01T10:30", "test/unlabeled/a.png", "test/12:30.png"]
+    p = write_submission(np.array(ids), np.arange(5), tmp_path / "ids.csv")  # the Kaggle id whole, colons and all
+    assert p.read_text().splitlines()[1:] == ["00012,0", "img:07,1", "2019-01-01T10:30,2", "test/unlabeled/a.png,3",
+                                              "test/12:30.png,4"]
     empty = write_submission(np.zeros(0, str), np.zeros(0, int), tmp_path / "empty.csv")
     assert empty.read_text().splitlines() == ["id,emotion"]
 
