@@ -628,7 +628,7 @@ def _load_registered(uri: str) -> Classifier:
                        "so a copied or moved project still points at the original's mlartifacts/ — keep the project "
                        "where it was trained, or re-run `make run` in the new place")
         raise FerError(f"cannot load {uri} from {store}: {first} — {fix}.") from None
-    return _from_pyfunc(pyfunc)
+    return _from_pyfunc(pyfunc, uri)
 
 
 def load_classifier(model: str | Path | None = None, params_path: str | Path | None = None) -> Classifier:
@@ -641,7 +641,7 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
         if (path / "MLmodel").exists():
             import mlflow
 
-            return _from_pyfunc(mlflow.pyfunc.load_model(str(path)))
+            return _from_pyfunc(mlflow.pyfunc.load_model(str(path)), ref)
         if not (path / "model.keras").is_file():
             sk = " (a scikit-learn baseline's: ferops predict takes Keras models)" if (path / "model.joblib").exists() else ""
             raise ConfigError(f"--model {ref}: a folder with no model.keras or MLmodel in it{sk} — {MODEL_HINT}.")
@@ -670,20 +670,38 @@ def check_contract(model: Any, path: str | Path) -> Any:
     return model
 
 
-def _from_pyfunc(pyfunc: Any) -> Classifier:
+def _from_pyfunc(pyfunc: Any, ref: str) -> Classifier:
     """The Keras model inside a FerPyfunc (called directly: no DataFrame round trip per photo) with its recorded
-    TTA mode, else a probabilities function over the generic pyfunc `predict` with `pixels` strings."""
+    TTA mode; the Keras model of a keras-flavour model (what each training run logs as `model`, whose tensor input
+    takes no `pixels` strings); else a probabilities function over the generic pyfunc `predict` with `pixels`."""
     try:
         inner = pyfunc.unwrap_python_model()
     except Exception:  # not a PythonModel (e.g. a keras-flavour model)
         inner = None
     if inner is not None and hasattr(inner, "model"):
         return Classifier(inner.model, getattr(inner, "tta", "none"))
+    try:
+        raw = pyfunc.get_raw_model()
+    except Exception:  # a flavour without it
+        raw = None
+    if hasattr(raw, "layers") and hasattr(raw, "predict_on_batch"):
+        from ferops.models.zoo import fold_batchnorm
+
+        return Classifier(fold_batchnorm(check_contract(raw, ref)))  # as load_keras serves a .keras file
 
     def call(x: np.ndarray) -> np.ndarray:
+        from mlflow.exceptions import MlflowException
+
         flat = np.asarray(x, np.float32).reshape(len(x), -1).round().astype(np.uint8)
-        out = pyfunc.predict(pd.DataFrame({"pixels": [" ".join(map(str, r)) for r in flat]}))
-        return pd.DataFrame(out)[list(PROB_COLUMNS)].to_numpy()
+        try:
+            out = pd.DataFrame(pyfunc.predict(pd.DataFrame({"pixels": [" ".join(map(str, r)) for r in flat]})))
+        except MlflowException as exc:
+            raise ConfigError(f"--model {ref}: its predict does not take a `pixels` column "
+                              f"({exc.message.splitlines()[0][:200]}) — {MODEL_HINT}.") from None
+        if not set(PROB_COLUMNS) <= set(out.columns):
+            raise ConfigError(f"--model {ref}: its predict returns no {', '.join(PROB_COLUMNS[:2])}, … columns — "
+                              f"{MODEL_HINT}.")
+        return out[list(PROB_COLUMNS)].to_numpy()
 
     return Classifier(call)
 

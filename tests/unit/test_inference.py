@@ -472,6 +472,24 @@ def test_a_keras_model_of_another_shape_is_refused_at_load(tmp_path, keras_path)
     assert inf.load_classifier(keras_path).model.output_shape == (None, len(EMOTIONS))
 
 
+def test_the_keras_model_a_training_run_logs_is_a_model_to_predict_with(mlflow_store, keras_path, keras_model):
+    """--model runs:/<training run>/model (the keras-flavour model each training run logs, whose tensor input takes
+    no `pixels` strings) predicts like the .keras file, instead of MLflow's schema-enforcement traceback."""
+    import mlflow
+
+    from ferops.tracking import init_tracking
+
+    init_tracking()
+    with mlflow.start_run() as run:
+        mlflow.keras.log_model(inf.load_keras(keras_path, fold=False), name="model")
+    clf = inf.load_classifier(f"runs:/{run.info.run_id}/model")
+    x = np.random.default_rng(4).integers(0, 256, (3, IMG_SIZE, IMG_SIZE)).astype(np.float32)
+    for tta in ("none", "tencrop"):  # ten-crop needs the Keras model's crop layer: it is the Keras model
+        np.testing.assert_allclose(inf.predict_proba(clf.model, x, tta=tta), inf.predict_proba(keras_model, x, tta=tta),
+                                   atol=1e-6)
+    assert clf.tta == "none"
+
+
 def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist(tmp_path, monkeypatch):
     """`ferops predict/registry/promote` find the project's params.yaml from a subfolder (as they find its store);
     a --params path that does not exist is an error, not a silent fall-back to the default model name."""
