@@ -746,7 +746,10 @@ def _read_photo(path: Path) -> np.ndarray:
         raise DataError(f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)}) under it")
     if not path.is_file():
         raise DataError("not a file")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:  # no read permission, an I/O error: this photo fails, the others are still classified
+        raise DataError(f"cannot read it ({exc.strerror or exc})") from None
     if data.size == 0:
         raise DataError("empty file")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)

@@ -337,6 +337,22 @@ def test_a_tiff_of_32_bit_samples_is_named_as_such_not_as_damaged(tmp_path, kera
         inf.decode_image((tmp_path / "float.tif").read_bytes())
 
 
+def test_a_photo_that_cannot_be_read_fails_alone(tmp_path, keras_model, monkeypatch):
+    """A file without read permission (or an I/O error) is that photo's error, not a traceback ending the run."""
+    for name in ("ok.png", "secret.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((48, 48), 90, np.uint8))
+    fromfile = np.fromfile
+
+    def denied(path, *args, **kwargs):  # what a 000-mode file gives a user who is not root
+        if str(path).endswith("secret.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return fromfile(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "fromfile", denied)
+    res = inf.predict_photos([tmp_path], keras_model, None)
+    assert [r["error"] for r in res] == [None, "cannot read it (Permission denied)"] and len(res[0]["faces"]) == 1
+
+
 def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_path):
     from ferops.data.formats import opencv_reads_gif
 
