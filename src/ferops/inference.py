@@ -853,11 +853,12 @@ def _classify_group(items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box
 
 
 def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path | None = "predictions",
-                   tta: str = "none", faces: str = "auto", progress: bool = False) -> list[dict[str, Any]]:
+                   tta: str = "none", faces: str = "auto", progress: bool = False, skip: str | Path | None = None
+                   ) -> list[dict[str, Any]]:
     """Find and classify every face in each photo (folders: every image under them); one result dict per photo.
 
     `tta`: a view mode (see predict_proba). `faces`: detect | whole | auto (see face_regions). Annotated copies
-    go to `out_dir` (None: none written). A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h],
+    go to `out_dir` (None: none written); those in `skip` (default `out_dir`) are not read. A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h],
     label, label_name, probabilities; left to right), `faces_from` (detected | whole image), `annotated` (path
     or None), `note` ("no face found") and `error` (why the file was not read, else None).
     """
@@ -866,7 +867,7 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
     check_faces(faces)
     out = Path(out_dir) if out_dir is not None else None
     used: set[Path] = set()
-    photos = list_photos(paths)
+    photos = list_photos(paths, skip=skip if skip is not None else out_dir)
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(photos), desc="predict", unit="photo", disable=None if progress else True)
     for g in range(0, len(photos), PHOTO_GROUP):
@@ -956,7 +957,8 @@ def cli_predict(args: Any) -> None:
     JSON per photo on stdout; exit 2 if any failed."""
     asked = check_tta(getattr(args, "tta", "auto"))  # before the model loads (seconds)
     faces = check_faces(getattr(args, "faces", "auto"))
-    # folders walked once (predict_photos takes the list as it is), without the annotated copies of an earlier run
+    # folders walked without the annotated copies of an earlier run; predict_photos walks again, with the same skip,
+    # a folder left in the list (one whose only images were such copies: reported, not classified)
     photos = list_photos(args.photos, skip=args.out_dir)
     unreadable: list[str] = []
     for p in photos:  # up to the first photo that reads: when none does, say so before the model loads (seconds)
@@ -977,7 +979,7 @@ def cli_predict(args: Any) -> None:
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)
-    results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True)
+    results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True, skip=args.out_dir)
     # A JSON array with one photo per line: valid JSON for tools, readable for people. Printed before the CSV is
     # written, so the results are not lost if that still fails (e.g. a full disk).
     text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"

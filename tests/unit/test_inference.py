@@ -377,6 +377,20 @@ def test_out_dir_that_is_the_photos_folder_still_reads_the_photos(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.jpg", "sub/c_pred.jpg"]
 
 
+def test_predict_photos_never_reads_back_its_annotated_copies(tmp_path, keras_model):
+    """`ferops predict predictions/ a.png`: the folder of an earlier run's copies is reported, not classified (its
+    copies used to be skipped by the command's walk, then read by predict_photos' own walk of the folder)."""
+    out = tmp_path / "predictions"
+    out.mkdir()
+    for name in ("a.png", "predictions/x_pred.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((48, 48), 90, np.uint8))
+    for kw in ({"out_dir": out}, {"out_dir": None, "skip": out}):  # annotating there, or --no-annotate
+        res = inf.predict_photos([out, tmp_path / "a.png"], keras_model, **kw)
+        assert [r["file"] for r in res] == [str(out), str(tmp_path / "a.png")]
+        assert res[0]["error"].startswith("a folder with no image files") and len(res[1]["faces"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_pred.png", "x_pred.png"]  # no x_pred_pred.png
+
+
 def test_check_output_fails_before_anything_is_written(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")
