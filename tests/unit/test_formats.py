@@ -428,6 +428,24 @@ def test_empty_file_always_fails(tmp_path, content, mode):
         read_any(f, mode)
 
 
+def test_an_image_that_cannot_be_read_is_a_bad_file_not_a_traceback(tmp_path, faces, monkeypatch):
+    root = tmp_path / "imgs"
+    _write_image_tree(root, faces)
+    secret = sorted((root / "train").rglob("*.jpg"))[0]
+    fromfile = np.fromfile
+
+    def denied(path, *args, **kwargs):  # what a 000-mode file gives a user who is not root
+        if Path(path) == secret:
+            raise PermissionError(13, "Permission denied", str(path))
+        return fromfile(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "fromfile", denied)
+    with pytest.raises(DataError, match="cannot read it \\(Permission denied\\)"):
+        read_any(root)
+    data, rejected = read_any(root, "quarantine")
+    assert len(data) == len(faces) - 1 and [Path(r.raw) for r in rejected] == [secret]
+
+
 def test_corrupt_images_fail_or_quarantine(tmp_path, faces):
     root = tmp_path / "imgs"
     _write_image_tree(root, faces)

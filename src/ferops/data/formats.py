@@ -631,7 +631,11 @@ def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[Fer
             rejected.append(Rejected(str(root), i + 1, f"unknown class folder {cls_name!r} (expected one of "
                                      f"{', '.join(e.lower() for e in EMOTIONS)})", str(f)))
             continue
-        img = _load_image(f, cv2)
+        try:
+            img = _load_image(f, cv2)
+        except OSError as exc:  # no read permission, an I/O error: a bad file like a corrupt one, not a traceback
+            rejected.append(Rejected(str(root), i + 1, f"cannot read it ({exc.strerror or exc})", str(f)))
+            continue
         if img is None:
             rejected.append(Rejected(str(root), i + 1, "unreadable or corrupt image", str(f)))
             continue
