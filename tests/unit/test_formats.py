@@ -130,6 +130,23 @@ def test_kaggle_test_without_id_and_empty_label_column(tmp_path, faces):
     assert rejected == [] and (data.emotion == -1).all() and list(data.source_id) == ["test:1", "test:2", "test:3"]
 
 
+def test_kaggle_csv_beside_its_gz_copy_is_read_once(tmp_path, faces, caplog):
+    """`gzip -k train.csv` leaves both: the rows must not be read twice (and the hash not cover the unread copy)."""
+    from ferops.data.formats import source_sha256
+
+    tr = write(tmp_path / "train.csv", "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(faces.pixels, faces.emotion)])
+    write(tmp_path / "test.csv", "id,pixels", [f"7,{pix(faces.pixels[0])}"])
+    sha = source_sha256("kaggle", tr)
+    (tmp_path / "train.csv.gz").write_bytes(gzip.compress(tr.read_bytes()))
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        data, _ = read_any(tmp_path)
+    assert len(data) == len(faces) + 1 and len(set(data.source_id)) == len(data)
+    assert "holds both train.csv and train.csv.gz: reading train.csv only" in caplog.text
+    assert source_sha256("kaggle", tr) == sha
+    gz, _ = read_any(tmp_path / "train.csv.gz")  # named explicitly: that copy, still with test.csv
+    assert len(gz) == len(faces) + 1
+
+
 def _write_image_tree(root: Path, faces: FerData) -> dict[str, tuple[int, str]]:
     """train/<Class>/ colour + large images, test/<class>/ with <Usage>_<id> names; returns name → (label, usage)."""
     want = {}

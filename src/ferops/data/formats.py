@@ -225,9 +225,7 @@ def read_kaggle(path: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, l
     """Kaggle `train.csv` (+ sibling `test.csv`, unlabeled rows → emotion −1, usage Unlabeled)."""
     p = Path(path)
     folder = p if p.is_dir() else p.parent
-    files = [f for n in ("train.csv", "test.csv") for f in (folder / n, folder / f"{n}.gz") if f.is_file()]
-    if p.is_file() and p not in files:
-        files = [p]
+    files = kaggle_files(p, warn=True)
     if not files:
         raise DataError(f"{folder}: no train.csv or test.csv found.")
     parts, rejected, labeled_test = [], [], False
@@ -244,6 +242,23 @@ def read_kaggle(path: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, l
         parts = [FerData(d.pixels, d.emotion, np.where(d.usage == "Unknown", "Training", d.usage), d.source_id)
                  for d in parts]
     return FerData.concat(parts), rejected
+
+
+def kaggle_files(path: str | Path, warn: bool = False) -> list[Path]:
+    """The Kaggle files read for `path`: train.csv and test.csv beside it, each once (`path` itself when it is one
+    of them, else the plain file before its .gz), or just `path` when it is another CSV. Both `train.csv` and
+    `train.csv.gz` (left by `gzip -k`) hold the same rows: reading both would silently double them."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    files: list[Path] = []
+    for name in ("train.csv", "test.csv"):
+        both = [f for f in (folder / name, folder / f"{name}.gz") if f.is_file()]
+        if both:
+            files.append(p if p in both else both[0])
+        if warn and len(both) > 1:
+            log.warning("%s holds both %s and %s: reading %s only — delete the other one", folder, both[0].name,
+                        both[1].name, files[-1].name)
+    return [p] if p.is_file() and p not in files else files
 
 
 # --------------------------------------------------------------------------------------------- CSV
@@ -751,8 +766,7 @@ def source_sha256(fmt: str, path: str | Path) -> str:
     p = Path(path)
     if fmt != "kaggle":
         return sha256_file(p)
-    folder = p if p.is_dir() else p.parent
-    files = [f for n in ("train.csv", "test.csv") for f in (folder / n, folder / f"{n}.gz") if f.is_file()] or [p]
+    files = kaggle_files(p) or [p]
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}:{sha256_file(f)}\n".encode())
