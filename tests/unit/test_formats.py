@@ -90,6 +90,20 @@ def test_quoted_fields_are_unquoted(tmp_path, faces):
     assert_same(read_any(f)[0], faces)
 
 
+def test_classic_mac_line_endings_and_a_stray_carriage_return(tmp_path, faces):
+    """CR-only files (Excel's "CSV (Macintosh)") read like any other; in a quoted file, a row with a \\r inside an
+    unquoted field is a bad row with its reason, not a csv.Error traceback."""
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces), newline="\r")
+    assert detect_source(tmp_path) == ("fer2013", f)
+    assert_same(read_any(f)[0], faces)
+    lines = [f'{e},"{pix(p)}",{u}' for p, e, u in zip(faces.pixels, faces.emotion, faces.usage)]
+    lines[1] = lines[1][:-2] + "\r" + lines[1][-2:]  # a stray \r inside the unquoted Usage field
+    q = write(tmp_path / "quoted.csv", "emotion,pixels,Usage", lines)
+    data, rejected = read_any(q, on_bad_rows="quarantine")
+    assert len(data) == len(faces) - 1 and [r.row for r in rejected] == [2]
+    assert "carriage return" in rejected[0].reason
+
+
 def test_nested_folder_is_found(tmp_path, faces):
     (tmp_path / "fer2013").mkdir()
     f = write(tmp_path / "fer2013" / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))

@@ -174,10 +174,19 @@ def _header(f: Path) -> list[str]:
             head = zlib.decompressobj(wbits=47).decompress(head, 1 << 16)
         except zlib.error as exc:
             raise DataError(f"{f}: not a readable gzip file ({exc}) — re-download or decompress it.") from None
-    line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
+    # split at \r too: a file saved with classic Mac line endings (Excel's "CSV (Macintosh)") has no \n at all
+    line = head.split(b"\n", 1)[0].split(b"\r", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
     if not line:
         raise DataError(f"{f}: empty file (no header, no rows) — re-download it.")
-    return next(csv.reader([line]))
+    return _fields(line) or []
+
+
+def _fields(line: str) -> list[str] | None:
+    """One CSV line's fields, or None where the csv module refuses it (a carriage return inside an unquoted field)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return None
 
 
 def _is_image_root(d: Path) -> bool:
@@ -290,7 +299,8 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
     reasons: dict[int, str] = {}
     for i in np.flatnonzero(table.nfields != ncol).tolist():
         k = int(table.nfields[i])
-        reasons[i] = f"expected {ncol} fields, found {k}" + (cut if i == n - 1 and k < ncol else "")
+        reasons[i] = (f"expected {ncol} fields, found {k}" + (cut if i == n - 1 and k < ncol else "") if k >= 0
+                      else "a carriage return (\\r) inside an unquoted field — save the file with one kind of line ending")
 
     pixels, pix_bad = parse_pixel_strings(table.column(cols.index("pixels"), views=True), desc=f"parse {p.name}")
     for i, why in pix_bad.items():
@@ -369,18 +379,24 @@ def _read_table(p: Path) -> _Table:
         raw = raw[3:]
     if not raw or raw.isspace():
         raise DataError(f"{p}: empty file (no header, no rows) — re-download it.")
+    if b"\n" not in raw and b"\r" in raw:  # classic Mac line endings (Excel's "CSV (Macintosh)"): one copy, rare
+        raw = raw.replace(b"\r", b"\n")
     h = raw.find(b"\n")
     h = len(raw) if h < 0 else h
-    header = next(csv.reader([raw[:h].decode("utf-8", "replace").rstrip("\r")]))
+    header = _fields(raw[:h].decode("utf-8", "replace").rstrip("\r"))
+    if header is None:
+        raise DataError(f"{p}: the header line holds a stray carriage return (\\r) — save the file with one kind "
+                        "of line ending (LF or CRLF).")
     if b'"' in raw:  # quoted fields: let the csv module unquote them (slower, rare)
         body = raw[h + 1:].replace(b"\r\n", b"\n")
         # fields parse from the readable text; the raw lines keep non-UTF-8 bytes for the quarantine file (the
         # two decodings split into the same lines: a newline byte is never part of a multi-byte sequence)
         text, lines = (body.decode("utf-8", err).split("\n") for err in ("replace", "surrogateescape"))
         kept = [k for k, ln in enumerate(text) if ln and not ln.isspace()]
-        rows = [next(csv.reader([text[k]]), []) for k in kept]
-        return _Table(header, [k + 1 for k in kept], np.array([len(r) for r in rows], int), [lines[k] for k in kept],
-                      np.empty(0, int), np.empty(0, int), [], rows, raw.endswith(b"\n"))
+        rows = [_fields(text[k]) for k in kept]  # None (a stray \r): the row is rejected, nfields −1, not a crash
+        return _Table(header, [k + 1 for k in kept], np.array([-1 if r is None else len(r) for r in rows], int),
+                      [lines[k] for k in kept],
+                      np.empty(0, int), np.empty(0, int), [], [r or [] for r in rows], raw.endswith(b"\n"))
     # A loop over lines with bytes.find/count (memchr): ~0.1 s on the 300-MB FER2013 CSV, where numpy's `buf == 10`
     # and flatnonzero over the whole file took ~1 s, mostly faulting in 300-MB temporaries. Pixel rows are long
     # (>= 4.6 KB each), so the per-line interpreter cost stays small beside the scan itself.
