@@ -197,6 +197,26 @@ def test_image_folders_any_size_and_colour(tmp_path, faces):
             assert np.abs(img.astype(float) - orig).mean() < 8
 
 
+def test_image_folder_hash_covers_the_images_read_only(tmp_path, faces):
+    """The hash gates champion comparisons (data_sha256): Finder's .DS_Store or a notes file must not change it, an
+    edited image must; a folder of images alone keeps the hash it had (champions stay comparable)."""
+    from ferops.data.formats import source_sha256
+    from ferops.data.io import sha256_file
+
+    root = tmp_path / "imgs"
+    _write_image_tree(root, faces)
+    sha = source_sha256("folders", root)
+    assert sha == sha256_file(root)
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "train" / "Happy" / "._img0.jpg").parent.mkdir(parents=True, exist_ok=True)
+    (root / "train" / "Happy" / "._img0.jpg").write_bytes(b"AppleDouble")
+    (root / "README.txt").write_text("from kaggle\n")
+    assert source_sha256("folders", root) == sha
+    img = next((root / "train").rglob("*.jpg"))
+    img.write_bytes(img.read_bytes() + b"\0")
+    assert source_sha256("folders", root) != sha
+
+
 def test_non_square_image_is_centre_cropped(tmp_path):
     img = np.zeros((60, 120, 3), np.uint8)
     img[:, 30:90] = (0, 0, 255)  # a red centre square between black side bands

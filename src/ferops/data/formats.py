@@ -778,8 +778,12 @@ def write_quarantine(rejected: Sequence[Rejected], path: str | Path) -> Path:
 
 
 def source_sha256(fmt: str, path: str | Path) -> str:
-    """sha256 of the raw input: the file, the image folder, or (kaggle) train.csv + test.csv together."""
+    """sha256 of the raw input: the file, the images of the folder, or (kaggle) train.csv + test.csv together."""
     p = Path(path)
+    if fmt == "folders":
+        # only the images read: a .DS_Store that Finder drops, or notes beside them, are not data — a hash changed by
+        # them would mark the next model as trained on other data, and stop the registry comparing it with the champion
+        return sha256_file(p, only=[f for f, _, _ in _image_files(p)[0]])
     if fmt != "kaggle":
         return sha256_file(p)
     files = kaggle_files(p) or [p]

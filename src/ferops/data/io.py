@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -88,11 +88,12 @@ def load_npz(path: str | Path) -> FerData:
         return FerData(z["pixels"], z["emotion"].astype(np.int8), z["usage"].astype(str), z["source_id"].astype(str))
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (or of every file under a folder, in sorted order)."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20, only: Iterable[Path] | None = None) -> str:
+    """sha256 of a file's bytes (or of every file under a folder, or of the files `only` names there, in sorted
+    order, each with its path in the folder)."""
     h = hashlib.sha256()
     p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    files = sorted(only if only is not None else (f for f in p.rglob("*") if f.is_file())) if p.is_dir() else [p]
     for f in files:
         if p.is_dir():
             h.update(str(f.relative_to(p)).encode())
