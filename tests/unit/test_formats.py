@@ -104,6 +104,19 @@ def test_classic_mac_line_endings_and_a_stray_carriage_return(tmp_path, faces):
     assert "carriage return" in rejected[0].reason
 
 
+def test_blank_lines_above_the_header_and_a_fer2013_csv_without_usage(tmp_path, faces):
+    """A blank first line is not an "empty file — re-download it"; fer2013.csv without Usage says how to read it."""
+    f = tmp_path / "fer2013.csv"
+    f.write_text("\n \r\n" + "\n".join(["emotion,pixels,Usage", *competition_lines(faces)]) + "\n")
+    assert detect_source(tmp_path) == ("fer2013", f)
+    data, _ = read_any(f)
+    assert_same(data, faces)
+    assert data.source_id[0] == "fer2013:1"  # data rows still numbered below the header
+    write(f, "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(faces.pixels, faces.emotion)])
+    with pytest.raises(DataError, match="missing column.*'usage'.*rename it to train.csv"):
+        read_any(f)
+
+
 def test_nested_folder_is_found(tmp_path, faces):
     (tmp_path / "fer2013").mkdir()
     f = write(tmp_path / "fer2013" / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))

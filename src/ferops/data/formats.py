@@ -174,8 +174,9 @@ def _header(f: Path) -> list[str]:
             head = zlib.decompressobj(wbits=47).decompress(head, 1 << 16)
         except zlib.error as exc:
             raise DataError(f"{f}: not a readable gzip file ({exc}) — re-download or decompress it.") from None
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")  # blank lines above the header are not a header
     # split at \r too: a file saved with classic Mac line endings (Excel's "CSV (Macintosh)") has no \n at all
-    line = head.split(b"\n", 1)[0].split(b"\r", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
+    line = head.split(b"\n", 1)[0].split(b"\r", 1)[0].decode("utf-8", "replace").strip()
     if not line:
         raise DataError(f"{f}: empty file (no header, no rows) — re-download it.")
     return _fields(line) or []
@@ -290,7 +291,9 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
                         "Expected `emotion,pixels,Usage` (fer2013.csv) or `emotion, Usage, pixels` (icml_face_data.csv)."
                         + _separator_hint(cols)
                         + (" Rows without labels (only to predict) are read from a file named test.csv."
-                           if missing == ["emotion"] else ""))
+                           if missing == ["emotion"] else "")
+                        + (" A file without a Usage column is read as Kaggle's train.csv (its rows then split by "
+                           "class): rename it to train.csv." if missing == ["usage"] else ""))
     n, ncol = len(table.line_no), len(cols)
     if n == 0:
         raise DataError(f"{p}: no data rows below the header — the file is empty or was cut short; re-download it.")
@@ -377,7 +380,8 @@ def _read_table(p: Path) -> _Table:
     raw = _read_bytes(p)
     if raw[:3] == b"\xef\xbb\xbf":
         raw = raw[3:]
-    if not raw or raw.isspace():
+    raw = raw.lstrip(b" \t\r\n")  # blank lines above the header (the same bytes object when there are none)
+    if not raw:
         raise DataError(f"{p}: empty file (no header, no rows) — re-download it.")
     if b"\n" not in raw and b"\r" in raw:  # classic Mac line endings (Excel's "CSV (Macintosh)"): one copy, rare
         raw = raw.replace(b"\r", b"\n")
