@@ -174,6 +174,15 @@ def test_kaggle_csv_beside_its_gz_copy_is_read_once(tmp_path, faces, caplog):
     assert len(gz) == len(faces) + 1
 
 
+def test_repeated_ids_are_warned(tmp_path, faces, caplog):
+    """The submission names rows by id: two test rows with one id would be two answers for one id."""
+    write(tmp_path / "test.csv", "id,pixels", [f"{i // 2},{pix(p)}" for i, p in enumerate(faces.pixels[:4])])
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        data, _ = read_any(tmp_path)
+    assert len(data) == 4  # kept: which copy is right is the user's call
+    assert "2 id(s) name more than one row (e.g. '0' ×2, '1' ×2)" in caplog.text
+
+
 def _write_image_tree(root: Path, faces: FerData) -> dict[str, tuple[int, str]]:
     """train/<Class>/ colour + large images, test/<class>/ with <Usage>_<id> names; returns name → (label, usage)."""
     want = {}

@@ -19,7 +19,7 @@ import logging
 import os
 import warnings
 import zlib
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -329,6 +329,8 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
         usage = np.full(n, default_usage, dtype=object)
     usage[emotion == UNLABELED] = UNLABELED_USAGE
     ids = [s.strip() for s in table.column(cols.index("id"))] if "id" in cols else [str(k) for k in table.line_no]
+    if "id" in cols:
+        _warn_repeated_ids(p, [x for i, x in enumerate(ids) if i not in reasons])
     stem = _strip_gz(p.name)[:-4]
     source_id = np.array([f"{stem}:{x}" for x in ids])
 
@@ -339,6 +341,17 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
     keep = np.ones(n, bool)
     keep[list(reasons)] = False
     return FerData(pixels[keep], emotion[keep], usage[keep].astype(str), source_id[keep]), rejected
+
+
+def _warn_repeated_ids(p: Path, ids: list[str]) -> None:
+    """Warn when an `id` names several rows: reports and the Kaggle submission (`id,emotion`) name rows by it, and
+    there the rows could not be told apart (a submission with a repeated id is refused)."""
+    counts = Counter(ids)
+    repeated = [x for x, c in counts.items() if c > 1]
+    if repeated:
+        log.warning("%s: %d id(s) name more than one row (e.g. %s): reports and the submission name rows by id — "
+                    "make the `id` column unique", p, len(repeated),
+                    ", ".join(f"{x!r} ×{counts[x]}" for x in repeated[:5]))
 
 
 @dataclass
