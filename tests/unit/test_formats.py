@@ -239,6 +239,17 @@ def test_image_folder_hash_covers_the_images_read_only(tmp_path, faces):
     assert source_sha256("folders", root) != sha
 
 
+def test_training_and_testing_folders_are_splits(tmp_path, faces):
+    """`training/` + `testing/` (as `train/` + `test/`): the testing images must not be skipped as outside the splits."""
+    for i, (img, e) in enumerate(zip(faces.pixels, faces.emotion)):
+        d = tmp_path / ("training" if i % 2 else "testing") / EMOTIONS[e]
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i}.png"), img)
+    data, rejected = read_any(tmp_path)
+    assert rejected == [] and len(data) == len(faces)
+    assert {u: int((data.usage == u).sum()) for u in set(data.usage)} == {"Training": 6, "PrivateTest": 6}
+
+
 def test_non_square_image_is_centre_cropped(tmp_path):
     img = np.zeros((60, 120, 3), np.uint8)
     img[:, 30:90] = (0, 0, 255)  # a red centre square between black side bands

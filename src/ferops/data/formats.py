@@ -51,7 +51,7 @@ CLASS_ALIASES: dict[str, int] = {
 # Split folder names → usage when the file name carries none.
 FOLDER_USAGE: dict[str, str] = {"train": "Training", "training": "Training", "val": "PublicTest",
                                 "valid": "PublicTest", "validation": "PublicTest", "publictest": "PublicTest", "test": "PrivateTest",
-                                "privatetest": "PrivateTest"}
+                                "testing": "PrivateTest", "privatetest": "PrivateTest"}
 _SENTINEL = -7777  # joins rows in one fast parse; never a valid pixel, so its positions give per-row counts
 _CHUNK_ROWS = 2000
 _PARSE_THREADS = 4  # at most; never more than the CPU count
