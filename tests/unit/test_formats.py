@@ -117,6 +117,14 @@ def test_blank_lines_above_the_header_and_a_fer2013_csv_without_usage(tmp_path, 
         read_any(f)
 
 
+def test_usage_named_like_the_split_folders(tmp_path, faces):
+    """Usage `train`/`val`/`test` (a home-made split) reads as the folders' names do, not as 12 bad rows."""
+    names = {"Training": "train", "PublicTest": "Val", "PrivateTest": "test"}
+    f = write(tmp_path / "fer2013.csv", "emotion,pixels,Usage",
+              [f"{e},{pix(p)},{names[u]}" for p, e, u in zip(faces.pixels, faces.emotion, faces.usage)])
+    assert_same(read_any(f)[0], faces)
+
+
 def test_nested_folder_is_found(tmp_path, faces):
     (tmp_path / "fer2013").mkdir()
     f = write(tmp_path / "fer2013" / "fer2013.csv", "emotion,pixels,Usage", competition_lines(faces))

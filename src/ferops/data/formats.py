@@ -320,7 +320,8 @@ def read_csv(path: str | Path, on_bad_rows: str = "fail", default_usage: str = "
             else:
                 emotion[i] = lab
     if "usage" in cols:
-        canonical = {u.lower(): u for u in USAGES}  # `training`, `PUBLICTEST`: the same usage, as column names are
+        # `training`, `PUBLICTEST`: the same usage, as column names are; `train`/`val`/`test` as the split folders say
+        canonical = {**FOLDER_USAGE, **{u.lower(): u for u in USAGES}}
         usage = np.array([canonical.get(s.strip().lower(), s.strip()) for s in table.column(cols.index("usage"))],
                          dtype=object)
         for i in np.flatnonzero(~np.isin(usage, USAGES)).tolist():
