@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -84,8 +85,15 @@ def load_npz(path: str | Path) -> FerData:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: not found — run the stage that writes it first (`dvc repro`).")
-    with np.load(p, allow_pickle=False) as z:
-        return FerData(z["pixels"], z["emotion"].astype(np.int8), z["usage"].astype(str), z["source_id"].astype(str))
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return FerData(z["pixels"], z["emotion"].astype(np.int8), z["usage"].astype(str), z["source_id"].astype(str))
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        # cut short (a stage killed while writing it, a full disk) or not a dataset at all (another .npz/.npy): a
+        # message naming the file, not a traceback from inside numpy
+        raise DataError(f"{p}: not a readable ferops dataset ({type(exc).__name__}: {exc}) — re-run the stage that "
+                        "writes it (`dvc repro --force <stage>`), or point at a dataset file ingest/split/augment wrote."
+                        ) from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20, only: Iterable[Path] | None = None) -> str:
