@@ -8,8 +8,9 @@ Each variant is train_deep.models.<model> (merged over common) plus `key=value` 
 YAML values). Variants take turns one train step at a time (`--rounds` x `--steps` steps each, the order
 flipped every turn), so the shared host's noise hits them alike; printed per variant: the median step as
 images/s, and the median of its step-by-step ratios to the first variant's (the paired figure to quote).
-`--fit-steps N` also trains each variant through `model.fit` over `make_dataset` (N random batches, 2 timed epochs after
-a warm-up, variants one after the other): the input path and Keras' per-step loop that train_on_batch skips.
+`--fit-steps N` also trains each variant through `model.fit` over `make_dataset` (N batches of the first variant's
+size, the same random images for all, each variant batching them at its own batch size; 2 timed epochs after a warm-up,
+variants one after the other): the input path and Keras' per-step loop that train_on_batch skips.
 Random pixels: speed only, no accuracy.
 """
 
@@ -62,6 +63,25 @@ def compiled_model(cfg: dict, steps_per_epoch: int = 100, epochs: int = 10):
     return model, schedule
 
 
+def fit_throughput(runs: dict, fit_steps: int) -> dict[str, float]:
+    """Images/s of each variant through `model.fit` over `make_dataset`: the real input path (tf.data shuffle/batch/
+    cast, Keras' epoch loop) that train_on_batch on one batch skips. The same `fit_steps` x (first variant's batch)
+    random images for every variant, each batched at its own batch size (a batch_size variant trains at its batch)."""
+    from ferops.training import make_dataset
+
+    rng = np.random.default_rng(1)
+    n = fit_steps * len(next(iter(runs.values()))["x"])
+    pixels, labels = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n)
+    out = {}
+    for name, r in runs.items():
+        ds = make_dataset(pixels, labels, len(r["x"]), shuffle=True)
+        r["model"].fit(ds, epochs=1, verbose=0)  # warm-up: the dataset's first pass
+        t0 = time.perf_counter()
+        r["model"].fit(ds, epochs=2, verbose=0)
+        out[name] = round(2 * n / (time.perf_counter() - t0), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet")
@@ -70,7 +90,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per variant per round (--rounds x --steps in all)")
     ap.add_argument("--fit-steps", type=int, default=0,
-                    help="also time each variant through model.fit over make_dataset (this many random batches; 2 epochs after 1 warm-up)")
+                    help="also time each variant through model.fit over make_dataset (this many batches of the first variant's size; "
+                         "2 epochs after 1 warm-up)")
     args = ap.parse_args()
 
     from ferops.runner import tf_environment
@@ -79,7 +100,6 @@ def main() -> None:
     import keras
 
     from ferops.config import deep_merge, load_params
-    from ferops.training import make_dataset
 
     params = load_params(args.params)
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
@@ -111,17 +131,9 @@ def main() -> None:
                      "step_s_p10_p90": [round(float(v), 3) for v in np.percentile(r["s"], [10, 90])]}
         print(f"{name:>16}: {ips:8.1f} img/s  x{ratio:.3f} paired  ({r['model'].count_params():,} params)", flush=True)
     if args.fit_steps:
-        # the real input path (tf.data shuffle/batch/cast, Keras' epoch loop) that train_on_batch on one batch skips
-        rng = np.random.default_rng(1)
-        n = args.fit_steps * len(first["x"])
-        ds = make_dataset(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), len(first["x"]),
-                          shuffle=True)
-        for name, r in runs.items():
-            r["model"].fit(ds, epochs=1, verbose=0)  # warm-up: the dataset's first pass
-            t0 = time.perf_counter()
-            r["model"].fit(ds, epochs=2, verbose=0)
-            out[name]["fit_images_per_s"] = round(2 * n / (time.perf_counter() - t0), 1)
-            print(f"{name:>16}: {out[name]['fit_images_per_s']:8.1f} img/s through model.fit", flush=True)
+        for name, ips in fit_throughput(runs, args.fit_steps).items():
+            out[name]["fit_images_per_s"] = ips
+            print(f"{name:>16}: {ips:8.1f} img/s through model.fit", flush=True)
     print(json.dumps(out))
 
 
