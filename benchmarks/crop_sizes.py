@@ -23,6 +23,9 @@ def main() -> None:
     ap.add_argument("--crops", type=int, nargs="+", default=[40, 44, 46, 48])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fer2013.csv.gz"))
     args = ap.parse_args()
+    run = Path(args.run_dir)
+    if not ((run / "result.json").is_file() and (run / "model" / "model.keras").is_file()):
+        sys.exit(f"error: {run} holds no trained run (result.json + model/model.keras of benchmarks/train.py).")
 
     from ferops.runner import tf_environment
 
@@ -35,7 +38,6 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from train import read_splits
 
-    run = Path(args.run_dir)
     cfg = json.loads((run / "result.json").read_text())["config"]
     trained = keras.models.load_model(run / "model" / "model.keras", custom_objects=custom_objects(), compile=False)
     val = read_splits(args.data)["val"]
@@ -51,4 +53,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7, help="timed passes over 1,024 val images per engine")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if not Path(args.model).is_file():
+        sys.exit(f"error: {args.model}: no such .keras file")
 
     from ferops.runner import tf_environment
 
@@ -122,4 +124,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

@@ -50,6 +50,9 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013.csv.gz"))
     args = ap.parse_args(argv)
     dirs = args.dirs
+    for d in dirs:
+        if not (Path(d) / "probas.npz").is_file():
+            sys.exit(f"error: {d} holds no probas.npz — pass benchmarks/train.py run folders (<out>/<model>).")
     from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
     from ferops.metrics import classification_metrics
 
@@ -75,4 +78,6 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ferops.runner import run
+
+    run(lambda: main(sys.argv[1:]))  # a ferops error (missing data) is one `error:` line

@@ -39,16 +39,20 @@ def main() -> None:
     from ferops.runner import tf_environment
 
     tf_environment()
+    from ferops.config import deep_merge, load_params
+
+    params = load_params(args.params)
+    if args.model not in params["train_deep"]["models"]:
+        sys.exit(f"error: --model {args.model}: not a model of train_deep.models in {args.params} "
+                 f"({', '.join(params['train_deep']['models'])})")
     import keras
     import tensorflow as tf
 
     sys.path.insert(0, str(Path(__file__).parent))
     from throughput import compiled_model
 
-    from ferops.config import deep_merge, load_params
     from ferops.training import make_dataset
 
-    params = load_params(args.params)
     cfg = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
     batch = int(cfg.get("batch_size", 128))
     model, schedule = compiled_model(cfg, args.steps, 10 * args.epochs)
@@ -109,4 +113,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

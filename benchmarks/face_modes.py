@@ -92,4 +92,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

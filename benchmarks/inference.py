@@ -160,6 +160,13 @@ def main() -> None:
                     help="(c) also score the model on DATA's PrivateTest rows, single pass and under --tta")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
+    for name in ("batch", "repeats", "photo_runs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.huge_runs < 0:
+        ap.error("--huge-runs must be 0 (skip) or more")
+    if args.score and not Path(args.score).exists():
+        ap.error(f"--score {args.score}: no such file")
 
     from ferops.runner import tf_environment
 
@@ -223,4 +230,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

@@ -72,6 +72,8 @@ def main() -> int:
     ap.add_argument("--one-thread", action="store_true", help="also time ferops' reader with a one-thread parse")
     ap.add_argument("--zlib", action="store_true", help="also time ferops' reader gunzipping with zlib, not ISA-L")
     args = ap.parse_args()
+    if min(args.repeats, args.baseline_repeats) < 1:
+        ap.error("--repeats and --baseline-repeats must be at least 1")
     if not args.data.exists():
         print(f"skip: {args.data} not found (the real FER2013 CSV; see ../shared/data/README.md)")
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["none", "tencrop"])
     ap.add_argument("--splits", type=int, default=10, help="random val halves for the held-out estimate")
     args = ap.parse_args()
+    for run in args.runs:
+        if not (run / "probas.npz").is_file():
+            sys.exit(f"error: {run} holds no probas.npz — pass benchmarks/train.py run folders (<out>/<model>).")
     for run in args.runs:
         for mode in args.modes:
             print(json.dumps(study(run, mode, args.splits)))

@@ -63,4 +63,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ferops.runner import run
+
+    run(lambda: main(sys.argv[1:]))  # a ferops error (missing data) is one `error:` line

@@ -29,7 +29,10 @@ def post(url: str, rows: list[str], tta: str) -> list[dict]:
     import requests
 
     payload = {"dataframe_split": {"columns": ["pixels"], "data": [[r] for r in rows]}, "params": {"tta": tta}}
-    r = requests.post(url, json=payload, timeout=600)
+    try:
+        r = requests.post(url, json=payload, timeout=600)
+    except requests.ConnectionError:
+        sys.exit(f"error: nothing answers at {url} — start the server first (make serve) or pass --url.")
     if r.status_code != 200:
         sys.exit(f"error: {url} answered {r.status_code}: {r.text[:500]}")
     return r.json()["predictions"]

@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -97,11 +98,14 @@ def main() -> None:
     from ferops.runner import tf_environment
 
     tf_environment()  # the project's TF settings (oneDNN on); override with TF_ENABLE_ONEDNN_OPTS=0
-    import keras
-
     from ferops.config import deep_merge, load_params
 
     params = load_params(args.params)
+    if args.model not in params["train_deep"]["models"]:
+        sys.exit(f"error: --model {args.model}: not a model of train_deep.models in {args.params} "
+                 f"({', '.join(params['train_deep']['models'])})")
+    import keras
+
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
     variants = [parse_variant(v) for v in (args.variant or ["base="])]
     runs = {}
@@ -138,4 +142,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

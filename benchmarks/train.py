@@ -163,20 +163,23 @@ def main() -> None:
     from ferops.config import deep_merge, load_params, section
     from ferops.metrics import classification_metrics
 
-    out = Path(args.out) / args.model
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     params = load_params(args.params)
     if args.profile:
         params = deep_merge(params, load_params(args.profile))
     if args.seed is not None:
         params["seed"] = args.seed
+    deep = section(params, "train_deep")["models"]
+    baselines = section(params, "train_baselines")["models"]
+    if args.model not in deep and args.model not in baselines and not args.rescore:
+        sys.exit(f"error: --model {args.model}: not a model of the params ({', '.join([*deep, *baselines])})")
+    out = Path(args.out) / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     t0 = time.perf_counter()
     parts = read_splits(args.data)
     print(f"data: {', '.join(f'{k}={len(v)}' for k, v in parts.items())} ({time.perf_counter() - t0:.1f}s)", flush=True)
     ingest = {"synthetic": False, "format": "fer2013_csv", "sha256": "benchmark", "source": args.data}
     train, val, test = parts["train"], parts["val"], parts["test"]
-    deep = section(params, "train_deep")["models"]
     if args.model in deep:
         from ferops.training import resolve_config
 
@@ -192,7 +195,7 @@ def main() -> None:
     else:
         from ferops.models.baselines import fit_with_grid, to_xy
 
-        cfg = section(params, "train_baselines")["models"][args.model]
+        cfg = baselines[args.model]
         (Xtr, ytr), (Xva, yva), (Xte, yte) = to_xy(train), to_xy(val), to_xy(test)
         t1 = time.perf_counter()
         est, grid, best = fit_with_grid(cfg["kind"], cfg, Xtr, ytr, Xva, yva, params["seed"])
@@ -207,4 +210,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line

@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="FER2013 CSV (its PublicTest rows) or a split .npz (default: the shared CSV)")
     ap.add_argument("--max-shift", type=int, default=3, help="largest shift k of the denser sets in px (views: (2k+1)^2 x 2)")
     args = ap.parse_args()
+    if not Path(args.model).is_file():
+        sys.exit(f"error: {args.model}: no such .keras file")
 
     sys.path.insert(0, str(Path(__file__).parent))
     from train import DEFAULT_DATA, read_splits
@@ -68,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ferops.runner import run
+
+    run(main)  # a ferops error (missing model, data or store) is one `error:` line
