@@ -4,6 +4,7 @@
     python benchmarks/inference.py --model models:/fer2013-resnet@champion
     python benchmarks/inference.py --model models/deep/resnet/model.keras --photo-runs 50
     python benchmarks/inference.py --tta tencrop         # (a) and (b) with test-time augmentation (10 views a face)
+    python benchmarks/inference.py --model models:/fer2013-resnet@champion --tta auto   # as `ferops predict` runs it
     python benchmarks/inference.py --model <dir>/resnet/model --tta tencrop --score ../shared/data/fer2013.csv.gz
 
 (a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
@@ -88,6 +89,8 @@ def fold_ablation(model, batch: int, repeats: int) -> dict:
         variants[f"{name}+xla"] = xla
     ref = predict_proba(variants["bn"], x[:64])
     diffs = {k: float(np.abs(predict_proba(m, x[:64]) - ref).max()) for k, m in variants.items()}
+    for m in variants.values():  # warm-up at the timed batch size: XLA compiles (and TF traces) once per shape
+        predict_proba(m, x, batch_size=batch)
     secs: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for k, m in variants.items():
@@ -154,8 +157,9 @@ def main() -> None:
     ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
     ap.add_argument("--fold-ablation", action="store_true",
                     help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
-    ap.add_argument("--tta", default="none", choices=TTA_VIEW_MODES,
-                    help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face)")
+    ap.add_argument("--tta", default="none", choices=("auto", *TTA_VIEW_MODES),
+                    help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face; auto: the mode recorded "
+                         "with the model, what `ferops predict` uses by default)")
     ap.add_argument("--score", default=None, metavar="DATA",
                     help="(c) also score the model on DATA's PrivateTest rows, single pass and under --tta")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -178,7 +182,8 @@ def main() -> None:
     from ferops.models.zoo import fold_batchnorm
 
     if args.model:
-        model, what = load_classifier(args.model, args.params).model, args.model
+        clf = load_classifier(args.model, args.params)
+        model, what, args.tta = clf.model, args.model, clf.resolve(args.tta)
         raw = None
         if args.fold_ablation:
             if not Path(args.model).is_file():
@@ -187,6 +192,7 @@ def main() -> None:
     else:
         raw, what = default_model(Path(args.params))
         model = fold_batchnorm(raw)  # as load_keras serves it
+        args.tta = "none" if args.tta == "auto" else args.tta  # a fresh model has no recorded mode
     report = {"model": what, "machine": machine(), "cmd": " ".join([Path(sys.executable).name, *sys.argv])}
     print(f"model: {what}\nmachine: {report['machine']}", flush=True)
 
