@@ -173,7 +173,8 @@ def main() -> None:
     if args.model not in deep and args.model not in baselines and not args.rescore:
         sys.exit(f"error: --model {args.model}: not a model of the params ({', '.join([*deep, *baselines])})")
     out = Path(args.out) / args.model
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.rescore:  # --rescore reads a run already there (and says so when there is none)
+        out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     t0 = time.perf_counter()
     parts = read_splits(args.data)

@@ -51,6 +51,8 @@ CASES = {
     "pack_data, missing data": (["pack_data.py", "nope.csv", "out.npz.xz"], "nope.csv: no dataset found"),
     "throughput, unknown model": (["throughput.py", "--model", "nope"], "--model nope: not a model"),
     "train, unknown model": (["train.py", "--model", "nope", "--data", "{packed}"], "--model nope: not a model"),
+    "train --rescore, no such run": (["train.py", "--model", "nope", "--rescore", "--data", "{packed}", "--out",
+                                      str(B / "out")], "holds no trained run"),
     "rest, no server": (["rest.py", "--data", "{packed}", "--url", "http://127.0.0.1:{port}/invocations"],
                         "nothing answers at"),
 }
