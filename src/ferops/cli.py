@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify the expression of each face in photos (or folders of them) "
                                         "with the champion")
     pr.add_argument("photos", nargs="+", help="image files (jpg/png/...) or folders (every image under them)")
-    pr.add_argument("--model", default=None, help="model URI or .keras path (default: models:/<register.model_name>@champion)")
+    pr.add_argument("--model", default=None,
+                    help="model URI, .keras file or model folder (default: models:/<register.model_name>@<register.champion_alias>)")
     pr.add_argument("--faces", default="auto", choices=FACE_MODES,
                     help="detect: find faces (OpenCV Haar cascade) and classify each; whole: the image is one face "
                          "crop; auto (default): whole for small near-square images (<= 128 px, e.g. FER2013's "
