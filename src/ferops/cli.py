@@ -62,12 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
     rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     rg.add_argument("--params", default=None, help=PARAMS_HELP)
-    rg.add_argument("--card", nargs="?", const="champion", default=None, metavar="VERSION|ALIAS",
-                    help="print one version's model card instead (default: the champion)")
+    rg.add_argument("--card", nargs="?", const="", default=None, metavar="VERSION|ALIAS",
+                    help="print one version's model card instead (default: register.champion_alias's version)")
 
     pm = sub.add_parser("promote", help="point an alias (default champion) at a version, deliberately")
     pm.add_argument("--version", required=True, help="model version number (see `ferops registry`)")
-    pm.add_argument("--alias", default="champion", help="the alias to move (default: champion; e.g. challenger)")
+    pm.add_argument("--alias", default=None,
+                    help="the alias to move (default: register.champion_alias, champion; e.g. challenger)")
     pm.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     pm.add_argument("--reason", default="manual promotion", help="why, recorded in the version's tags")
     pm.add_argument("--params", default=None, help=PARAMS_HELP)

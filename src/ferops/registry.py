@@ -302,13 +302,13 @@ def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, A
 
 # ---- CLI: `ferops registry`, `ferops promote` -------------------------------------------------------------
 
-def _model_name(args: Any) -> str:
-    """--name, else register.model_name from the params file."""
-    if getattr(args, "name", None):
-        return str(args.name)
+def _names(args: Any) -> tuple[str, str]:
+    """(--name, else register.model_name; register.champion_alias) from the params file: the alias `--card` and
+    `promote` default to is the one `ferops serve` and `predict` follow."""
     from ferops.config import project_params, registry_names
 
-    return registry_names(project_params(getattr(args, "params", None)))[0]
+    name, champion = registry_names(project_params(getattr(args, "params", None)))
+    return (str(args.name) if getattr(args, "name", None) else name), champion
 
 
 def _registered(client: Any, name: str) -> Any:
@@ -382,9 +382,9 @@ def cli_registry(args: Any) -> None:
     """`ferops registry`: print the versions of the registered model with aliases and accuracies, and the latest
     alias moves of its promotion log."""
     client = _existing_store_client()
-    name = _model_name(args)
-    if getattr(args, "card", None):
-        print(model_card_of(client, name, str(args.card)))
+    name, champion = _names(args)
+    if getattr(args, "card", None) is not None:  # `--card` alone: "" → the champion alias
+        print(model_card_of(client, name, str(args.card) or champion))
         return
     print(format_registry(name, registry_rows(client, name)))
     moves = ((client.get_registered_model(name).tags or {}).get(PROMOTION_LOG) or "").splitlines()
@@ -466,8 +466,8 @@ def log_promotion(client: Any, name: str, alias: str, previous: str | None, vers
 def cli_promote(args: Any) -> None:
     """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
     client = _existing_store_client()
-    name = _model_name(args)
-    c = promote(client, name, str(args.version), alias=args.alias, reason=args.reason)
+    name, champion = _names(args)
+    c = promote(client, name, str(args.version), alias=getattr(args, "alias", None) or champion, reason=args.reason)
     if not c["changed"]:
         print(f"{name}: @{c['alias']} already points at v{c['version']} — nothing changed.")
         return

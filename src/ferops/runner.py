@@ -16,9 +16,11 @@ log = logging.getLogger("ferops")
 
 
 def setup_logging(level: str | None = None) -> None:
-    """One readable log format for every stage (FEROPS_LOG_LEVEL overrides)."""
+    """One readable log format for every stage (FEROPS_LOG_LEVEL overrides; an unknown level is INFO, said once)."""
+    asked = (level or os.environ.get("FEROPS_LOG_LEVEL") or "INFO").upper()
+    known = isinstance(logging.getLevelName(asked), int)  # logging.basicConfig raises a ValueError on another name
     logging.basicConfig(
-        level=(level or os.environ.get("FEROPS_LOG_LEVEL", "INFO")).upper(),
+        level=asked if known else "INFO",
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
@@ -30,6 +32,9 @@ def setup_logging(level: str | None = None) -> None:
     if not any(isinstance(f, _RetracingFilter) for f in tf_log.filters):
         tf_log.addFilter(_RetracingFilter())
     tf_environment()
+    if not known:
+        logging.getLogger("ferops").warning("FEROPS_LOG_LEVEL=%s is not a log level (DEBUG, INFO, WARNING, ERROR): "
+                                            "using INFO", asked)
 
 
 class _RetracingFilter(logging.Filter):

@@ -79,6 +79,26 @@ def test_a_model_trained_on_other_data_is_tagged_with_them_and_not_promoted_over
     assert "trained on data bbbbbbbbbbbb" in caplog.text
 
 
+def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
+    """register.champion_alias: best — `ferops registry --card` and `ferops promote` default to @best, the alias
+    serve and predict follow (they used a literal `champion`: no card, and a promotion serving never saw)."""
+    from mlflow import MlflowClient
+
+    from ferops.registry import cli_promote, cli_registry, register_best
+
+    (store / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  champion_alias: best\n")
+    models = store / "models" / "deep"
+    for seed, val in ((2, 0.5), (3, 0.4)):
+        _train(models, "resnet", "resnet", val=val, seed=seed)
+        register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, {**CFG, "champion_alias": "best"})
+    params = str(store / "params.yaml")
+    cli_registry(Namespace(name=None, params=params, card=""))  # `--card` with no value
+    assert capsys.readouterr().out.startswith(f"# {NAME} v1:")
+    cli_promote(Namespace(name=None, version="2", alias=None, reason="drill", params=params))
+    assert set(MlflowClient().get_registered_model(NAME).aliases) == {"best", "challenger"}
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "best").version) == "2"
+
+
 def test_register_promote_and_list(store, capsys):
     from mlflow import MlflowClient
 

@@ -118,3 +118,13 @@ def test_a_server_port_is_checked_before_the_server_starts():
         with pytest.raises(ConfigError, match=f"x cannot listen on 127.0.0.1:{port}: .* pick another port with --port"):
             ensure_port_free("127.0.0.1", port, "x")
     ensure_port_free("127.0.0.1", port, "x")  # free again once closed
+
+
+def test_an_unknown_log_level_is_info_with_a_warning_not_a_traceback():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from ferops.runner import run; run(lambda: print('ran'))"],
+                          capture_output=True, text=True, env={**os.environ, "FEROPS_LOG_LEVEL": "loud"}, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "ran\n"  # the old code: ValueError: Unknown level: 'LOUD'
+    assert "FEROPS_LOG_LEVEL=LOUD is not a log level" in proc.stderr and "Traceback" not in proc.stderr
