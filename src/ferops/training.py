@@ -519,10 +519,10 @@ def mix_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
     mix = cfg.get("batch_mix")
     if not mix:
         return None
-    if not isinstance(mix, dict):
+    if not isinstance(mix, dict) or set(mix) - {"mode", "alpha", "p"}:  # a typo (`alfa:`) trained the default
         raise ConfigError(f"batch_mix={mix!r}: give {{mode: mixup|cutmix, alpha: <beta param>, p: <0..1>}}.")
-    mode, alpha, p = mix.get("mode", "cutmix"), float(mix.get("alpha", 1.0)), float(mix.get("p", 1.0))
-    if mode not in MIX_MODES or alpha <= 0 or not 0 <= p <= 1:
+    mode, alpha, p = mix.get("mode", "cutmix"), _as_number(mix.get("alpha", 1.0)), _as_number(mix.get("p", 1.0))
+    if mode not in MIX_MODES or not alpha > 0 or not 0 <= p <= 1:
         raise ConfigError(f"batch_mix={mix!r}: mode must be one of {', '.join(MIX_MODES)}, alpha > 0, p in 0..1.")
     return {"mode": mode, "alpha": alpha, "p": p}
 

@@ -66,3 +66,18 @@ def test_progressive_needs_a_fully_convolutional_arch():
     check_config({"arch": "resnet", **prog})
     with pytest.raises(ConfigError, match="progressive.size=100"):
         check_config({"arch": "resnet", "progressive": {"size": 100, "epochs": 2}})  # caught before TF starts too
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"progressive": {"size": 32, "epoch": 12}}, "progressive={'size': 32, 'epoch': 12}: give {size"),  # was off
+    ({"progressive": {"size": 32, "epochs": "ten"}}, "progressive="),  # was a raw ValueError
+    ({"progressive": True}, "progressive=True: give {size"),  # was a raw AttributeError
+    ({"batch_mix": {"mode": "mixup", "alfa": 0.2}}, "batch_mix={'mode': 'mixup', 'alfa': 0.2}: give {mode"),  # alpha 1
+    ({"batch_mix": {"alpha": "high"}}, "batch_mix="),  # was a raw ValueError
+])
+def test_a_typo_in_a_nested_model_setting_is_named_not_trained_as_the_default(bad, words):
+    # online_aug and swa refused unknown keys; progressive and batch_mix dropped them and trained the default
+    with pytest.raises(ConfigError) as err:
+        check_config({"arch": "resnet", "epochs": 3, **bad})
+    assert str(err.value).startswith(words)
+

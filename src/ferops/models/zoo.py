@@ -323,13 +323,18 @@ def progressive_config(cfg: dict[str, Any], full: int = IMG_SIZE) -> dict[str, A
     """`progressive: {size, epochs, mode}` checked: the first `epochs` epochs train on `size` px images — the crop
     shrunk (`mode: resize`, the default) or a random `size`-px window of it at the same scale (`crop`). None = off."""
     prog = cfg.get("progressive")
-    if not prog or not int(prog.get("epochs", 0) or 0):
+    if not prog:
         return None
+    usage = (f"progressive={prog!r}: give {{size: <px>, epochs: <n>, mode: resize|crop}}, e.g. {{size: 32, epochs: 12}} "
+             "(null = off).")
+    if not isinstance(prog, dict) or set(prog) - {"size", "epochs", "mode"}:  # a typo (`epoch: 12`) was silently off
+        raise ConfigError(usage)
     try:
+        if not int(prog.get("epochs", 0) or 0):
+            return None
         size, epochs, mode = int(prog["size"]), int(prog["epochs"]), str(prog.get("mode", "resize"))
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"progressive={prog!r}: give {{size: <px>, epochs: <n>, mode: resize|crop}}, e.g. "
-                          "{size: 32, epochs: 12}.") from None
+        raise ConfigError(usage) from None
     if not 16 <= size < full or epochs < 0:
         raise ConfigError(f"progressive.size={size}: must be between 16 and the training crop ({full} px) - 1; "
                           f"epochs={epochs} must be >= 0.")
