@@ -81,3 +81,10 @@ def test_a_typo_in_a_nested_model_setting_is_named_not_trained_as_the_default(ba
         check_config({"arch": "resnet", "epochs": 3, **bad})
     assert str(err.value).startswith(words)
 
+
+def test_aug_strength_null_is_the_default_strength_not_augmentation_off():
+    from ferops.models.zoo import aug_config
+
+    block = {"online_aug": {"rotate_deg": 10, "translate": 0.1, "erasing": 0.25}}
+    assert aug_config({**block, "aug_strength": None}) == aug_config(block)
+    assert aug_config({**block, "aug_strength": 0})["rotate_deg"] == 0.0  # 0 still turns the magnitudes off

@@ -257,7 +257,7 @@ def aug_config(cfg: dict[str, Any]) -> dict[str, Any]:
     given = cfg.get("online_aug") or {}
     _check_online_aug(given)
     aug = {**AUG_DEFAULTS, **given}
-    k = float(cfg.get("aug_strength", 1.0) or 0.0)
+    k = 1.0 if cfg.get("aug_strength") is None else float(cfg["aug_strength"])  # null is the default, not 0 (off)
     for key, limit in AUG_LIMITS.items():  # scaled up, capped where the layers' range ends
         aug[key] = min(limit, float(aug[key] or 0.0) * k)
     aug["crop"] = int(aug["crop"] or 0)
