@@ -93,7 +93,12 @@ def training_curves(history: dict[str, Sequence[float]], path: str | Path, title
     """Loss and accuracy per epoch, train vs validation (and LR when present)."""
     plt = pyplot()
     has_lr = "lr" in history or "learning_rate" in history
-    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(12 if has_lr else 9, 3.4))
+    from matplotlib.ticker import MaxNLocator
+
+    # constrained layout: the suptitle and the LR panel's tick labels otherwise overlap the panels beside them
+    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(12 if has_lr else 9, 3.6), layout="constrained")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5 on a short run
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in history:
