@@ -526,18 +526,18 @@ def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist
     from argparse import Namespace
 
     from ferops.errors import ConfigError
-    from ferops.registry import _model_name
+    from ferops.registry import _names
 
     (tmp_path / "proj" / "src" / "deep").mkdir(parents=True)
     (tmp_path / "proj" / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "proj" / "params.yaml").write_text("register:\n  model_name: fer-x\n  champion_alias: best\n")
     monkeypatch.chdir(tmp_path / "proj" / "src" / "deep")
     assert inf._champion_uri(None) == "models:/fer-x@best"
-    assert _model_name(Namespace(name=None, params=None)) == "fer-x"
+    assert _names(Namespace(name=None, params=None)) == ("fer-x", "best")
     with pytest.raises(ConfigError, match="--params .*nosuch.yaml: file not found — check the path"):
         inf._champion_uri(tmp_path / "nosuch.yaml")
     with pytest.raises(ConfigError, match="--params .*nosuch.yaml: file not found — check the path"):
-        _model_name(Namespace(name=None, params=str(tmp_path / "nosuch.yaml")))
+        _names(Namespace(name=None, params=str(tmp_path / "nosuch.yaml")))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # outside any project: the defaults
     assert inf._champion_uri(None) == "models:/fer2013-resnet@champion"
