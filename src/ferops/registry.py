@@ -481,6 +481,6 @@ def cli_promote(args: Any) -> None:
     except (TypeError, ValueError):
         pass
     if c["previous_version"]:
-        alias = "" if c["alias"] == "champion" else f" --alias {c['alias']}"
+        alias = "" if c["alias"] == champion else f" --alias {c['alias']}"  # promote's default: champion_alias
         note = (f"v{c['version']} has a lower validation accuracy than v{c['previous_version']}; " if lower else "")
         print(f"note: {note}undo with `ferops promote --version {c['previous_version']}{alias}`.")

@@ -97,6 +97,13 @@ def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     cli_promote(Namespace(name=None, version="2", alias=None, reason="drill", params=params))
     assert set(MlflowClient().get_registered_model(NAME).aliases) == {"best", "challenger"}
     assert str(MlflowClient().get_model_version_by_alias(NAME, "best").version) == "2"
+    capsys.readouterr()
+    cli_promote(Namespace(name=None, version="2", alias="champion", reason="drill", params=params))
+    cli_promote(Namespace(name=None, version="1", alias="champion", reason="drill", params=params))
+    out = capsys.readouterr().out  # the undo of a @champion move names it: without --alias it would move @best
+    assert "undo with `ferops promote --version 2 --alias champion`" in out, out
+    cli_promote(Namespace(name=None, version="1", alias=None, reason="drill", params=params))
+    assert "undo with `ferops promote --version 2`." in capsys.readouterr().out  # @best: promote's default
 
 
 def test_register_promote_and_list(store, capsys):
