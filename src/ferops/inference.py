@@ -563,10 +563,40 @@ def _alias_ref(uri: str) -> tuple[str, str] | None:
     return None
 
 
+def _version_ref(uri: str) -> tuple[str, str] | None:
+    """(name, number or `latest`) of a `models:/<name>/<N>` or `models:/<name>/latest` URI, else None."""
+    if uri.startswith("models:/") and "@" not in uri:
+        parts = uri[len("models:/"):].split("/")
+        if len(parts) == 2 and parts[0] and (parts[1].isdigit() or parts[1] == "latest"):
+            return parts[0], parts[1]
+    return None
+
+
+def _registered_version(client: Any, store: str, name: str, number: str, fix: str) -> Any:
+    """Version `number` (or the newest, for `latest`) of `name`, else FerError naming the versions there are."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise FerError(f"the registry at {store} has no model {name!r}: {fix}.") from None
+    try:
+        if number != "latest":
+            return client.get_model_version(name, number)
+    except MlflowException:
+        pass
+    versions = client.search_model_versions(f"name='{name}'")
+    if number == "latest" and versions:
+        return max(versions, key=lambda v: int(v.version))
+    have = ", ".join(str(n) for n in sorted(int(v.version) for v in versions)) or "none"
+    raise FerError(f"the registry at {store} has model {name!r} but no version {number}; its versions: {have} "
+                   "(`ferops registry` lists them).")
+
+
 def check_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
-    """Point MLflow at the ferops store and make sure `uri` (models:/name@alias) is there, else FerError with `fix`;
-    log the version the alias resolves to, and warn when it was trained on the synthetic demo set. Returns (store URI,
-    that ModelVersion, or None for other URIs). (`ferops serve` calls it first, so a missing champion is one line,
+    """Point MLflow at the ferops store and make sure `uri` (models:/name@alias, models:/name/<N> or /latest) is
+    there, else FerError with `fix`; log the version it resolves to, and warn when it was trained on the synthetic
+    demo set. Returns (store URI, that ModelVersion, or None for other URIs). (`ferops serve` calls it first, so a missing champion is one line,
     not MLflow's traceback.)"""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -595,6 +625,9 @@ def check_registered(uri: str, fix: str = LOAD_FIX) -> tuple[str, Any]:
                 raise FerError(f"the registry at {store} has model {name!r} but no alias @{alias}; its aliases: "
                                f"{listed} (`ferops registry` lists its versions).") from None
             raise FerError(f"the registry at {store} has no model {name!r} with alias @{alias}: {fix}.") from None
+    elif (vref := _version_ref(uri)) is not None:  # a missing version: one line, not `mlflow models serve`'s traceback
+        version = _registered_version(mlflow.MlflowClient(), store, *vref, fix)
+    if version is not None:
         # which version the alias points at now: a promotion between two runs changes the answer
         log.info("%s is version %s (MLflow run %s)", uri, version.version, version.run_id)
         if (version.tags or {}).get("dataset") == "synthetic":

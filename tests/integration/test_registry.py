@@ -106,6 +106,24 @@ def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     assert "undo with `ferops promote --version 2`." in capsys.readouterr().out  # @best: promote's default
 
 
+def test_a_version_uri_that_is_not_there_is_one_line_listing_the_versions(store, caplog):
+    """`ferops serve --model models:/<name>/<N>` with a deleted or mistyped version: a FerError naming the versions
+    (it execed `mlflow models serve`, which died with MLflow's traceback); `latest` is pinned to the newest."""
+    from ferops.errors import FerError
+    from ferops.inference import _pinned, check_registered
+
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.5, seed=2)
+    _register(models)
+    with pytest.raises(FerError, match=rf"has model '{NAME}' but no version 7; its versions: 1 "):
+        check_registered(f"models:/{NAME}/7")
+    with pytest.raises(FerError, match="has no model 'nope'"):
+        check_registered("models:/nope/1")
+    for ref in ("1", "latest"):
+        _, version = check_registered(f"models:/{NAME}/{ref}")
+        assert _pinned(f"models:/{NAME}/{ref}", version) == f"models:/{NAME}/1"
+
+
 def test_register_promote_and_list(store, capsys):
     from mlflow import MlflowClient
 
