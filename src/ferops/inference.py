@@ -544,6 +544,12 @@ def cli_serve(args: Any) -> None:
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
     store, version = check_registered(uri, "run `make run` first, or name one with --model")
+    missing = _missing_files(version)
+    if missing is not None:  # else `mlflow models serve` dies with "No such artifact: 'MLmodel'" and a traceback
+        raise FerError(f"cannot serve {uri} (version {version.version}) from {store}: its files are not at {missing}, "
+                       "where the store says they are: MLflow records absolute paths, so a copied or moved project "
+                       "still points at the original's mlartifacts/ — keep the project where it was trained, or "
+                       "re-run `make run` in the new place.")
     from ferops.runner import ensure_port_free
 
     ensure_port_free(args.host, args.port, "ferops serve")
@@ -553,6 +559,18 @@ def cli_serve(args: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": store})
+
+
+def _missing_files(version: Any) -> Path | None:
+    """The local folder the store says registered `version`'s files are in, when it is not there (None: they are,
+    the version is None, or they are not in a local folder)."""
+    import mlflow
+
+    if version is None:
+        return None
+    where = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
+    path = Path(where[len("file://"):]) if where.startswith("file://") else None
+    return path if path is not None and not path.exists() else None
 
 
 def _alias_ref(uri: str) -> tuple[str, str] | None:

@@ -329,3 +329,29 @@ def test_champion_decision_rules():
     # the tag holds 6 decimals: the same score, rounded down in the tag, is a tie, not a win
     assert not champion_decision("5", 1 / 3, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
     assert champion_decision("5", 1 / 3 + 1e-6, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
+
+
+def test_serve_in_a_moved_project_says_where_the_files_were_expected(store, monkeypatch):
+    """The store records absolute artifact paths: `ferops serve` in a copy of a project whose original moved says so
+    in one line (as `ferops predict` does), instead of exec'ing `mlflow models serve` into "No such artifact:
+    'MLmodel'" and a traceback."""
+    import os
+
+    from ferops.errors import FerError
+    from ferops.inference import cli_serve
+
+    def no_exec(*args):
+        raise AssertionError(f"execve {args[1]}")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr("ferops.runner.ensure_port_free", lambda *a: None)
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.5, seed=2)
+    _register(models)
+    args = Namespace(model=None, params=str(store / "params.yaml"), host="127.0.0.1", port=5001)
+    with pytest.raises(AssertionError, match="execve"):  # the files are there: it serves
+        cli_serve(args)
+    (store / "mlartifacts").rename(store / "elsewhere")
+    with pytest.raises(FerError, match=rf"cannot serve models:/{NAME}@champion \(version 1\) .* its files are not at "
+                                       rf"{store / 'mlartifacts'}.* a copied or moved project"):
+        cli_serve(args)
