@@ -191,6 +191,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     name, champion_alias = registry_names({"register": cfg})
     family = str(cfg.get("family", "resnet"))
     challenger_alias = str(cfg.get("challenger_alias", "challenger"))
+    _check_register_aliases(champion_alias, challenger_alias)
 
     cands = find_candidates(models_dir, family, scored=eval_metrics)
     best = cands[0]
@@ -265,6 +266,21 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
     }
+
+
+def _check_register_aliases(champion: str, challenger: str) -> None:
+    """ConfigError before anything is registered when register.champion_alias / challenger_alias cannot work: the same
+    name (every new version would take @champion as its challenger alias, a worse one too), or one MLflow reserves
+    (`latest`, `v<N>`: setting it fails after the version was registered)."""
+    from ferops.errors import ConfigError
+
+    for key, alias in (("champion_alias", champion), ("challenger_alias", challenger)):
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ConfigError(f"register.{key}: {alias!r} is reserved by MLflow (`latest` and `v<number>` name "
+                              "versions) — use a name like champion or challenger.")
+    if champion == challenger:
+        raise ConfigError(f"register.champion_alias and register.challenger_alias are both {champion!r}: every new "
+                          "version would take the served alias, a worse one too — give them different names.")
 
 
 def _trained_on(run: Any, current: dict[str, str], split_dir: Path | None) -> dict[str, str]:

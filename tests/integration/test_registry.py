@@ -355,3 +355,23 @@ def test_serve_in_a_moved_project_says_where_the_files_were_expected(store, monk
     with pytest.raises(FerError, match=rf"cannot serve models:/{NAME}@champion \(version 1\) .* its files are not at "
                                        rf"{store / 'mlartifacts'}.* a copied or moved project"):
         cli_serve(args)
+
+
+def test_register_refuses_a_challenger_alias_that_is_the_champion_alias(store):
+    """register.challenger_alias == champion_alias: each new version was given @champion as its challenger alias, so
+    a worse model silently replaced the champion; a reserved alias failed after registering. Now a ConfigError first."""
+    from mlflow import MlflowClient
+
+    from ferops.errors import ConfigError
+    from ferops.registry import register_best
+
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.5, seed=2)
+    _register(models)
+    _train(models, "resnet", "resnet", val=0.4, seed=3)
+    for bad, match in (({"challenger_alias": "champion"}, "are both 'champion'"),
+                       ({"champion_alias": "latest"}, "champion_alias: 'latest' is reserved")):
+        with pytest.raises(ConfigError, match=match):
+            register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, {**CFG, **bad})
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert len(MlflowClient().search_model_versions(f"name='{NAME}'")) == 1
