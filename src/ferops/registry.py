@@ -438,8 +438,12 @@ def _check_alias(alias: str, model: Any) -> None:
 
 
 def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",
-            by: str | None = None) -> dict[str, Any]:
-    """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags."""
+            by: str | None = None, champion_alias: str = "champion") -> dict[str, Any]:
+    """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags.
+
+    Moving `champion_alias` writes `promoted_by`, `promotion_reason`, `promoted_at` (the register stage reads them:
+    who put @champion there); another alias writes them prefixed with its name (`challenger_promoted_by`, ...), so
+    marking the champion's version @staging does not make @champion look placed by a person."""
     from mlflow.exceptions import MlflowException
 
     _check_alias(alias, _registered(client, name))
@@ -454,11 +458,13 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
         client.set_registered_model_alias(name, alias, str(target.version))
     except MlflowException as exc:  # a malformed or reserved alias name (`v3`, `latest`)
         raise RegistryError(f"--alias {alias!r}: {exc.message} Use a name like champion or challenger.") from None
-    tags = {"promoted_by": by or os.environ.get("USER") or getpass.getuser(), "promotion_reason": reason,
-            "promoted_at": _now(), f"previous_{alias}_version": prev or "none"}
+    who = by or os.environ.get("USER") or getpass.getuser()
+    key = "" if alias == champion_alias else f"{alias}_"
+    tags = {f"{key}promoted_by": who, f"{key}promotion_reason": reason, f"{key}promoted_at": _now(),
+            f"previous_{alias}_version": prev or "none"}
     for k, v in tags.items():
         client.set_model_version_tag(name, str(target.version), k, v)
-    log_promotion(client, name, alias, prev, str(target.version), tags["promoted_by"], reason)
+    log_promotion(client, name, alias, prev, str(target.version), who, reason)
     change["val_accuracy"] = (target.tags or {}).get("val_accuracy")
     change["previous_val_accuracy"] = None if previous is None else (previous.tags or {}).get("val_accuracy")
     return change
@@ -483,7 +489,8 @@ def cli_promote(args: Any) -> None:
     """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
     client = _existing_store_client()
     name, champion = _names(args)
-    c = promote(client, name, str(args.version), alias=getattr(args, "alias", None) or champion, reason=args.reason)
+    c = promote(client, name, str(args.version), alias=getattr(args, "alias", None) or champion, reason=args.reason,
+                champion_alias=champion)
     if not c["changed"]:
         print(f"{name}: @{c['alias']} already points at v{c['version']} — nothing changed.")
         return

@@ -375,3 +375,26 @@ def test_register_refuses_a_challenger_alias_that_is_the_champion_alias(store):
             register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, {**CFG, **bad})
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "1"
     assert len(MlflowClient().search_model_versions(f"name='{NAME}'")) == 1
+
+
+def test_marking_the_champion_with_another_alias_does_not_make_it_a_persons_champion(store):
+    """The stage made v2 (run R, TTA flip) @champion; a person marked v2 @staging too. evaluate then chose `none`
+    again: R's older v1 (none) must follow @champion as the stage's own move — the @staging promotion wrote the
+    version's `promoted_by`, so the stage read @champion as a person's choice and kept the stale TTA mode."""
+    from mlflow import MlflowClient
+
+    from ferops.registry import promote
+
+    client = MlflowClient()
+    models = store / "models" / "deep"
+    d = _train(models, "resnet", "resnet", val=0.5, seed=2)
+    run_id = (d / "mlflow_run_id.txt").read_text().strip()
+    assert _register(models)["version"] == 1
+    client.set_tag(run_id, "eval_tta", "flip")
+    r2 = _register(models)
+    assert (r2["version"], r2["champion_version"]) == (2, 2)
+    promote(client, NAME, "2", alias="staging", reason="canary", by="alice")
+    assert client.get_model_version(NAME, "2").tags["staging_promoted_by"] == "alice"
+    client.set_tag(run_id, "eval_tta", "none")
+    r = _register(models)
+    assert (r["version"], r["reused_existing_version"], r["champion_version"]) == (1, True, 1), r["reason"]
