@@ -993,7 +993,9 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": data_digest(train, val)})
         backup = ckpt / "backup"
         state = cbs["TrainState"](ckpt, backup, early, plateau, throughput)
-        callbacks += [keras.callbacks.BackupAndRestore(str(backup)), state]
+        # delete_checkpoint=False: Keras deletes the backup at the end of `fit`, and a kill after that (SWA's statistics
+        # pass, the inference copy, the stage's MLflow logging) retrained from epoch 1; the rmtree below removes it
+        callbacks += [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False), state]
     budget = time_budget_s(cfg)
     if budget is not None:  # before TrainState's epoch end, which saves the logs it adds
         callbacks.insert(callbacks.index(state) if state is not None else len(callbacks),

@@ -724,3 +724,32 @@ def test_weight_decay_can_spare_norm_scales_and_biases():
         decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
         kernels = {v.path for v in model.trainable_variables if v.name == "kernel"}
         assert decayed == (kernels if spare else {v.path for v in model.trainable_variables})
+
+
+def test_a_run_killed_after_fit_returned_does_not_train_again(tiny, tmp_path, monkeypatch):
+    """Killed after `fit` returned but before the checkpoint's cleanup (here in SWA's statistics pass and val check):
+    the resume trains no epoch again — BackupAndRestore must not delete its backup at the end of `fit`, or the
+    rerun starts from epoch 1 (and a resumed MLflow run gets every epoch twice)."""
+    import ferops.training as training
+
+    train, val = tiny
+    cfg, ckpt = {**TINY, "epochs": 4, "swa": {"start": 0.5}, "class_weights": False}, tmp_path / "ckpt"
+    real = training.choose_swa
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed after fit")
+
+    monkeypatch.setattr(training, "choose_swa", killed)
+    with pytest.raises(RuntimeError, match="killed after fit"):
+        train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt)
+    monkeypatch.setattr(training, "choose_swa", real)
+
+    seen: list[int] = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
+    assert seen == []  # the old code trained all four epochs again
+    assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and not ckpt.exists()
