@@ -926,11 +926,14 @@ def MlflowEpochLogger(prefix: str = "epoch_") -> Any:  # noqa: N802 — reads li
 
 
 def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int, extra_callbacks: list | None = None,
-                checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None) -> TrainResult:
+                checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None,
+                keep_checkpoint: bool = False) -> TrainResult:
     """Build `cfg["arch"]`, train on `train` with early stopping on val accuracy, return the best-epoch model.
 
     With `checkpoint_dir`, every finished epoch is checkpointed (weights, optimizer, epoch, history,
-    early-stopping state) and a killed run resumes at the next epoch; the checkpoint is removed on success.
+    early-stopping state) and a killed run resumes at the next epoch; the checkpoint is removed on success —
+    unless `keep_checkpoint`, where the caller removes it once its own work after training is done (a kill in
+    between then resumes with no epoch to train).
     """
     import keras
 
@@ -1032,7 +1035,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                                            batch_size=max(batch, 256))
     # SWA's statistics pass and val check count as training time, and so do the epochs before a resume.
     wall = time.perf_counter() - t0 + (state.prior_s if state is not None else 0.0)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and not keep_checkpoint:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
 
     clean = inference_model(model, cfg)
@@ -1249,13 +1252,15 @@ def load_member(folder: Path, key: str) -> TrainResult | None:
 
 def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list[int], *,
                   checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None,
-                  callbacks_for: Callable[[str], list] = lambda prefix: []) -> list[TrainResult]:
+                  callbacks_for: Callable[[str], list] = lambda prefix: [],
+                  keep_checkpoint: bool = False) -> list[TrainResult]:
     """Train one model per seed, one after another (`callbacks_for(prefix)`: extra callbacks per member, prefix
     `m<i>_` for ensembles, "" for one model). Each member checkpoints on its own, and a finished member is kept
     until the stage ends, so a killed ensemble resumes at the member and epoch it had reached."""
     if len(seeds) == 1:
         return [train_keras(train, val, cfg, seed=seeds[0], extra_callbacks=callbacks_for(""),
-                            checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs)]
+                            checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
+                            keep_checkpoint=keep_checkpoint)]
     results = []
     digest = data_digest(train, val)
     for i, s in enumerate(seeds, start=1):
@@ -1312,12 +1317,13 @@ class FitResult:
 
 def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, checkpoint_dir: Path | None = None,
              verbose: int = 1, max_epochs: int | None = None, name: str = "ensemble",
-             callbacks_for: Callable[[str], list] = lambda prefix: []) -> FitResult:
-    """Train `cfg` with `seed` — or, with `ensemble_seeds`, one member per seed joined into one averaging model."""
+             callbacks_for: Callable[[str], list] = lambda prefix: [], keep_checkpoint: bool = False) -> FitResult:
+    """Train `cfg` with `seed` — or, with `ensemble_seeds`, one member per seed joined into one averaging model.
+    `keep_checkpoint`: a single model's checkpoint stays for the caller to remove (see `train_keras`)."""
     seeds = ensemble_seeds(cfg, seed)
     members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds,
                             checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
-                            callbacks_for=callbacks_for)
+                            callbacks_for=callbacks_for, keep_checkpoint=keep_checkpoint)
     if len(members) == 1:
         return FitResult(members[0].model, members, seeds, members[0].val_proba, members[0].history)
     from ferops.models.zoo import ensemble_model
@@ -1368,7 +1374,10 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
         fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
-                       callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")])
+                       callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")],
+                       # removed below, after the model and its MLflow logging: a kill in that logging (a single
+                       # model's checkpoint is the whole of `ckpt`, run id included) retrained it into a new run
+                       keep_checkpoint=True)
         model, members, res = fit.model, fit.members, fit.members[0]
         labels = val.subset(val.labeled).emotion.astype(int)
         metrics: dict[str, Any] = {}

@@ -94,3 +94,35 @@ def test_a_checkpoint_of_another_config_gets_a_new_mlflow_run(trained, tmp_path,
     assert m["mlflow_run_id"] != summary["mlflow_run_id"]
     assert mlflow.get_run(m["mlflow_run_id"]).data.params["dropout"] == "0.35"
     assert mlflow.get_run(summary["mlflow_run_id"]).data.params["dropout"] == "0.1"  # the old run left as it was
+
+
+def test_a_run_killed_while_logging_its_model_resumes_without_training_again(trained, tmp_path, monkeypatch):
+    """Killed after training, while the stage saved and logged the model: the rerun trains no epoch again and
+    finishes the same MLflow run (the old code had removed the checkpoint, run id included, at the end of
+    training: it retrained the model from epoch 1 into a second run and left the first one unfinished)."""
+    import ferops.plots
+    from ferops.data.synthetic import make_synthetic
+
+    store = trained[3]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    init_tracking()
+    d = make_synthetic(120, 5)
+    train, val = d.subset(np.arange(120) < 90), d.subset(np.arange(120) >= 90)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    report = {"synthetic": True, "sha256": "abc", "format": "synthetic"}
+    real = ferops.plots.training_curves
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while logging")
+
+    monkeypatch.setattr(ferops.plots, "training_curves", killed)
+    with pytest.raises(RuntimeError, match="killed while logging"):
+        train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
+    mlflow.end_run()  # the killed process' run ends with it
+    first = (out / "mlflow_run_id.txt").read_text().strip()
+    monkeypatch.setattr(ferops.plots, "training_curves", real)
+    m = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
+    assert m["mlflow_run_id"] == first and mlflow.get_run(first).info.status == "FINISHED"
+    steps = [h.step for h in mlflow.MlflowClient().get_metric_history(first, "epoch_val_accuracy")]
+    assert steps == list(range(1, m["epochs_run"] + 1))  # each epoch logged once: none trained again
+    assert not ckpt.exists()
