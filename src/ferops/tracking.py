@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -112,9 +113,14 @@ def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, st
     if run_dir is not None and (run_dir / RUN_ID_FILE).exists():
         run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
         try:
-            mlflow.get_run(run_id)
+            deleted = mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
         except Exception:  # the store was reset: start a fresh run
             run_id = None
+        else:  # deleted in the UI (a killed run, cleaned up): MLflow refuses to start it again
+            if deleted:
+                print(f"MLflow run {run_id} (named in {run_dir / RUN_ID_FILE}) was deleted: starting a new run",
+                      file=sys.stderr)
+                run_id = None
     all_tags = {"stage": stage, "model": model, "dvc_stage": f"{stage}@{model}", "git_commit": git_commit(), **tags}
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage}-{model}", nested=nested, tags=all_tags) as run:
         if run_dir is not None:
