@@ -997,8 +997,11 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         backup = ckpt / "backup"
         state = cbs["TrainState"](ckpt, backup, early, plateau, throughput)
         # delete_checkpoint=False: Keras deletes the backup at the end of `fit`, and a kill after that (SWA's statistics
-        # pass, the inference copy, the stage's MLflow logging) retrained from epoch 1; the rmtree below removes it
-        callbacks += [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False), state]
+        # pass, the inference copy, the stage's MLflow logging) retrained from epoch 1; the rmtree below removes it.
+        # double_checkpoint: the weights file is written in place, so a kill in mid-write left one that no resume could
+        # open (OSError on every rerun); Keras then falls back to the previous epoch's copy
+        callbacks += [keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
+                      state]
     budget = time_budget_s(cfg)
     if budget is not None:  # before TrainState's epoch end, which saves the logs it adds
         callbacks.insert(callbacks.index(state) if state is not None else len(callbacks),

@@ -753,3 +753,39 @@ def test_a_run_killed_after_fit_returned_does_not_train_again(tiny, tmp_path, mo
     res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
     assert seen == []  # the old code trained all four epochs again
     assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and not ckpt.exists()
+
+
+def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, monkeypatch):
+    """Killed in the middle of writing the epoch's weights backup (written in place): the resume falls back to the
+    epoch before instead of failing with an OSError from h5py on every rerun."""
+    from pathlib import Path
+
+    train, val = tiny
+    orig, calls = keras.callbacks.BackupAndRestore._save_model, []
+
+    def save(self):
+        calls.append(1)
+        meta = Path(self._training_metadata_path)
+        before = meta.read_text() if meta.exists() else None
+        orig(self)
+        if len(calls) == 2:  # epoch 2: half the weights file written, the metadata not yet
+            weights = Path(self._weights_path)
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+            meta.write_text(before)
+            raise RuntimeError("killed while saving the backup")
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", save)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", orig)
+
+    seen: list[int] = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
+    assert seen == [1, 2]  # epoch 2 again, from epoch 1's weights
+    assert res.epochs_run == 3 and len(res.history["val_accuracy"]) == 3 and not ckpt.exists()
