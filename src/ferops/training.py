@@ -995,6 +995,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         ckpt = Path(checkpoint_dir)
         _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": data_digest(train, val)})
         backup = ckpt / "backup"
+        _align_backup(ckpt, backup)
         state = cbs["TrainState"](ckpt, backup, early, plateau, throughput)
         # delete_checkpoint=False: Keras deletes the backup at the end of `fit`, and a kill after that (SWA's statistics
         # pass, the inference copy, the stage's MLflow logging) retrained from epoch 1; the rmtree below removes it.
@@ -1067,6 +1068,36 @@ def choose_swa(model: Any, averager: Any, train_pixels: np.ndarray, ds_val: Any,
     print(f"SWA: mean of {averager.count} epochs ({first}-{last}) val {acc:.4f} against epoch {best_epoch}'s "
           f"{best_val:.4f}: keeping {'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
     return acc, keep
+
+
+def _align_backup(ckpt: Path, backup: Path) -> None:
+    """Make the weights backup agree with TrainState's state.json. A kill between the two epoch-end saves (the backup
+    is saved first) leaves the state an epoch behind, and the resume went on from the backup: that epoch's row was
+    missing from the history, every later row one epoch off (best_epoch, epochs_run, the curves). Roll the backup back
+    to its previous copy (`double_checkpoint`), or — at epoch 1, with no state yet — drop it, so the epoch whose logs
+    were lost is trained again."""
+    meta, prev = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
+    try:
+        at = int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        done = int(json.loads((ckpt / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        done = 0
+    if at <= done:
+        return
+    try:
+        behind = int(json.loads(prev.read_text())["epoch"]) == done and (backup / "latest.weights.h5.bkp").exists()
+    except (OSError, ValueError, KeyError, TypeError):
+        behind = False
+    if behind:
+        shutil.copy(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+        shutil.copy(prev, meta)
+    else:
+        shutil.rmtree(backup, ignore_errors=True)
+    print(f"checkpoint {ckpt}: the run was killed while saving epoch {at}; resuming after epoch {done if behind else 0}",
+          file=sys.stderr)
 
 
 def _stopped_at(ckpt: Path) -> int | None:

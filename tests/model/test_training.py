@@ -789,3 +789,36 @@ def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, m
     res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
     assert seen == [1, 2]  # epoch 2 again, from epoch 1's weights
     assert res.epochs_run == 3 and len(res.history["val_accuracy"]) == 3 and not ckpt.exists()
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_run_killed_between_its_backup_and_state_saves_keeps_its_history_in_step(tiny, tmp_path, monkeypatch, at):
+    """Killed after epoch `at`'s weights backup was saved but before TrainState saved its history: that epoch is
+    trained again, so the history has one row per epoch (the old code resumed after it: its row missing, every
+    later row an epoch off — best_epoch, epochs_run and the curves with it)."""
+    import ferops.training as training
+
+    train, val = tiny
+    cls = training._callbacks()["TrainState"]
+    orig = cls.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == at - 1:
+            raise RuntimeError("killed before the state was saved")
+        orig(self, epoch, logs)
+
+    monkeypatch.setattr(cls, "on_epoch_end", on_epoch_end)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed before"):
+        train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt)
+    monkeypatch.setattr(cls, "on_epoch_end", orig)
+
+    seen: list[int] = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
+    assert seen == list(range(at - 1, 3))  # epoch `at` again
+    assert res.epochs_run == 3 and all(len(v) == 3 for v in res.history.values())
