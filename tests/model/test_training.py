@@ -44,6 +44,17 @@ def _data(n: int, seed: int) -> FerData:
     return make_synthetic(n, seed)
 
 
+class _EpochsSeen(keras.callbacks.Callback):
+    """The epochs a run trains, in order (a resumed run should skip those it had finished)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     d = _data(240, 1)
@@ -176,14 +187,10 @@ def test_killed_run_resumes_at_the_next_epoch(tiny, tmp_path):
     before = json.loads((ckpt / "state.json").read_text())["elapsed_s"]  # the two epochs' training time
     assert before > 0
 
-    seen: list[int] = []
+    seen = _EpochsSeen()
 
-    class Epochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
-
-    resumed = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
-    assert seen == [2]  # only the third epoch ran
+    resumed = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[seen])
+    assert seen.epochs == [2]  # only the third epoch ran
     assert resumed.epochs_run == 3 and not ckpt.exists()  # full history, checkpoint removed on success
     assert resumed.wall_s > before  # the run's training time counts the epochs before the kill too
     straight = train_keras(train, val, TINY, seed=0, verbose=0)
@@ -702,15 +709,11 @@ def test_a_run_killed_after_it_had_stopped_resumes_to_its_end(tiny, tmp_path, mo
         train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Kill()])
     assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["stopped"] is True
 
-    seen: list[int] = []
-
-    class Epochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
+    seen = _EpochsSeen()
 
     monkeypatch.setattr(training, "_clock", _Clock())
-    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[Epochs()])
-    assert seen == []  # the old code trained a sixth epoch here
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=tmp_path / "ckpt", extra_callbacks=[seen])
+    assert seen.epochs == []  # the old code trained a sixth epoch here
     assert res.epochs_run == 5 and not (tmp_path / "ckpt").exists()
     assert res.images_per_s > 0 and 1 <= res.best_epoch <= 5
 
@@ -744,14 +747,10 @@ def test_a_run_killed_after_fit_returned_does_not_train_again(tiny, tmp_path, mo
         train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt)
     monkeypatch.setattr(training, "choose_swa", real)
 
-    seen: list[int] = []
+    seen = _EpochsSeen()
 
-    class Epochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
-
-    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
-    assert seen == []  # the old code trained all four epochs again
+    res = train_keras(train, val, cfg, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[seen])
+    assert seen.epochs == []  # the old code trained all four epochs again
     assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and not ckpt.exists()
 
 
@@ -780,14 +779,10 @@ def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, m
         train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt)
     monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", orig)
 
-    seen: list[int] = []
+    seen = _EpochsSeen()
 
-    class Epochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
-
-    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
-    assert seen == [1, 2]  # epoch 2 again, from epoch 1's weights
+    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[seen])
+    assert seen.epochs == [1, 2]  # epoch 2 again, from epoch 1's weights
     assert res.epochs_run == 3 and len(res.history["val_accuracy"]) == 3 and not ckpt.exists()
 
 
@@ -813,12 +808,8 @@ def test_a_run_killed_between_its_backup_and_state_saves_keeps_its_history_in_st
         train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt)
     monkeypatch.setattr(cls, "on_epoch_end", orig)
 
-    seen: list[int] = []
+    seen = _EpochsSeen()
 
-    class Epochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
-
-    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[Epochs()])
-    assert seen == list(range(at - 1, 3))  # epoch `at` again
+    res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[seen])
+    assert seen.epochs == list(range(at - 1, 3))  # epoch `at` again
     assert res.epochs_run == 3 and all(len(v) == 3 for v in res.history.values())
