@@ -544,12 +544,9 @@ def cli_serve(args: Any) -> None:
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
     store, version = check_registered(uri, "run `make run` first, or name one with --model")
-    missing = _missing_files(version)
-    if missing is not None:  # else `mlflow models serve` dies with "No such artifact: 'MLmodel'" and a traceback
-        raise FerError(f"cannot serve {uri} (version {version.version}) from {store}: its files are not at {missing}, "
-                       "where the store says they are: MLflow records absolute paths, so a copied or moved project "
-                       "still points at the original's mlartifacts/ — keep the project where it was trained, or "
-                       "re-run `make run` in the new place.")
+    moved = _moved_project(version)
+    if moved is not None:  # else `mlflow models serve` dies with "No such artifact: 'MLmodel'" and a traceback
+        raise FerError(f"cannot serve {uri} (version {version.version}) from {store}: {moved}.")
     from ferops.runner import ensure_port_free
 
     ensure_port_free(args.host, args.port, "ferops serve")
@@ -561,16 +558,20 @@ def cli_serve(args: Any) -> None:
     os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": store})
 
 
-def _missing_files(version: Any) -> Path | None:
-    """The local folder the store says registered `version`'s files are in, when it is not there (None: they are,
-    the version is None, or they are not in a local folder)."""
+def _moved_project(version: Any) -> str | None:
+    """Why registered `version` cannot load and the cure, when the local folder the store names for its files is not
+    there (MLflow stores absolute paths: a moved project breaks); None when it is, or the version is None or remote."""
     import mlflow
 
     if version is None:
         return None
     where = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
     path = Path(where[len("file://"):]) if where.startswith("file://") else None
-    return path if path is not None and not path.exists() else None
+    if path is None or path.exists():
+        return None
+    return (f"its files are not at {path}, where the store says they are: MLflow records absolute paths, so a copied "
+            "or moved project still points at the original's mlartifacts/ — keep the project where it was trained, "
+            "or re-run `make run` in the new place")
 
 
 def _alias_ref(uri: str) -> tuple[str, str] | None:
@@ -670,15 +671,7 @@ def _load_registered(uri: str) -> Classifier:
         pyfunc = mlflow.pyfunc.load_model(_pinned(uri, version))
     except (MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
-        fix = LOAD_FIX
-        if version is not None:  # MLflow stores absolute artifact paths: a moved project breaks
-            where = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
-            path = Path(where[len("file://"):]) if where.startswith("file://") else None
-            if path is not None and not path.exists():
-                fix = (f"its files are not at {path}, where the store says they are: MLflow records absolute paths, "
-                       "so a copied or moved project still points at the original's mlartifacts/ — keep the project "
-                       "where it was trained, or re-run `make run` in the new place")
-        raise FerError(f"cannot load {uri} from {store}: {first} — {fix}.") from None
+        raise FerError(f"cannot load {uri} from {store}: {first} — {_moved_project(version) or LOAD_FIX}.") from None
     return _from_pyfunc(pyfunc, uri)
 
 

@@ -1077,20 +1077,10 @@ def _align_backup(ckpt: Path, backup: Path) -> None:
     to its previous copy (`double_checkpoint`), or — at epoch 1, with no state yet — drop it, so the epoch whose logs
     were lost is trained again."""
     meta, prev = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
-    try:
-        at = int(json.loads(meta.read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    at, done = _saved_epoch(meta), _saved_epoch(ckpt / "state.json") or 0
+    if at is None or at <= done:
         return
-    try:
-        done = int(json.loads((ckpt / "state.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        done = 0
-    if at <= done:
-        return
-    try:
-        behind = int(json.loads(prev.read_text())["epoch"]) == done and (backup / "latest.weights.h5.bkp").exists()
-    except (OSError, ValueError, KeyError, TypeError):
-        behind = False
+    behind = _saved_epoch(prev) == done and (backup / "latest.weights.h5.bkp").exists()
     if behind:
         shutil.copy(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
         shutil.copy(prev, meta)
@@ -1105,11 +1095,19 @@ def _stopped_at(ckpt: Path) -> int | None:
     the weights' backup is at that same epoch: a kill between the two saves leaves the state one epoch behind."""
     try:
         st = json.loads((ckpt / "state.json").read_text())
-        backup = json.loads((ckpt / "backup" / "training_metadata.json").read_text())
     except (OSError, ValueError):
         return None
     done = int(st.get("epoch", 0))
-    return done if st.get("stopped") and done > 0 and int(backup.get("epoch", -1)) == done else None
+    return done if st.get("stopped") and done > 0 and _saved_epoch(ckpt / "backup" / "training_metadata.json") == done else None
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The `epoch` a checkpoint file (state.json, Keras' training_metadata.json[.bkp]) records; None when the file is
+    missing or unreadable (a kill can leave either)."""
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _guard_checkpoint(ckpt: Path, identity: dict[str, Any], file: str = "config.json", strict: bool = False) -> bool:
