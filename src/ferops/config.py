@@ -117,16 +117,18 @@ MODEL_KEYS: tuple[str, ...] = (
     "data_parallel", "steps_per_execution", "onednn_max_isa", "ensemble_seeds", "name")
 
 
-def _unknown(where: str, keys: Any, known: tuple[str, ...]) -> list[str]:
+def did_you_mean(key: Any, known: Any, otherwise: str) -> str:
+    """` — did you mean `<closest known key>`?` for a mistyped `key`, else `otherwise` (say, the known keys)."""
     import difflib
 
-    out = []
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" — did you mean `{close[0]}`?" if close else f" (known: {', '.join(known)})"
-            out.append(f"params.yaml {where}.{key}: unknown key, ignored{hint}")
-    return out
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" — did you mean `{close[0]}`?" if close else otherwise
+
+
+def _unknown(where: str, keys: Any, known: tuple[str, ...]) -> list[str]:
+    listed = f" (known: {', '.join(known)})"
+    return [f"params.yaml {where}.{key}: unknown key, ignored{did_you_mean(key, known, listed)}"
+            for key in keys if key not in known]
 
 
 def unknown_model_keys(where: str, cfg: dict[str, Any]) -> list[str]:

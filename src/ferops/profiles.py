@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ferops.config import MODEL_KEYS, flatten
+from ferops.config import MODEL_KEYS, did_you_mean, flatten
 from ferops.errors import ConfigError
 from ferops.runner import run
 
@@ -22,8 +22,6 @@ from ferops.runner import run
 def set_args(profile: dict, params: dict) -> list[str]:
     """`-S key=value` pairs for every leaf of the profile; keys new to params get Hydra's `+` prefix. Each
     value is one shell word; ConfigError for a text value with whitespace (it cannot survive `$(...)`)."""
-    import difflib
-
     if not isinstance(profile, dict):
         raise ConfigError(f"the profile is a {type(profile).__name__}, not a mapping of params sections "
                           "(e.g. train_deep: {common: {epochs: 60}}).")
@@ -34,14 +32,11 @@ def set_args(profile: dict, params: dict) -> list[str]:
     for key, value in flatten(profile).items():
         top = key.split(".", 1)[0]
         if top not in params:  # a new key may extend a section, never invent one: that is a typo
-            close = difflib.get_close_matches(top, list(params), n=1)
-            raise ConfigError(f"profile key {key}: params.yaml has no `{top}:` section"
-                              + (f" — did you mean `{close[0]}`?" if close else "."))
+            raise ConfigError(f"profile key {key}: params.yaml has no `{top}:` section{did_you_mean(top, params, '.')}")
         model_key = _model_key(key)
         if model_key is not None and model_key not in MODEL_KEYS:  # DVC takes it with `+`; training would ignore it
-            close = difflib.get_close_matches(model_key, MODEL_KEYS, n=1)
             raise ConfigError(f"profile key {key}: `{model_key}` is not a model setting"
-                              + (f" — did you mean `{close[0]}`?" if close else "."))
+                              f"{did_you_mean(model_key, MODEL_KEYS, '.')}")
         if isinstance(value, (list, dict, bool)) or value is None:
             text = json.dumps(value, separators=(",", ":"))
         else:

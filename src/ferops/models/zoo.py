@@ -233,17 +233,14 @@ def _check_online_aug(given: Any) -> None:
     """ConfigError `online_aug.<key>=value: why` for a block the layers cannot use. An unknown key (`rotate: 15`)
     would be dropped by the merge with the defaults — that augmentation silently off — and a value such as
     `rotate_deg: ten` would end in a raw ValueError; `check_config` reaches this through `progressive_on`."""
-    import difflib
-
-    from ferops.config import number_problem
+    from ferops.config import did_you_mean, number_problem
 
     if not isinstance(given, dict):
         raise ConfigError(f"online_aug={given!r}: give a mapping, e.g. {{hflip: true, rotate_deg: 10, crop: 44}}.")
     for key, value in given.items():
         if key not in AUG_DEFAULTS:
-            close = difflib.get_close_matches(str(key), list(AUG_DEFAULTS), n=1)
             raise ConfigError(f"online_aug.{key}={value!r}: unknown augmentation key"
-                              + (f" — did you mean `{close[0]}`?" if close else f"; use {', '.join(AUG_DEFAULTS)}."))
+                              + did_you_mean(key, AUG_DEFAULTS, f"; use {', '.join(AUG_DEFAULTS)}."))
         if key == "hflip" and not isinstance(value, bool) and value is not None:
             raise ConfigError(f"online_aug.hflip={value!r}: use true | false.")  # "no" (a string) would be true
         if key not in ("hflip", "warp") and value is not None:
