@@ -531,7 +531,7 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
 
     def parse(chunk: tuple[int, int]) -> np.ndarray | None:
         """Parse rows lo..hi into `flat` (disjoint rows, so safe from several threads); the indices of rows that
-        are not 2304 values in 0..255, or None when the C parse stopped early (non-numeric text)."""
+        are not 2304 values in 0..255 or look odd, or None when the C parse stopped early (non-numeric text)."""
         lo, hi = chunk
         vals = _fromstring(sep.join(strings[lo:hi]) + sep)
         if vals is None:
@@ -548,6 +548,11 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
         else:
             block = vals[starts[idx, None] + np.arange(N_PIXELS)]
         in_range = (block.view(np.uint32) <= 255).all(axis=1)  # negatives wrap to huge values
+        # NumPy reads a C long and casts to int32, so 4294967297 (2**32 + 1) came in as pixel 1. A value that wraps
+        # has ≥ 10 digits: a row whose text is longer than its parsed pixels' digits + single spaces is re-checked
+        # alone (extra spaces or leading zeros, valid, land there too; clean files never do).
+        text_len = np.fromiter(map(len, strings[lo:hi]), np.int64, hi - lo)[idx]
+        in_range &= text_len == _digits(block).sum(axis=1) + N_PIXELS - 1
         if every_row and in_range.all():
             flat[lo:hi] = block
         else:
@@ -569,8 +574,12 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
                     else:
                         flat[i] = row
             else:
-                for i in bad_rows.tolist():
-                    bad[i] = _pixel_problem(_text(strings[i]))
+                for i in bad_rows.tolist():  # bad, or only odd (see `parse`): the exact check decides
+                    row, why = _parse_one(_text(strings[i]))
+                    if why:
+                        bad[i] = why
+                    else:
+                        flat[i] = row
             bar.update(hi - lo)
     return out, bad
 
@@ -599,18 +608,23 @@ def _text(s: str | bytes | memoryview) -> str:
     return s if isinstance(s, str) else bytes(s).decode("utf-8", "replace")
 
 
-def _fromstring(s: str | bytes) -> np.ndarray | None:
+def _fromstring(s: str | bytes, dtype: type = np.int32) -> np.ndarray | None:
     """np.fromstring of whitespace-separated ints, or None when it cannot read to the end (inside
     `_strict_fromstring`, also on older NumPy)."""
     try:
-        return np.fromstring(s, sep=" ", dtype=np.int32)
+        return np.fromstring(s, sep=" ", dtype=dtype)
     except (ValueError, DeprecationWarning):
         return None
 
 
+def _digits(block: np.ndarray) -> np.ndarray:
+    """The decimal digits of each value in 0..255 (1, 2 or 3)."""
+    return 1 + (block > 9).view(np.int8) + (block > 99).view(np.int8)
+
+
 def _parse_one(s: str) -> tuple[np.ndarray | None, str]:
-    """One pixel string → (2304 uint8 values, "") or (None, reason)."""
-    vals = _fromstring(s)
+    """One pixel string → (2304 uint8 values, "") or (None, reason); int64, so no value wraps into 0..255."""
+    vals = _fromstring(s, np.int64)
     if vals is not None and len(vals) == N_PIXELS and vals.min() >= 0 and vals.max() <= 255:
         return vals.astype(np.uint8), ""
     return None, _pixel_problem(s)
