@@ -17,7 +17,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "") -> dict[str, Any]:
-    """Accuracy, macro/weighted F1 and per-class precision/recall/F1, keys prefixed (e.g. `val_`)."""
+    """Accuracy, macro/weighted F1 and per-class precision/recall/F1, keys prefixed (e.g. `val_`); each figure as
+    sklearn's `f1_score` / `precision_recall_fscore_support` (zero_division=0) computes it."""
     cm = confusion(y_true, y_pred)
     tp = np.diag(cm).astype(float)
     support = cm.sum(axis=1).astype(float)
@@ -25,7 +26,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str =
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
-    present = support > 0
+    # sklearn's macro average: every class in y_true or y_pred. A class predicted but never true scores F1 0 and
+    # counts (before, only classes in y_true counted, a kinder figure than sklearn's report on small splits).
+    present = (support > 0) | (predicted > 0)
     out: dict[str, Any] = {
         f"{prefix}accuracy": float(tp.sum() / max(1, cm.sum())),
         f"{prefix}macro_f1": float(f1[present].mean()) if present.any() else 0.0,
