@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json (DVC metrics)")
     ap.add_argument("--comparison", required=True, type=Path, help="markdown table of all models")
     ap.add_argument("--submission", required=True, type=Path, help="id,emotion CSV for the unlabeled rows")
-    ap.add_argument("--out", required=True, type=Path, help="per-model confusion matrices (PNG + CSV)")
+    ap.add_argument("--out", required=True, type=Path, help="folder for the comparison chart (model_comparison.png) and, per model <m>/, the test "
+                    "confusion matrix (PNG + CSV), calibration plot and the val mistakes gallery (PNG + CSV)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
