@@ -1073,12 +1073,14 @@ def choose_swa(model: Any, averager: Any, train_pixels: np.ndarray, ds_val: Any,
 def _align_backup(ckpt: Path, backup: Path) -> None:
     """Make the weights backup agree with TrainState's state.json. A kill between the two epoch-end saves (the backup
     is saved first) leaves the state an epoch behind, and the resume went on from the backup: that epoch's row was
-    missing from the history, every later row one epoch off (best_epoch, epochs_run, the curves). Roll the backup back
-    to its previous copy (`double_checkpoint`), or — at epoch 1, with no state yet — drop it, so the epoch whose logs
-    were lost is trained again."""
+    missing from the history, every later row one epoch off (best_epoch, epochs_run, the curves). A kill inside the
+    backup's save after the weights were written (its metadata missing or half-written) broke every rerun (Keras
+    reads the metadata without a fallback). Either way, roll the backup back to its previous copy
+    (`double_checkpoint`), or — at epoch 1, with no state yet — drop it, so the epoch whose logs were lost is trained
+    again. (A kill while the weights are written, the metadata still the epoch before, is Keras' own fallback.)"""
     meta, prev = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
     at, done = _saved_epoch(meta), _saved_epoch(ckpt / "state.json") or 0
-    if at is None or at <= done:
+    if (at is not None and at <= done) or (at is None and not (backup / "latest.weights.h5").exists()):
         return
     behind = _saved_epoch(prev) == done and (backup / "latest.weights.h5.bkp").exists()
     if behind:
@@ -1086,8 +1088,8 @@ def _align_backup(ckpt: Path, backup: Path) -> None:
         shutil.copy(prev, meta)
     else:
         shutil.rmtree(backup, ignore_errors=True)
-    print(f"checkpoint {ckpt}: the run was killed while saving epoch {at}; resuming after epoch {done if behind else 0}",
-          file=sys.stderr)
+    print(f"checkpoint {ckpt}: the run was killed while saving epoch {at or done + 1}; resuming after epoch "
+          f"{done if behind else 0}", file=sys.stderr)
 
 
 def _stopped_at(ckpt: Path) -> int | None:

@@ -754,9 +754,11 @@ def test_a_run_killed_after_fit_returned_does_not_train_again(tiny, tmp_path, mo
     assert res.epochs_run == 4 and res.swa_epochs == [3, 4] and not ckpt.exists()
 
 
-def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, monkeypatch):
-    """Killed in the middle of writing the epoch's weights backup (written in place): the resume falls back to the
-    epoch before instead of failing with an OSError from h5py on every rerun."""
+@pytest.mark.parametrize(("epoch", "cut"), [(2, "weights"), (1, "weights"), (2, "metadata")])
+def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, monkeypatch, epoch, cut):
+    """Killed in the middle of writing epoch `epoch`'s backup (written in place; the weights first, then the
+    metadata): the resume falls back to the epoch before — at epoch 1, to a fresh start — instead of failing on every
+    rerun (h5py's OSError for half a weights file; a JSONDecodeError for a truncated metadata file)."""
     from pathlib import Path
 
     train, val = tiny
@@ -767,10 +769,16 @@ def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, m
         meta = Path(self._training_metadata_path)
         before = meta.read_text() if meta.exists() else None
         orig(self)
-        if len(calls) == 2:  # epoch 2: half the weights file written, the metadata not yet
-            weights = Path(self._weights_path)
-            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-            meta.write_text(before)
+        if len(calls) == epoch:
+            if cut == "weights":  # half the weights file written, the metadata not yet
+                weights = Path(self._weights_path)
+                weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+                if before is None:
+                    meta.unlink()
+                else:
+                    meta.write_text(before)
+            else:  # the weights written, the metadata file opened (truncated) but not yet written
+                meta.write_text("")
             raise RuntimeError("killed while saving the backup")
 
     monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", save)
@@ -782,7 +790,7 @@ def test_a_run_killed_while_writing_its_weights_backup_resumes(tiny, tmp_path, m
     seen = _EpochsSeen()
 
     res = train_keras(train, val, TINY, seed=0, verbose=0, checkpoint_dir=ckpt, extra_callbacks=[seen])
-    assert seen.epochs == [1, 2]  # epoch 2 again, from epoch 1's weights
+    assert seen.epochs == list(range(epoch - 1, 3))  # epoch `epoch` again, from the epoch before's weights
     assert res.epochs_run == 3 and len(res.history["val_accuracy"]) == 3 and not ckpt.exists()
 
 
