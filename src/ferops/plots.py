@@ -98,22 +98,29 @@ def training_curves(history: dict[str, Sequence[float]], path: str | Path, title
     # constrained layout: the suptitle and the LR panel's tick labels otherwise overlap the panels beside them
     fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(12 if has_lr else 9, 3.6), layout="constrained")
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5 on a short run
+        # epochs are whole: no tick at 1.5 on a short run, and one tick (1) on a one-epoch run, not 0.945 … 1.05
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in history:
-                ax.plot(np.arange(1, len(history[prefix + key]) + 1), history[prefix + key], style, label=(prefix or "train_") + key)
+                ax.plot(np.arange(1, len(history[prefix + key]) + 1), history[prefix + key], style,
+                        marker=_lone(history[prefix + key]), label=(prefix or "train_") + key)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()
     if has_lr:
         lr = history.get("lr", history.get("learning_rate"))
-        axes[2].plot(np.arange(1, len(lr) + 1), lr)
+        axes[2].plot(np.arange(1, len(lr) + 1), lr, marker=_lone(lr))
         axes[2].set_title("learning rate")
         axes[2].set_xlabel("epoch")
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def _lone(values: Sequence[float]) -> str | None:
+    """A marker for a one-point series (a one-epoch run), which a line alone draws as nothing; else none."""
+    return "o" if len(values) == 1 else None
 
 
 def confusion_matrix_plot(cm: np.ndarray, path: str | Path, title: str = "", normalize: bool = True) -> Path:
