@@ -350,9 +350,13 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
 
     run_id = reopen_run(entry.path)
     try:
-        mlflow.get_run(run_id)
+        deleted = mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
     except Exception:  # the tracking store was reset since training: keep the files, warn
         log.warning("%s: MLflow run %s not in the store — test metrics only in reports/", entry.path, run_id)
+        return False
+    if deleted:  # deleted in the UI: MLflow refuses to reopen it, and evaluate must not stop there
+        log.warning("%s: MLflow run %s was deleted — test metrics only in reports/ (restore the run in the MLflow "
+                    "UI and re-run evaluate to log them there)", entry.path, run_id)
         return False
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -295,3 +295,21 @@ def test_confident_mistakes_picks_wrong_rows_most_confident_first():
     rows = mistakes_rows(np.array([f"f:{i}" for i in range(5)]), y, probs)  # every error, most confident first
     assert [r[2] for r in rows] == ["f:2", "f:4", "f:3", "f:1"]
     assert rows[0] == ("Angry", "Fear", "f:2", 0.9, 0.1)
+
+
+def test_log_to_run_of_a_deleted_training_run_warns_instead_of_failing(tmp_path, monkeypatch, caplog):
+    """A training run deleted in the MLflow UI: evaluate keeps its files and goes on, as for a reset store."""
+    import mlflow
+
+    from ferops.evaluation import ModelEntry, log_to_run
+    from ferops.tracking import init_tracking, model_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    with model_run(stage="train_baselines", model="nb", params={}, tags={}, run_dir=tmp_path / "nb") as run:
+        pass
+    mlflow.delete_run(run.info.run_id)
+    with caplog.at_level("WARNING", logger="ferops"):
+        assert log_to_run(ModelEntry("nb", "baseline", tmp_path / "nb"), {"test_accuracy": 0.5}, [], "flip") is False
+    assert f"MLflow run {run.info.run_id} was deleted" in caplog.text
+    assert mlflow.get_run(run.info.run_id).info.lifecycle_stage == "deleted"  # left as the user left it
