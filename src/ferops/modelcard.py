@@ -30,6 +30,17 @@ def _arch(config: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
+def _epochs(metrics: dict[str, Any]) -> str:
+    """`; 38 epochs (best 34)`, or an ensemble's per member: `; 31 + 30 epochs, one member after the other (best
+    27, 25)` (its metrics.json has no single best epoch, and epochs_run is the members' sum)."""
+    n = int(metrics.get("n_members") or 0)
+    if n > 1:
+        runs = " + ".join(str(metrics.get(f"m{i}_epochs_run", "?")) for i in range(1, n + 1))
+        best = ", ".join(str(metrics.get(f"m{i}_best_epoch", "?")) for i in range(1, n + 1))
+        return f"; {runs} epochs, one member after the other (best {best})"
+    return f"; {metrics['epochs_run']} epochs (best {metrics.get('best_epoch', '?')})"
+
+
 def _duration(seconds: float) -> str:
     """`45 s`, `12 min`, `1 h 32 min`: a short run must not read as `0 min`."""
     if seconds < 60:
@@ -70,7 +81,7 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         "",
         f"- **Model**: `{model}` ({_arch(config)})"
         + (f", {int(n_params) / 1e6:.2f} M parameters" if n_params else "")
-        + (f"; {metrics['epochs_run']} epochs (best {metrics.get('best_epoch', '?')})" if metrics.get("epochs_run") else "")
+        + (_epochs(metrics) if metrics.get("epochs_run") else "")
         + (f" in {_duration(float(metrics['train_wall_s']))}" if metrics.get("train_wall_s") else "")
         + (f", {metrics['precision']}" if metrics.get("precision") else "") + ".",
         f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo: "

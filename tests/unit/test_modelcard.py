@@ -46,6 +46,17 @@ def test_card_training_time_reads_right_at_any_length():
         assert f"38 epochs (best 34) {text}, mixed_bfloat16." in card(metrics={**VAL, "train_wall_s": seconds})
 
 
+def test_card_gives_an_ensembles_epochs_per_member():
+    # an ensemble's metrics.json: epochs_run is the members' sum, no best_epoch, m<i>_ figures per member
+    ens = {k: v for k, v in VAL.items() if k != "best_epoch"} | {
+        "epochs_run": 61, "n_members": 2, "m1_epochs_run": 31, "m1_best_epoch": 27, "m2_epochs_run": 30,
+        "m2_best_epoch": 25}
+    c = card(metrics=ens, config={**CONFIG, "ensemble_seeds": [42, 7]})
+    assert "an average of 2 members (seeds [42, 7])), 2.80 M parameters; 31 + 30 epochs, one member after the " \
+           "other (best 27, 25) in 57 min" in c
+    assert "best ?" not in c
+
+
 def test_card_without_tta_or_per_class_figures_and_on_the_demo_set():
     c = card(tta="none", metrics={"val_accuracy": 0.9}, ingest={"synthetic": True})
     assert "test-time augmentation" not in c.split("## Accuracy")[1].split("## Use")[0]
