@@ -4,7 +4,7 @@ reports/model_card.md and sets it as the version's description in the MLflow reg
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 from ferops.constants import EMOTIONS, IMG_SIZE
 
@@ -119,10 +119,12 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
                       f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
                       f"`reports/evaluation/{model}/calibration_test.png`){plain}."]
     keys = [e.lower() for e in EMOTIONS]
+    no_val = _absent_from_val(split)
     if all(f"val_f1_{k}" in metrics for k in keys):
         lines += ["", "Per class, on validation:", "",
                   "| class | precision | recall | F1 |", "|---|---:|---:|---:|"]
-        lines += [f"| {e} | {_pct(metrics.get(f'val_precision_{k}'))} | {_pct(metrics.get(f'val_recall_{k}'))} | "
+        lines += [f"| {e} | {_pct(metrics.get(f'val_precision_{k}'))} | "
+                  f"{'–' if e in no_val else _pct(metrics.get(f'val_recall_{k}'))} | "
                   f"{_pct(metrics.get(f'val_f1_{k}'))} |" for e, k in zip(EMOTIONS, keys)]
     lines += [
         "",
@@ -139,15 +141,22 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         "## Limitations",
         "",
     ]
-    lines += _limitations(metrics, ingest)
+    lines += _limitations(metrics, ingest, no_val)
     card = "\n".join(lines) + "\n"
     return card if len(card) <= DESCRIPTION_MAX else card[:DESCRIPTION_MAX - 20] + "\n\n…(cut)\n"
 
 
-def _limitations(metrics: dict[str, Any], ingest: dict[str, Any]) -> list[str]:
-    """What a user should know before trusting a prediction, with this model's own weakest classes."""
+def _absent_from_val(split: dict[str, Any] | None) -> set[str]:
+    """The classes reports/split.json counts no validation row of: their val recall (0 by convention) means nothing."""
+    counts = ((split or {}).get("per_class") or {}).get("val") or {}
+    return {e for e in EMOTIONS if e in counts and not int(counts[e])}
+
+
+def _limitations(metrics: dict[str, Any], ingest: dict[str, Any], no_val: Collection[str] = ()) -> list[str]:
+    """What a user should know before trusting a prediction, with this model's own weakest classes (among those
+    validation has rows of: `no_val` are left out)."""
     out = []
-    recalls = {e: metrics.get(f"val_recall_{e.lower()}") for e in EMOTIONS}
+    recalls = {e: metrics.get(f"val_recall_{e.lower()}") for e in EMOTIONS if e not in no_val}
     known = sorted((float(r), e) for e, r in recalls.items() if r is not None)
     if known:
         weak = ", ".join(f"{e} ({100 * r:.0f} %)" for r, e in known[:2])

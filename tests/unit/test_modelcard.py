@@ -79,3 +79,14 @@ def test_card_names_public_and_private_test_only_for_the_usage_split():
     usage = card(split={"strategy": "usage", "val_carved_from_train": 0,
                         "n": {"train": 28698, "val": 3589, "test": 3589}})  # e.g. after split.drop_blank
     assert "train 28698 rows, validation = PublicTest 3589, test = PrivateTest 3589" in usage
+
+
+def test_card_names_no_weakest_class_that_validation_has_no_rows_of():
+    # a small stratified split can leave a rare class out of val: its recall is 0 by convention, not a weakness
+    split = {"strategy": "stratified", "n": {"train": 800, "val": 100, "test": 100},
+             "per_class": {"val": {e: (0 if e == "Disgust" else 15) for e in EMOTIONS}}}
+    c = card(split=split, metrics={**VAL, "val_recall_disgust": 0.0, "val_f1_disgust": 0.0})
+    assert "Weakest classes by validation recall: Fear (48 %), Angry (60 %)" in c
+    assert "| Disgust | 60.00 % | – | 0.00 % |" in c
+    assert "| Fear | 60.00 % | 48.00 % | 60.00 % |" in c
+    assert "Weakest classes by validation recall: Disgust (41 %)" in card()  # a class val has: named as before
