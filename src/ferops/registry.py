@@ -221,6 +221,11 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
                  best.name, tta)
     else:
+        if run.info.lifecycle_stage == "deleted":  # else MLflow's "cannot start run ... in the deleted state"
+            raise DataError(f"{best.path / RUN_ID_FILE}: run {run_id} ({best.name}) was deleted in MLflow, so its "
+                            f"model cannot be logged to it — restore it (`mlflow runs restore --run-id {run_id}`, "
+                            f"or the UI's deleted runs) and re-run register, or retrain with "
+                            f"`dvc repro -f -s train_deep@{best.name}`.")
         with mlflow.start_run(run_id=run_id):
             uri = log_pyfunc_model(best.path / "model.keras", tta=tta)
         tags = {

@@ -79,6 +79,24 @@ def test_a_model_trained_on_other_data_is_tagged_with_them_and_not_promoted_over
     assert "trained on data bbbbbbbbbbbb" in caplog.text
 
 
+def test_a_deleted_training_run_is_one_line_naming_the_restore(store):
+    """The best model's run deleted in the MLflow UI: register cannot log the served model to it. One DataError
+    naming the run and both cures, not MLflow's "cannot start run ... in the deleted state" traceback."""
+    from mlflow import MlflowClient
+
+    from ferops.tracking import reopen_run
+
+    models = store / "models" / "deep"
+    d = _train(models, "resnet", "resnet", val=0.50, seed=2)
+    run_id = reopen_run(d)
+    MlflowClient().delete_run(run_id)
+    with pytest.raises(DataError, match=f"run {run_id} \\(resnet\\) was deleted") as exc:
+        _register(models)
+    assert f"mlflow runs restore --run-id {run_id}" in str(exc.value) and "train_deep@resnet" in str(exc.value)
+    MlflowClient().restore_run(run_id)
+    assert _register(models)["decision"] == "champion"  # restored: registered as usual
+
+
 def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     """register.champion_alias: best — `ferops registry --card` and `ferops promote` default to @best, the alias
     serve and predict follow (they used a literal `champion`: no card, and a promotion serving never saw)."""
