@@ -53,10 +53,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: params file not found (run from the project root or pass --params).")
+    if p.is_dir():  # e.g. `--params ../other-project`: read_text() would end in IsADirectoryError's traceback
+        raise ConfigError(f"{p}: a folder, not a params file — name the file itself (e.g. {p / 'params.yaml'}).")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file — a params file is YAML (e.g. the project's params.yaml).") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at top level")
     return data

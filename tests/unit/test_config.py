@@ -62,3 +62,17 @@ def test_number_reads_typed_values_and_names_the_key_of_a_bad_one():
         number(sect, "split", "target", 0.5, low=0.5, high=1)
     with pytest.raises(ConfigError, match=r"^params.yaml seed: 'x' is not a whole number\.$"):  # a top-level key
         number({"seed": "x"}, "", "seed", 42, whole=True)
+
+
+def test_a_params_path_that_is_a_folder_or_not_text_is_one_line_not_a_traceback(tmp_path):
+    """`ferops serve --params ../other-project` (the folder, not its params.yaml), or a binary file: ConfigError
+    naming the path and the fix (it was IsADirectoryError / UnicodeDecodeError with a traceback)."""
+    from ferops.config import load_params, project_params
+
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: a folder, not a params file — name the file itself "
+                                          rf"\(e\.g\. {tmp_path / 'params.yaml'}\)\.$"):
+        project_params(tmp_path)
+    binary = tmp_path / "params.yaml.gz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=rf"^{binary}: not a text file"):
+        load_params(binary)
