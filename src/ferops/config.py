@@ -153,6 +153,10 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in params:
         raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
     sect = params[name] or {}
+    if not isinstance(sect, dict):  # `evaluate: tencrop`: every stage read it with .get() and ended in a traceback
+        keys = f" (keys: {', '.join(KNOWN_KEYS[name])})" if name in KNOWN_KEYS else ""
+        raise ConfigError(f"params.yaml {name}: {sect!r} is not a section — its settings go indented under "
+                          f"`{name}:`, one `key: value` a line{keys}.")
     for message in unknown_keys(name, sect):
         log.warning("%s", message)
     return sect

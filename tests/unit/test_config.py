@@ -76,3 +76,13 @@ def test_a_params_path_that_is_a_folder_or_not_text_is_one_line_not_a_traceback(
     binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
     with pytest.raises(ConfigError, match=rf"^{binary}: not a text file"):
         load_params(binary)
+
+
+def test_a_section_that_is_not_a_mapping_is_one_line_naming_its_keys():
+    """`evaluate: tencrop` (a value where the section's keys belong): one ConfigError, not the stage's .get()
+    AttributeError traceback after a warning per character of the string."""
+    with pytest.raises(ConfigError, match=r"^params.yaml evaluate: 'tencrop' is not a section — its settings go "
+                                          r"indented under `evaluate:`, one `key: value` a line \(keys: tta, "
+                                          r"batch_size\)\.$"):
+        section({"evaluate": "tencrop"}, "evaluate")
+    assert section({"evaluate": None}, "evaluate") == {}  # an empty section still means the defaults
