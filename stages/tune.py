@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ferops import tuning
-    from ferops.config import load_params, locate_param, number, repo_root, section, train_data
+    from ferops.config import load_params, locate_param, mapping, number, repo_root, section, train_data
     from ferops.data.io import data_digest, load_npz, read_json, write_json
     from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
@@ -42,7 +42,7 @@ def main() -> None:
     seed = number(params, "", "seed", 42, whole=True)
     workers = args.workers or (number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1)
     ingest = read_json(args.ingest_report)
-    b = tuning.budget(fam, params.get("demo"), synthetic=bool(ingest.get("synthetic")),
+    b = tuning.budget(fam, mapping(params, "demo"), synthetic=bool(ingest.get("synthetic")),
                       where=f"tune.families.{args.family}")
     cfg = resolve_config(deep.get("common") or {}, model)
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage

@@ -92,7 +92,7 @@ def registry_names(params: dict[str, Any]) -> tuple[str, str]:
     `ferops predict`, `ferops serve`, the registry commands and the register stage take them from."""
     from ferops.constants import DEFAULT_CHAMPION_ALIAS, DEFAULT_MODEL_NAME
 
-    reg = params.get("register") or {}
+    reg = mapping(params, "register")
     return str(reg.get("model_name") or DEFAULT_MODEL_NAME), str(reg.get("champion_alias") or DEFAULT_CHAMPION_ALIAS)
 
 
@@ -148,15 +148,21 @@ def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
     return [] if known is None else _unknown(name, sect, known)
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """One stage's params section; the error names the missing key, and unknown keys (typos) are warned about."""
-    if name not in params:
-        raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
-    sect = params[name] or {}
+def mapping(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """params[name] as a section's mapping ({} when absent or empty); ConfigError when it is a value instead."""
+    sect = params.get(name) or {}
     if not isinstance(sect, dict):  # `evaluate: tencrop`: every stage read it with .get() and ended in a traceback
         keys = f" (keys: {', '.join(KNOWN_KEYS[name])})" if name in KNOWN_KEYS else ""
         raise ConfigError(f"params.yaml {name}: {sect!r} is not a section — its settings go indented under "
                           f"`{name}:`, one `key: value` a line{keys}.")
+    return sect
+
+
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """One stage's params section; the error names the missing key, and unknown keys (typos) are warned about."""
+    if name not in params:
+        raise ConfigError(f"params.yaml has no `{name}:` section (one section per stage).")
+    sect = mapping(params, name)
     for message in unknown_keys(name, sect):
         log.warning("%s", message)
     return sect

@@ -100,3 +100,22 @@ def test_train_deep_without_train_reads_train_data_and_mlproject_leaves_it_to_pa
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "chosen/train.npz" in r.stderr.splitlines()[-1]
+
+
+def test_a_demo_or_register_section_that_is_a_value_is_one_line(tmp_path):
+    """`demo: 3` (tune reads it without section(): an AttributeError traceback on the demo set) and `register:
+    fer2013-resnet` (`ferops predict`/`serve`/`registry` read it for the model name: the same traceback)."""
+    from ferops.config import registry_names
+
+    with pytest.raises(ConfigError, match=r"^params.yaml register: 'fer2013-resnet' is not a section"):
+        registry_names({"register": "fer2013-resnet"})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["demo"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (tmp_path / "ingest.json").write_text('{"synthetic": true}')  # the demo caps apply to the demo set only
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "tune.py"), "--family", "resnet", "--split", missing,
+           "--ingest-report", str(tmp_path / "ingest.json"), "--out", missing, "--figures", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: params.yaml demo: 3 is not a section" in r.stderr
