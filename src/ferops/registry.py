@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -510,5 +511,8 @@ def cli_promote(args: Any) -> None:
         pass
     if c["previous_version"]:
         alias = "" if c["alias"] == champion else f" --alias {c['alias']}"  # promote's default: champion_alias
+        # the same model: without the --name / --params given here, the undo would move an alias of the default model
+        same = "".join(f" --{opt} {shlex.quote(str(value))}" for opt in ("name", "params")
+                       if (value := getattr(args, opt, None)))
         note = (f"v{c['version']} has a lower validation accuracy than v{c['previous_version']}; " if lower else "")
-        print(f"note: {note}undo with `ferops promote --version {c['previous_version']}{alias}`.")
+        print(f"note: {note}undo with `ferops promote --version {c['previous_version']}{alias}{same}`.")

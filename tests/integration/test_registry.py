@@ -119,9 +119,9 @@ def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     cli_promote(Namespace(name=None, version="2", alias="champion", reason="drill", params=params))
     cli_promote(Namespace(name=None, version="1", alias="champion", reason="drill", params=params))
     out = capsys.readouterr().out  # the undo of a @champion move names it: without --alias it would move @best
-    assert "undo with `ferops promote --version 2 --alias champion`" in out, out
+    assert f"undo with `ferops promote --version 2 --alias champion --params {params}`" in out, out
     cli_promote(Namespace(name=None, version="1", alias=None, reason="drill", params=params))
-    assert "undo with `ferops promote --version 2`." in capsys.readouterr().out  # @best: promote's default
+    assert f"undo with `ferops promote --version 2 --params {params}`." in capsys.readouterr().out  # @best: promote's default
 
 
 def test_a_version_uri_that_is_not_there_is_one_line_listing_the_versions(store, caplog):
@@ -197,7 +197,7 @@ def test_register_promote_and_list(store, capsys):
                           params=str(store / "params.yaml")))
     out = capsys.readouterr().out
     assert "v3" in out and "v1" in out and "rollback drill" in out and "until restarted" in out
-    assert "undo with `ferops promote --version 3`" in out
+    assert f"undo with `ferops promote --version 3 --params {store / 'params.yaml'}`" in out
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     t1 = client.get_model_version(NAME, "1").tags
     assert t1["promotion_reason"] == "rollback drill" and t1["previous_champion_version"] == "3"
