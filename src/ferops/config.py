@@ -65,6 +65,8 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at top level")
+    for message in unknown_top_level(data, str(p)):  # `sead: 7`, or a setting that lost its indentation
+        log.warning("%s", message)
     return data
 
 
@@ -146,6 +148,21 @@ def unknown_keys(name: str, sect: dict[str, Any]) -> list[str]:
     """One message per key of section `name` that no code reads, with the closest known key when there is one."""
     known = KNOWN_KEYS.get(name)
     return [] if known is None else _unknown(name, sect, known)
+
+
+def unknown_top_level(params: dict[str, Any], where: str = "params.yaml") -> list[str]:
+    """One message per top-level key of `params` that no code reads: a typo (`sead:`) or a section's setting that
+    lost its indentation (`drop_blank: true` under `split:` but at column 0), which `section` never sees."""
+    top = ("seed", *KNOWN_KEYS)
+    messages = []
+    for key in params:
+        if key in top:
+            continue
+        owners = [name for name, keys in KNOWN_KEYS.items() if key in keys]
+        hint = (f" — a setting of `{owners[0]}:`? Indent it under that section." if len(owners) == 1
+                else did_you_mean(key, top, f" (top-level keys: {', '.join(top)})"))
+        messages.append(f"{where} {key}: unknown top-level key, ignored{hint}")
+    return messages
 
 
 def mapping(params: dict[str, Any], name: str) -> dict[str, Any]:

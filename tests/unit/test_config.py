@@ -86,3 +86,22 @@ def test_a_section_that_is_not_a_mapping_is_one_line_naming_its_keys():
                                           r"batch_size\)\.$"):
         section({"evaluate": "tencrop"}, "evaluate")
     assert section({"evaluate": None}, "evaluate") == {}  # an empty section still means the defaults
+
+
+def test_a_top_level_typo_or_an_unindented_setting_is_warned(tmp_path, caplog):
+    """`sead: 7`, or `drop_blank: true` that lost its indentation under `split:`: every stage read the params and
+    silently used the defaults (seed 42, blanks kept) — section() warns about its own keys only."""
+    from ferops.config import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("sead: 7\nsplit:\n  strategy: usage\ndrop_blank: true\n")
+    with caplog.at_level(logging.WARNING, logger="ferops.config"):
+        assert load_params(params) == {"sead": 7, "split": {"strategy": "usage"}, "drop_blank": True}  # read as before
+    assert f"{params} sead: unknown top-level key, ignored — did you mean `seed`?" in caplog.text
+    assert (f"{params} drop_blank: unknown top-level key, ignored — a setting of `split:`? Indent it under that "
+            "section.") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferops.config"):
+        load_params(ROOT / "params.yaml")
+        load_params(ROOT / "profiles" / "gpu.yaml")
+    assert caplog.text == ""
