@@ -22,7 +22,8 @@ SYNTHETIC_WARNING = ("SYNTHETIC DEMO DATA — not FER2013; put fer2013.csv in %s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--raw-dir", required=True, type=Path, help="folder searched for a dataset")
+    ap.add_argument("--raw-dir", default=None,
+                    help="folder searched for a dataset (default, or empty: params.yaml ingest.raw_dir, as dvc.yaml passes)")
     ap.add_argument("--out", required=True, type=Path, help="canonical dataset (.npz)")
     ap.add_argument("--report", required=True, type=Path, help="ingest report (JSON)")
     ap.add_argument("--quarantine", required=True, type=Path, help="rejected rows (CSV, header only when none)")
@@ -36,6 +37,8 @@ def main() -> None:
     from ferops.plots import class_histogram, sample_grid
 
     p = section(load_params(args.params), "ingest")
+    # MLproject passes '' unless `-P raw_dir=…` is given: its own default (data/raw) overrode ingest.raw_dir unsaid
+    args.raw_dir = Path(str(args.raw_dir or p.get("raw_dir") or "data/raw"))
     source = str(p.get("source") or "auto")
     check_on_bad_rows(str(p.get("on_bad_rows", "fail")))  # also when the demo set is generated and nothing is read
     is_path = source not in ("auto", "synthetic")

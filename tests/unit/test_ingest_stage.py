@@ -179,3 +179,27 @@ def test_a_linked_image_folder_is_refused_with_the_raw_dir_fix(tmp_path):
     r = run_stage(tmp_path, raw)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "links to a folder" in r.stderr and f"ingest.raw_dir: {images}" in r.stderr
+
+
+def test_mlproject_ingest_reads_the_params_raw_dir_unless_given_one(tmp_path, monkeypatch):
+    """`mlflow run . -e ingest` passed MLproject's own default, --raw-dir data/raw: with `ingest.raw_dir` set to the
+    folder holding the dataset (as the README and ingest's own fix advise), it generated the synthetic demo set."""
+    from mlflow.projects import _project_spec
+
+    monkeypatch.chdir(tmp_path)  # the project folder `mlflow run` runs in: data/raw empty, as cloned; the data elsewhere
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    raw = tmp_path / "faces"
+    raw.mkdir()
+    write_csv(raw / "fer2013.csv", 30)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ingest": {"raw_dir": str(raw), "source": "auto"}}))
+    for name in ("MLproject", "python_env.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    entry = _project_spec.load_project(str(tmp_path)).get_entry_point("ingest")
+    cmd = entry.compute_command({}, str(tmp_path)).replace("python stages/", f"{sys.executable} {ROOT}/stages/", 1)
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "reports" / "ingest.json").read_text())
+    assert report["synthetic"] is False and report["source"] == str(raw / "fer2013.csv")
+    # -P raw_dir=… still names the folder
+    cmd = entry.compute_command({"raw_dir": "elsewhere"}, str(tmp_path))
+    assert "--raw-dir elsewhere " in cmd
