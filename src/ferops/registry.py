@@ -191,7 +191,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     name, champion_alias = registry_names({"register": cfg})
     family = str(cfg.get("family", "resnet"))
-    challenger_alias = str(cfg.get("challenger_alias", "challenger"))
+    challenger_alias = str(cfg.get("challenger_alias") or "challenger")  # null / "": the default, as champion_alias
     _check_register_aliases(champion_alias, challenger_alias)
 
     cands = find_candidates(models_dir, family, scored=eval_metrics)
@@ -276,11 +276,14 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
 def _check_register_aliases(champion: str, challenger: str) -> None:
     """ConfigError before anything is registered when register.champion_alias / challenger_alias cannot work: the same
-    name (every new version would take @champion as its challenger alias, a worse one too), or one MLflow reserves
-    (`latest`, `v<N>`: setting it fails after the version was registered)."""
+    name (every new version would take @champion as its challenger alias, a worse one too), or one MLflow refuses
+    (`latest`, `v<N>`, a space: setting it fails after the version was registered)."""
     from ferops.errors import ConfigError
 
     for key, alias in (("champion_alias", champion), ("challenger_alias", challenger)):
+        if not re.fullmatch(r"[\w-]{1,255}", alias):  # MLflow's own rule, else it fails after registering
+            raise ConfigError(f"register.{key}: {alias!r} is not an alias MLflow accepts — letters, digits, _ and - "
+                              "only (e.g. champion, prod-2026).")
         if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
             raise ConfigError(f"register.{key}: {alias!r} is reserved by MLflow (`latest` and `v<number>` name "
                               "versions) — use a name like champion or challenger.")

@@ -388,11 +388,16 @@ def test_register_refuses_a_challenger_alias_that_is_the_champion_alias(store):
     _register(models)
     _train(models, "resnet", "resnet", val=0.4, seed=3)
     for bad, match in (({"challenger_alias": "champion"}, "are both 'champion'"),
-                       ({"champion_alias": "latest"}, "champion_alias: 'latest' is reserved")):
+                       ({"champion_alias": "latest"}, "champion_alias: 'latest' is reserved"),
+                       ({"challenger_alias": "next up"}, "'next up' is not an alias MLflow accepts")):
         with pytest.raises(ConfigError, match=match):
             register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, {**CFG, **bad})
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "1"
     assert len(MlflowClient().search_model_versions(f"name='{NAME}'")) == 1
+    # null reads as the default, as champion_alias does (it made an alias named 'None')
+    assert register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST,
+                         {**CFG, "challenger_alias": None})["decision"] == "challenger"
+    assert "None" not in MlflowClient().get_registered_model(NAME).aliases
 
 
 def test_marking_the_champion_with_another_alias_does_not_make_it_a_persons_champion(store):
