@@ -342,8 +342,10 @@ def submission_id(source_id: str) -> str:
     return rest if sep and "/" not in stem else source_id
 
 
-def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str) -> bool:
-    """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone)."""
+def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str,
+               chosen_on_val: bool = True) -> bool:
+    """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone); `tta` the
+    mode used, `chosen_on_val` whether evaluate chose it (`evaluate.tta: auto`) or params.yaml named it."""
     import mlflow
 
     from ferops.tracking import reopen_run
@@ -360,7 +362,8 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
         return False
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a"})
+        mlflow.set_tags({"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a",
+                         "eval_tta_chosen": "val" if chosen_on_val else "params"})  # the model card's wording
         for a in artifacts:
             mlflow.log_artifact(str(a), artifact_path="evaluation")
     return True
@@ -406,7 +409,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         metrics["test_ece_single"] = metrics["test_ece"] if probs_tta is None else ece_of_bins(*calibration_bins(y, probs))
         files += more
         if track:
-            log_to_run(entry, metrics, files, mode)
+            log_to_run(entry, metrics, files, mode, chosen_on_val=tta == "auto")
         results.append({**result_of(entry, metrics), **({"tta_mode": mode} if entry.kind == "deep" else {})})
         log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
                  f"  test(TTA {mode}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")

@@ -66,12 +66,12 @@ def _splits(ingest: dict[str, Any], split: dict[str, Any] | None) -> tuple[str, 
 
 def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
                test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None,
-               split: dict[str, Any] | None = None) -> str:
+               split: dict[str, Any] | None = None, tta_chosen: bool = True) -> str:
     """Markdown card for registered version `version` of `name`, made from training run `model`.
 
     `config` and `metrics` are the model directory's config.json and metrics.json (validation figures), `test`
-    the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val, `split`
-    reports/split.json (how val and test were made; None: FER2013's Usage column assumed).
+    the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val (`tta_chosen`) or set in
+    params.yaml, `split` reports/split.json (how val and test were made; None: FER2013's Usage column assumed).
     """
     synthetic = bool(ingest.get("synthetic"))
     split_text, val_label, test_label = _splits(ingest, split)
@@ -96,9 +96,11 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
          "faces; put FER2013 in `data/raw/` and run `make run`." if synthetic else
          f"FER2013 (`{ingest.get('source', '?')}`, sha256 `{str(ingest.get('sha256', '?'))[:12]}`): {split_text}."),
         "",
-        "Chosen by validation accuracy among the trained candidates of its architecture (early stopping and the "
-        "test-time augmentation mode were chosen on validation too); the test split was scored once, after "
-        "selection, and never used to choose.",
+        "Chosen by validation accuracy among the trained candidates of its architecture ("
+        + ("early stopping and the test-time augmentation mode were chosen on validation too" if tta_chosen else
+           f"early stopping chose its epoch on validation too; the test-time augmentation mode, `{tta}`, was set in "
+           "params.yaml `evaluate.tta`")
+        + "); the test split was scored once, after selection, and never used to choose.",
         "",
         "## Accuracy",
         "",

@@ -241,7 +241,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
     card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit(),
-                     split_report)
+                     split_report, tta_chosen=run.data.tags.get("eval_tta_chosen", "val") == "val")
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
@@ -311,12 +311,13 @@ def _trained_on(run: Any, current: dict[str, str], split_dir: Path | None) -> di
 
 
 def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],
-              tta: str, commit: str | None, split_report: dict[str, Any] | None = None) -> str:
+              tta: str, commit: str | None, split_report: dict[str, Any] | None = None, tta_chosen: bool = True) -> str:
     """Set the version's model card as its registry description (and the model's, when it has none); return it."""
     from ferops.modelcard import model_card
 
     card = model_card(name=name, version=version, model=best.name, config=best.config, metrics=best.metrics,
-                      test=test, ingest=ingest_report, tta=tta, git_commit=commit, split=split_report)
+                      test=test, ingest=ingest_report, tta=tta, git_commit=commit, split=split_report,
+                      tta_chosen=tta_chosen)
     client.update_model_version(name, version, description=card)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=(

@@ -97,6 +97,21 @@ def test_a_deleted_training_run_is_one_line_naming_the_restore(store):
     assert _register(models)["decision"] == "champion"  # restored: registered as usual
 
 
+def test_the_card_of_a_fixed_tta_mode_says_it_was_set_not_chosen(store):
+    """evaluate tags the run with how its TTA mode came about; register's card follows it (a fixed `evaluate.tta`
+    read "chosen on validation")."""
+    from mlflow import MlflowClient
+
+    from ferops.evaluation import ModelEntry, log_to_run
+
+    models = store / "models" / "deep"
+    d = _train(models, "resnet", "resnet", val=0.50, seed=2)
+    assert log_to_run(ModelEntry("resnet", "deep", d), {"test_accuracy": 0.5}, [], "flip", chosen_on_val=False)
+    r = _register(models)
+    card = MlflowClient().get_model_version(NAME, str(r["version"])).description
+    assert "the test-time augmentation mode, `flip`, was set in params.yaml `evaluate.tta`" in card
+
+
 def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     """register.champion_alias: best — `ferops registry --card` and `ferops promote` default to @best, the alias
     serve and predict follow (they used a literal `champion`: no card, and a promotion serving never saw)."""

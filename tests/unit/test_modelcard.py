@@ -90,3 +90,12 @@ def test_card_names_no_weakest_class_that_validation_has_no_rows_of():
     assert "| Disgust | 60.00 % | – | 0.00 % |" in c
     assert "| Fear | 60.00 % | 48.00 % | 60.00 % |" in c
     assert "Weakest classes by validation recall: Disgust (41 %)" in card()  # a class val has: named as before
+
+
+def test_card_says_whether_the_tta_mode_was_chosen_on_validation_or_set():
+    """`evaluate.tta: auto` chooses the mode on val; a fixed `evaluate.tta: flip` is the user's choice, and the card
+    said "chosen on validation" for it too."""
+    assert "and the test-time augmentation mode were chosen on validation too" in card()
+    fixed = card(tta="flip", tta_chosen=False)
+    assert "chosen on validation too" not in fixed
+    assert "the test-time augmentation mode, `flip`, was set in params.yaml `evaluate.tta`" in fixed
