@@ -145,11 +145,11 @@ def budget(family_cfg: dict[str, Any], demo: dict[str, Any] | None, synthetic: b
     b["train_rows"] = number(caps, where, "train_max_rows", 0, whole=True, low=0) or None
     t = number(caps, where, "timeout_min", 0, low=0)
     b["timeout_s"] = t * 60 if t else None
-    if synthetic and demo:
-        b["n_trials"] = min(b["n_trials"], number(demo, "demo", "max_trials", b["n_trials"], whole=True, low=1))
-        b["epochs"] = min(b["epochs"], number(demo, "demo", "max_epochs", b["epochs"], whole=True, low=1))
-        if demo.get("max_train_rows"):
-            b["train_rows"] = min(b["train_rows"] or 10**12, number(demo, "demo", "max_train_rows", 0, whole=True))
+    if synthetic and demo:  # null / 0 = no cap, as train_deep reads the same keys
+        for key, what in (("max_trials", "n_trials"), ("max_epochs", "epochs"), ("max_train_rows", "train_rows")):
+            cap = number({key: demo.get(key) or 0}, "demo", key, 0, whole=True, low=0)
+            if cap:
+                b[what] = min(b[what] or 10**12, cap)
     return b
 
 

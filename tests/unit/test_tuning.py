@@ -173,6 +173,9 @@ def test_budget_demo_caps_and_redaction():
     demo = {"max_trials": 3, "max_epochs": 2, "max_train_rows": 2000}
     assert tuning.budget(fam, demo, synthetic=False) == {"n_trials": 6, "epochs": 6, "train_rows": 12000, "timeout_s": 1200.0}
     assert tuning.budget(fam, demo, synthetic=True) == {"n_trials": 3, "epochs": 2, "train_rows": 2000, "timeout_s": 1200.0}
+    # null / 0 = no cap, as train_deep reads them (tune refused both: "demo.max_epochs" must be ≥ 1)
+    assert tuning.budget(fam, {"max_epochs": None, "max_trials": 0, "max_train_rows": None}, synthetic=True) == \
+        {"n_trials": 6, "epochs": 6, "train_rows": 12000, "timeout_s": 1200.0}
     with pytest.raises(ConfigError, match="n_trials"):
         tuning.budget({"epochs": 2}, None, False)
     assert tuning.redact("postgresql://ann:s3cret@db:5432/optuna") == "postgresql://ann:***@db:5432/optuna"
