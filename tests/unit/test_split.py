@@ -210,3 +210,21 @@ def test_blank_images_are_reported_and_dropped_on_request():
     parts, report = split_dataset(data, drop_blank=True)
     assert sum(len(p) for p in parts.values()) == 77 and report["blank"]["dropped"]
     assert not any(s in set(d.source_id[:3]) for p in parts.values() for s in p.source_id)
+
+
+def test_an_empty_usage_split_names_the_fix_for_that_split():
+    """A test/ folder only (no train rows), or train/ + test/ with `val_from_train` 0: the fix named is the one for
+    the empty split (a train/ folder; split.val_from_train), not 'add a test/ folder' the user already has."""
+    d = make_synthetic(100, seed=5)
+    test_only = FerData(d.pixels, d.emotion, np.full(len(d), "PrivateTest"), d.source_id)
+    with pytest.raises(DataError) as err:
+        split_dataset(test_only)
+    msg = str(err.value)
+    assert "the train and val splits are empty" in msg and "add Training rows (image folders: a train/ folder)" in msg
+    assert "a test/ folder" not in msg and "val_from_train" not in msg and "split.strategy: stratified" in msg
+    no_val = FerData(d.pixels, d.emotion, np.where(d.usage == "PublicTest", "Training", d.usage), d.source_id)
+    with pytest.raises(DataError) as err:
+        split_dataset(no_val, val_from_train=0.0)
+    msg = str(err.value)
+    assert "the val split is empty" in msg and "raise split.val_from_train (now 0)" in msg
+    assert "a val/ folder" in msg and "a test/ folder" not in msg

@@ -192,9 +192,13 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         if fr is not None:  # already stratified: the fractions (rounded per class) left the split without rows
             fix = (f"raise {' and '.join(f'split.fractions.{s} (now {fr[s]:g})' for s in empty)}: each class's "
                    "share is rounded to whole rows, so a small fraction of a small set can leave none")
-        else:
-            fix = ("set `split.strategy: stratified` (split.fractions) for data with Training rows only, "
-                   "or add PublicTest/PrivateTest rows (image folders: a test/ folder)")
+        else:  # the usage each empty split is made from (val: also carved from train when there is no PublicTest)
+            add = {"train": "add Training rows (image folders: a train/ folder)",
+                   "val": (f"raise split.val_from_train (now {val_from_train:g}), the share of each class's train "
+                           "rows moved to val, rounded to whole rows, or add PublicTest rows (image folders: a val/ "
+                           "folder)" if len(parts["train"]) else "add PublicTest rows (image folders: a val/ folder)"),
+                   "test": "add PrivateTest rows (image folders: a test/ folder)"}
+            fix = "; ".join(add[s] for s in empty) + "; or set `split.strategy: stratified` (split.fractions)"
         raise DataError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
                         f"({strategy} strategy: {', '.join(f'{k} {int((splits == k).sum())}' for k in SPLITS)}). "
                         f"Fix: {fix}.")
