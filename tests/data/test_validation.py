@@ -169,3 +169,12 @@ def test_usage_split_of_real_data_matches_readme(real_data):
     assert dup["cross_split_groups"] > 0 and set(dup["cross_split_pairs"]) >= {"train-val", "train-test"}
     dropped, rep = split_dataset(real_data, strategy="usage", duplicates="drop")
     assert rep["n"]["train"] == 28709 and rep["duplicates"]["dropped"]["val"] > 0 and rep["duplicates"]["dropped"]["test"] > 0
+
+
+def test_rare_class_warning_names_the_class(synth):
+    """The imbalance warning says which class is rare (and its share), not only the smallest share observed."""
+    report = validate_dataset(synth, {"min_class_fraction": 0.05})
+    rare = next(f for f in report["warnings"] if f["column"] == "train_class_fraction")
+    share = report["train_class_fractions"]["Disgust"]
+    assert share < 0.05 and rare["rare_classes"] == {"Disgust": share}
+    assert f"below 0.05: Disgust {share:.4f}" in describe_failures(report, "x", "warnings")

@@ -247,6 +247,12 @@ def validate_frame(frame: pd.DataFrame, params: dict[str, Any] | None = None, do
     warns = [f for f in failed if f["severity"] != "critical"]
     blank_rows = np.flatnonzero(frame["is_blank"].to_numpy() == 1)
     train = frame["train_emotion"].dropna().astype(int)
+    low = float({**DEFAULTS, **(params or {})}["min_class_fraction"])
+    for f in warns:  # name the rare classes: the expectation itself only observes the smallest share
+        if f["column"] == "train_class_fraction":
+            f["rare_classes"] = {EMOTIONS[c]: round(float((train == c).mean()), 6) for c in range(NUM_CLASSES)
+                                 if 0 < (train == c).mean() < low}
+            f["min_class_fraction"] = low
     return {
         "success": not critical,
         "suite": SUITE_NAME,
@@ -288,6 +294,9 @@ def describe_failures(report: dict[str, Any], source: str = "dataset", key: str 
         what = f"{f['expectation']}({col})"
         if f.get("missing_classes"):
             detail = f"missing: {', '.join(f['missing_classes'])}"
+        elif f.get("rare_classes"):
+            detail = (f"below {f['min_class_fraction']:g}: "
+                      + ", ".join(f"{name} {share:.4f}" for name, share in f["rare_classes"].items()))
         elif "unexpected_count" in f:
             vals = ", ".join(f"{c['value']!r}×{c['count']}" for c in f.get("partial_unexpected_counts", [])[:5])
             where = (f"source rows {f['source_ids'][:10]}" if f.get("source_ids")
