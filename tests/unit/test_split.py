@@ -228,3 +228,21 @@ def test_an_empty_usage_split_names_the_fix_for_that_split():
     msg = str(err.value)
     assert "the val split is empty" in msg and "raise split.val_from_train (now 0)" in msg
     assert "a val/ folder" in msg and "a test/ folder" not in msg
+
+
+def test_the_fail_message_names_a_leaking_group_when_predict_copies_come_first():
+    """More than 20 train images copied into the unlabeled prediction rows (e.g. Kaggle test.csv) fill the report's
+    examples; the refusal still names the rows of a train/val/test leak, not none."""
+    d = make_synthetic(200, seed=2)
+    tr, te = np.flatnonzero(d.usage == "Training"), np.flatnonzero(d.usage == "PrivateTest")
+    unl = FerData(d.pixels[tr[:25]].copy(), np.full(25, -1, np.int8), np.full(25, "Unlabeled"),
+                  np.char.add(d.source_id[tr[:25]], "p"))
+    px = d.pixels.copy()
+    px[te[-1]] = px[tr[-1]]  # the one leak: a train image in test
+    data = FerData.concat([unl, FerData(px, d.emotion, d.usage, d.source_id)])
+    _, report = split_dataset(data)
+    assert all("predict" in e["splits"] for e in report["duplicates"]["examples"])  # 20 train-predict groups
+    with pytest.raises(DataError) as err:
+        split_dataset(data, duplicates="fail")
+    rows = sorted([(int(tr[-1]), "train"), (int(te[-1]), "test")])  # the group's rows in row order
+    assert f"e.g. {[str(d.source_id[r]) for r, _ in rows]} in {[s for _, s in rows]}" in str(err.value)

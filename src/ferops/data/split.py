@@ -172,7 +172,13 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     leak = {k: v for k, v in dup["cross_split_pairs"].items() if "predict" not in k}
     if duplicates == "fail" and leak:
         ex = next((e for e in dup["examples"] if len(set(e["splits"]) - {"predict"}) > 1), None)
-        where = f", e.g. {ex['source_ids']} in {ex['splits']}" if ex else ""
+        if ex is None:  # the report's examples (the first 20 groups across splits) can all be copies in predict
+            rows_of: dict[str, list[int]] = {}
+            for r, hsh in enumerate(hashes):
+                rows_of.setdefault(hsh, []).append(r)
+            rows = next(g for g in rows_of.values() if len({str(splits[r]) for r in g} - {"predict"}) > 1)
+            ex = {"source_ids": [str(data.source_id[r]) for r in rows], "splits": [str(splits[r]) for r in rows]}
+        where = f", e.g. {ex['source_ids']} in {ex['splits']}"
         raise DataError(
             f"exact-duplicate images occur in more than one split ({leak} groups per split pair){where}. "
             "Fix: set `split.duplicates: drop` to drop the "
