@@ -230,6 +230,19 @@ def test_an_empty_usage_split_names_the_fix_for_that_split():
     assert "a val/ folder" in msg and "a test/ folder" not in msg
 
 
+def test_a_split_emptied_by_duplicates_drop_says_so():
+    """PublicTest rows that `drop` removed as copies of train images: the fix names `drop`, not carving val from
+    train (no carving happens when PublicTest rows exist)."""
+    d = make_synthetic(100, seed=5)
+    px, tr, va = d.pixels.copy(), np.flatnonzero(d.usage == "Training"), np.flatnonzero(d.usage == "PublicTest")
+    px[va] = px[tr[:len(va)]]  # every PublicTest image is a copy of a train image: `drop` empties val
+    with pytest.raises(DataError) as err:
+        split_dataset(FerData(px, d.emotion, d.usage, d.source_id), duplicates="drop")
+    msg = str(err.value)
+    assert "the val split is empty" in msg and "val_from_train" not in msg  # there were PublicTest rows: no carving
+    assert f"`split.duplicates: drop` removed {len(va)} val row(s)" in msg
+
+
 def test_the_fail_message_names_a_leaking_group_when_predict_copies_come_first():
     """More than 20 train images copied into the unlabeled prediction rows (e.g. Kaggle test.csv) fill the report's
     examples; the refusal still names the rows of a train/val/test leak, not none."""

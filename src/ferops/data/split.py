@@ -162,8 +162,8 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
         strategy = "stratified"
     fr = check_fractions(fractions or {"train": 0.8, "val": 0.1, "test": 0.1}) if strategy == "stratified" else None
     splits = assign_usage(data) if fr is None else assign_stratified(data, fr, seed)
-    carved = 0
-    if fr is None and not (splits == "val").any() and (splits == "train").any() and val_from_train > 0:
+    carved, public = 0, bool((splits == "val").any())
+    if fr is None and not public and (splits == "train").any() and val_from_train > 0:
         # e.g. image folders train/ + test/ without PublicTest: validation must never come from test.
         splits = carve_val(splits, data.emotion, val_from_train, seed)
         carved = int((splits == "val").sum())
@@ -202,9 +202,13 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
             add = {"train": "add Training rows (image folders: a train/ folder)",
                    "val": (f"raise split.val_from_train (now {val_from_train:g}), the share of each class's train "
                            "rows moved to val, rounded to whole rows, or add PublicTest rows (image folders: a val/ "
-                           "folder)" if len(parts["train"]) else "add PublicTest rows (image folders: a val/ folder)"),
+                           "folder)" if len(parts["train"]) and not public else "add PublicTest rows (image folders: a val/ folder)"),
                    "test": "add PrivateTest rows (image folders: a test/ folder)"}
             fix = "; ".join(add[s] for s in empty) + "; or set `split.strategy: stratified` (split.fractions)"
+        dropped = [f"{dup['dropped'][s]} {s}" for s in empty if dup["dropped"][s]]
+        if dropped:  # the rows were there: `drop` removed them as copies of images in an earlier split
+            fix = (f"`split.duplicates: drop` removed {' and '.join(dropped)} row(s), copies of images in an earlier "
+                   f"split: `report` keeps them; or {fix}")
         raise DataError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
                         f"({strategy} strategy: {', '.join(f'{k} {int((splits == k).sum())}' for k in SPLITS)}). "
                         f"Fix: {fix}.")
