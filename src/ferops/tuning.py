@@ -241,12 +241,14 @@ def _journal_path(spec: str, root: Path) -> Path:
 
 def _storage_file(spec: str, root: Path) -> Path | None:
     """The local file of a journal or sqlite storage spec; None for a server or in-memory storage."""
-    return _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec)
+    return _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec, root)
 
 
-def _sqlite_path(url: str) -> Path | None:
+def _sqlite_path(url: str, root: Path | None = None) -> Path | None:
+    """The file of a sqlite URL; a relative one under `root` (the project root, as for journal:<path>) when given,
+    else under the cwd (as SQLAlchemy reads it)."""
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///"):]).resolve()
+        return Path(root or Path.cwd(), url[len("sqlite:///"):]).resolve()
     return None
 
 
@@ -279,7 +281,7 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
         path = _journal_path(spec, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path.resolve())))
-    db = _sqlite_path(spec)
+    db = _sqlite_path(spec, root)
     if db is not None:
         from ferops.tracking import tracking_uri
 
@@ -290,7 +292,8 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
             raise ConfigError(f"tune.storage {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "
                               "(one machine) or a PostgreSQL URL (several machines).")
         db.parent.mkdir(parents=True, exist_ok=True)
-        return spec  # no heartbeat on the single-process default; dead local workers are handled by worker id
+        # A relative path is the project root's file (as `ferops dashboard` finds it from any folder), not the cwd's.
+        return f"sqlite:///{db}"  # no heartbeat on the single-process default; dead local workers are handled by worker id
     if "://" not in spec:
         raise ConfigError(f"tune.storage {spec!r}: use null, journal:<path>, or a SQLAlchemy URL such as postgresql://user:pw@host/db.")
     with warnings.catch_warnings():

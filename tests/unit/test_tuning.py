@@ -142,6 +142,31 @@ def test_make_storage_defaults_journal_rdb_and_guards(tmp_path, monkeypatch):
     assert tuning.storage_spec(None, tmp_path) == "journal:env.log"
 
 
+def test_a_relative_sqlite_storage_is_the_project_roots_file_from_any_folder(tmp_path, monkeypatch):
+    """`tune.storage: sqlite:///studies.db` is written by the tune stage at the project root: `ferops dashboard` run
+    from a subfolder looked for <subfolder>/studies.db ("no Optuna studies yet") and make_storage opened an empty one."""
+    import argparse
+
+    import optuna_dashboard
+
+    from ferops import runner
+
+    monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text('tune: {storage: "sqlite:///studies.db"}\n')
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies.db'}", study_name="ferops-cnn-x")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    served = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.append(storage))
+    monkeypatch.setattr(runner, "ensure_port_free", lambda *a: None)
+    tuning.cli_dashboard(argparse.Namespace(params=None, host="127.0.0.1", port=8080))
+    assert optuna.get_all_study_names(served[0]) == ["ferops-cnn-x"]
+    assert tuning.make_storage("sqlite:///studies.db", tmp_path) == f"sqlite:///{(tmp_path / 'studies.db').resolve()}"
+    assert not (tmp_path / "notebooks" / "studies.db").exists()
+
+
 def test_changing_only_the_worker_count_resumes_the_study_from_the_other_default_file(tmp_path, monkeypatch):
     monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
