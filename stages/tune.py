@@ -32,13 +32,20 @@ def main() -> None:
 
     params = load_params(args.params)
     tune, deep = section(params, "tune"), section(params, "train_deep")
-    fam = (tune.get("families") or {}).get(args.family)
+    families = tune.get("families") or {}
+    fam = families.get(args.family) if isinstance(families, dict) else None
+    for where, value, keys in (("tune.families", families, "a `<family>:` section each"),  # not tracebacks
+                               (f"tune.families.{args.family}", fam, "n_trials, epochs, timeout_min, train_max_rows, space")):
+        problem = tuning.section_problem(value, where, keys)
+        if problem:
+            raise problem
     model = (deep.get("models") or {}).get(args.family)
     if not fam or not model or not fam.get("space"):
         raise ConfigError(f"--family {args.family}: params.yaml needs tune.families.{args.family} (with a `space:`) "
                           f"and train_deep.models.{args.family} (the base config).")
     # a mistyped value (`lr: {low: fast}`) fails here, naming its params.yaml key, before TensorFlow and the data load
     tuning.check_space(fam["space"], f"params.yaml tune.families.{args.family}.space")
+    tuning.make_pruner(tune.get("pruner"), 1)  # so is a bad tune.pruner (`pruner: median`, `n_warmup_steps: one`)
     seed = number(params, "", "seed", 42, whole=True)
     workers = args.workers or (number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1)
     ingest = read_json(args.ingest_report)

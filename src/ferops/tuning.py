@@ -177,10 +177,23 @@ def family_study_name(family: str, cfg: dict[str, Any], space: dict[str, Any], e
                                "data": data})
 
 
+def section_problem(value: Any, where: str, keys: str) -> ConfigError | None:
+    """A ConfigError when a `tune:` setting that is a section holds a value instead (`pruner: median`): read with
+    .get(), it ended in an AttributeError traceback."""
+    if value is None or isinstance(value, dict):
+        return None
+    return ConfigError(f"params.yaml {where}: {value!r} is not a section — its settings go indented under "
+                       f"`{where.rsplit('.', 1)[-1]}:`, one `key: value` a line ({keys}).")
+
+
 def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":
     """MedianPruner from `tune.pruner` ({n_startup_trials, n_warmup_steps}); defaults 2 and epochs // 3."""
     import optuna
 
+    problem = section_problem(cfg or None, "tune.pruner", "n_startup_trials, n_warmup_steps; the pruner is always "
+                                                          "Optuna's MedianPruner")
+    if problem:
+        raise problem
     cfg = cfg or {}
     return optuna.pruners.MedianPruner(
         n_startup_trials=number(cfg, "tune.pruner", "n_startup_trials", 2, whole=True, low=0),

@@ -39,6 +39,13 @@ def _set(params: dict, dotted: str, value: object) -> None:
      "augment.preview_n", 0, "params.yaml augment.preview_n: 0 is not a whole number ≥ 1."),
     ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"],
      "tune.families.resnet.space.lr.low", "fast", "params.yaml tune.families.resnet.space.lr: low='fast' is not a number."),
+    # a section given a value: AttributeError tracebacks (tune.pruner's only after TensorFlow and the data load)
+    ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"], "tune.pruner", "median",
+     "params.yaml tune.pruner: 'median' is not a section — its settings go indented under `pruner:`"),
+    ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"], "tune.pruner.n_warmup_steps", "one",
+     "params.yaml tune.pruner.n_warmup_steps: 'one' is not a whole number ≥ 0."),
+    ("tune", ["--family", "--split", "--ingest-report", "--out", "--figures"], "tune.families.resnet", 6,
+     "params.yaml tune.families.resnet: 6 is not a section — its settings go indented under `resnet:`"),
 ])
 def test_a_mistyped_number_names_its_params_key(tmp_path, stage, args, key, value, words):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
