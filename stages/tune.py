@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def main() -> None:
     # a mistyped value (`lr: {low: fast}`) fails here, naming its params.yaml key, before TensorFlow and the data load
     tuning.check_space(fam["space"], f"params.yaml tune.families.{args.family}.space")
     tuning.make_pruner(tune.get("pruner"), 1)  # so is a bad tune.pruner (`pruner: median`, `n_warmup_steps: one`)
+    for message in tuning.unknown_tune_keys(fam, f"tune.families.{args.family}", tune.get("pruner")):  # typos
+        logging.getLogger("ferops.tune").warning("%s", message)
     seed = number(params, "", "seed", 42, whole=True)
     workers = args.workers or (number(tune, "tune", "workers", 1, whole=True, low=1) if tune.get("workers") else 1)
     ingest = read_json(args.ingest_report)

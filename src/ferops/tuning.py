@@ -98,6 +98,30 @@ def space_problem(spec: Any) -> str | None:
     return None
 
 
+FAMILY_KEYS = ("n_trials", "epochs", "timeout_min", "train_max_rows", "space")  # of tune.families.<family>
+RANGE_KEYS, CHOICE_KEYS = ("low", "high", "log", "step"), ("choices",)  # of one space entry
+PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps")  # of tune.pruner
+
+
+def unknown_tune_keys(fam: dict[str, Any], where: str, pruner: Any = None) -> list[str]:
+    """One message per key nothing reads of `tune.families.<family>` (at `where`), of one of its space entries, or of
+    `tune.pruner`: a typo (`timout_min: 15` ran with no timeout, `lgo: true` sampled a linear range) was ignored
+    silently."""
+    from ferops.config import did_you_mean
+
+    def unknown(sect: Any, at: str, known: tuple[str, ...]) -> list[str]:
+        listed = f" (known: {', '.join(known)})"
+        return [f"params.yaml {at}.{key}: unknown key, ignored{did_you_mean(key, known, listed)}"
+                for key in (sect if isinstance(sect, dict) else {}) if key not in known]
+
+    out = unknown(fam, where, FAMILY_KEYS)
+    space = fam.get("space")
+    for name, spec in (space if isinstance(space, dict) else {}).items():
+        known = CHOICE_KEYS if isinstance(spec, dict) and "choices" in spec else RANGE_KEYS + CHOICE_KEYS
+        out += unknown(spec, f"{where}.space.{name}", known)
+    return out + unknown(pruner, "tune.pruner", PRUNER_KEYS)
+
+
 def check_space(space: dict[str, Any], where: str) -> None:
     """ConfigError `<where>.<param>: what is wrong` for the first bad entry of a search space (the tune stage checks
     `params.yaml tune.families.<family>.space` before TensorFlow starts and the data loads)."""

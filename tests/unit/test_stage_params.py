@@ -126,3 +126,26 @@ def test_a_demo_or_register_section_that_is_a_value_is_one_line(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "error: params.yaml demo: 3 is not a section" in r.stderr
+
+
+def test_tune_warns_about_keys_of_a_family_its_space_or_the_pruner_that_nothing_reads(tmp_path):
+    """`timeout_min` misspelt ran the study with no timeout, a space entry's `log` misspelt sampled a linear range,
+    `n_warmup_steps` misspelt kept the default: all silently."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fam = params["tune"]["families"]["resnet"]
+    fam["timout_min"] = fam.pop("timeout_min")
+    fam["space"]["lr"]["logscale"] = fam["space"]["lr"].pop("log")
+    fam["space"]["batch_size"]["low"] = 32  # a range key beside `choices`: the choices win
+    params["tune"]["pruner"]["n_warmup_step"] = params["tune"]["pruner"].pop("n_warmup_steps")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "tune.py"), "--family", "resnet", "--split", missing,
+           "--ingest-report", missing, "--out", missing, "--figures", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "Traceback" not in r.stderr, r.stderr
+    for words in ("params.yaml tune.families.resnet.timout_min: unknown key, ignored — did you mean `timeout_min`?",
+                  "params.yaml tune.families.resnet.space.lr.logscale: unknown key, ignored",
+                  "params.yaml tune.families.resnet.space.batch_size.low: unknown key, ignored (known: choices)",
+                  "params.yaml tune.pruner.n_warmup_step: unknown key, ignored — did you mean `n_warmup_steps`?"):
+        assert words in r.stderr, r.stderr
+    assert "params.yaml tune.families.resnet.space.lr.low:" not in r.stderr  # the keys it reads are not warned about
