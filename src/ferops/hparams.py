@@ -71,6 +71,7 @@ def apply_params(cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]
             raise ConfigError(f"base_width: not defined for arch={arch!r}.")
     if "aug_strength" in rest:
         k = float(rest.pop("aug_strength"))
+        out.pop("aug_strength", None)  # the zoo would scale the magnitudes set here by the config's own value again
         aug = dict(out.get("online_aug") or {})
         for key in AUG_STRENGTH_KEYS:
             if key in aug and not isinstance(aug[key], bool):

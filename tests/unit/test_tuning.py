@@ -91,6 +91,9 @@ def test_apply_params_is_applied_once_by_the_model_zoo():
     assert zoo.resnet_widths(out) == [16, 32, 64, 128]
     aug = zoo.aug_config(out)
     assert aug["rotate_deg"] == pytest.approx(20.0) and aug["erasing"] == pytest.approx(0.5)
+    # a config with its own aug_strength: the sampled value replaces it (it scaled the magnitudes twice: 0.5 × 1.0)
+    out = tuning.apply_params({**RESNET, "aug_strength": 0.5}, {"aug_strength": 1.0})
+    assert zoo.aug_config(out)["rotate_deg"] == pytest.approx(10.0)
 
 
 def test_apply_params_cnn_depth_dotted_and_unknown_keys():
