@@ -55,6 +55,7 @@ def main() -> None:
     b = tuning.budget(fam, mapping(params, "demo"), synthetic=bool(ingest.get("synthetic")),
                       where=f"tune.families.{args.family}")
     cfg = resolve_config(deep.get("common") or {}, model)
+    tuning.check_space_applies(fam["space"], cfg, f"params.yaml tune.families.{args.family}.space")
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
     train = stratified_subsample(load_npz(args.train or train_data(params)), b["train_rows"], seed)

@@ -133,6 +133,26 @@ def check_space(space: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}.{name}: {problem}")
 
 
+def check_space_applies(space: dict[str, Any], cfg: dict[str, Any], where: str) -> None:
+    """ConfigError `<where>.<param>: …` for a (checked) space entry that apply_params cannot set on the model config
+    `cfg` — a name no config key takes (`learning_rate:`), `depth` of an arch without one —, tried with its low end or
+    first choice. Before TensorFlow and the data load: in the first trial it came late, and with parallel workers as
+    one traceback per worker."""
+    import optuna
+
+    for name, spec in space.items():
+        probe = spec["choices"][0] if "choices" in spec else spec["low"]
+        try:
+            with warnings.catch_warnings():  # Optuna's, about choices that are lists: the trials warn too
+                warnings.simplefilter("ignore", UserWarning)
+                apply_params(cfg, suggest_params(optuna.trial.FixedTrial({name: probe}), {name: spec}))
+        except ConfigError as exc:
+            text = str(exc)
+            for head in (f"tune space `{name}`: ", f"{name}: "):
+                text = text.removeprefix(head)
+            raise ConfigError(f"{where}.{name}: {text}") from None
+
+
 def suggest_params(trial: "optuna.trial.BaseTrial", space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sample one value per entry of a params.yaml space: {low, high, log?, step?} (int when both ends are ints) or {choices}."""
     out: dict[str, Any] = {}

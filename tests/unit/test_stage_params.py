@@ -149,3 +149,22 @@ def test_tune_warns_about_keys_of_a_family_its_space_or_the_pruner_that_nothing_
                   "params.yaml tune.pruner.n_warmup_step: unknown key, ignored — did you mean `n_warmup_steps`?"):
         assert words in r.stderr, r.stderr
     assert "params.yaml tune.families.resnet.space.lr.low:" not in r.stderr  # the keys it reads are not warned about
+
+
+@pytest.mark.parametrize("family, name, spec, words", [
+    ("cnn", "learning_rate", {"low": 3.0e-4, "high": 3.0e-3, "log": True},
+     "params.yaml tune.families.cnn.space.learning_rate: not a training config key; use one of lr, "),
+    ("resnet", "depth", {"low": 0, "high": 2}, "params.yaml tune.families.resnet.space.depth: depth=0: must be at least 1."),
+])
+def test_a_space_entry_the_model_config_cannot_take_fails_before_the_data_loads(tmp_path, family, name, spec, words):
+    """It failed inside the first trial, after TensorFlow and the data load (with parallel workers: a traceback each)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tune"]["families"][family]["space"][name] = spec
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (tmp_path / "ingest.json").write_text('{"synthetic": false}')
+    missing = str(tmp_path / "absent")  # no data: the check must come first
+    cmd = [sys.executable, str(ROOT / "stages" / "tune.py"), "--family", family, "--split", missing,
+           "--ingest-report", str(tmp_path / "ingest.json"), "--out", missing, "--figures", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {words}" in r.stderr, r.stderr
