@@ -633,8 +633,9 @@ def _best_value(study: "optuna.Study") -> float | None:
 
 def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int,
                  workers: int, n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
-                 objective_kwargs: dict[str, Any]) -> None:
-    """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study."""
+                 objective_kwargs: dict[str, Any], errors: Any = None) -> None:
+    """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study. A FerError
+    (a bad params value) goes to `errors` for the parent to raise, as one worker would, not as a traceback."""
     from ferops.runner import setup_logging
 
     # Share the cores instead of every worker's TF using all of them (read when TF first loads, i.e. later).
@@ -649,7 +650,13 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
         mlflow.set_tracking_uri(tracking_uri)
     storage = make_storage(spec, Path(root), workers=2 if spec.startswith("journal:") else 1)
     study = _open_study(storage, name, seed, pruner, n_startup, worker_index)
-    _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track)
+    try:
+        _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track)
+    except FerError as exc:
+        if errors is None:
+            raise
+        errors.put(exc)
+        raise SystemExit(exc.exit_code) from None
 
 
 def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> None:
@@ -657,7 +664,8 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fork after TF/threads is unsafe
-    procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers},
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers, "errors": errors},
                          name=f"tune-worker-{i + 1}") for i in range(workers)]
     for p in procs:
         p.start()
@@ -675,6 +683,8 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
     finally:
         for p in procs:
             p.join()
+    if not errors.empty():  # e.g. a sampled value check_config refuses: the same one line as with one worker
+        raise errors.get()
     bad = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
     if bad:
         raise FerError(f"tuning workers failed: {', '.join(bad)}. Finished trials are kept in the study; rerun the "

@@ -257,3 +257,22 @@ def test_a_bad_params_value_fails_the_study_in_one_line(tmp_path, tracking, capl
     model = {k: v for k, v in CNN.items() if k != "optimizer"}  # the value comes from common: named there
     located = locate_param(err.value, [("train_deep.models.cnn", model), ("train_deep.common", {"optimizer": "x"})])
     assert str(located) == "params.yaml train_deep.common.optimizer='bogus': use adam | adamw | sgd_nesterov."
+
+
+def config_error_trial(trial, cfg, train, val, *, seed, epochs):
+    """A sampled value the model refuses (check_config's message)."""
+    from ferops.errors import ConfigError
+
+    raise ConfigError(f"dropout={cfg['dropout']}: give a number ≥ 0 and ≤ 0.95.")
+
+
+def test_a_bad_params_value_in_parallel_workers_is_the_same_one_line(tmp_path, capfd):
+    """With tune.workers > 1 each worker printed its traceback and the stage said 'tuning workers failed … rerun the
+    stage to resume' (a rerun fails again) instead of the ConfigError one worker reports (named by locate_param)."""
+    from ferops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^dropout=1.2: give a number ≥ 0 and ≤ 0.95\.$"):
+        tuning.run_study("cnn", {**CNN, "dropout": 1.2}, SPACE, _fer(30), _fer(30), storage=f"journal:{tmp_path / 'j.log'}",
+                         study_name="bad-parallel", n_trials=2, epochs=1, seed=0, workers=2, trial_fn=config_error_trial,
+                         root=tmp_path, progress=False, track=False)
+    assert "Traceback" not in capfd.readouterr().err
