@@ -108,11 +108,28 @@ def decode_image(data: str | bytes) -> np.ndarray:
         raise ValueError(f"expected base64 text, got {type(data).__name__}")
     if not raw:
         raise ValueError("empty image")
-    gray = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+    gray = _imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise ValueError(known_format_problem(raw)
                          or f"not a decodable image ({len(raw)} bytes; use PNG, JPEG, BMP, WebP or TIFF)")
     return gray
+
+
+def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode: the image, or None when `buf` does not decode; ValueError when OpenCV refuses the image outright,
+    as it does one over its pixel limit with cv2.error (uncaught: MLflow's generic "unexpected error" reply to a REST
+    request, a traceback ending a photo folder's run)."""
+    import cv2
+
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "")
+            limit = f"{int(limit):,}" if limit.isdigit() else f"{1 << 30:,}"
+            raise ValueError(f"too large to decode: more than {limit} pixels, OpenCV's limit "
+                             "(OPENCV_IO_MAX_IMAGE_PIXELS) — downscale it") from None
+        raise ValueError(f"OpenCV cannot decode it ({str(exc).strip().splitlines()[-1]})") from None
 
 
 # File signatures of formats people send: a file that starts like one but does not decode is damaged, not the
@@ -796,7 +813,10 @@ def _read_photo(path: Path) -> np.ndarray:
         raise DataError(f"cannot read it ({exc.strerror or exc})") from None
     if data.size == 0:
         raise DataError("empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        img = _imdecode(data, cv2.IMREAD_COLOR)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     if img is None:
         raise DataError(known_format_problem(data)
                         or "not an image OpenCV can read (use JPEG, PNG, BMP, WebP or TIFF)")

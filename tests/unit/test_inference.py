@@ -337,6 +337,36 @@ def test_a_tiff_of_32_bit_samples_is_named_as_such_not_as_damaged(tmp_path, kera
         inf.decode_image((tmp_path / "float.tif").read_bytes())
 
 
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that declares w x h grey pixels (its image data is a few bytes: only the header is read before OpenCV
+    checks the size)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_opencvs_pixel_limit_fails_alone_and_is_a_bad_rest_row(tmp_path):
+    """OpenCV refuses an image of more than 2**30 pixels with cv2.error, not None: it is that photo's error (the
+    folder's other photos are classified) and a bad `image` row saying so, not a traceback or MLflow's "unexpected
+    error" reply."""
+    huge = _png_header(40_000, 40_000)
+    (tmp_path / "huge.png").write_bytes(huge)
+    cv2.imwrite(str(tmp_path / "ok.png"), np.full((48, 48), 90, np.uint8))
+    uniform = lambda x: np.full((len(x), len(EMOTIONS)), 1 / len(EMOTIONS), np.float32)  # noqa: E731
+    res = inf.predict_photos([tmp_path], uniform, None)
+    assert [r["file"] for r in res] == [str(tmp_path / "huge.png"), str(tmp_path / "ok.png")]
+    assert res[0]["error"].startswith("too large to decode: more than 1,073,741,824 pixels") and not res[0]["faces"]
+    assert res[1]["error"] is None and len(res[1]["faces"]) == 1
+    with pytest.raises(inf.InputError, match=r"row 1: `image` too large to decode: more than 1,073,741,824 pixels"):
+        inf.frame_to_faces(pd.DataFrame({"image": [b64(np.full((48, 48), 90, np.uint8), ".png"),
+                                                   base64.b64encode(huge).decode()]}))
+
+
 def test_a_photo_that_cannot_be_read_fails_alone(tmp_path, keras_model, monkeypatch):
     """A file without read permission (or an I/O error) is that photo's error, not a traceback ending the run."""
     for name in ("ok.png", "secret.png"):
