@@ -456,7 +456,9 @@ def shrink(img: np.ndarray, max_side: int, exact: bool = True) -> np.ndarray:
     if max(h, w) <= max_side:
         return img
     k = max(h, w) // max_side if exact else -(-max(h, w) // max_side)
-    if k >= 2:
+    if k >= 2 and 2 * min(h, w) <= k:  # a thin strip (a 4000x1 banner): fx would round its short side to 0 px
+        img = cv2.resize(img, (max(1, round(w / k)), max(1, round(h / k))), interpolation=cv2.INTER_AREA)
+    elif k >= 2:
         img = cv2.resize(img, None, fx=1 / k, fy=1 / k, interpolation=cv2.INTER_AREA)
     if exact and max(img.shape[:2]) > max_side:
         f = max_side / max(h, w)

@@ -367,6 +367,18 @@ def test_an_image_over_opencvs_pixel_limit_fails_alone_and_is_a_bad_rest_row(tmp
                                                    base64.b64encode(huge).decode()]}))
 
 
+def test_a_thin_strip_image_is_answered_and_annotated_not_a_resize_error(tmp_path):
+    """A 4000x1 banner (web-page separators end up in scraped photo folders) downscaled for its annotated copy: its
+    1-px side must stay 1 px, not round to 0, which OpenCV's resize refuses with cv2.error (ending the run)."""
+    cv2.imwrite(str(tmp_path / "banner.png"), np.full((1, 4000, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "tall.png"), np.full((5000, 1, 3), 200, np.uint8))
+    uniform = lambda x: np.full((len(x), len(EMOTIONS)), 1 / len(EMOTIONS), np.float32)  # noqa: E731
+    res = inf.predict_photos([tmp_path / "banner.png", tmp_path / "tall.png"], uniform, tmp_path / "out")
+    assert [(r["error"], r["note"]) for r in res] == [(None, "no face found")] * 2
+    assert [cv2.imread(r["annotated"]).shape[:2] for r in res] == [(1, 1333), (1667, 1)]
+    assert inf.shrink(np.zeros((1, 4000), np.uint8), 400).shape == (1, 400)
+
+
 def test_a_photo_that_cannot_be_read_fails_alone(tmp_path, keras_model, monkeypatch):
     """A file without read permission (or an I/O error) is that photo's error, not a traceback ending the run."""
     for name in ("ok.png", "secret.png"):
