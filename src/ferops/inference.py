@@ -777,13 +777,19 @@ def _is_annotated_copy(f: Path, out_dir: Path) -> bool:
 
 def list_photos(paths: Sequence[str | Path], skip: str | Path | None = None) -> list[Path]:
     """Command-line inputs → photo paths: a folder expands to the image files under it (recursively, sorted by
-    path), except the annotated copies in `skip` (predict's own --out-dir: not photos to classify); anything else
-    stays as given, so a missing or unreadable file is reported on its own line."""
+    path), except hidden ones (a name or folder starting with `.`, as ingest skips them: macOS's `._<name>.jpg`
+    companions are no images) and the annotated copies in `skip` (predict's own --out-dir: not photos to classify);
+    anything else stays as given, so a missing or unreadable file is reported on its own line."""
     readable = image_suffixes(IMAGE_SUFFIXES)
     out: list[Path] = []
     below = Path(skip).resolve() if skip is not None else None
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+        shown = [f for f in files if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        if len(shown) < len(files):
+            log.info("%s: not reading %d hidden file(s) (a name or folder starting with '.', e.g. macOS's ._<name> "
+                     "companions)", p, len(files) - len(shown))
+            files = shown
         if below is not None and files:
             kept = [f for f in files if not _is_annotated_copy(f, below)]
             if len(kept) < len(files):

@@ -409,6 +409,23 @@ def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_pat
                                                              "a_pred.jpg"]
 
 
+def test_folder_walk_skips_hidden_files_and_folders_as_ingest_does(tmp_path, caplog):
+    """A folder copied from a Mac holds an AppleDouble `._<name>.jpg` beside each photo (and `__MACOSX/` in a zip):
+    not images, each would be a failed file (exit 2); a `.thumbnails/` folder's copies would be classified twice.
+    A hidden file named on the command line is still read."""
+    cv2.imwrite(str(tmp_path / "IMG_1.jpg"), draw_face_photo(100, 100))
+    (tmp_path / ".thumbnails").mkdir()
+    cv2.imwrite(str(tmp_path / ".thumbnails" / "IMG_1.jpg"), draw_face_photo(50, 50))
+    (tmp_path / "__MACOSX").mkdir()
+    for apple_double in (tmp_path / "._IMG_1.jpg", tmp_path / "__MACOSX" / "._IMG_1.jpg"):
+        apple_double.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+    with caplog.at_level(logging.INFO, logger="ferops.inference"):
+        found = inf.list_photos([tmp_path])
+    assert found == [tmp_path / "IMG_1.jpg"]
+    assert "not reading 3 hidden file(s)" in caplog.text
+    assert inf.list_photos([tmp_path / ".thumbnails" / "IMG_1.jpg"]) == [tmp_path / ".thumbnails" / "IMG_1.jpg"]
+
+
 def test_out_dir_that_is_the_photos_folder_still_reads_the_photos(tmp_path):
     """`--out-dir` the photos' own folder (copies beside the originals): the originals are read, the copies of an
     earlier run are not (they used to be skipped too, and the folder reported as holding no images)."""
