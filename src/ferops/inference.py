@@ -981,7 +981,10 @@ def _write_annotated(out: Path, src: Path, img: np.ndarray, faces: list[dict[str
     dest = _annotated_path(out, src, used)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        written = cv2.imwrite(str(dest), _annotate(img, faces, width))
+        # encoded here, written by Python: cv2.imwrite segfaults on a file name that is not UTF-8 (surrogates)
+        written, data = cv2.imencode(dest.suffix, _annotate(img, faces, width))
+        if written:
+            dest.write_bytes(data.tobytes())
     except (OSError, cv2.error) as exc:
         raise ConfigError(f"--out-dir {out}: cannot write {dest.name} there ({exc}).") from None
     if not written:
@@ -1001,7 +1004,9 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
         if not r["faces"]:
             rows.append(base)
     cols = ["file", "face", "x", "y", "w", "h", "label", "label_name", *PROB_COLUMNS, "faces_from", "note", "error"]
-    table = pd.DataFrame(rows, columns=cols)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "file"} for r in rows], columns=cols[1:])
+    # `file` as Python strings: a name that is not UTF-8 holds surrogates, which pandas' Arrow-backed strings refuse
+    table.insert(0, "file", pd.Series([r["file"] for r in rows], dtype=object))
     return table.astype({c: "Int64" for c in ("face", "x", "y", "w", "h", "label")})
 
 
@@ -1063,7 +1068,8 @@ def cli_predict(args: Any) -> None:
     if csv_path:
         try:
             Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-            results_table(results).to_csv(csv_path, index=False)
+            # surrogateescape: a file name that is not UTF-8 goes out as its own bytes, as ingest's quarantine writes it
+            results_table(results).to_csv(csv_path, index=False, errors="surrogateescape")
         except OSError as exc:
             raise ConfigError(f"--csv {csv_path}: cannot write it ({exc.strerror}).") from None
         log.info("wrote %s (one row per face)", csv_path)

@@ -602,6 +602,34 @@ def test_params_of_the_project_from_any_subfolder_and_an_explicit_one_must_exist
     assert inf._champion_uri(None) == "models:/fer2013-resnet@champion"
 
 
+def test_a_photo_whose_file_name_is_not_utf8_is_annotated_and_tabled(tmp_path):
+    """A file name in a legacy encoding (an old zip's, a Samba share's: Python holds its bytes as surrogates) — its
+    annotated copy crashed cv2.imwrite with a segfault (no output at all), its --csv row with UnicodeEncodeError.
+    Run in a child process, which a crash cannot take pytest down with."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    try:
+        (photos / name).write_bytes(cv2.imencode(".png", np.full((48, 48), 90, np.uint8))[1].tobytes())
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 file names only")
+    script = ("import argparse, sys\n"
+              "import numpy as np\n"
+              "from ferops import inference as inf\n"
+              "inf.load_classifier = lambda *a: inf.Classifier(lambda x: np.full((len(x), 7), 1 / 7, np.float32))\n"
+              "inf.cli_predict(argparse.Namespace(photos=[sys.argv[1]], out_dir=sys.argv[2], csv=sys.argv[3], "
+              "tta='none', faces='auto', model=None, params=None, no_annotate=False))\n")
+    table = tmp_path / "faces.csv"
+    proc = subprocess.run([sys.executable, "-c", script, str(photos), str(tmp_path / "pred"), str(table)],
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    res = json.loads(proc.stdout)
+    assert res[0]["file"] == str(photos / name) and res[0]["annotated"] == str(tmp_path / "pred" / os.fsdecode(
+        b"caf\xe9_pred.png"))
+    assert cv2.imdecode(np.fromfile(res[0]["annotated"], np.uint8), cv2.IMREAD_COLOR).shape == (256, 256, 3)
+    assert bytes(photos / name) in table.read_bytes()  # the name's own bytes, as ingest's quarantine writes them
+
+
 def test_cli_predict_subprocess(tmp_path, keras_path):
     face, junk = tmp_path / "face.png", tmp_path / "junk.png"
     cv2.imwrite(str(face), draw_face_photo())
