@@ -566,6 +566,7 @@ def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces, threa
     monkeypatch.setattr(formats.os, "cpu_count", lambda: 8)
     rows = [pix(p) for p in faces.pixels]
     rows[1] = rows[1] + " 7"  # extra value: caught by the fast path's count
+    rows[4] = rows[4].replace(" ", ",")  # comma-separated (a REST client's join): the message says so
     rows[6] = "12 x " + rows[6].split(" ", 2)[2]  # non-numeric: the chunk falls back to row-by-row
     rows[11] = "256 " + rows[11].split(" ", 1)[1]
     rows[10] = "4294967297 " + rows[10].split(" ", 1)[1]  # 2**32 + 1, fast path: a 32-bit parse read pixel 1
@@ -573,7 +574,8 @@ def test_parse_pixel_strings_many_chunks_with_bad_rows(monkeypatch, faces, threa
     rows[2] = "  " + rows[2].replace(" ", "\t", 3)  # valid, but not single-spaced: checked alone, kept
     rows[3] = "00" + rows[3]  # a leading zero is valid too
     out, bad = parse_pixel_strings(rows)
-    assert sorted(bad) == [1, 6, 8, 10, 11]
+    assert sorted(bad) == [1, 4, 6, 8, 10, 11]
+    assert bad[4] == "expected 2304 pixel values, found 1 (separated by commas: pixel values are separated by spaces)"
     assert "found 2305" in bad[1] and "non-numeric" in bad[6] and "256" in bad[11]
     assert "pixel value 4294967297 at position 1 outside 0..255" in bad[10]
     assert "pixel value 99999999999999999999 at position 1" in bad[8]

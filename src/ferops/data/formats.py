@@ -634,7 +634,9 @@ def _pixel_problem(s: str) -> str:
     """The first thing wrong with a pixel string, in words."""
     toks = s.split()
     if len(toks) != N_PIXELS:
-        return f"expected {N_PIXELS} pixel values, found {len(toks)}"
+        commas = s.count(",") + 1 if "," in s else 0
+        hint = " (separated by commas: pixel values are separated by spaces)" if commas >= N_PIXELS // 2 else ""
+        return f"expected {N_PIXELS} pixel values, found {len(toks)}{hint}"
     for k, t in enumerate(toks, start=1):
         try:
             v = int(t)
