@@ -28,7 +28,11 @@ def main() -> None:
     models = sec.get("models") or {}
     if a.model not in models:
         raise ConfigError(f"params.yaml: train_baselines.models has no `{a.model}`; known: {', '.join(models)}.")
-    cfg = dict(models[a.model])
+    cfg = models[a.model] or {}  # `knn:` with nothing under it: that kind with its defaults, as `knn: {}` is
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"params.yaml train_baselines.models.{a.model}: {cfg!r} is not a section — its settings "
+                          f"(kind, grid, fixed settings) go indented under `{a.model}:`, one `key: value` a line.")
+    cfg = dict(cfg)
     kind = cfg.get("kind", a.model)
     try:  # `max_iter: lots` or `C: [fast]` fails here, naming its params.yaml key, before the data load
         baselines.check_settings(kind, cfg)

@@ -101,3 +101,15 @@ def test_stage_unknown_model_is_a_readable_error(tmp_path):
     assert res.returncode == 2
     assert "error:" in res.stderr and "nope" in res.stderr and "nb" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_stage_a_bare_model_entry_trains_that_kind_with_its_defaults(tmp_path, env):
+    # params.yaml `naive_bayes:` with nothing under it (DVC's foreach accepts it) is `naive_bayes: {}`
+    proj = _project(tmp_path, {"naive_bayes": None, "fast": "yes"})
+    res = _stage(proj, "naive_bayes", env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((proj / "models" / "baselines" / "naive_bayes" / "metrics.json").read_text())
+    assert metrics["estimator"] == "naive_bayes" and metrics["best_params"] == {}
+    res = _stage(proj, "fast", env)  # a value instead of a section: one line naming the key, no traceback
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "train_baselines.models.fast: 'yes' is not a section" in res.stderr
