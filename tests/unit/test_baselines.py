@@ -121,6 +121,19 @@ def test_a_bad_setting_in_a_later_grid_point_fails_before_the_first_point_trains
                                 progress=False)
 
 
+def test_a_value_sklearn_refuses_in_a_later_grid_point_fails_before_the_first_point_trains(data, monkeypatch):
+    # sklearn checks its parameters only in fit: `max_features: auto` (removed in sklearn 1.3) ended in a traceback
+    # after the `sqrt` points trained
+    Xtr, ytr, Xva, yva = data
+    monkeypatch.setattr(baselines, "_evaluate_point", lambda *a, **k: pytest.fail("a grid point trained"))
+    with pytest.raises(ConfigError, match=r"random_forest: The 'max_features' parameter .* Got 'auto' instead"):
+        baselines.fit_with_grid("random_forest", {"grid": {"max_features": ["sqrt", "auto"]}}, Xtr, ytr, Xva, yva,
+                                seed=0, progress=False)
+    with pytest.raises(ConfigError, match=r"hog_svm: The 'C' parameter of LinearSVC .* Got 0\.0 instead"):
+        baselines.fit_with_grid("hog_svm", {"classifier": "linear_svc", "grid": {"C": [0.1, 0]}}, Xtr, ytr, Xva, yva,
+                                seed=0, progress=False)
+
+
 def test_wrong_input_shape_is_a_data_error(data):
     Xtr, ytr, Xva, yva = data
     with pytest.raises(DataError, match="2304"):

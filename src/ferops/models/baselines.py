@@ -209,6 +209,21 @@ def _check_pca(kind: str, fixed: dict[str, Any], points: list[dict[str, Any]], n
                               f"pixels); {fix}.")
 
 
+def _check_sklearn_params(kind: str, est: Any) -> None:
+    """ConfigError for a value sklearn refuses (`C: 0`, `max_features: auto`, `weights: gaussian`): sklearn checks
+    them only in fit, which would end mid-grid in a traceback, after the points before it trained."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    for _, step in est.steps:
+        for obj in (step, getattr(step, "estimator", None)):  # CalibratedClassifierCV: its LinearSVC too
+            try:
+                if hasattr(obj, "_validate_params"):
+                    obj._validate_params()
+            except InvalidParameterError as exc:
+                raise ConfigError(f"train_baselines {kind}: {exc} Fix: that setting or grid value under params.yaml "
+                                  f"train_baselines.models.") from None
+
+
 def _check_xy(X: np.ndarray, y: np.ndarray, what: str) -> None:
     if X.ndim != 2 or X.shape[1] != N_PIXELS or len(X) != len(y):
         raise DataError(f"{what}: expected raw pixels [N, {N_PIXELS}] with N labels, got X{X.shape} y{y.shape}.")
@@ -274,7 +289,7 @@ def fit_with_grid(kind: str, cfg: dict[str, Any], train_X: np.ndarray, train_y: 
     best, best_score, best_i = None, -np.inf, -1
     bar = tqdm(points, desc=f"{kind} grid", unit="point", disable=not progress)
     for point in points:  # bad settings of any point fail now, not after the points before it trained
-        build_estimator(kind, {**fixed, **point}, seed)  # (also loads scipy's BLAS before limiting it)
+        _check_sklearn_params(kind, build_estimator(kind, {**fixed, **point}, seed))  # (also loads scipy's BLAS)
     # `blas_threads: 1` avoids BLAS spin-waiting on a busy shared CPU (lbfgs got ~40x slower on small data).
     with threadpool_limits(limits=cfg.get("blas_threads"), user_api="blas"):
         for i, point in enumerate(bar):
