@@ -212,8 +212,10 @@ def _check_pca(kind: str, fixed: dict[str, Any], points: list[dict[str, Any]], n
 def _check_sklearn_params(kind: str, est: Any) -> None:
     """ConfigError for a value sklearn refuses (`C: 0`, `max_features: auto`, `weights: gaussian`): sklearn checks
     them only in fit, which would end mid-grid in a traceback, after the points before it trained."""
-    from sklearn.utils._param_validation import InvalidParameterError
-
+    try:  # sklearn's private module: if a release moves it, fit's own check (a traceback) is the fallback
+        from sklearn.utils._param_validation import InvalidParameterError
+    except ImportError:
+        return
     for _, step in est.steps:
         for obj in (step, getattr(step, "estimator", None)):  # CalibratedClassifierCV: its LinearSVC too
             try:
