@@ -1301,13 +1301,18 @@ def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list
         done = checkpoint_dir / f"member_{i}_done" if checkpoint_dir is not None else None
         key = _member_key(cfg, s, digest)
         res = load_member(done, key) if done is not None else None
+        member_ckpt = checkpoint_dir / f"member_{i}" if checkpoint_dir is not None else None
         if res is None:
             print(f"ensemble member {i}/{len(seeds)}: seed {s}", file=sys.stderr)
+            # keep_checkpoint: the member's checkpoint stays until it is saved below — a kill in between (its inference
+            # copy, val scoring, save_member) otherwise retrained it from epoch 1
             res = train_keras(train, val, cfg, seed=s, extra_callbacks=callbacks_for(f"m{i}_"),
-                              checkpoint_dir=checkpoint_dir / f"member_{i}" if checkpoint_dir is not None else None,
-                              verbose=verbose, max_epochs=max_epochs)
+                              checkpoint_dir=member_ckpt, verbose=verbose, max_epochs=max_epochs,
+                              keep_checkpoint=True)
             if done is not None:
                 save_member(res, done, key)
+        if member_ckpt is not None:
+            shutil.rmtree(member_ckpt, ignore_errors=True)  # kept: a rerun loads it from `done`
         results.append(res)
     return results
 

@@ -80,6 +80,43 @@ def test_killed_ensemble_resumes_at_the_member_it_had_reached(tiny, tmp_path):
     assert asked == ["m1_", "m2_"]
 
 
+def test_an_ensemble_member_killed_after_its_fit_is_not_trained_again(tiny, tmp_path, monkeypatch):
+    """Killed after member 1's `fit` returned but before the member was kept (its inference copy, val scoring or
+    `save_member`): the rerun trains no epoch of member 1 again — its checkpoint outlives train_keras' own cleanup
+    until the member is saved, as a single model's does (`keep_checkpoint`)."""
+    import ferops.training as training
+
+    train, val = tiny
+    ckpt = tmp_path / "ckpt"
+    real = training.save_member
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while keeping member 1")
+
+    monkeypatch.setattr(training, "save_member", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_members(TINY, train, val, [1, 2], checkpoint_dir=ckpt, verbose=0)
+    monkeypatch.setattr(training, "save_member", real)
+
+    seen: dict[str, list[int]] = {}
+
+    class Epochs(keras.callbacks.Callback):
+        def __init__(self, prefix):
+            super().__init__()
+            self.epochs = seen.setdefault(prefix, [])
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    members = train_members(TINY, train, val, [1, 2], checkpoint_dir=ckpt, verbose=0,
+                            callbacks_for=lambda prefix: [Epochs(prefix)])
+    assert seen == {"m1_": [], "m2_": [0, 1]}  # the old code trained member 1's two epochs again
+    assert [m.epochs_run for m in members] == [2, 2]
+    assert (ckpt / "member_1_done").exists() and not (ckpt / "member_1").exists()  # kept, then its checkpoint goes
+    straight = train_members(TINY, train, val, [1], verbose=0)[0]
+    np.testing.assert_allclose(predict_proba(members[0].model, val.pixels), straight.val_proba, atol=1e-5)
+
+
 def test_train_deep_saves_one_averaged_model_with_member_metrics_and_curves(tiny, tmp_path, monkeypatch):
     from ferops.tracking import init_tracking
 
