@@ -424,6 +424,7 @@ NUMBER_KEYS: dict[str, tuple[bool, float, float | None]] = {
     "weight_decay": (False, 0, None), "label_smoothing": (False, 0, 1), "dropout": (False, 0, 0.95),
     "dense": (True, 1, None), "stem_stride": (True, 1, None), "base_filters": (True, 1, None),
     "aug_strength": (False, 0, None)}
+NULL_MEANS_DEFAULT = ("weight_decay", "aug_strength")  # read as `or` defaults; the other keys' null crashed in training
 
 
 def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -433,6 +434,9 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"use_augmented={cfg['use_augmented']!r}: replaced by params.yaml train_deep.train_data "
                           "(data/processed/augmented/train.npz for the augment stage's set); delete this key.")
     for key, (whole, low, high) in NUMBER_KEYS.items():
+        if key in cfg and cfg[key] is None and key not in NULL_MEANS_DEFAULT:  # `warmup_epochs:` left empty
+            raise ConfigError(f"{key}=null: give {number_problem('', whole=whole, low=low, high=high)}, or delete "
+                              "the line for the default (a null was read as a number after TensorFlow started).")
         problem = None if cfg.get(key) is None else number_problem(cfg[key], whole=whole, low=low, high=high)
         if problem:
             raise ConfigError(f"{key}={cfg[key]!r}: give {problem}.")

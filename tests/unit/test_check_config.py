@@ -37,6 +37,10 @@ def test_shipped_deep_configs_pass():
     ({"time_budget_min": -1}, "time_budget_min=-1"),
     ({"use_augmented": True}, "use_augmented=True: replaced by params.yaml train_deep.train_data"),  # older params
     ({"filters": 64}, "filters=64: give a list of whole numbers >= 1"),  # layer sizes: before TF, not at the build
+    # left empty (`warmup_epochs:`): int(None) / float(None) ended in a TypeError after TF and the MLflow run started
+    ({"warmup_epochs": None}, "warmup_epochs=null: give a number ≥ 0, or delete the line for the default"),
+    ({"early_stopping_patience": None}, "early_stopping_patience=null: give a whole number ≥ 0, or delete"),
+    ({"dropout": None}, "dropout=null: give a number ≥ 0 and ≤ 0.95, or delete"),
 ])
 def test_bad_values_are_named(bad, words):
     with pytest.raises(ConfigError) as err:
@@ -88,3 +92,7 @@ def test_aug_strength_null_is_the_default_strength_not_augmentation_off():
     block = {"online_aug": {"rotate_deg": 10, "translate": 0.1, "erasing": 0.25}}
     assert aug_config({**block, "aug_strength": None}) == aug_config(block)
     assert aug_config({**block, "aug_strength": 0})["rotate_deg"] == 0.0  # 0 still turns the magnitudes off
+
+
+def test_a_null_weight_decay_or_aug_strength_is_the_default_not_an_error():
+    assert check_config({"arch": "cnn", "epochs": 3, "weight_decay": None, "aug_strength": None})
