@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", default=None, metavar="PATH", help="also write the results as a table, one row per face")
     pr.add_argument("--params", default=None, help=PARAMS_HELP)
     pr.add_argument("--tta", default="auto", choices=("auto", *TTA_VIEW_MODES),
-                    help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode the evaluate "
-                         "stage chose on val for the registered model; none for a .keras file)")
+                    help="test-time augmentation: none | flip | tencrop | shift | auto (default: the mode recorded with "
+                         "the registered model — the one evaluate chose on val, or evaluate.tta's; none for a .keras "
+                         "file)")
 
     rg = sub.add_parser("registry", help="list registered versions, aliases and metrics")
     rg.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
