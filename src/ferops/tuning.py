@@ -291,9 +291,10 @@ def cli_dashboard(args: Any) -> None:
 
 
 def _journal_path(spec: str, root: Path) -> Path:
-    """The file of a `journal:<path>` storage spec (relative paths under the project root)."""
+    """The file of a `journal:<path>` storage spec (relative paths under the project root — the real one under
+    `dvc exp run --temp`, as for the default stores, not DVC's throw-away copy)."""
     path = Path(spec[len("journal:"):]).expanduser()
-    return path if path.is_absolute() else Path(root) / path
+    return path if path.is_absolute() else store_root(root) / path
 
 
 def _storage_file(spec: str, root: Path) -> Path | None:
@@ -305,7 +306,7 @@ def _sqlite_path(url: str, root: Path | None = None) -> Path | None:
     """The file of a sqlite URL; a relative one under `root` (the project root, as for journal:<path>) when given,
     else under the cwd (as SQLAlchemy reads it)."""
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(root or Path.cwd(), url[len("sqlite:///"):]).resolve()
+        return Path(store_root(root) if root is not None else Path.cwd(), url[len("sqlite:///"):]).resolve()
     return None
 
 

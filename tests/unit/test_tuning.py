@@ -170,6 +170,16 @@ def test_a_relative_sqlite_storage_is_the_project_roots_file_from_any_folder(tmp
     assert not (tmp_path / "notebooks" / "studies.db").exists()
 
 
+def test_a_relative_storage_under_a_dvc_temp_experiment_is_the_real_projects_file(tmp_path):
+    """Under `dvc exp run --temp` / `dvc queue` the stage runs in <repo>/.dvc/tmp/exps/<tmp>/: a relative
+    `sqlite:///studies.db` or `journal:studies.log` landed in that throw-away copy (the dashboard never saw the
+    study), while the default stores already used the real root."""
+    tmp = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    assert tuning._storage_file("sqlite:///studies.db", tmp) == (tmp_path / "studies.db").resolve()
+    assert tuning._storage_file("journal:studies.log", tmp) == tmp_path.resolve() / "studies.log"
+    assert tuning._storage_file("journal:/abs/j.log", tmp) == Path("/abs/j.log")
+
+
 def test_changing_only_the_worker_count_resumes_the_study_from_the_other_default_file(tmp_path, monkeypatch):
     monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
