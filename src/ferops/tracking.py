@@ -18,10 +18,14 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute sqlite:///<repo>/mlflow.db.
 
-    Absolute, and in the real repo, because `dvc exp run` executes stages in a temp copy of the repo.
+    Absolute, and in the real repo, because `dvc exp run` executes stages in a temp copy of the repo: a relative
+    sqlite path in MLFLOW_TRACKING_URI (`sqlite:///mlflow.db`) is the real repo's file too, not the temp copy's.
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
+        db = _sqlite_file(env)
+        if db is not None and not db.is_absolute() and not env.startswith("sqlite:///:memory:"):
+            return f"sqlite:///{store_root(root) / db}"
         return env
     return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 

@@ -1,0 +1,23 @@
+"""ferops.tracking without a store: which MLflow store a stage and the CLI open."""
+
+from __future__ import annotations
+
+from ferops.tracking import tracking_uri
+
+
+def test_a_relative_sqlite_tracking_uri_is_the_real_projects_file_under_dvc_exp_run_temp(tmp_path, monkeypatch):
+    """`MLFLOW_TRACKING_URI=sqlite:///mlflow.db` (MLflow's docs' form) with `dvc exp run --temp` / `dvc queue start`:
+    the stage runs in <repo>/.dvc/tmp/exps/<tmp>/, and the runs and registered versions went to that throw-away
+    copy's mlflow.db — `ferops registry` in the project never saw them."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    temp_copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"
+    temp_copy.mkdir(parents=True)
+    (temp_copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    monkeypatch.chdir(temp_copy)
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # in the project itself: the same file as before
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    for uri in (f"sqlite:///{tmp_path / 'other.db'}", "http://127.0.0.1:5000", "sqlite:///:memory:"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # absolute paths and servers unchanged
+        assert tracking_uri() == uri
