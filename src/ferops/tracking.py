@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -52,7 +53,14 @@ def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with _first_use_lock(uri):
-        if mlflow.get_experiment_by_name(experiment) is None:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":  # else MLflow's "Cannot set a deleted experiment"
+            from ferops.errors import DataError
+
+            raise DataError(f"MLflow experiment `{experiment}` in {uri} was deleted (in the MLflow UI?), and no run "
+                            f"can be logged into it — restore it, with its runs: `MLFLOW_TRACKING_URI="
+                            f"{shlex.quote(uri)} mlflow experiments restore --experiment-id {exp.experiment_id}`.")
+        if exp is None:
             db = _sqlite_file(uri)
             # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
             art = None if db is None else (db.parent / "mlartifacts").resolve().as_uri()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from ferops.tracking import tracking_uri
 
 
@@ -21,3 +27,26 @@ def test_a_relative_sqlite_tracking_uri_is_the_real_projects_file_under_dvc_exp_
     for uri in (f"sqlite:///{tmp_path / 'other.db'}", "http://127.0.0.1:5000", "sqlite:///:memory:"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # absolute paths and servers unchanged
         assert tracking_uri() == uri
+
+
+def test_a_deleted_experiment_is_one_line_naming_the_restore(tmp_path, monkeypatch):
+    """The `ferops` experiment deleted in the MLflow UI (a clean-up): every training, tune, evaluate and register stage
+    ended in a traceback from MLflow's set_experiment ('Cannot set a deleted experiment')."""
+    import mlflow
+
+    from ferops.errors import DataError
+    from ferops.tracking import init_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    init_tracking()
+    exp_id = mlflow.get_experiment_by_name("ferops").experiment_id
+    mlflow.delete_experiment(exp_id)
+    with pytest.raises(DataError, match=f"experiment `ferops` in {uri} was deleted .*`MLFLOW_TRACKING_URI={uri} "
+                                        f"mlflow experiments restore --experiment-id {exp_id}`"):
+        init_tracking()
+    restore = subprocess.run([sys.executable, "-m", "mlflow", "experiments", "restore", "--experiment-id", exp_id],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True)
+    assert restore.returncode == 0, restore.stderr[-500:]  # the command named works
+    init_tracking()
+    assert mlflow.get_experiment_by_name("ferops").lifecycle_stage == "active"
