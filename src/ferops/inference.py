@@ -623,7 +623,9 @@ def _registered_version(client: Any, store: str, name: str, number: str, fix: st
             return client.get_model_version(name, number)
     except MlflowException:
         pass
-    versions = client.search_model_versions(f"name='{name}'")
+    from ferops.tracking import model_versions
+
+    versions = model_versions(client, name)
     if number == "latest" and versions:
         return max(versions, key=lambda v: int(v.version))
     have = ", ".join(str(n) for n in sorted(int(v.version) for v in versions)) or "none"

@@ -156,8 +156,10 @@ def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None
     `tag_value` too, only one where the tag has that value."""
     from mlflow.exceptions import MlflowException
 
+    from ferops.tracking import model_versions
+
     try:
-        versions = client.search_model_versions(f"name='{name}'")
+        versions = model_versions(client, name)
     except MlflowException:
         return None
     mine = [v for v in versions if (v.run_id == run_id or (v.tags or {}).get("run_id") == run_id)
@@ -355,23 +357,27 @@ def _version(client: Any, name: str, version: str) -> Any:
     """One model version, or a RegistryError listing the versions that exist."""
     from mlflow.exceptions import MlflowException
 
+    from ferops.tracking import model_versions
+
     try:
         int(version)
         return client.get_model_version(name, str(version))
     except (MlflowException, ValueError):
-        have = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        have = sorted(int(v.version) for v in model_versions(client, name))
         raise RegistryError(f"{name!r} has no version {version!r}; versions: {', '.join(map(str, have)) or 'none'} "
                             f"(see `ferops registry`).") from None
 
 
 def registry_rows(client: Any, name: str) -> list[dict[str, Any]]:
     """One dict per version of `name` (newest first) with its aliases and key tags."""
+    from ferops.tracking import model_versions
+
     rm = _registered(client, name)
     by_version: dict[str, list[str]] = {}
     for alias, v in (rm.aliases or {}).items():  # search results carry no aliases (mlflow#16734)
         by_version.setdefault(str(v), []).append(alias)
     rows = []
-    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+    for v in sorted(model_versions(client, name), key=lambda v: -int(v.version)):
         t = v.tags or {}
         rows.append({"version": int(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
                      "model": t.get("model", ""), "val_accuracy": t.get("val_accuracy"),

@@ -153,6 +153,16 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(dict(items[i:i + 100]))
 
 
+def model_versions(client: Any, name: str) -> list[Any]:
+    """Every version of registered model `name`. MLflow's filter string holds the name quoted: one with a single quote
+    (`ann's resnet`, a name MLflow accepts) goes in double quotes, else the search fails as an invalid filter."""
+    if "'" not in name:
+        return list(client.search_model_versions(f"name='{name}'"))
+    if '"' not in name:
+        return list(client.search_model_versions(f'name="{name}"'))
+    return [v for v in client.search_model_versions() if v.name == name]  # both quotes: no filter can name it
+
+
 def reopen_run(run_dir: Path) -> str:
     """The MLflow run id a training stage left in <run_dir>, for later stages to add to."""
     from ferops.errors import DataError

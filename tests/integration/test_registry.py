@@ -436,3 +436,24 @@ def test_marking_the_champion_with_another_alias_does_not_make_it_a_persons_cham
     client.set_tag(run_id, "eval_tta", "none")
     r = _register(models)
     assert (r["version"], r["reused_existing_version"], r["champion_version"]) == (1, True, 1), r["reason"]
+
+
+def test_a_model_name_with_an_apostrophe_is_registered_once_listed_and_promoted(store, capsys):
+    """register.model_name: "ann's resnet" (MLflow accepts it): the versions search put it in single quotes, an invalid
+    filter — every re-run of register made a new version of the same run, and `ferops registry` / `promote` with an
+    unknown version ended in MlflowException tracebacks."""
+    from ferops.registry import RegistryError, cli_promote, cli_registry, register_best
+
+    name = "ann's resnet"
+    params = store / "params.yaml"
+    params.write_text(f'register:\n  model_name: "{name}"\n')
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.5, seed=2)
+    scores = {"resnet": {"test_accuracy": 0.5, "test_accuracy_tta": 0.51}}
+    first = register_best(models, scores, INGEST, {**CFG, "model_name": name})
+    again = register_best(models, scores, INGEST, {**CFG, "model_name": name})
+    assert (first["version"], again["version"], again["reused_existing_version"]) == (1, 1, True)
+    cli_registry(Namespace(name=None, params=str(params)))
+    assert capsys.readouterr().out.startswith(f"{name}: 1 version(s)")
+    with pytest.raises(RegistryError, match="has no version '2'; versions: 1"):
+        cli_promote(Namespace(name=None, version="2", alias="challenger", reason="x", params=str(params)))
