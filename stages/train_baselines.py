@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ferops.config import load_params, locate_param, number, section
+from ferops.config import load_params, locate_param, not_a_section, number, section
 from ferops.data.io import load_npz, read_json
 from ferops.errors import ConfigError
 from ferops.models import baselines
@@ -30,8 +30,7 @@ def main() -> None:
         raise ConfigError(f"params.yaml: train_baselines.models has no `{a.model}`; known: {', '.join(models)}.")
     cfg = models[a.model] or {}  # `knn:` with nothing under it: that kind with its defaults, as `knn: {}` is
     if not isinstance(cfg, dict):
-        raise ConfigError(f"params.yaml train_baselines.models.{a.model}: {cfg!r} is not a section — its settings "
-                          f"(kind, grid, fixed settings) go indented under `{a.model}:`, one `key: value` a line.")
+        raise not_a_section(f"train_baselines.models.{a.model}", cfg, "kind, grid, fixed settings")
     cfg = dict(cfg)
     kind = cfg.get("kind", a.model)
     try:  # `max_iter: lots` or `C: [fast]` fails here, naming its params.yaml key, before the data load

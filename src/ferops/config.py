@@ -48,6 +48,23 @@ def store_root(root: Path | None = None) -> Path:
     return root
 
 
+def sqlite_file(url: str, root: Path | None = None) -> Path | None:
+    """The database file of a sqlite:/// URL; None for other URLs and in-memory databases. A relative path lies under
+    the project's store root, not the cwd: every stage, `ferops dashboard` from a subfolder, and DVC's throw-away
+    copies (`dvc exp run --temp`, `dvc queue`) then open the real project's file."""
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    path = Path(url[len("sqlite:///"):])
+    return path if path.is_absolute() else store_root(root) / path
+
+
+def not_a_section(where: str, value: Any, keys: str = "") -> ConfigError:
+    """The error for a params.yaml section given a value instead (`evaluate: tencrop`, `pruner: median`): read with
+    .get(), it ended in a traceback. `keys` lists what goes under it."""
+    return ConfigError(f"params.yaml {where}: {value!r} is not a section — its settings go indented under "
+                       f"`{where.rsplit('.', 1)[-1]}:`, one `key: value` a line{f' ({keys})' if keys else ''}.")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml into a plain dict, with a readable error when it is missing or malformed."""
     p = Path(path)
@@ -168,10 +185,8 @@ def unknown_top_level(params: dict[str, Any], where: str = "params.yaml") -> lis
 def mapping(params: dict[str, Any], name: str) -> dict[str, Any]:
     """params[name] as a section's mapping ({} when absent or empty); ConfigError when it is a value instead."""
     sect = params.get(name) or {}
-    if not isinstance(sect, dict):  # `evaluate: tencrop`: every stage read it with .get() and ended in a traceback
-        keys = f" (keys: {', '.join(KNOWN_KEYS[name])})" if name in KNOWN_KEYS else ""
-        raise ConfigError(f"params.yaml {name}: {sect!r} is not a section — its settings go indented under "
-                          f"`{name}:`, one `key: value` a line{keys}.")
+    if not isinstance(sect, dict):
+        raise not_a_section(name, sect, f"keys: {', '.join(KNOWN_KEYS[name])}" if name in KNOWN_KEYS else "")
     return sect
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ferops.config import flatten, repo_root, store_root
+from ferops.config import flatten, repo_root, sqlite_file, store_root
 
 EXPERIMENT = "ferops"
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -24,23 +24,16 @@ def tracking_uri(root: Path | None = None) -> str:
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        db = _sqlite_file(env)
-        if db is not None and not db.is_absolute() and not env.startswith("sqlite:///:memory:"):
-            return f"sqlite:///{store_root(root) / db}"
-        return env
+        db = sqlite_file(env, root)
+        return env if db is None else f"sqlite:///{db}"
     return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def store_missing(uri: str) -> bool:
     """True when `uri` is a sqlite store whose file does not exist: reading commands must say so, since opening it
     would leave an empty mlflow.db behind."""
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     return db is not None and not db.exists()
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
@@ -61,7 +54,7 @@ def init_tracking(experiment: str = EXPERIMENT, root: Path | None = None) -> str
                             f"can be logged into it — restore it, with its runs: `MLFLOW_TRACKING_URI="
                             f"{shlex.quote(uri)} mlflow experiments restore --experiment-id {exp.experiment_id}`.")
         if exp is None:
-            db = _sqlite_file(uri)
+            db = sqlite_file(uri)
             # Keep artifacts beside the DB, not relative to whatever cwd a stage has.
             art = None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
             try:
@@ -81,7 +74,7 @@ def _first_use_lock(uri: str) -> Iterator[None]:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if fcntl is None or db is None:
         yield
         return

@@ -26,7 +26,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ferops.config import in_project, not_in_project, number, number_problem, repo_root, store_root
+from ferops.config import (in_project, not_a_section, not_in_project, number, number_problem, repo_root, sqlite_file,
+                           store_root)
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
 from ferops.hparams import apply_params
@@ -224,10 +225,7 @@ def family_study_name(family: str, cfg: dict[str, Any], space: dict[str, Any], e
 def section_problem(value: Any, where: str, keys: str) -> ConfigError | None:
     """A ConfigError when a `tune:` setting that is a section holds a value instead (`pruner: median`): read with
     .get(), it ended in an AttributeError traceback."""
-    if value is None or isinstance(value, dict):
-        return None
-    return ConfigError(f"params.yaml {where}: {value!r} is not a section — its settings go indented under "
-                       f"`{where.rsplit('.', 1)[-1]}:`, one `key: value` a line ({keys}).")
+    return None if value is None or isinstance(value, dict) else not_a_section(where, value, keys)
 
 
 def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":
@@ -299,15 +297,7 @@ def _journal_path(spec: str, root: Path) -> Path:
 
 def _storage_file(spec: str, root: Path) -> Path | None:
     """The local file of a journal or sqlite storage spec; None for a server or in-memory storage."""
-    return _journal_path(spec, root) if spec.startswith("journal:") else _sqlite_path(spec, root)
-
-
-def _sqlite_path(url: str, root: Path | None = None) -> Path | None:
-    """The file of a sqlite URL; a relative one under `root` (the project root, as for journal:<path>) when given,
-    else under the cwd (as SQLAlchemy reads it)."""
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(store_root(root) if root is not None else Path.cwd(), url[len("sqlite:///"):]).resolve()
-    return None
+    return _journal_path(spec, root) if spec.startswith("journal:") else sqlite_file(spec, root)
 
 
 def adopt_default_study(store: "str | optuna.storages.BaseStorage", name: str, root: Path, workers: int) -> bool:
@@ -339,12 +329,12 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
         path = _journal_path(spec, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path.resolve())))
-    db = _sqlite_path(spec, root)
+    db = sqlite_file(spec, root)
     if db is not None:
         from ferops.tracking import tracking_uri
 
-        ml = _sqlite_path(tracking_uri(Path(root)))
-        if ml is not None and ml == db:
+        ml = sqlite_file(tracking_uri(Path(root)), root)
+        if ml is not None and ml.resolve() == db.resolve():
             raise ConfigError(f"tune.storage {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{db.parent}/{DEFAULT_DB}).")
         if workers > 1:
             raise ConfigError(f"tune.storage {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "

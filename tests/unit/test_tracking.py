@@ -50,3 +50,18 @@ def test_a_deleted_experiment_is_one_line_naming_the_restore(tmp_path, monkeypat
     assert restore.returncode == 0, restore.stderr[-500:]  # the command named works
     init_tracking()
     assert mlflow.get_experiment_by_name("ferops").lifecycle_stage == "active"
+
+
+def test_one_sqlite_file_rule_for_mlflow_and_optuna(tmp_path, monkeypatch):
+    """tracking and tuning resolve sqlite URLs through config.sqlite_file: a relative path under the real project
+    (also from DVC's temp copy), absolute ones as given, none for servers — nor for an in-memory store, which
+    `store_missing` used to call missing (its 'file' `:memory:` never exists), refusing `ferops registry` on it."""
+    from ferops.config import sqlite_file
+    from ferops.tracking import store_missing
+
+    temp_copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"
+    temp_copy.mkdir(parents=True)
+    assert sqlite_file("sqlite:///optuna.db", temp_copy) == tmp_path.resolve() / "optuna.db"
+    assert sqlite_file(f"sqlite:///{tmp_path / 'x.db'}", temp_copy) == tmp_path / "x.db"
+    assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("postgresql://h/db") is None
+    assert not store_missing("sqlite:///:memory:") and store_missing(f"sqlite:///{tmp_path / 'none.db'}")
