@@ -110,6 +110,23 @@ def test_a_pca_above_the_rows_or_pixels_is_a_config_error_before_any_point_train
         baselines.fit_with_grid("knn", {"pca": 250, "cv": 5}, Xtr, ytr, Xva, yva, seed=0, progress=False)
 
 
+def test_knn_neighbours_above_the_rows_and_n_jobs_0_are_config_errors_before_any_point_trains(data, monkeypatch):
+    # sklearn accepts both in fit: KNN failed at predict ("Expected n_neighbors <= n_samples_fit"), and n_jobs=0 in
+    # joblib's Parallel — each a traceback after the grid points before it had trained
+    Xtr, ytr, Xva, yva = data
+    monkeypatch.setattr(baselines, "_evaluate_point", lambda *a, **k: pytest.fail("a grid point trained"))
+    small = baselines.to_xy(make_synthetic(80, seed=1))
+    with pytest.raises(ConfigError, match=r"knn: grid.n_neighbors=81 is above the 80 train rows the fit has; lower "
+                                          r"it, or raise train_baselines.train_max_rows\.$"):
+        baselines.fit_with_grid("knn", {"pca": None, "grid": {"n_neighbors": [5, 81]}}, *small, Xva, yva, seed=0,
+                                progress=False)
+    with pytest.raises(ConfigError, match=r"knn: n_neighbors=70 is above the 64 train rows .*per 5-fold CV fit"):
+        baselines.fit_with_grid("knn", {"pca": None, "n_neighbors": 70, "cv": 5}, *small, Xva, yva, seed=0,
+                                progress=False)
+    with pytest.raises(ConfigError, match=r"^grid.n_jobs=0: give a whole number other than 0"):
+        baselines.check_settings("random_forest", {"grid": {"n_jobs": [-1, 0]}})
+
+
 def test_a_bad_setting_in_a_later_grid_point_fails_before_the_first_point_trains(data, monkeypatch):
     Xtr, ytr, Xva, yva = data
     monkeypatch.setattr(baselines, "_evaluate_point", lambda *a, **k: pytest.fail("a grid point trained"))

@@ -108,6 +108,8 @@ def check_settings(kind: str, cfg: dict[str, Any]) -> None:
         elif key in NULLABLE or (isinstance(default, (int, float)) and not isinstance(default, bool)):
             whole = key in NULLABLE or isinstance(default, int)
             problem = number_problem(value, whole=whole, low=None if key == "n_jobs" else 1 if whole else 0)
+            if key == "n_jobs" and not problem and int(float(value)) == 0:  # joblib's ValueError, deep in fit
+                problem = "a whole number other than 0 (-1: all cores, 1: one)"
         else:
             continue
         if problem:
@@ -194,13 +196,21 @@ def _grid_points(grid: Any, kind: str) -> list[dict[str, Any]]:
     return list(ParameterGrid(grid))
 
 
-def _check_pca(kind: str, fixed: dict[str, Any], points: list[dict[str, Any]], n_rows: int, cv: int) -> None:
-    """ConfigError for a `pca` above what the fit can have (its rows — per CV fold — and 2304 pixels): sklearn's
-    ValueError would come mid-grid, as a traceback, after the points before it trained."""
+def _check_sizes(kind: str, fixed: dict[str, Any], points: list[dict[str, Any]], n_rows: int, cv: int) -> None:
+    """ConfigError for a `pca` above what the fit can have (its rows — per CV fold — and 2304 pixels), or a KNN
+    `n_neighbors` above its rows: sklearn's ValueError would come mid-grid (KNN's only at predict), as a traceback,
+    after the points before it trained."""
     fit_rows = n_rows - -(-n_rows // cv) if cv > 1 else n_rows  # a fold fits on all but its ~n/cv held-out rows
     limit = min(fit_rows, N_PIXELS)
     for point in points:
-        n = resolve_settings(kind, {**fixed, **point}).get("pca")  # knn's default is 100
+        settings = resolve_settings(kind, {**fixed, **point})
+        k = settings.get("n_neighbors")
+        if k is not None and int(k) > fit_rows:
+            raise ConfigError(f"train_baselines {kind}: {'grid.' if 'n_neighbors' in point else ''}n_neighbors={k} "
+                              f"is above the {fit_rows} train rows the fit has"
+                              f"{f' per {cv}-fold CV fit' if cv > 1 else ''}; lower it, or raise "
+                              f"train_baselines.train_max_rows.")
+        n = settings.get("pca")  # knn's default is 100
         if n and int(n) > limit:
             where = "grid.pca" if "pca" in point else "pca"
             fix = "lower it" if limit == N_PIXELS else "lower it, or raise train_baselines.train_max_rows"
@@ -282,7 +292,7 @@ def fit_with_grid(kind: str, cfg: dict[str, Any], train_X: np.ndarray, train_y: 
     fixed = {k: v for k, v in cfg.items() if k not in META_KEYS}
     points = _grid_points(cfg.get("grid"), kind)
     cv = int(cfg.get("cv") or 0)
-    _check_pca(kind, fixed, points, len(train_X), cv)
+    _check_sizes(kind, fixed, points, len(train_X), cv)
     # Train accuracy on a fixed subsample: shows over/under-fitting without predicting all 28k rows (slow for KNN).
     rng = np.random.default_rng(seed)
     sub = rng.choice(len(train_X), size=min(2000, len(train_X)), replace=False)
