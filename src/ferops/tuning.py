@@ -819,15 +819,20 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         claim.release()
     for k, v in {"family": family, "epochs": epochs, "n_trials": n_trials, "train_rows": len(train), "val_rows": len(val)}.items():
         study.set_user_attr(k, v)
-    params = {"study_name": study_name, "storage": redact(spec), "n_trials": n_trials, "epochs": epochs,
-              "timeout_s": timeout_s, "seed": seed, "workers": workers, "train_rows": len(train), "val_rows": len(val),
-              "space": space, "base": cfg_base}
+    # The study's run is reopened when the study resumes, and MLflow params are immutable: params hold only what the
+    # study *is* (its name's fingerprint: space, epochs, seed, data, the trials' config — `base` as trial_config, not
+    # the full run's epochs/time budget, which can change without a new study). What a session may change — n_trials,
+    # timeout, workers, hence the default storage file — goes in tags, set anew on each session, so the UI shows
+    # the budget the study now runs under rather than the first session's (a param would keep that one forever).
+    params = {"study_name": study_name, "epochs": epochs, "seed": seed, "train_rows": len(train),
+              "val_rows": len(val), "space": space, "base": trial_config(cfg_base, epochs)}
+    session = {"n_trials": n_trials, "timeout_s": timeout_s, "workers": workers, "storage": redact(spec)}
     experiment_id = tracking = None
     if track:
         import mlflow
 
         tracking = mlflow.get_tracking_uri()
-        ctx = _parent_run(study, family, params, mlflow_tags or {})
+        ctx = _parent_run(study, family, params, {**(mlflow_tags or {}), **{k: str(v) for k, v in session.items()}})
     else:
         ctx = contextlib.nullcontext()
     with ctx as parent:

@@ -133,6 +133,27 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
     assert summary["best_params"] == study.best_params and summary["mlflow_run_id"] == parent.info.run_id
 
 
+def test_a_resumed_study_run_shows_the_current_budget_not_the_first_sessions(tmp_path, tracking):
+    """Resuming with a larger n_trials or a timeout (not part of the study's identity) reopens the study's run: MLflow
+    params are immutable, so the UI kept showing the first session's n_trials. Session settings are tags, set anew;
+    the params hold what the study is (its trials' config: not the full run's epochs, which may change too)."""
+    data = _fer(30)
+    kw = dict(storage=None, study_name="budget", epochs=1, seed=0, pruner=optuna.pruners.NopPruner(),
+              trial_fn=cheap_trial, root=tmp_path, progress=False)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=2, **kw)
+    (first,), _, _ = _runs("budget")
+    assert first.data.tags["n_trials"] == "2" and first.data.tags["timeout_s"] == "None"
+    assert first.data.tags["workers"] == "1" and first.data.tags["storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    study = tuning.run_study("cnn", {**CNN, "epochs": 30}, SPACE, data, data, n_trials=3, timeout_s=600.0, **kw)
+    (parent,), children, _ = _runs("budget")
+    assert parent.info.run_id == first.info.run_id and len(children) == tuning.counted(study) == 3
+    assert (parent.data.tags["n_trials"], parent.data.tags["timeout_s"]) == ("3", "600.0")
+    assert not {"n_trials", "timeout_s", "workers", "storage"} & set(parent.data.params)  # no stale copy beside them
+    assert parent.data.params["epochs"] == parent.data.params["base.epochs"] == "1"  # what every trial trains
+    assert parent.data.params["study_name"] == "budget" and parent.data.params["space.lr.high"] == "0.01"
+
+
 RESUME_SCRIPT = textwrap.dedent('''
     import sys
     from pathlib import Path
