@@ -760,19 +760,13 @@ def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: st
 
 
 def _log_summary(summary: dict[str, Any], figures: list[Path]) -> None:
-    """Best params (`best_` params, as tags when a resumed run already holds other values), best value, plots."""
+    """Best params (`best_<p>` tags), best value, trial counts, plots."""
     import mlflow
 
-    run = mlflow.active_run()
-    have = mlflow.get_run(run.info.run_id).data.params if run else {}
-    new, changed = {}, {}
-    for k, v in summary["best_params"].items():
-        key = f"best_{k}"
-        (changed if key in have and have[key] != str(v) else new)[key] = str(v)
-    if new:
-        mlflow.log_params(new)
-    if changed:  # params are immutable; a resumed study can find a better trial
-        mlflow.set_tags(changed)
+    # Tags, not params: a resumed study can find a better trial, and a param keeps its first value (with a tag of the
+    # same name beside it, the runs table's param column showed the old best). The best trial's own nested run holds
+    # its values as params, for MLflow's compare plots.
+    mlflow.set_tags({f"best_{k}": str(v) for k, v in summary["best_params"].items()})
     if summary["best_value"] is not None:
         mlflow.log_metric("best_val_accuracy", summary["best_value"])
     mlflow.log_metrics({k: summary[k] for k in ("n_complete", "n_pruned", "n_failed")})

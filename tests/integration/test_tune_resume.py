@@ -122,7 +122,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
             assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
 
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
-    assert parent.data.params["best_lr"] == str(study.best_params["lr"])
+    assert parent.data.tags["best_lr"] == str(study.best_params["lr"])
     assert parent.data.metrics["n_pruned"] == 2
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= arts
@@ -152,6 +152,27 @@ def test_a_resumed_study_run_shows_the_current_budget_not_the_first_sessions(tmp
     assert not {"n_trials", "timeout_s", "workers", "storage"} & set(parent.data.params)  # no stale copy beside them
     assert parent.data.params["epochs"] == parent.data.params["base.epochs"] == "1"  # what every trial trains
     assert parent.data.params["study_name"] == "budget" and parent.data.params["space.lr.high"] == "0.01"
+
+
+def later_is_better_trial(trial, cfg, train, val, *, seed, epochs):
+    """Each trial beats the ones before it: a resumed study always finds a new best."""
+    tuning.report_epoch(trial, 0, 0.1 * (trial.number + 1))
+    return 0.1 * (trial.number + 1)
+
+
+def test_a_resumed_study_that_finds_a_better_trial_shows_only_its_params_as_best(tmp_path, tracking):
+    """The best params were logged as `best_<p>` params, and as tags of the same names once a resumed study found
+    another best: the run page and the runs table's param columns kept the first session's best."""
+    data = _fer(30)
+    kw = dict(storage=None, study_name="new-best", epochs=1, seed=0, pruner=optuna.pruners.NopPruner(),
+              trial_fn=later_is_better_trial, root=tmp_path, progress=False)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=1, **kw)
+    study = tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=2, **kw)
+    (parent,), _, _ = _runs("new-best")
+    assert study.best_trial.number == 1 and study.trials[0].params["lr"] != study.best_params["lr"]
+    assert not [k for k in parent.data.params if k.startswith("best_")]
+    assert parent.data.tags["best_lr"] == str(study.best_params["lr"]) and parent.data.tags["best_trial"] == "1"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(0.2)
 
 
 RESUME_SCRIPT = textwrap.dedent('''
