@@ -931,13 +931,14 @@ def MlflowEpochLogger(prefix: str = "epoch_") -> Any:  # noqa: N802 — reads li
 
 def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int, extra_callbacks: list | None = None,
                 checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None,
-                keep_checkpoint: bool = False) -> TrainResult:
+                keep_checkpoint: bool = False, digest: str | None = None) -> TrainResult:
     """Build `cfg["arch"]`, train on `train` with early stopping on val accuracy, return the best-epoch model.
 
     With `checkpoint_dir`, every finished epoch is checkpointed (weights, optimizer, epoch, history,
     early-stopping state) and a killed run resumes at the next epoch; the checkpoint is removed on success —
     unless `keep_checkpoint`, where the caller removes it once its own work after training is done (a kill in
-    between then resumes with no epoch to train).
+    between then resumes with no epoch to train). `digest`: the caller's `data_digest(train, val)`, for the
+    checkpoint's identity (computed here when not given: ~0.1 s on FER2013, once per training is enough).
     """
     import keras
 
@@ -997,7 +998,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     state = None
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir)
-        _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": data_digest(train, val)})
+        _guard_checkpoint(ckpt, {**cfg, "epochs": epochs, "seed": seed, "data": digest or data_digest(train, val)})
         backup = ckpt / "backup"
         _align_backup(ckpt, backup)
         state = cbs["TrainState"](ckpt, backup, early, plateau, throughput)
@@ -1291,16 +1292,18 @@ def load_member(folder: Path, key: str) -> TrainResult | None:
 def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list[int], *,
                   checkpoint_dir: Path | None = None, verbose: int = 1, max_epochs: int | None = None,
                   callbacks_for: Callable[[str], list] = lambda prefix: [],
-                  keep_checkpoint: bool = False) -> list[TrainResult]:
+                  keep_checkpoint: bool = False, digest: str | None = None) -> list[TrainResult]:
     """Train one model per seed, one after another (`callbacks_for(prefix)`: extra callbacks per member, prefix
     `m<i>_` for ensembles, "" for one model). Each member checkpoints on its own, and a finished member is kept
-    until the stage ends, so a killed ensemble resumes at the member and epoch it had reached."""
+    until the stage ends, so a killed ensemble resumes at the member and epoch it had reached. `digest`: as
+    train_keras'."""
     if len(seeds) == 1:
         return [train_keras(train, val, cfg, seed=seeds[0], extra_callbacks=callbacks_for(""),
                             checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
-                            keep_checkpoint=keep_checkpoint)]
+                            keep_checkpoint=keep_checkpoint, digest=digest)]
     results = []
-    digest = data_digest(train, val)
+    if checkpoint_dir is not None:  # only checkpoints record the data
+        digest = digest or data_digest(train, val)
     for i, s in enumerate(seeds, start=1):
         done = checkpoint_dir / f"member_{i}_done" if checkpoint_dir is not None else None
         key = _member_key(cfg, s, digest)
@@ -1312,7 +1315,7 @@ def train_members(cfg: dict[str, Any], train: FerData, val: FerData, seeds: list
             # copy, val scoring, save_member) otherwise retrained it from epoch 1
             res = train_keras(train, val, cfg, seed=s, extra_callbacks=callbacks_for(f"m{i}_"),
                               checkpoint_dir=member_ckpt, verbose=verbose, max_epochs=max_epochs,
-                              keep_checkpoint=True)
+                              keep_checkpoint=True, digest=digest)
             if done is not None:
                 save_member(res, done, key)
         if member_ckpt is not None:
@@ -1360,13 +1363,14 @@ class FitResult:
 
 def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, checkpoint_dir: Path | None = None,
              verbose: int = 1, max_epochs: int | None = None, name: str = "ensemble",
-             callbacks_for: Callable[[str], list] = lambda prefix: [], keep_checkpoint: bool = False) -> FitResult:
+             callbacks_for: Callable[[str], list] = lambda prefix: [], keep_checkpoint: bool = False,
+             digest: str | None = None) -> FitResult:
     """Train `cfg` with `seed` — or, with `ensemble_seeds`, one member per seed joined into one averaging model.
-    `keep_checkpoint`: a single model's checkpoint stays for the caller to remove (see `train_keras`)."""
+    `keep_checkpoint`: a single model's checkpoint stays for the caller to remove; `digest`: see `train_keras`."""
     seeds = ensemble_seeds(cfg, seed)
     members = train_members({k: v for k, v in cfg.items() if k != "ensemble_seeds"}, train, val, seeds,
                             checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
-                            callbacks_for=callbacks_for, keep_checkpoint=keep_checkpoint)
+                            callbacks_for=callbacks_for, keep_checkpoint=keep_checkpoint, digest=digest)
     if len(members) == 1:
         return FitResult(members[0].model, members, seeds, members[0].val_proba, members[0].history)
     from ferops.models.zoo import ensemble_model
@@ -1403,7 +1407,8 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     # but only a run of this very config and data. One check decides for the whole checkpoint tree (members
     # included) before the id is copied: after a change the training starts fresh, and so must its run, or the old
     # run's params would describe the new model and its curves hold two epoch 1s.
-    identity = {"cfg": cfg, "seed": seed, "data": data_digest(train, val), "max_epochs": max_epochs}
+    digest = data_digest(train, val)  # once: the members' and the epochs' checkpoints record it too
+    identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs}
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
     if resume and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
@@ -1417,7 +1422,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
         fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
-                       callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")],
+                       callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")], digest=digest,
                        # removed below, after the model and its MLflow logging: a kill in that logging (a single
                        # model's checkpoint is the whole of `ckpt`, run id included) retrained it into a new run
                        keep_checkpoint=True)

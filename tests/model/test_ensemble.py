@@ -120,9 +120,13 @@ def test_an_ensemble_member_killed_after_its_fit_is_not_trained_again(tiny, tmp_
 def test_train_deep_saves_one_averaged_model_with_member_metrics_and_curves(tiny, tmp_path, monkeypatch):
     from ferops.tracking import init_tracking
 
+    from ferops import training
+
     train, val = tiny
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     init_tracking()
+    digests = []  # the data's digest (~0.1 s on FER2013) was computed 4 times: the run, the members, each member
+    monkeypatch.setattr(training, "data_digest", lambda *d: digests.append(d) or "d1g3st")
     out = tmp_path / "models" / "dnn_x2"
     m = train_deep_model("dnn_x2", {**TINY, "ensemble_seeds": [3, 4]}, train, val, seed=0,
                          ingest_report={"synthetic": True, "sha256": "abc", "format": "synthetic"}, out_dir=out,
@@ -130,6 +134,7 @@ def test_train_deep_saves_one_averaged_model_with_member_metrics_and_curves(tiny
     assert m["n_members"] == 2 and m["epochs_run"] == 4 and "best_epoch" not in m
     assert m["train_wall_s"] == pytest.approx(m["m1_train_wall_s"] + m["m2_train_wall_s"], abs=0.02)
     assert read_json(out / "config.json")["ensemble_seeds"] == [3, 4] and not (tmp_path / "ckpt").exists()
+    assert len(digests) == 1
     model = keras.models.load_model(out / "model.keras", compile=False)
     assert model.count_params() == m["n_params"] and sum(ly.name.startswith("m2_") for ly in model.layers) > 1
     proba = predict_proba(model, val.pixels)

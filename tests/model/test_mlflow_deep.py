@@ -20,23 +20,29 @@ CFG = {"arch": "cnn", "filters": [8, 16], "dense": 16, "dropout": 0.1, "epochs":
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny training through the stage function, into a fresh sqlite MLflow store (shared by the tests)."""
+    from ferops import training
+    from ferops.data.io import data_digest
     from ferops.data.synthetic import make_synthetic
 
     tmp_path = tmp_path_factory.mktemp("train_deep")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     init_tracking()
+    digests = []  # the data's digest (~0.1 s on FER2013): once per training, not once for the run and again in fit
     d = make_synthetic(260, 3)
     train, val = d.subset(np.arange(260) < 200), d.subset(np.arange(260) >= 200)
     out = tmp_path / "models" / "cnn"
-    summary = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report={"synthetic": True, "sha256": "abc", "format": "synthetic"},
-                               out_dir=out, checkpoint_dir=tmp_path / "ckpt", curves_csv=tmp_path / "curves" / "cnn.csv", verbose=0)
-    yield summary, out, val, tmp_path
+    with pytest.MonkeyPatch.context() as count:
+        count.setattr(training, "data_digest", lambda *d: digests.append(d) or data_digest(*d))
+        summary = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report={"synthetic": True, "sha256": "abc",
+                                   "format": "synthetic"}, out_dir=out, checkpoint_dir=tmp_path / "ckpt",
+                                   curves_csv=tmp_path / "curves" / "cnn.csv", verbose=0)
+    yield summary, out, val, tmp_path, len(digests)
     mp.undo()
 
 
 def test_model_dir_contract_and_dvc_curves(trained):
-    summary, out, _, tmp_path = trained
+    summary, out, _, tmp_path, digests = trained
     for f in ("model.keras", "config.json", "metrics.json", "history.csv", "curves.png", "confusion_val.png", "mlflow_run_id.txt"):
         assert (out / f).exists(), f
     m = read_json(out / "metrics.json")
@@ -46,10 +52,11 @@ def test_model_dir_contract_and_dvc_curves(trained):
     header = (tmp_path / "curves" / "cnn.csv").read_text().splitlines()[0]
     assert header == "epoch,accuracy,val_accuracy,loss,val_loss,lr"
     assert not (tmp_path / "ckpt").exists()  # finished: checkpoint removed
+    assert digests == 1
 
 
 def test_mlflow_run_has_params_epoch_metrics_artifacts_and_a_loadable_model(trained):
-    summary, out, val, _ = trained
+    summary, out, val, _, _ = trained
     run_id = (out / "mlflow_run_id.txt").read_text().strip()
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -77,7 +84,7 @@ def test_a_checkpoint_of_another_config_gets_a_new_mlflow_run(trained, tmp_path,
     from ferops.data.synthetic import make_synthetic
     from ferops.tracking import RUN_ID_FILE
 
-    summary, _, _, store = trained
+    summary, _, _, store, _ = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     init_tracking()
     d = make_synthetic(120, 4)
