@@ -698,10 +698,25 @@ def _parent_run(study: "optuna.Study", family: str, params: dict[str, Any], tags
                 ok = False
             if ok:
                 Path(tmp, RUN_ID_FILE).write_text(run_id + "\n")
+                _release_project_run(run_id, study.study_name)
         all_tags = {**tags, "optuna_study": study.study_name}
         with model_run(stage="tune", model=family, params=params, tags=all_tags, run_dir=Path(tmp)) as run:
             study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
             yield run
+
+
+def _release_project_run(run_id: str, name: str) -> None:
+    """Under `mlflow run`, MLFLOW_RUN_ID names the project's run, and MLflow clears it only when a start_run takes it.
+    Reopening the study's own run by id leaves it set, and the first trial's nested start_run took the project run
+    (a parentless trial; in every spawned worker too): clear it, and leave the project run a note where the study is."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+
+    project = os.environ.pop(MLFLOW_RUN_ID.name, None)
+    if project and project != run_id:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_tag(project, "mlflow.note.content",
+                               f"Resumed Optuna study {name}: its run is {run_id}, with a nested run per trial.")
 
 
 def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:

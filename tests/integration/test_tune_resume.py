@@ -175,6 +175,25 @@ def test_a_resumed_study_that_finds_a_better_trial_shows_only_its_params_as_best
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(0.2)
 
 
+def test_a_study_resumed_under_mlflow_run_keeps_its_trials_nested(tmp_path, tracking, monkeypatch):
+    """`mlflow run . -e tune` starts a project run and hands it over in MLFLOW_RUN_ID, which MLflow clears only when
+    a start_run takes it. A resumed study reopens its own run by id, so the variable stayed set and the first trial's
+    nested start_run took the project run: a trial with no parent, outside the study's tree."""
+    data = _fer(30)
+    kw = dict(storage=None, study_name="project-resume", epochs=1, seed=0, pruner=optuna.pruners.NopPruner(),
+              trial_fn=cheap_trial, root=tmp_path, progress=False)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=1, **kw)
+    (parent,), _, client = _runs("project-resume")
+    project = client.create_run(parent.info.experiment_id, run_name="mlflow-project-run")  # as `mlflow run` does
+    monkeypatch.setenv("MLFLOW_RUN_ID", project.info.run_id)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=2, **kw)
+    parents, children, _ = _runs("project-resume")
+    assert [p.info.run_id for p in parents] == [parent.info.run_id] and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    left = client.get_run(project.info.run_id).data.tags
+    assert "optuna_trial_number" not in left and parent.info.run_id in left["mlflow.note.content"]  # says where
+
+
 RESUME_SCRIPT = textwrap.dedent('''
     import sys
     from pathlib import Path
