@@ -324,6 +324,10 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
+    # Where the value was set, for messages: the environment overrides params.yaml (a user looked in params.yaml for
+    # an env value its message called `tune.storage`, and was told to `use null`).
+    env = bool(os.environ.get(STORAGE_ENV))
+    where = f"${STORAGE_ENV}" if env else "params.yaml tune.storage" if spec else "the default tune storage"
     spec = storage_spec(spec, root, workers)
     if spec.startswith("journal:"):
         path = _journal_path(spec, root)
@@ -335,15 +339,17 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
 
         ml = sqlite_file(tracking_uri(Path(root)), root)
         if ml is not None and ml.resolve() == db.resolve():
-            raise ConfigError(f"tune.storage {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{db.parent}/{DEFAULT_DB}).")
+            raise ConfigError(f"{where} {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{db.parent}/{DEFAULT_DB}).")
         if workers > 1:
-            raise ConfigError(f"tune.storage {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "
+            raise ConfigError(f"{where} {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "
                               "(one machine) or a PostgreSQL URL (several machines).")
         db.parent.mkdir(parents=True, exist_ok=True)
         # A relative path is the project root's file (as `ferops dashboard` finds it from any folder), not the cwd's.
         return f"sqlite:///{db}"  # no heartbeat on the single-process default; dead local workers are handled by worker id
     if "://" not in spec:
-        raise ConfigError(f"tune.storage {spec!r}: use null, journal:<path>, or a SQLAlchemy URL such as postgresql://user:pw@host/db.")
+        url = "a SQLAlchemy URL such as postgresql://user:pw@host/db"
+        raise ConfigError(f"{where} {spec!r}: use journal:<path>, or {url}; unset it for the default." if env else
+                          f"{where} {spec!r}: use null (the default), journal:<path>, or {url}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Heartbeat: trials of workers that died anywhere are failed after GRACE_S and re-queued.

@@ -145,6 +145,25 @@ def test_make_storage_defaults_journal_rdb_and_guards(tmp_path, monkeypatch):
     assert tuning.storage_spec(None, tmp_path) == "journal:env.log"
 
 
+def test_a_bad_storage_is_named_where_it_was_set(tmp_path, monkeypatch):
+    """A bad $FEROPS_OPTUNA_STORAGE was reported as `tune.storage …` (a user then looked for it in params.yaml, where
+    it is null) and told to `use null`."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(tuning.STORAGE_ENV, f"sqlite:///{tmp_path / 'o.db'}")
+    with pytest.raises(ConfigError, match=r"^\$FEROPS_OPTUNA_STORAGE sqlite:///\S+o\.db: sqlite is not for 2 parallel"):
+        tuning.make_storage(None, tmp_path, 2)
+    monkeypatch.setenv(tuning.STORAGE_ENV, "optuna.db")
+    with pytest.raises(ConfigError, match=r"^\$FEROPS_OPTUNA_STORAGE 'optuna.db': use journal:<path>, or a SQLAlchemy "
+                                          r"URL .*; unset it for the default\.$"):
+        tuning.make_storage("journal:params.log", tmp_path, 1)
+    monkeypatch.delenv(tuning.STORAGE_ENV)
+    with pytest.raises(ConfigError, match=r"^params.yaml tune.storage 'optuna.db': use null \(the default\), "
+                                          r"journal:<path>, or a SQLAlchemy URL"):
+        tuning.make_storage("optuna.db", tmp_path, 1)
+    with pytest.raises(ConfigError, match=r"^params.yaml tune.storage sqlite:///\S+mlflow\.db is the MLflow database"):
+        tuning.make_storage(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, 1)
+
+
 def test_a_relative_sqlite_storage_is_the_project_roots_file_from_any_folder(tmp_path, monkeypatch):
     """`tune.storage: sqlite:///studies.db` is written by the tune stage at the project root: `ferops dashboard` run
     from a subfolder looked for <subfolder>/studies.db ("no Optuna studies yet") and make_storage opened an empty one."""
