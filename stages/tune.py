@@ -10,6 +10,17 @@ from pathlib import Path
 from ferops.runner import cap_onednn_isa, run, start_tensorflow
 
 
+def _workers(text: str) -> int:
+    """--workers as argparse reads it: a whole number ≥ 1 (0 fell back to tune.workers; -1 was blamed on it)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--family", required=True, help="a key of tune.families (and of train_deep.models)")
@@ -19,7 +30,7 @@ def main() -> None:
     ap.add_argument("--ingest-report", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="tuning report (JSON)")
     ap.add_argument("--figures", required=True, type=Path, help="folder for the Optuna plots")
-    ap.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: tune.workers)")
+    ap.add_argument("--workers", type=_workers, default=None, help="parallel worker processes (default: tune.workers)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 

@@ -168,3 +168,15 @@ def test_a_space_entry_the_model_config_cannot_take_fails_before_the_data_loads(
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {words}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_tune_refuses_a_workers_flag_below_one_as_the_flag(tmp_path, value):
+    """`--workers 0` fell back to params.yaml tune.workers silently, and `--workers -1` failed as `tune.workers=-1`, a
+    key the user never set."""
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "tune.py"), "--family", "resnet", "--split", missing, "--workers", value,
+           "--ingest-report", missing, "--out", missing, "--figures", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: argument --workers: {value!r} is not a whole number ≥ 1" in r.stderr, r.stderr
