@@ -294,7 +294,7 @@ def _check_register_aliases(champion: str, challenger: str) -> None:
                           "version would take the served alias, a worse one too — give them different names.")
 
 
-def _trained_on(run: Any, current: dict[str, str], split_dir: Path | None) -> dict[str, str]:
+def _trained_on(run: Any, current: dict[str, str], split_dir: str | Path | None) -> dict[str, str]:
     """The data tags a version of `run` carries: the current ingest's (and val split's digest), or — when the run
     was trained on another data file (trained outside DVC, or the data changed since) — the run's own, without a
     val digest: a version is never tagged with data it did not see, so it is not compared with a champion on them."""

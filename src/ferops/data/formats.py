@@ -55,7 +55,8 @@ FOLDER_USAGE: dict[str, str] = {"train": "Training", "training": "Training", "va
 _SENTINEL = -7777  # joins rows in one fast parse; never a valid pixel, so its positions give per-row counts
 _CHUNK_ROWS = 2000
 _PARSE_THREADS = 4  # at most; never more than the CPU count
-T, R = TypeVar("T"), TypeVar("R")
+T = TypeVar("T")
+R = TypeVar("R")
 _PROGRESS_ROWS = 5000  # show progress bars above this many rows/files
 _FIX = "Fix or delete them, or set `ingest.on_bad_rows: quarantine` in params.yaml to skip them."
 
@@ -378,14 +379,14 @@ class _Table:
             mv = memoryview(self.raw)  # type: ignore[arg-type]
             return [mv[x:y] for x, y in zip(a.tolist(), b.tolist())]
         raw = self.raw
-        return [raw[x:y].decode("utf-8", "replace") for x, y in zip(a.tolist(), b.tolist())]  # type: ignore[index]
+        return [raw[x:y].decode("utf-8", "replace") for x, y in zip(a.tolist(), b.tolist())]  # type: ignore[union-attr]
 
     def raw_line(self, i: int) -> str:
         """The original text of line i (untouched, without its line ending). Bytes that are not UTF-8 are kept as
         surrogate escapes, so `write_quarantine` writes them back byte for byte."""
         if self.rows is not None:
             return self.raw[i]  # type: ignore[return-value]
-        return self.raw[int(self.starts[i]):int(self.ends[i])].decode("utf-8", "surrogateescape")  # type: ignore[index]
+        return self.raw[int(self.starts[i]):int(self.ends[i])].decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
 
 
 def _read_table(p: Path) -> _Table:

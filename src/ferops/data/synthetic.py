@@ -45,13 +45,13 @@ def _pt(x: float, y: float) -> tuple[int, int]:
     return int(round(x * _F)), int(round(y * _F))
 
 
-def _ellipse(img: np.ndarray, cx: float, cy: float, ax: float, ay: float, color: int, thickness: int = -1,
+def _ellipse(img: np.ndarray, cx: float, cy: float, ax: float, ay: float, color: float, thickness: int = -1,
              angle: float = 0.0) -> None:
     cv2.ellipse(img, _pt(cx, cy), _pt(max(ax, 0.5), max(ay, 0.5)), angle, 0, 360, int(color), thickness,
                 cv2.LINE_AA, _SHIFT)
 
 
-def _polyline(img: np.ndarray, pts: np.ndarray, color: int, thickness: int) -> None:
+def _polyline(img: np.ndarray, pts: np.ndarray, color: float, thickness: int) -> None:
     cv2.polylines(img, [np.round(pts * _F).astype(np.int32)], False, int(color), int(thickness), cv2.LINE_AA, _SHIFT)
 
 

@@ -33,7 +33,8 @@ DEFAULTS: dict[str, float] = {"min_class_fraction": 0.01, "max_duplicate_fractio
 _CHUNK = 4096  # rows per block when computing pixel statistics (bounds float64 temporaries to ~75 MB)
 
 
-def dataset_frame(pixels: np.ndarray | Sequence[np.ndarray], emotion: Sequence[int], usage: Sequence[str]) -> pd.DataFrame:
+def dataset_frame(pixels: np.ndarray | Sequence[np.ndarray], emotion: np.ndarray | Sequence[int],
+                  usage: np.ndarray | Sequence[str]) -> pd.DataFrame:
     """One row per image: label, usage, pixel count/range/mean/std, nulls, hash, blank/duplicate flags."""
     n = len(pixels)
     emo = pd.array(np.asarray(emotion, dtype=np.int64), dtype="Int64")
