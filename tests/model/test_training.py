@@ -400,6 +400,23 @@ def test_cutmix_pastes_one_box_and_mixes_labels_by_its_area():
     np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)
 
 
+def test_cutmix_weighs_the_box_by_its_expected_share_of_the_models_crop():
+    """The model crops a random 44-px window after the mix: a box's label weight is its mean visible area over the
+    window's 5 × 5 offsets, divided by 44², not its area over 48² (which over-weighted boxes at the border)."""
+    x, y, _ = _onehot_batch()
+    for seed in range(6):
+        mx, my, _ = mix_batch(x, y, None, np.random.default_rng(seed), mode="cutmix", alpha=1.0, p=1.0, crop=44)
+        rows, cols = np.where(np.any(mx != x, axis=(0, 3)))
+        if not len(rows):
+            continue
+        box = np.zeros((48, 48), bool)
+        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        seen = np.mean([box[oy:oy + 44, ox:ox + 44].sum() for oy in range(5) for ox in range(5)]) / 44 ** 2
+        own = my[np.arange(16), y.argmax(1)].min()  # a row whose partner has another class
+        np.testing.assert_allclose(own, 1 - seen, atol=1e-5)
+        np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)
+
+
 def test_mix_off_for_p_zero_and_bad_configs_are_config_errors():
     x, y, w = _onehot_batch()
     same = mix_batch(x, y, w, np.random.default_rng(0), mode="cutmix", alpha=1.0, p=0.0)
@@ -436,11 +453,20 @@ def test_mixed_batches_through_tf_data_and_the_array_batches_alike():
     assert np.array_equal(arr[0][0], first[0])  # same batch fetched twice → same draws
 
 
-def test_training_with_batch_mix_runs(tiny):
+def test_training_with_batch_mix_runs(tiny, monkeypatch):
+    import ferops.training as training
+
     train, val = tiny
     res = train_keras(train, val, {**TINY, "batch_mix": {"mode": "mixup", "alpha": 0.4, "p": 0.5}}, seed=0,
                       verbose=0, max_epochs=1)
     assert res.epochs_run == 1 and np.isfinite(res.history["loss"][0])
+    # cutmix learns the model's training crop, which its label weights count
+    seen = []
+    real = training.mix_batch
+    monkeypatch.setattr(training, "mix_batch", lambda *a, **k: seen.append(k["crop"]) or real(*a, **k))
+    cfg = {**TINY, "online_aug": {"crop": 44}, "batch_mix": {"mode": "cutmix", "p": 1.0}}
+    assert train_keras(train, val, cfg, seed=0, verbose=0, max_epochs=1).epochs_run == 1
+    assert seen and set(seen) == {44}
 
 
 def test_ema_config_is_checked():
