@@ -1,8 +1,9 @@
-"""Shared fixtures: paths to the repo and the real data, quiet TF logs."""
+"""Shared fixtures: paths to the repo and the real data, quiet TF logs, process state each test leaves as found."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,15 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def _keras_dtype_policy_restored():
+    """Training sets Keras' global dtype policy and leaves it set (bf16 on CPUs with AVX512-BF16/AMX, or asked): a
+    later test on the same xdist worker built its models in bfloat16 and test_zoo's exact comparisons failed."""
+    keras = sys.modules.get("keras")  # not imported here: the tests without Keras stay free of its start-up
+    before = keras.mixed_precision.global_policy().name if keras is not None else None
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy(before or keras.config.floatx())
