@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,32 @@ def _keras_dtype_policy_restored():
     keras = sys.modules.get("keras")
     if keras is not None:
         keras.mixed_precision.set_global_policy(before or keras.config.floatx())
+
+
+@contextmanager
+def _environ_kept():
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+# Code under test writes os.environ for the rest of the process: mlflow.set_tracking_uri / set_registry_uri export
+# MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (an earlier test's store, inherited by every later subprocess), set_seeds
+# PYTHONHASHSEED, tf_environment the TF/oneDNN defaults. Kept per test and per module (module fixtures open stores
+# too), so no test sees what another one ran before it on its xdist worker.
+@pytest.fixture(autouse=True, scope="module")
+def _environ_restored_per_module():
+    with _environ_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _environ_restored():
+    with _environ_kept():
+        yield
