@@ -457,13 +457,17 @@ def test_training_with_batch_mix_runs(tiny, monkeypatch):
     import ferops.training as training
 
     train, val = tiny
+    mixes = []  # the `mix` each dataset train_keras builds is given: the mixing itself is tested above
+    real = training.make_dataset
+    monkeypatch.setattr(training, "make_dataset", lambda *a, **kw: mixes.append(kw.get("mix")) or real(*a, **kw))
     res = train_keras(train, val, {**TINY, "batch_mix": {"mode": "mixup", "alpha": 0.4, "p": 0.5}}, seed=0,
                       verbose=0, max_epochs=1)
     assert res.epochs_run == 1 and np.isfinite(res.history["loss"][0])
+    assert mixes[0] == {"mode": "mixup", "alpha": 0.4, "p": 0.5} and not any(mixes[1:])  # train batches only
     # cutmix learns the model's training crop, which its label weights count
     seen = []
-    real = training.mix_batch
-    monkeypatch.setattr(training, "mix_batch", lambda *a, **k: seen.append(k["crop"]) or real(*a, **k))
+    real_mix = training.mix_batch
+    monkeypatch.setattr(training, "mix_batch", lambda *a, **k: seen.append(k["crop"]) or real_mix(*a, **k))
     cfg = {**TINY, "online_aug": {"crop": 44}, "batch_mix": {"mode": "cutmix", "p": 1.0}}
     assert train_keras(train, val, cfg, seed=0, verbose=0, max_epochs=1).epochs_run == 1
     assert seen and set(seen) == {44}
