@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# abspath: VENV may be given absolute (make run VENV=/opt/venvs/ferops), not only relative to the project
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # oneDNN kernels on AVX2 CPUs too (TF enables them only on AVX-512/AMX CPUs): 1.5-2x faster training
 export TF_ENABLE_ONEDNN_OPTS ?= 1
