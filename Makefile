@@ -27,19 +27,21 @@ run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the s
 	dvc repro
 
 # `dvc exp run -S` writes the override into params.yaml (and reformats it): restore the file afterwards, so a later
-# `make run` trains on data/raw/ again instead of silently staying on the demo set.
+# `make run` trains on data/raw/ again instead of silently staying on the demo set. The copy stays in the project
+# (.dvc/tmp, git-ignored by DVC), not in VENV: projects sharing one VENV would restore each other's params.yaml.
+KEEP := .dvc/tmp
 demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
-	@cp params.yaml $(VENV)/.params-before-demo.yaml
-	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(VENV)/.params-before-demo.yaml params.yaml; exit $$rc
+	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-demo.yaml
+	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(KEEP)/params-before-demo.yaml params.yaml; exit $$rc
 
 # A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards, as for demo.
 # set -f: the overrides hold brackets (stages=[2,2,2,2]) that the shell must not glob; `&&`: a bad profile stops here
 # instead of leaving an empty override list, which would run the default pipeline.
 exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/gpu.yaml
 	@test -n "$(PROFILE)" || { echo "error: name a profile: make exp PROFILE=profiles/gpu.yaml" >&2; exit 2; }
-	@cp params.yaml $(VENV)/.params-before-exp.yaml
+	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-exp.yaml
 	set -f; args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args; rc=$$?; \
-	  cp $(VENV)/.params-before-exp.yaml params.yaml; exit $$rc
+	  cp $(KEEP)/params-before-exp.yaml params.yaml; exit $$rc
 
 lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
 	$(VENV)/bin/ruff check src stages tests benchmarks

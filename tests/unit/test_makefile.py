@@ -1,4 +1,4 @@
-"""The Makefile's variables, read through make itself (`--eval` adds a target that prints one; nothing is run)."""
+"""The Makefile, through make itself: its variables (`--eval` adds a target that prints one) and its recipes."""
 
 from __future__ import annotations
 
@@ -23,3 +23,31 @@ def test_an_absolute_venv_is_put_on_the_path_as_given(tmp_path):
     venv = tmp_path / "venv"
     assert _make_var("PATH", f"VENV={venv}").split(":")[0] == f"{venv}/bin"
     assert _make_var("PATH").split(":")[0] == f"{ROOT}/.venv/bin"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_path):
+    # the copy of params.yaml was kept in $(VENV): project B's `make demo` during A's overwrote A's copy, and A's
+    # params.yaml was then "restored" to B's. A stand-in dvc edits params.yaml as `dvc exp run -S` does, and in A
+    # runs B's demo meanwhile.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    dvc = venv / "bin" / "dvc"
+    dvc.write_text('#!/bin/bash\necho "changed: by dvc exp run" >> params.yaml\n'
+                   'if [ -n "$OTHER" ]; then OTHER= make -s -C "$OTHER" demo; fi\n')
+    dvc.chmod(0o755)
+    projects = []
+    for name in ("a", "b"):
+        p = tmp_path / name
+        p.mkdir()
+        shutil.copy(ROOT / "Makefile", p)
+        (p / "pyproject.toml").write_text("")
+        (p / "params.yaml").write_text(f"project: {name}\n")
+        projects.append(p)
+    (venv / ".installed").touch()  # newer than pyproject.toml: `setup` installs nothing
+    a, b = projects
+    subprocess.run(["make", "-s", "-C", str(a), "demo", f"VENV={venv}"], check=True, timeout=60, capture_output=True,
+                   env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin", "OTHER": str(b)})  # OTHER in the
+    # environment, not on make's command line: make would pass it on to the nested make too
+    assert (a / "params.yaml").read_text() == "project: a\n"
+    assert (b / "params.yaml").read_text() == "project: b\n"
