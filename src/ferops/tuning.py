@@ -284,8 +284,9 @@ def cli_dashboard(args: Any) -> None:
     from ferops.runner import ensure_port_free
 
     ensure_port_free(args.host, args.port, "ferops dashboard")
-    log.info("optuna-dashboard on %s: http://%s:%s", spec, args.host, args.port)
-    optuna_dashboard.run_server(make_storage(spec, root, workers), host=args.host, port=int(args.port))
+    storage = make_storage(spec, root, workers)  # first: a URL it cannot open is an error, not a "serving" line
+    log.info("optuna-dashboard on %s: http://%s:%s", redact(spec), args.host, args.port)
+    optuna_dashboard.run_server(storage, host=args.host, port=int(args.port))
 
 
 def _journal_path(spec: str, root: Path) -> Path:
@@ -323,6 +324,7 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy.exc import NoSuchModuleError
 
     # Where the value was set, for messages: the environment overrides params.yaml (a user looked in params.yaml for
     # an env value its message called `tune.storage`, and was told to `use null`).
@@ -352,9 +354,16 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
                           f"{where} {spec!r}: use null (the default), journal:<path>, or {url}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Heartbeat: trials of workers that died anywhere are failed after GRACE_S and re-queued.
-        return RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        try:
+            # Heartbeat: trials of workers that died anywhere are failed after GRACE_S and re-queued.
+            return RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        except ImportError:  # Optuna's "Failed to import DB access module", in a traceback; the URL may hold a password
+            raise ConfigError(f"{where} {spec.split('://', 1)[0]}://…: the Python driver for this database is not "
+                              "installed — for PostgreSQL: pip install -e '.[postgres]'.") from None
+        except NoSuchModuleError:  # SQLAlchemy knows no such database: `postgres://` (Heroku's spelling) among them
+            raise ConfigError(f"{where} {spec.split('://', 1)[0]}://…: SQLAlchemy knows no such database — "
+                              "PostgreSQL is postgresql://user:pw@host/db.") from None
 
 
 # --------------------------------------------------------------------------- worker ids, dead trials, claims

@@ -164,6 +164,22 @@ def test_a_bad_storage_is_named_where_it_was_set(tmp_path, monkeypatch):
         tuning.make_storage(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, 1)
 
 
+def test_a_database_url_without_its_driver_or_of_an_unknown_database_is_one_line(tmp_path):
+    # were tracebacks from `tune` and `ferops dashboard`: Optuna's ImportError ("Failed to import DB access module")
+    # and SQLAlchemy's NoSuchModuleError for `postgres://`; neither line may show the URL's password
+    for url, match in [("postgres://user:secret@127.0.0.1:1/db", r"postgres://…: SQLAlchemy knows no such database"),
+                       ("postgresql+nodriver://user:secret@127.0.0.1:1/db", "knows no such database")]:
+        with pytest.raises(ConfigError, match=match) as exc:
+            tuning.make_storage(url, tmp_path, 1)
+        assert "secret" not in str(exc.value)
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"postgresql://…: the Python driver .* not installed .*\[postgres\]") as exc:
+            tuning.make_storage("postgresql://user:secret@127.0.0.1:1/db", tmp_path, 1)
+        assert "secret" not in str(exc.value)
+
+
 def test_a_relative_sqlite_storage_is_the_project_roots_file_from_any_folder(tmp_path, monkeypatch):
     """`tune.storage: sqlite:///studies.db` is written by the tune stage at the project root: `ferops dashboard` run
     from a subfolder looked for <subfolder>/studies.db ("no Optuna studies yet") and make_storage opened an empty one."""
