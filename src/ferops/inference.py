@@ -54,6 +54,8 @@ LOAD_FIX = "run `make run` (or `dvc repro`) to train and register the champion, 
 MODEL_HINT = "pass a .keras file, a model directory (models/deep/<m>) or a models:/name@alias URI"
 PHOTO_GROUP = 64           # photos read and classified together: one model call per group, not per photo
 MAX_LISTED_ERRORS = 5
+# what to try next, after the list of photos a note names (the note itself stays a plain fact in the JSON)
+NOTE_FIXES = {"no face found": "--faces whole classifies each photo whole, as one face"}
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
 _DETECT_LOCK = threading.Lock()  # one cascade object is shared; OpenCV's is not safe for concurrent calls (serving)
@@ -1086,8 +1088,9 @@ def cli_predict(args: Any) -> None:
             notes.setdefault(r["note"], []).append(r["file"])
     for note, files in notes.items():  # one line per kind of note, not one per photo of a big folder
         more = f", … and {len(files) - MAX_LISTED_ERRORS} more" if len(files) > MAX_LISTED_ERRORS else ""
-        log.warning("%d of %d photo(s): %s (%s%s)", len(files), len(results), note,
-                    ", ".join(files[:MAX_LISTED_ERRORS]), more)
+        fix = f"; {NOTE_FIXES[note]}" if note in NOTE_FIXES else ""
+        log.warning("%d of %d photo(s): %s (%s%s)%s", len(files), len(results), note,
+                    ", ".join(files[:MAX_LISTED_ERRORS]), more, fix)
     failed = [r for r in results if r["error"]]
     if failed:
         raise DataError(_error_summary([f"{r['file']}: {r['error']}" for r in failed], "file(s)"))

@@ -662,6 +662,7 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     proc = subprocess.run([*cmd[:4], str(crops), str(tmp_path / "gone.png"), "--model", str(keras_path), "--faces",
                            "detect", "--no-annotate"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "1 of 2 photo(s): no face found (" in proc.stderr
+    assert "; --faces whole classifies each photo whole" in proc.stderr  # the way out, on the same line
     assert "error: 1 bad file(s): " in proc.stderr and "gone.png: file not found" in proc.stderr
     assert "I0000" not in proc.stderr and "absl::InitializeLog" not in proc.stderr  # TF's start-up chatter filtered
 
