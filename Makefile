@@ -29,10 +29,13 @@ run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the s
 # `dvc exp run -S` writes the override into params.yaml (and reformats it): restore the file afterwards, so a later
 # `make run` trains on data/raw/ again instead of silently staying on the demo set. The copy stays in the project
 # (.dvc/tmp, git-ignored by DVC), not in VENV: projects sharing one VENV would restore each other's params.yaml.
+# An EXIT trap restores it on Ctrl-C too (the INT/TERM trap turns the signal into an exit that runs it); the
+# recipe's status stays dvc's.
 KEEP := .dvc/tmp
+RESTORE = trap 'cp $(KEEP)/params-before-$@.yaml params.yaml' EXIT; trap 'exit 130' INT TERM
 demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
 	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-demo.yaml
-	dvc exp run -S ingest.source=synthetic; rc=$$?; cp $(KEEP)/params-before-demo.yaml params.yaml; exit $$rc
+	$(RESTORE); dvc exp run -S ingest.source=synthetic
 
 # A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards, as for demo.
 # set -f: the overrides hold brackets (stages=[2,2,2,2]) that the shell must not glob; `&&`: a bad profile stops here
@@ -40,8 +43,7 @@ demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whate
 exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/gpu.yaml
 	@test -n "$(PROFILE)" || { echo "error: name a profile: make exp PROFILE=profiles/gpu.yaml" >&2; exit 2; }
 	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-exp.yaml
-	set -f; args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args; rc=$$?; \
-	  cp $(KEEP)/params-before-exp.yaml params.yaml; exit $$rc
+	set -f; $(RESTORE); args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args
 
 lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
 	$(VENV)/bin/ruff check src stages tests benchmarks

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,32 @@ def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_
     # environment, not on make's command line: make would pass it on to the nested make too
     assert (a / "params.yaml").read_text() == "project: a\n"
     assert (b / "params.yaml").read_text() == "project: b\n"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target", ["demo", "exp"])
+def test_ctrl_c_during_make_demo_or_exp_restores_params(tmp_path, target):
+    # the copy was restored only after dvc returned: a Ctrl-C (SIGINT to the whole foreground group) left the
+    # `-S` overrides in params.yaml, and the next `make run` trained on the demo set / the profile silently
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, body in (("dvc", 'echo "changed: by dvc exp run" >> params.yaml; touch dvc-started; sleep 30'),
+                       ("python", "echo -S x=1")):  # `python -m ferops.profiles` prints the overrides
+        (venv / "bin" / name).write_text(f"#!/bin/bash\n{body}\n")
+        (venv / "bin" / name).chmod(0o755)
+    proj = tmp_path / "p"
+    proj.mkdir()
+    shutil.copy(ROOT / "Makefile", proj)
+    (proj / "pyproject.toml").write_text("")
+    (proj / "params.yaml").write_text("mine: true\n")
+    (venv / ".installed").touch()
+    make = subprocess.Popen(["make", "-s", "-C", str(proj), target, f"VENV={venv}", "PROFILE=p.yaml"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"})
+    deadline = time.monotonic() + 30
+    while not (proj / "dvc-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (proj / "params.yaml").read_text() != "mine: true\n"
+    os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    assert make.wait(timeout=30) != 0
+    assert (proj / "params.yaml").read_text() == "mine: true\n"
