@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +31,10 @@ log = logging.getLogger("ferops.inference")
 
 KERAS_ARTIFACT = "keras_model"
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in EMOTIONS)
-OUTPUT_COLUMNS: tuple[str, ...] = ("label", "label_name", *PROB_COLUMNS)
+OUTPUT_COLUMNS: tuple[str, ...] = ("label", "label_name", *PROB_COLUMNS, "model")
+# Set by `ferops serve` for the `mlflow models serve` it starts: {"model": "models:/<name>/<N>", "run_id": ...}, the
+# registered version it resolved; FerPyfunc answers as that version when it was logged from that run (served_model).
+SERVED_MODEL_ENV = "FEROPS_SERVED_MODEL"
 BATCH_SIZE = 512
 # Test-time augmentation at prediction: ferops.training's view modes, plus `auto` = the mode `evaluate` chose on
 # val for the registered model (recorded in its pyfunc model_config at registration; none when unknown).
@@ -295,16 +298,19 @@ def _pyfunc_class() -> type:
             super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
     class FerPyfunc(mlflow.pyfunc.PythonModel):
-        """FER2013 expression classifier: `pixels` strings or base64 `image`s in, label + 7 probabilities out."""
+        """FER2013 expression classifier: `pixels` strings or base64 `image`s in, label + 7 probabilities + model out."""
 
         def load_context(self, context: Any) -> None:
-            """Load the Keras model from the `keras_model` artifact and the TTA mode recorded with it."""
+            """Load the Keras model from the `keras_model` artifact, the TTA mode recorded with it and the name it
+            answers as (served_model)."""
             self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
             self.tta = recorded_tta(context.model_config)
+            self.served_as = served_model(context.artifacts[KERAS_ARTIFACT])
 
         def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-            """One row per image → label, label_name, prob_<class>; params: crop_face (bool, for photos),
-            tta (none | flip | tencrop | shift | auto = the mode chosen on val at evaluation)."""
+            """One row per image → label, label_name, prob_<class>, model (the URI of the model answering); params:
+            crop_face (bool, for photos), tta (none | flip | tencrop | shift | auto = the mode chosen on val at
+            evaluation)."""
             df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
             params = params or {}
             crop = bool(params.get("crop_face", False))
@@ -314,7 +320,9 @@ def _pyfunc_class() -> type:
             except (InputError, ConfigError) as exc:
                 raise ServingInputError(str(exc)) from None
             mode = self.tta if tta == "auto" else tta
-            return probabilities_frame(predict_proba(self.model, faces, tta=mode), index=df.index)
+            out = probabilities_frame(predict_proba(self.model, faces, tta=mode), index=df.index)
+            out["model"] = self.served_as
+            return out
 
     FerPyfunc.__module__ = __name__
     FerPyfunc.__qualname__ = "FerPyfunc"  # ferops.inference.FerPyfunc, as pyfunc_code.py (and older pickles) name it
@@ -334,14 +342,40 @@ def recorded_tta(model_config: dict[str, Any] | None) -> str:
     return mode if mode in TTA_VIEW_MODES else "none"
 
 
+def served_model(artifact: str | Path) -> str | None:
+    """The URI a FerPyfunc answers as: `models:/<name>/<N>` when `ferops serve` resolved that registered version and
+    named it in $FEROPS_SERVED_MODEL with the run this model was logged from, else the logged model's own
+    `models:/<model_id>` (both read from the MLmodel file above `artifact`: plain `mlflow models serve`, or a variable
+    left over for another model); None when neither is known."""
+    meta: dict[str, Any] = {}
+    for folder in Path(artifact).parents:
+        if (folder / "MLmodel").is_file():
+            import yaml
+
+            meta = yaml.safe_load((folder / "MLmodel").read_text()) or {}
+            break
+    try:
+        told = json.loads(os.environ.get(SERVED_MODEL_ENV) or "{}")
+    except ValueError:
+        told = {"unreadable": os.environ.get(SERVED_MODEL_ENV)}
+    own = f"models:/{meta['model_id']}" if meta.get("model_id") else None
+    if isinstance(told, dict) and told.get("model") and meta.get("run_id") and told.get("run_id") == meta["run_id"]:
+        return str(told["model"])
+    if told:
+        log.warning("$%s is not about this model (MLflow run %s): %s — answering as %s", SERVED_MODEL_ENV,
+                    meta.get("run_id"), told, own)
+    return own
+
+
 def model_signature() -> Any:
-    """Input: optional string columns `pixels` / `image`; output: label, label_name, prob_*; params crop_face, tta."""
+    """Input: optional string columns `pixels` / `image`; output: label, label_name, prob_*, model; params crop_face,
+    tta."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "pixels", required=False), ColSpec("string", "image", required=False)])
     outputs = Schema([ColSpec("long", "label"), ColSpec("string", "label_name"),
-                      *(ColSpec("double", c) for c in PROB_COLUMNS)])
+                      *(ColSpec("double", c) for c in PROB_COLUMNS), ColSpec("string", "model", required=False)])
     params = ParamSchema([ParamSpec("crop_face", "boolean", False), ParamSpec("tta", "string", "none")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -539,10 +573,12 @@ def _champion_uri(params_path: str | Path | None) -> str:
 
 @dataclass(frozen=True)
 class Classifier:
-    """A model to classify faces with and the TTA mode recorded with it (`none` when nothing was recorded)."""
+    """A model to classify faces with, the TTA mode recorded with it (`none` when nothing was recorded) and what it
+    was loaded from (`models:/<name>/<N>` for a registered version, else the URI or path given)."""
 
     model: Any   # a Keras model, or a probabilities function over a generic pyfunc
     tta: str = "none"
+    source: str | None = None
 
     def resolve(self, tta: str) -> str:
         """A requested mode, with `auto` replaced by the recorded one."""
@@ -574,9 +610,13 @@ def cli_serve(args: Any) -> None:
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _pinned(uri, version), "--env-manager", "local",
            "--host", str(args.host), "--port", str(args.port)]
     log.info("serving %s on http://%s:%s/invocations (Ctrl-C stops it)", uri, args.host, args.port)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    env.pop(SERVED_MODEL_ENV, None)
+    if version is not None:  # each answer names the version (FerPyfunc.predict's `model`), not the alias that moves
+        env[SERVED_MODEL_ENV] = json.dumps({"model": _pinned(uri, version), "run_id": version.run_id})
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": store})
+    os.execve(sys.executable, cmd, env)
 
 
 def _moved_project(version: Any) -> str | None:
@@ -695,7 +735,7 @@ def _load_registered(uri: str) -> Classifier:
     except (MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0]
         raise FerError(f"cannot load {uri} from {store}: {first} — {_moved_project(version) or LOAD_FIX}.") from None
-    return _from_pyfunc(pyfunc, uri)
+    return replace(_from_pyfunc(pyfunc, uri), source=_pinned(uri, version))
 
 
 def load_classifier(model: str | Path | None = None, params_path: str | Path | None = None) -> Classifier:
@@ -708,7 +748,7 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
         if (path / "MLmodel").exists():
             import mlflow
 
-            return _from_pyfunc(mlflow.pyfunc.load_model(str(path)), ref)
+            return replace(_from_pyfunc(mlflow.pyfunc.load_model(str(path)), ref), source=ref)
         if not (path / "model.keras").is_file():
             sk = " (a scikit-learn baseline's: ferops predict takes Keras models)" if (path / "model.joblib").exists() else ""
             raise ConfigError(f"--model {ref}: a folder with no model.keras or MLmodel in it{sk} — {MODEL_HINT}.")
@@ -720,7 +760,7 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
     except Exception as exc:  # keras raises several types for a file that is not a model
         raise ConfigError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}).") from None
-    return Classifier(check_contract(model, path))
+    return Classifier(check_contract(model, path), source=str(path))
 
 
 def check_contract(model: Any, path: str | Path) -> Any:
@@ -1000,14 +1040,16 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """predict_photos results → one row per face (a photo with no face or an error: one row saying so)."""
     rows = []
     for r in results:
-        base = {"file": r["file"], "faces_from": r.get("faces_from"), "note": r.get("note"), "error": r.get("error")}
+        base = {"file": r["file"], "faces_from": r.get("faces_from"), "note": r.get("note"), "error": r.get("error"),
+                "model": r.get("model")}
         for i, f in enumerate(r["faces"]):
             x, y, w, h = f["box"]
             rows.append({**base, "face": i, "x": x, "y": y, "w": w, "h": h, "label": f["label"],
                          "label_name": f["label_name"], **{f"prob_{n}": v for n, v in f["probabilities"].items()}})
         if not r["faces"]:
             rows.append(base)
-    cols = ["file", "face", "x", "y", "w", "h", "label", "label_name", *PROB_COLUMNS, "faces_from", "note", "error"]
+    cols = ["file", "face", "x", "y", "w", "h", "label", "label_name", *PROB_COLUMNS, "faces_from", "note", "error",
+            "model"]
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "file"} for r in rows], columns=cols[1:])
     # `file` as Python strings: a name that is not UTF-8 holds surrogates, which pandas' Arrow-backed strings refuse
     table.insert(0, "file", pd.Series([r["file"] for r in rows], dtype=object))
@@ -1061,6 +1103,8 @@ def cli_predict(args: Any) -> None:
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
     log.info("test-time augmentation: %s%s", tta, why)
     results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True, skip=args.out_dir)
+    for r in results:  # which model answered, as `ferops serve` names it in each REST answer
+        r["model"] = clf.source
     # A JSON array with one photo per line: valid JSON for tools, readable for people. Printed before the CSV is
     # written, so the results are not lost if that still fails (e.g. a full disk).
     text = "[\n" + ",\n".join("  " + json.dumps(r) for r in results) + "\n]\n"

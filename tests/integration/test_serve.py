@@ -105,6 +105,7 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
             probs = [p[f"prob_{n}"] for n in EMOTIONS]
             assert abs(sum(probs) - 1.0) < 1e-4 and min(probs) >= 0
             assert p["label"] == int(np.argmax(probs)) and p["label_name"] == EMOTIONS[p["label"]]
+            assert p["model"] == f"models:/{NAME}/1"  # which version answered: the one @champion named at start
 
         bad = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["pixels"], "data": [["1 2 3"]]}},
                             timeout=60)
@@ -208,7 +209,7 @@ def test_the_registered_model_carries_its_own_ferops_code(tmp_path, mlflow_store
                        text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     where, shape = r.stdout.split()[-3], r.stdout.split()[-2:]
-    assert "/code/ferops/__init__.py" in where and "".join(shape) == "(1,9)"
+    assert "/code/ferops/__init__.py" in where and "".join(shape) == "(1,10)"  # label, label_name, 7 probs, model
 
     from ferops.inference import load_classifier
 

@@ -211,6 +211,29 @@ def test_pyfunc_tta_param(registered, keras_model):
         registered[1].predict(df, params={"tta": "best"})
 
 
+def test_pyfunc_answers_name_the_model_that_gave_them(registered, monkeypatch, caplog):
+    """Each row names its model: the registered version `ferops serve` resolved (it sets $FEROPS_SERVED_MODEL for
+    `mlflow models serve`), else the logged model's own `models:/<model_id>` (plain `mlflow models serve`)."""
+    import mlflow
+
+    df = pd.DataFrame({"pixels": [" ".join(["128"] * N_PIXELS)] * 2})
+    own = registered[1].metadata.model_id
+    assert own and list(registered[1].predict(df)["model"]) == [f"models:/{own}"] * 2  # no variable: its own id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered[0])
+    run = registered[1].metadata.run_id
+    monkeypatch.setenv(inf.SERVED_MODEL_ENV, json.dumps({"model": "models:/fer-test/1", "run_id": run}))
+    served = mlflow.pyfunc.load_model("models:/fer-test/1")
+    out = served.predict(df)
+    assert list(out["model"]) == ["models:/fer-test/1"] * 2
+    assert list(out.columns[:-1]) == list(inf.OUTPUT_COLUMNS[:-1])  # the earlier columns, as before
+    # a variable left over for another model (an exported shell variable) is not believed
+    artifact = Path(mlflow.artifacts.download_artifacts("models:/fer-test/1")) / "artifacts" / "model.keras"
+    monkeypatch.setenv(inf.SERVED_MODEL_ENV, json.dumps({"model": "models:/other/7", "run_id": "another-run"}))
+    with caplog.at_level(logging.WARNING, logger="ferops.inference"):
+        assert inf.served_model(artifact) == f"models:/{own}"
+    assert f"is not about this model (MLflow run {run})" in caplog.text
+    assert inf.served_model(Path("/nowhere/artifacts/model.keras")) is None  # no MLmodel above it: no name made up
+
 def test_image_preprocessing_matches_ingest(tmp_path):
     """Serving must see images exactly as training did: compare with ingest's image-folder reader."""
     from ferops.data import formats
@@ -531,6 +554,7 @@ def test_load_classifier_champion_and_missing(registered, keras_model, tmp_path,
     assert "synthetic" not in caplog.text
     client = mlflow.MlflowClient(registered[0])
     version = client.get_model_version_by_alias("fer-test", "champion").version
+    assert champ.source == f"models:/fer-test/{version}"  # the version the alias resolved to, as served answers say
     client.set_model_version_tag("fer-test", version, "dataset", "synthetic")
     try:
         inf.load_classifier(None, params)
@@ -641,6 +665,7 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     assert proc.returncode == 2, proc.stderr
     res = json.loads(proc.stdout)
     assert len(res[0]["faces"]) == 1 and Path(res[0]["annotated"]).is_file() and res[0]["error"] is None
+    assert [r["model"] for r in res] == [str(keras_path)] * 2  # which model answered
     assert "not an image" in res[1]["error"]
     assert "error: 1 bad file(s)" in proc.stderr and "junk.png" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -657,6 +682,7 @@ def test_cli_predict_subprocess(tmp_path, keras_path):
     assert [r["faces_from"] for r in res] == ["whole image", "detected"] and all(r["annotated"] is None for r in res)
     rows = pd.read_csv(table)
     assert list(rows["file"]) == [str(crops / "one.png"), str(face)] and list(rows["face"]) == [0, 0]
+    assert list(rows["model"]) == [str(keras_path)] * 2 and rows.columns[-1] == "model"  # new column: last
     assert "1 small face crop(s)" in proc.stderr and "--faces detect" in proc.stderr
 
     proc = subprocess.run([*cmd[:4], str(crops), str(tmp_path / "gone.png"), "--model", str(keras_path), "--faces",
