@@ -220,6 +220,27 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert not (tmp_path / "eval2" / "nb" / "mistakes_val.png").exists()  # no val given: no val error analysis
 
 
+def test_a_baseline_scored_on_a_val_subsample_is_ranked_on_the_whole_val_split(tmp_path, caplog):
+    # train_baselines.val_max_rows: its metrics.json val_accuracy came from a subsample, and evaluate ranked (and
+    # chose the submission model) on that figure beside others scored on every val row
+    from sklearn.dummy import DummyClassifier
+
+    data = _separable(400, seed=3)
+    train, val, test = data.subset(np.arange(200)), data.subset(np.arange(200, 300)), data.subset(np.arange(300, 400))
+    root = tmp_path / "models"
+    d = _baseline_dir(root, "dummy", DummyClassifier(strategy="most_frequent"), val=0.99, train=train)
+    metrics = json.loads((d / "metrics.json").read_text())
+    (d / "metrics.json").write_text(json.dumps({**metrics, "val_rows": 20}))  # 0.99 on 20 lucky rows
+    _baseline_dir(root, "whole", DummyClassifier(strategy="most_frequent"), val=0.50, train=train)  # all 100 rows
+    results, _ = evaluate_all(discover_models(root), test, data.subset(np.arange(0)), tmp_path / "eval", val=val,
+                              track=False)
+    by = {r["model"]: r for r in results}
+    majority = int(np.bincount(train.emotion).argmax())
+    assert by["dummy"]["val_accuracy"] == pytest.approx(float((val.emotion == majority).mean()))
+    assert by["whole"]["val_accuracy"] == 0.50  # trained on every val row: its own figure stands
+    assert "ranked here on all of them" in caplog.text
+
+
 def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
     import keras
 
