@@ -284,7 +284,8 @@ def cli_dashboard(args: Any) -> None:
     from ferops.runner import ensure_port_free
 
     ensure_port_free(args.host, args.port, "ferops dashboard")
-    storage = make_storage(spec, root, workers)  # first: a URL it cannot open is an error, not a "serving" line
+    # first: a URL it cannot open is an error, not a "serving" line; the setting as given, for its messages' `where`
+    storage = make_storage(tune.get("storage"), root, workers)
     log.info("optuna-dashboard on %s: http://%s:%s", redact(spec), args.host, args.port)
     optuna_dashboard.run_server(storage, host=args.host, port=int(args.port))
 
@@ -311,7 +312,7 @@ def adopt_default_study(store: "str | optuna.storages.BaseStorage", name: str, r
     other_file = _storage_file(other_spec, root)
     if other_file is None or not other_file.exists() or name in optuna.get_all_study_names(store):
         return False
-    other = make_storage(other_spec, root, 2 if workers == 1 else 1)
+    other = make_storage(None, root, 2 if workers == 1 else 1)
     if name not in optuna.get_all_study_names(other):
         return False
     optuna.copy_study(from_study_name=name, from_storage=other, to_storage=store)
@@ -320,7 +321,8 @@ def adopt_default_study(store: "str | optuna.storages.BaseStorage", name: str, r
 
 
 def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optuna.storages.BaseStorage":
-    """Open an Optuna storage: sqlite URL (default), JournalStorage (`journal:<path>` or workers > 1), or RDB with heartbeat."""
+    """Open an Optuna storage: sqlite URL (default), JournalStorage (`journal:<path>` or workers > 1), or RDB with heartbeat.
+    `spec`: tune.storage as given (None: the default), not storage_spec's result, so messages say where it was set."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
@@ -341,7 +343,8 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
 
         ml = sqlite_file(tracking_uri(Path(root)), root)
         if ml is not None and ml.resolve() == db.resolve():
-            raise ConfigError(f"{where} {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{db.parent}/{DEFAULT_DB}).")
+            own = db.with_name(DEFAULT_DB if db.name != DEFAULT_DB else f"optuna_studies{db.suffix}")
+            raise ConfigError(f"{where} {spec} is the MLflow database; give Optuna its own file (e.g. sqlite:///{own}).")
         if workers > 1:
             raise ConfigError(f"{where} {spec}: sqlite is not for {workers} parallel workers; use `journal:<path>` "
                               "(one machine) or a PostgreSQL URL (several machines).")
@@ -825,7 +828,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         raise ConfigError(f"tune.workers={workers}: must be ≥ 1.")
     if isinstance(storage, (str, type(None))):
         spec = storage_spec(storage, root, workers)
-        store = make_storage(spec, root, workers)
+        store = make_storage(storage, root, workers)  # the setting as given: its messages say where it was set
         if not storage and not os.environ.get(STORAGE_ENV):
             adopt_default_study(store, study_name, root, workers)
     elif workers > 1:

@@ -381,3 +381,17 @@ def test_pruner_and_demo_caps_name_their_params_key():
         tuning.make_pruner({"n_warmup_steps": "one"}, 6)
     with pytest.raises(ConfigError, match=r"^params.yaml demo.max_epochs: 'two' is not a whole number ≥ 0\.$"):
         tuning.budget({"n_trials": 2, "epochs": 4}, {"max_epochs": "two"}, synthetic=True)
+
+
+def test_the_default_storage_is_not_blamed_on_params_yaml(tmp_path, monkeypatch):
+    """run_study and `ferops dashboard` resolved the storage before make_storage, which then took the default file for
+    a params.yaml value: an MLflow store at <root>/optuna.db was `params.yaml tune.storage …` (a null key), and the
+    example 'own file' offered was that very optuna.db."""
+    monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / tuning.DEFAULT_DB}")
+    with pytest.raises(ConfigError, match=r"^the default tune storage sqlite:///\S+optuna\.db is the MLflow database; "
+                                          r"give Optuna its own file \(e\.g\. sqlite:///\S+optuna_studies\.db\)") as exc:
+        tuning.run_study("cnn", {"arch": "cnn"}, {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, _fer(14), _fer(7),
+                         storage=None, study_name="ferops-cnn-x", n_trials=1, track=False, root=tmp_path,
+                         progress=False)
+    assert "params.yaml" not in str(exc.value)
