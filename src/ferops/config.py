@@ -54,8 +54,15 @@ def sqlite_file(url: str, root: Path | None = None) -> Path | None:
     copies (`dvc exp run --temp`, `dvc queue`) then open the real project's file."""
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
-    path = Path(url[len("sqlite:///"):])
+    path = Path(url[len("sqlite:///"):].partition("?")[0])  # `?timeout=30`: SQLAlchemy's options, not the file's name
     return path if path.is_absolute() else store_root(root) / path
+
+
+def sqlite_url(url: str, root: Path | None = None) -> str:
+    """`url` with its sqlite file made absolute by sqlite_file's rule, its query string kept; other URLs as given."""
+    db = sqlite_file(url, root)
+    query = url.partition("?")[2]
+    return url if db is None else f"sqlite:///{db}" + (f"?{query}" if query else "")
 
 
 def not_a_section(where: str, value: Any, keys: str = "") -> ConfigError:

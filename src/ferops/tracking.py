@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ferops.config import flatten, repo_root, sqlite_file, store_root
+from ferops.config import flatten, repo_root, sqlite_file, sqlite_url, store_root
 
 EXPERIMENT = "ferops"
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -24,8 +24,7 @@ def tracking_uri(root: Path | None = None) -> str:
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        db = sqlite_file(env, root)
-        return env if db is None else f"sqlite:///{db}"
+        return sqlite_url(env, root)
     return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ferops.config import (in_project, not_a_section, not_in_project, number, number_problem, repo_root, sqlite_file,
-                           store_root)
+                           sqlite_url, store_root)
 from ferops.data.io import FerData
 from ferops.errors import ConfigError, FerError
 from ferops.hparams import apply_params
@@ -350,7 +350,7 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
                               "(one machine) or a PostgreSQL URL (several machines).")
         db.parent.mkdir(parents=True, exist_ok=True)
         # A relative path is the project root's file (as `ferops dashboard` finds it from any folder), not the cwd's.
-        return f"sqlite:///{db}"  # no heartbeat on the single-process default; dead local workers are handled by worker id
+        return sqlite_url(spec, root)  # no heartbeat on the single-process default; dead local workers are handled by worker id
     if "://" not in spec:
         url = "a SQLAlchemy URL such as postgresql://user:pw@host/db"
         raise ConfigError(f"{where} {spec!r}: use journal:<path>, or {url}; unset it for the default." if env else

@@ -65,3 +65,23 @@ def test_one_sqlite_file_rule_for_mlflow_and_optuna(tmp_path, monkeypatch):
     assert sqlite_file(f"sqlite:///{tmp_path / 'x.db'}", temp_copy) == tmp_path / "x.db"
     assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("postgresql://h/db") is None
     assert not store_missing("sqlite:///:memory:") and store_missing(f"sqlite:///{tmp_path / 'none.db'}")
+
+
+def test_a_sqlite_query_string_is_kept_and_not_part_of_the_file(tmp_path, monkeypatch):
+    """`sqlite:///mlflow.db?timeout=30` (SQLAlchemy's options, which MLflow and Optuna both accept): the file is
+    mlflow.db — `store_missing` looked for `mlflow.db?timeout=30`, calling an existing store missing — and the URL
+    keeps its options when the path is made absolute."""
+    from ferops import tuning
+    from ferops.config import sqlite_file
+    from ferops.tracking import store_missing
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db?timeout=30")
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=30"
+    assert sqlite_file(tracking_uri()) == tmp_path.resolve() / "mlflow.db" and not store_missing(tracking_uri())
+    monkeypatch.delenv(tuning.STORAGE_ENV, raising=False)
+    assert tuning.make_storage("sqlite:///studies.db?timeout=30", tmp_path) == \
+        f"sqlite:///{tmp_path.resolve() / 'studies.db'}?timeout=30"
+    assert tuning._storage_file("sqlite:///studies.db?timeout=30", tmp_path) == tmp_path.resolve() / "studies.db"
