@@ -31,10 +31,10 @@ run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the s
 # (.dvc/tmp, git-ignored by DVC), not in VENV: projects sharing one VENV would restore each other's params.yaml.
 # An EXIT trap restores it on Ctrl-C too (the INT/TERM trap turns the signal into an exit that runs it); the
 # recipe's status stays dvc's.
-KEEP := .dvc/tmp
-RESTORE = trap 'cp $(KEEP)/params-before-$@.yaml params.yaml' EXIT; trap 'exit 130' INT TERM
+SAVED = .dvc/tmp/params-before-$@.yaml
+RESTORE = trap 'cp $(SAVED) params.yaml' EXIT; trap 'exit 130' INT TERM
 demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
-	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-demo.yaml
+	@mkdir -p $(dir $(SAVED)) && cp params.yaml $(SAVED)
 	$(RESTORE); dvc exp run -S ingest.source=synthetic
 
 # A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards, as for demo.
@@ -42,7 +42,7 @@ demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whate
 # instead of leaving an empty override list, which would run the default pipeline.
 exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/gpu.yaml
 	@test -n "$(PROFILE)" || { echo "error: name a profile: make exp PROFILE=profiles/gpu.yaml" >&2; exit 2; }
-	@mkdir -p $(KEEP) && cp params.yaml $(KEEP)/params-before-exp.yaml
+	@mkdir -p $(dir $(SAVED)) && cp params.yaml $(SAVED)
 	set -f; $(RESTORE); args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args
 
 lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
