@@ -544,7 +544,8 @@ def mix_batch(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, rng: np.random
     from the partner and mixes the labels by the area really pasted (the box is clipped at the borders) — with
     `crop` (the model's random `crop`-px training window, taken after this), by the box's expected share of that
     window (at 44 of 48 px, the full image's area was 2.9 points off per image, 1.9 too little for the partner on
-    average; this is unbiased, 1.8 off, as each image's own offset is drawn later, in the model).
+    average; this is unbiased for the crop, 1.8 off, as each image's own offset is drawn later, in the model —
+    translate/zoom and progressive's smaller windows still move or trim the box, unmodelled).
     With probability 1-p the batch passes unchanged.
     """
     n = len(x)
