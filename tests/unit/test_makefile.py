@@ -75,6 +75,8 @@ def test_ctrl_c_during_make_demo_or_exp_restores_params(tmp_path, target):
     (venv / ".installed").touch()
     make = subprocess.Popen(["make", "-s", "-C", str(proj), target, f"VENV={venv}", "PROFILE=p.yaml"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # a terminal's default SIGINT: an xdist worker ignores it, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"})
     deadline = time.monotonic() + 30
     while not (proj / "dvc-started").exists() and time.monotonic() < deadline:

@@ -174,7 +174,8 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_the_predictions(arch, pixels)
     folded = zoo.fold_batchnorm(model)
     assert bns and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert len(zoo._foldable_pairs(model)) == len(bns)  # every BN here follows a linear conv/dense
-    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
+    # atol 1e-4: folding reorders float32 sums (1.2e-5 seen on one xdist worker's kernels); a wrong fold is ≫ 1e-3
+    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-4)
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)  # the input is untouched
 
 
@@ -243,7 +244,8 @@ def test_squeeze_excitation_gates_every_residual_branch_and_folds(pixels):
     _trained_looking_bn(model)
     folded = zoo.fold_batchnorm(model)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
-    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5)
+    # atol 1e-4: folding reorders float32 sums (1.2e-5 seen on one xdist worker's kernels); a wrong fold is ≫ 1e-3
+    np.testing.assert_allclose(folded.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-4)
     assert not any(layer.name.endswith("_se_gate") for layer in zoo.build_model(cfg, seed=0).layers)
     with pytest.raises(ConfigError, match="se=-4"):
         zoo.build_model({**cfg, "se": -4})
