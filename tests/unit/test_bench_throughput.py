@@ -55,3 +55,28 @@ def test_fit_steps_trains_each_variant_at_its_own_batch_size(tmp_path, monkeypat
     assert [m.fit_batches for m in models] == [[128, 128], [64, 64]]  # warm-up + timed fit, each at its batch
     assert {n for _, n in seen} == {256}  # 2 batches of the first variant's size, the same images for every variant
     assert capsys.readouterr().out.count("img/s through model.fit") == 2
+
+
+def test_fit_steps_mixes_a_batch_mix_variant_as_training_does(tmp_path, monkeypatch):
+    """`--variant cm=batch_mix={mode:cutmix} --fit-steps N` timed plain batches: fit_throughput built make_dataset
+    without the variant's mix, so cutmix's input-path cost was not in the `fit` figure. Each variant's dataset must
+    get the mix train_keras gives it — cutmix with the model's crop (the box's label weight), none for the base."""
+    import ferops.training
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train_deep": {"common": {"batch_size": 32},
+                                                     "models": {"resnet": {"online_aug": {"crop": 44}}}}}))
+    mixes: list = []
+
+    def make_dataset(pixels, labels, batch_size, **kw):
+        mixes.append(kw.get("mix"))
+        return {"batch": batch_size}
+
+    monkeypatch.setattr(throughput, "compiled_model", lambda cfg, *a, **k: (FakeModel(), 0.001))
+    monkeypatch.setattr(ferops.training, "make_dataset", make_dataset)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--params", str(params), "--variant", "base=",
+                                      "--variant", "cm=batch_mix={mode: cutmix, alpha: 1.0, p: 0.5}",
+                                      "--variant", "mu=batch_mix={mode: mixup, alpha: 0.2}",
+                                      "--rounds", "1", "--steps", "1", "--fit-steps", "1"])
+    throughput.main()
+    assert mixes == [None, {"mode": "cutmix", "alpha": 1.0, "p": 0.5, "crop": 44}, {"mode": "mixup", "alpha": 0.2, "p": 1.0}]
