@@ -6,7 +6,8 @@
 
 Sends the labeled PrivateTest rows of --data in the FER2013 CSV format (a `pixels` column of 2,304 grey levels),
 --batch rows per request, one request at a time; reports accuracy, macro-F1, images/s over the whole pass (JSON
-encoding, HTTP and the model together) and the median latency of a one-row request.
+encoding, HTTP and the model together) and the median latency of a one-row request. `served_by`: the `model` each
+answer names (`models:/<name>/<N>` under `ferops serve`; null from a server whose model predates that column).
 """
 
 from __future__ import annotations
@@ -60,16 +61,19 @@ def main() -> None:
     rows = [" ".join(map(str, p.ravel())) for p in test.pixels.astype(np.uint8)]
     post(args.url, rows[:1], args.tta)  # warm-up (the first call loads/traces)
     t0 = time.perf_counter()
-    labels = [p["label"] for i in range(0, len(rows), args.batch) for p in post(args.url, rows[i:i + args.batch], args.tta)]
+    answers = [p for i in range(0, len(rows), args.batch) for p in post(args.url, rows[i:i + args.batch], args.tta)]
     wall = time.perf_counter() - t0
+    labels = [p["label"] for p in answers]
+    served = sorted({str(p["model"]) for p in answers if p.get("model")})  # more than one: the server changed mid-pass
     lat = []
     for i in range(args.single_runs):
         t = time.perf_counter()
         post(args.url, rows[i:i + 1], args.tta)
         lat.append(time.perf_counter() - t)
     m = classification_metrics(test.emotion.astype(int), np.asarray(labels))
-    out = {"url": args.url, "tta": args.tta, "rows": len(rows), "batch": args.batch, "test_accuracy": round(m["accuracy"], 4),
-           "test_macro_f1": round(m["macro_f1"], 4), "images_per_s": round(len(rows) / wall, 1),
+    out = {"url": args.url, "served_by": ", ".join(served) or None, "tta": args.tta, "rows": len(rows),
+           "batch": args.batch, "test_accuracy": round(m["accuracy"], 4), "test_macro_f1": round(m["macro_f1"], 4),
+           "images_per_s": round(len(rows) / wall, 1),
            "one_row_median_ms": round(1000 * statistics.median(lat), 1), "command": "python " + " ".join(sys.argv)}
     print(json.dumps(out, indent=2))
     if args.json:
