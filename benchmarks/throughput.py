@@ -104,6 +104,7 @@ def main() -> None:
 
     tf_environment()  # the project's TF settings (oneDNN on); override with TF_ENABLE_ONEDNN_OPTS=0
     from ferops.config import deep_merge, load_params
+    from ferops.training import mix_config
 
     params = load_params(args.params)
     if args.model not in params["train_deep"]["models"]:
@@ -113,6 +114,8 @@ def main() -> None:
 
     base = deep_merge(params["train_deep"]["common"], params["train_deep"]["models"][args.model])
     variants = [parse_variant(v) for v in (args.variant or ["base="])]
+    for _name, over in variants:  # a malformed batch_mix (--fit-steps uses it) is one error line before minutes of timing
+        mix_config(deep_merge(base, over))
     runs = {}
     for name, over in variants:
         cfg = deep_merge(base, over)

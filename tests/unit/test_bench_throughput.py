@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -80,3 +81,19 @@ def test_fit_steps_mixes_a_batch_mix_variant_as_training_does(tmp_path, monkeypa
                                       "--rounds", "1", "--steps", "1", "--fit-steps", "1"])
     throughput.main()
     assert mixes == [None, {"mode": "cutmix", "alpha": 1.0, "p": 0.5, "crop": 44}, {"mode": "mixup", "alpha": 0.2, "p": 1.0}]
+
+
+def test_a_malformed_batch_mix_is_refused_before_any_timing(tmp_path, monkeypatch):
+    """`batch_mix={mode:cutmix}` (YAML without the space: {'mode:cutmix': None}) was found only by --fit-steps'
+    make_dataset, after every variant's train steps had been timed; it is one error before any model is built."""
+    from ferops.errors import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train_deep": {"common": {"batch_size": 32}, "models": {"resnet": {}}}}))
+    built: list = []
+    monkeypatch.setattr(throughput, "compiled_model", lambda cfg, *a, **k: built.append(cfg) or (FakeModel(), 0.001))
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--params", str(params), "--variant", "base=",
+                                      "--variant", "cm=batch_mix={mode:cutmix}", "--fit-steps", "1"])
+    with pytest.raises(ConfigError, match="batch_mix"):
+        throughput.main()
+    assert built == []
