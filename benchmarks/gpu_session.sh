@@ -26,8 +26,9 @@
 # budget is switched off here: on JAX every re-plan of it re-compiles the train step (~35 s).
 # What comes back ($OUT, at most 8 files): gpu.txt, s<seed>.log and s<seed>.json per seed (written as each run ends, so
 # a finished seed comes back even if the command is stopped), ensemble.json, and runs.tgz — every seed's result.json
-# and probas.npz (val/test probabilities of every TTA view) with the profile used, so that runs of several sessions can
-# be ensembled here: `tar xzf runs.tgz -C <dir> && python benchmarks/ensemble.py <dir>/s*/resnet <older>/s*/resnet`.
+# and probas.npz (val/test probabilities of every TTA view) with the profile used — of the seeds that finished in this
+# call only (earlier calls' seed folders are removed first) — so that runs of several sessions can be ensembled
+# here: `tar xzf runs.tgz -C <dir> && python benchmarks/ensemble.py <dir>/s*/resnet <older>/s*/resnet`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out/gpu_session}
@@ -60,20 +61,31 @@ yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)
 print("resnet overrides:", extra or "none")
 EOF
 
-runs=()
+for seed in $SEEDS; do  # an earlier call's run of a seed (a warm machine, a local smoke run) must not pass for this one's
+    rm -rf "$WORK/s$seed" "$OUT/s$seed.json"
+done
+rm -f "$OUT/ensemble.json"
 for seed in $SEEDS; do
     dir=$WORK/s$seed
     ( "$PY" benchmarks/train.py --model resnet --profile "$profile" --data "$DATA" --no-mlflow --seed "$seed" \
         --out "$dir" ${EPOCHS:+--epochs "$EPOCHS"} ${TRAIN_ARGS:-} > "$OUT/s$seed.log" 2>&1 \
       && cp "$dir/resnet/result.json" "$OUT/s$seed.json" ) &
-    runs+=("$dir/resnet")
 done
 wait
-"$PY" benchmarks/ensemble.py "${runs[@]}" > "$OUT/ensemble.json" 2> "$WORK/ensemble.log" || tail -5 "$WORK/ensemble.log"
-(cd "$WORK" && tar czf - profile.yaml ensemble.log s*/resnet/result.json s*/resnet/probas.npz 2>/dev/null) > "$OUT/runs.tgz" || true
+runs=() files=()  # the seeds that finished in this call, and only theirs
+for seed in $SEEDS; do
+    [ -f "$OUT/s$seed.json" ] && runs+=("$WORK/s$seed/resnet") && files+=("s$seed/resnet/result.json" "s$seed/resnet/probas.npz")
+done
+: > "$WORK/ensemble.log"
+if [ ${#runs[@]} -gt 0 ]; then
+    "$PY" benchmarks/ensemble.py "${runs[@]}" > "$OUT/ensemble.json" 2> "$WORK/ensemble.log" || tail -5 "$WORK/ensemble.log"
+else
+    echo "no seed finished: nothing to ensemble" | tee "$WORK/ensemble.log"
+fi
+(cd "$WORK" && tar czf - profile.yaml ensemble.log "${files[@]}" 2>/dev/null) > "$OUT/runs.tgz" || true
 for seed in $SEEDS; do
     [ -f "$OUT/s$seed.json" ] && "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], \
 {k: r.get(k) for k in ('val_accuracy', 'val_accuracy_tta', 'test_accuracy', 'test_accuracy_tta', 'tta', 'epochs_run', \
 'best_epoch', 'train_wall_s')})" "$OUT/s$seed.json" "seed $seed" || echo "seed $seed: no result (see $OUT/s$seed.log)"
 done
-cat "$OUT/ensemble.json"
+[ ${#runs[@]} -gt 0 ] && cat "$OUT/ensemble.json"
