@@ -69,18 +69,14 @@ def fit_throughput(runs: dict, fit_steps: int) -> dict[str, float]:
     cast, Keras' epoch loop) that train_on_batch on one batch skips. The same `fit_steps` x (first variant's batch)
     random images for every variant, each batched at its own batch size (a batch_size variant trains at its batch) and
     mixed as training mixes it (a batch_mix variant pays for its cutmix/mixup, as train_keras hands it to make_dataset)."""
-    from ferops.models.zoo import aug_config
-    from ferops.training import make_dataset, mix_config
+    from ferops.training import make_dataset, train_mix
 
     rng = np.random.default_rng(1)
     n = fit_steps * len(next(iter(runs.values()))["x"])
     pixels, labels = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n)
     out = {}
     for name, r in runs.items():
-        mix = mix_config(r["cfg"])
-        if mix is not None and mix["mode"] == "cutmix":  # as train_keras: the box's label weight for the model's crop
-            mix["crop"] = aug_config(r["cfg"])["crop"]
-        ds = make_dataset(pixels, labels, len(r["x"]), shuffle=True, mix=mix)
+        ds = make_dataset(pixels, labels, len(r["x"]), shuffle=True, mix=train_mix(r["cfg"]))
         r["model"].fit(ds, epochs=1, verbose=0)  # warm-up: the dataset's first pass
         t0 = time.perf_counter()
         r["model"].fit(ds, epochs=2, verbose=0)

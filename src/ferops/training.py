@@ -536,6 +536,17 @@ def _mean_overlap(a0: int, a1: int, side: int, crop: int) -> float:
     return float(np.mean([max(0, min(a1, o + crop) - max(a0, o)) for o in range(side - crop + 1)]))
 
 
+def train_mix(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """`mix_config` as training hands it to `make_dataset`: cutmix also gets the model's training crop, which its
+    label weight counts (see mix_batch)."""
+    from ferops.models.zoo import aug_config
+
+    mix = mix_config(cfg)
+    if mix is not None and mix["mode"] == "cutmix":
+        mix["crop"] = aug_config(cfg)["crop"]
+    return mix
+
+
 def mix_batch(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, rng: np.random.Generator, *, mode: str,
               alpha: float, p: float, crop: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Mix a batch with a shuffled copy of itself: images (x [n,h,w,c]), one-hot labels y and weights w alike.
@@ -955,7 +966,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     import keras
 
     from ferops.metrics import classification_metrics
-    from ferops.models.zoo import aug_config, build_model, crop_size, inference_model, progressive_config
+    from ferops.models.zoo import build_model, crop_size, inference_model, progressive_config
 
     check_config(cfg)
     train, val = _labeled(train, "train"), _labeled(val, "validation")
@@ -974,10 +985,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     steps = math.ceil(len(train) / batch)
     y_train = train.emotion.astype(int)
     sw = class_weight_vector(y_train)[y_train] if cfg.get("class_weights") else None
-    mix = mix_config(cfg)
-    if mix is not None and mix["mode"] == "cutmix":  # the box's label weight counts what the model's crop keeps
-        mix["crop"] = aug_config(cfg)["crop"]
-    ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw, mix=mix)
+    ds_train = make_dataset(train.pixels, y_train, batch, shuffle=True, seed=seed, sample_weight=sw,
+                            mix=train_mix(cfg))
     ds_val = make_dataset(val.pixels, val.emotion.astype(int), max(batch, 256))
 
     dist = data_parallel(cfg.get("data_parallel", "auto"))
