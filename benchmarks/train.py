@@ -61,7 +61,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
     """Train a deep model (its resolved config) as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
 
-    from ferops.training import fit_deep, swa_metrics, train_deep_model
+    from ferops.training import average_metrics, fit_deep, train_deep_model
 
     if args.epochs:
         cfg["epochs"] = args.epochs
@@ -78,8 +78,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
                        "precision": res.precision, "history": fit.history})
         if len(fit.members) == 1:
             result["best_epoch"] = res.best_epoch
-            if res.swa_val_accuracy is not None:
-                result.update(swa_metrics(res))
+            result.update(average_metrics(res))
         else:
             result["members"] = [{"seed": s, "val_accuracy": r.val_accuracy, "epochs_run": r.epochs_run,
                                   "best_epoch": r.best_epoch} for s, r in zip(fit.seeds, fit.members)]
@@ -91,7 +90,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
         model = load_keras(out / "model" / "model.keras")
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params", "n_members", "swa_val_accuracy", "swa_epochs",
-                                         "swa_used") if k in m})
+                                         "swa_used", "ema_bn_val_accuracy", "ema_bn_used") if k in m})
     result.update(score_deep(args, params, model, val, test, out))
     result["config"] = cfg
     return result

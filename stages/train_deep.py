@@ -77,6 +77,8 @@ def main() -> None:
                                              else f" over {m['n_members']} members")
     if m.get("swa_used"):
         epochs += f", weight average of the last {m['swa_epochs']} kept"
+    if m.get("ema_bn_used"):
+        epochs += ", the weight average's own BN statistics kept"
     log.info("%s: val_accuracy %.4f, val_macro_f1 %.4f, %s, %.0f s, %.0f images/s",
              args.model, m["val_accuracy"], m["val_macro_f1"], epochs, m["train_wall_s"], m["images_per_s"])
 

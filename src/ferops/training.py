@@ -50,6 +50,8 @@ class TrainResult:
     swa_val_accuracy: float | None = None   # `swa`: the weight average's val accuracy (None: off or < 2 epochs averaged)
     swa_epochs: list[int] = field(default_factory=list)  # the epochs averaged
     swa_used: bool = False   # the model holds the average (it beat the best epoch on val), not epoch `best_epoch`
+    ema_bn_val_accuracy: float | None = None  # `ema`: val with BN statistics recomputed for the average (None: off)
+    ema_bn_used: bool = False  # the model holds those statistics (they beat the ones tracked under the raw weights)
 
 
 def resolve_config(common: dict[str, Any], model_cfg: dict[str, Any], tuned: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -1065,7 +1067,15 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
             swa_val, swa_kept = choose_swa(model, averager, train.pixels, ds_val,
                                            history["val_accuracy"][best_epoch - 1], best_epoch,
                                            batch_size=max(batch, 256))
-    # SWA's statistics pass and val check count as training time, and so do the epochs before a resume.
+    ema_val, ema_kept = None, False
+    if ema_decay(cfg) is not None and not swa_kept and batchnorm_layers(model):
+        # The moving average's BN statistics are those tracked under the raw weights: give it its own, if val agrees
+        with scope():
+            ema_val, ema_kept = choose_recalibrated(
+                model, train.pixels, ds_val, history["val_accuracy"][best_epoch - 1], best_epoch,
+                what=f"EMA: epoch {best_epoch}'s weight average with BN statistics recomputed on train",
+                batch_size=max(batch, 256))
+    # The statistics passes and val checks count as training time, and so do the epochs before a resume.
     wall = time.perf_counter() - t0 + (state.prior_s if state is not None else 0.0)
     if checkpoint_dir is not None and not keep_checkpoint:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
@@ -1077,24 +1087,33 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                        val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
                        images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba,
                        swa_val_accuracy=swa_val, swa_epochs=averager.epochs if swa_val is not None else [],
-                       swa_used=swa_kept)
+                       swa_used=swa_kept, ema_bn_val_accuracy=ema_val, ema_bn_used=ema_kept)
 
 
 def choose_swa(model: Any, averager: Any, train_pixels: np.ndarray, ds_val: Any, best_val: float, best_epoch: int, *,
                batch_size: int = 256) -> tuple[float, bool]:
-    """Score the weight average on val (its BN statistics recomputed on the train images); keep it in `model`
-    only if it beats the best epoch's `best_val` — the model holds that epoch's weights on entry — else put
-    those back. Returns the average's val accuracy and whether it was kept. Selection on val only, like early stopping."""
+    """The weight average of `swa` against the best epoch, which `model` holds on entry (`choose_recalibrated`)."""
+    first, last = averager.epochs[0], averager.epochs[-1]
+    return choose_recalibrated(model, train_pixels, ds_val, best_val, best_epoch, put=averager.assign,
+                               what=f"SWA: mean of {averager.count} epochs ({first}-{last})", batch_size=batch_size)
+
+
+def choose_recalibrated(model: Any, train_pixels: np.ndarray, ds_val: Any, best_val: float, best_epoch: int, *,
+                        what: str, put: Callable[[], None] | None = None, batch_size: int = 256) -> tuple[float, bool]:
+    """Score a candidate on val, its BN statistics recomputed on the train images: the weights `put` puts into
+    `model` (None: the weights it holds, under their old statistics). Keep it only if it beats the best epoch's
+    `best_val` — `model` holds that epoch on entry — else put the epoch back, statistics included. Returns the
+    candidate's val accuracy and whether it was kept. Selection on val only, like early stopping."""
     best = model.get_weights()
-    averager.assign()
+    if put is not None:
+        put()
     recompute_bn_stats(model, train_pixels, batch_size)
     acc = float(model.evaluate(ds_val, verbose=0, return_dict=True)["accuracy"])
     keep = acc > best_val
     if not keep:
         model.set_weights(best)
-    first, last = averager.epochs[0], averager.epochs[-1]
-    print(f"SWA: mean of {averager.count} epochs ({first}-{last}) val {acc:.4f} against epoch {best_epoch}'s "
-          f"{best_val:.4f}: keeping {'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
+    print(f"{what}: val {acc:.4f} against epoch {best_epoch}'s {best_val:.4f}: keeping "
+          f"{'the candidate' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
     return acc, keep
 
 
@@ -1290,7 +1309,7 @@ def save_member(res: TrainResult, folder: Path, key: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     res.model.save(folder / "model.keras")
     fields = ("history", "best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "wall_s", "images_per_s", "precision",
-              "swa_val_accuracy", "swa_epochs", "swa_used")
+              "swa_val_accuracy", "swa_epochs", "swa_used", "ema_bn_val_accuracy", "ema_bn_used")
     (folder / "result.json").write_text(json.dumps({"key": key, **{f: getattr(res, f) for f in fields}}))
 
 
@@ -1403,10 +1422,16 @@ def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, ch
     return FitResult(model, members, seeds, proba, ensemble_history([r.history for r in members]))
 
 
-def swa_metrics(res: TrainResult) -> dict[str, float | int]:
-    """The weight average's numbers (`swa`): its val accuracy, how many epochs it averaged, whether it was kept."""
-    return {"swa_val_accuracy": float(res.swa_val_accuracy), "swa_epochs": len(res.swa_epochs),
-            "swa_used": int(res.swa_used)}
+def average_metrics(res: TrainResult) -> dict[str, float | int]:
+    """The weight averages' numbers: `swa`'s val accuracy, how many epochs it averaged and whether it was kept;
+    `ema`'s val accuracy with its own BN statistics and whether those were kept. Empty when neither ran."""
+    out: dict[str, float | int] = {}
+    if res.swa_val_accuracy is not None:
+        out.update({"swa_val_accuracy": float(res.swa_val_accuracy), "swa_epochs": len(res.swa_epochs),
+                    "swa_used": int(res.swa_used)})
+    if res.ema_bn_val_accuracy is not None:
+        out.update({"ema_bn_val_accuracy": float(res.ema_bn_val_accuracy), "ema_bn_used": int(res.ema_bn_used)})
+    return out
 
 
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
@@ -1461,8 +1486,8 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
         metrics.update({"epochs_run": fit.epochs_run, "train_wall_s": round(fit.wall_s, 2),
                         "images_per_s": round(fit.images_per_s, 1), "n_params": int(model.count_params())})
         metrics.update({"best_epoch": res.best_epoch} if len(members) == 1 else {"n_members": len(members)})
-        if len(members) == 1 and res.swa_val_accuracy is not None:
-            metrics.update(swa_metrics(res))
+        if len(members) == 1:
+            metrics.update(average_metrics(res))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tag("precision", res.precision)
 

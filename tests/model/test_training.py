@@ -521,10 +521,45 @@ def test_ema_weights_are_validated_and_kept(tiny):
         np.testing.assert_allclose(validated, average, rtol=1e-6)  # val scored the average ...
         assert not np.allclose(validated, end)  # ... which lags the raw weights
     np.testing.assert_array_equal(probe["begin"][1], probe["end"][0])  # epoch 2 trains on from the raw weights
-    # the returned model is the best epoch's average, and its val accuracy is the one val logged then
-    assert res.val_accuracy == pytest.approx(max(res.history["val_accuracy"]), abs=1e-6)
+    # the returned model is the best epoch's average; its val accuracy is the one val logged then, unless the
+    # average's own BN statistics scored higher (then that one)
+    assert res.ema_bn_val_accuracy is not None
+    best = max(res.history["val_accuracy"])
+    if res.ema_bn_used:
+        assert res.ema_bn_val_accuracy > best
+        assert res.val_accuracy == pytest.approx(res.ema_bn_val_accuracy, abs=1e-6)
+    else:
+        assert res.ema_bn_val_accuracy <= best and res.val_accuracy == pytest.approx(best, abs=1e-6)
     kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
     np.testing.assert_allclose(kept, probe["average"][res.best_epoch - 1], rtol=1e-6)
+    from ferops.training import average_metrics  # what train_deep logs to MLflow
+
+    assert average_metrics(res) == {"ema_bn_val_accuracy": res.ema_bn_val_accuracy, "ema_bn_used": int(res.ema_bn_used)}
+
+
+def test_choose_recalibrated_keeps_new_bn_statistics_only_when_val_prefers_them(tiny):
+    """`ema`'s candidate is the weights the model holds with BN statistics of their own: an unbeatable best keeps
+    every weight as it was; a beaten one keeps the trainable weights and recomputes every BN layer's statistics."""
+    from ferops.training import choose_recalibrated
+
+    train, val = tiny
+    model = train_keras(train, val, {**TINY, "epochs": 1, "class_weights": False}, seed=0, verbose=0).train_model
+    ds_val = make_dataset(val.pixels, val.emotion.astype(int), 64)
+    before = [w.copy() for w in model.get_weights()]
+    moving = [i for i, v in enumerate(model.weights) if "moving" in v.path]
+    assert moving
+
+    acc, kept = choose_recalibrated(model, train.pixels, ds_val, best_val=2.0, best_epoch=1, what="EMA")
+    assert 0.0 <= acc <= 1.0 and not kept
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    assert choose_recalibrated(model, train.pixels, ds_val, best_val=-1.0, best_epoch=1, what="EMA")[1]
+    after = model.get_weights()
+    for i, (got, want) in enumerate(zip(after, before)):
+        if i in moving:
+            assert not np.array_equal(got, want)  # recomputed for these weights
+        else:
+            np.testing.assert_array_equal(got, want)  # the candidate's own weights, untouched
 
 
 def test_swa_config_is_checked():
