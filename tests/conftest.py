@@ -71,3 +71,30 @@ def _environ_restored_per_module():
 def _environ_restored():
     with _environ_kept():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_state_restored():
+    """mlflow.set_tracking_uri / set_registry_uri also set MLflow's in-process URIs, which outrank the environment
+    that `_environ_restored` puts back: a later test on the same xdist worker that sets only MLFLOW_TRACKING_URI
+    (`mlflow_store`) would log into the earlier test's store. A run a failed test left active is ended too, or
+    the next start_run fails ("Run ... is already active")."""
+    mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
+    before = _mlflow_uris(mlflow) if mlflow is not None else (None, None)
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    tracking._tracking_uri, registry._registry_uri = before  # the variables themselves: the environment is restored above
+
+
+def _mlflow_uris(mlflow) -> tuple[str | None, str | None]:
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    return tracking._tracking_uri, registry._registry_uri

@@ -1,0 +1,36 @@
+"""The suite's own isolation (tests/conftest.py): run in a pytest of its own, two tests in order on one process, as
+an xdist worker runs them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+LEAKY = '''
+import mlflow
+
+
+def test_1_sets_the_uris(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/a.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/a.db")
+
+
+def test_2_gets_its_own_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/b.db")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/b.db"
+    assert mlflow.get_registry_uri() == f"sqlite:///{tmp_path}/b.db"  # the registry follows the tracking store
+'''
+
+
+def test_mlflow_uris_set_by_one_test_do_not_reach_the_next(tmp_path):
+    """The environment alone was restored: MLflow's in-process URI outranks it, so the second test logged into the
+    first one's store."""
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_leaky.py").write_text(LEAKY)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
