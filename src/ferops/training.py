@@ -345,6 +345,17 @@ def swa_config(cfg: dict[str, Any]) -> dict[str, float] | None:
     return {"start": start, "lr_ratio": ratio}
 
 
+def swa_ignored_ratio(cfg: dict[str, Any]) -> str | None:
+    """A warning when `swa.lr_ratio` is set but the schedule cannot use it (plateau and constant keep their own
+    rates; only cosine and onecycle anneal to it), else None. A warning, not an error: a study may search the
+    schedule under a common `swa`."""
+    swa, schedule = cfg.get("swa"), cfg.get("schedule", "plateau")
+    if isinstance(swa, dict) and "lr_ratio" in swa and schedule in ("plateau", "constant"):
+        return (f"swa.lr_ratio={swa['lr_ratio']!r} is ignored with schedule={schedule}, which keeps its own rates; "
+                "schedule: cosine or onecycle anneals to it")
+    return None
+
+
 def batchnorm_layers(model: Any) -> list:
     """Every BatchNormalization layer in `model`, nested models included."""
     import keras
@@ -1040,6 +1051,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                                            low, full))
     swa = swa_config(cfg)
     averager = None
+    if (ignored := swa_ignored_ratio(cfg)) is not None:
+        print(f"warning: {ignored}", file=sys.stderr)
     if swa is not None:  # after TimeBudget (it reads planned_epochs), before TrainState (which saves the logs)
         averager = cbs["SwaAverage"](swa["start"], epochs, Path(checkpoint_dir) if checkpoint_dir is not None else None)
         callbacks.insert(callbacks.index(state) if state is not None else len(callbacks), averager)

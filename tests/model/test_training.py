@@ -608,6 +608,17 @@ def _kernels_at_epoch_end():
     return seen, Probe()
 
 
+def test_an_swa_ratio_the_schedule_cannot_use_is_warned_about():
+    from ferops.training import swa_ignored_ratio
+
+    for schedule in ("plateau", "constant", None):  # None: the default, plateau
+        cfg = {"swa": {"start": 0.75, "lr_ratio": 0.05}, **({"schedule": schedule} if schedule else {})}
+        assert "swa.lr_ratio=0.05 is ignored with schedule=" + (schedule or "plateau") in swa_ignored_ratio(cfg)
+    assert swa_ignored_ratio({"swa": {"start": 0.75, "lr_ratio": 0.05}, "schedule": "cosine"}) is None
+    assert swa_ignored_ratio({"swa": {"start": 0.75}, "schedule": "plateau"}) is None  # the default ratio: nothing set
+    assert swa_ignored_ratio({"schedule": "plateau"}) is None
+
+
 def test_swa_averages_the_tail_and_is_kept_only_if_val_says_so(tiny):
     train, val = tiny
     seen, probe = _kernels_at_epoch_end()
