@@ -10,18 +10,27 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo exp lint test test-all bench ui dashboard serve clean help
+.PHONY: setup lock run demo exp lint test test-all bench ui dashboard serve clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The versions the suite and RESULTS ran with, transitive ones included: a clone installs what was tested, not what
+# was released since. `make setup LOCK=` lifts it (the newest that pyproject.toml's ranges allow).
+LOCK ?= constraints.txt
+
+$(STAMP): pyproject.toml $(wildcard $(LOCK))
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" $(if $(LOCK),--constraint $(LOCK))
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install ferops with its dependencies
+setup: $(STAMP)  ## create .venv and install ferops with its dependencies (the tested versions: constraints.txt)
+
+# After `make setup LOCK=` (or a changed pyproject.toml range) has passed `make test-all`: record what it installed.
+lock: setup  ## rewrite constraints.txt from .venv's installed versions
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && touch $(STAMP)
 
 run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
 	dvc repro

@@ -85,3 +85,44 @@ def test_ctrl_c_during_make_demo_or_exp_restores_params(tmp_path, target):
     os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     assert make.wait(timeout=30) != 0
     assert (proj / "params.yaml").read_text() == "mine: true\n"
+
+
+def _locked() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_pyproject_ranges():
+    """A pin outside a pyproject.toml range makes `make setup` fail in pip; a dependency without a pin installs
+    whatever was released since the suite last passed."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = _locked()
+    for spec in [*project["dependencies"], *extras["dev"], *extras["dashboard"]]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt (make lock)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_setup_installs_within_the_lock_unless_lifted():
+    def install_line(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(ROOT), "-W", "pyproject.toml",
+                              *args, "setup"], capture_output=True, text=True, timeout=30, check=True).stdout
+        return next(line for line in out.splitlines() if "pip install" in line and "-e" in line)
+
+    assert install_line().endswith("--constraint constraints.txt")
+    assert "--constraint" not in install_line("LOCK=")
