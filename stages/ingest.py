@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 from ferops.config import load_params, number, section
 from ferops.data.io import save_npz, write_json
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
 
-    from ferops.data.formats import (EXPECTED_LAYOUTS, check_on_bad_rows, dataset_sha256, detect_source,
+    from ferops.data.formats import (EXPECTED_LAYOUTS, Rejected, check_on_bad_rows, dataset_sha256, detect_source,
                                      linked_folder, read_any, source_sha256, summarize, write_quarantine)
     from ferops.data.synthetic import make_synthetic
     from ferops.plots import class_histogram, sample_grid
@@ -60,6 +61,8 @@ def main() -> None:
                           f"{os.path.realpath(link)}` in params.yaml instead (DVC then watches that folder).")
     if found is None and is_path:
         raise DataError(f"ingest.source: {source} holds no dataset (expected {EXPECTED_LAYOUTS}).")
+    rejected: list[Rejected]
+    info: dict[str, Any]
     if found is None:
         syn = p.get("synthetic") or {}
         n, seed = number(syn, "ingest.synthetic", "n", 3500, whole=True, low=1), number(syn, "ingest.synthetic", "seed", 42, whole=True)
@@ -89,7 +92,8 @@ def main() -> None:
                 "on_bad_rows": p.get("on_bad_rows", "fail")}, args.report)
     title = "SYNTHETIC demo faces" if info["synthetic"] else f"{Path(info['source']).name} ({info['format']})"
     sample_grid(data.pixels, data.emotion, args.figures / "samples.png", title=title)
-    class_histogram(summary["per_usage_class"], args.figures / "class_hist.png", title=f"Images per class — {title}")
+    per_usage_class = cast("dict[str, dict[str, int]]", summary["per_usage_class"])  # summarize: usage → class → n
+    class_histogram(per_usage_class, args.figures / "class_hist.png", title=f"Images per class — {title}")
     log.info("ingested %d rows (%d labeled, %d quarantined) from %s → %s", len(data), summary["labeled"],
              len(rejected), info["source"], args.out)
 

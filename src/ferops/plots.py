@@ -6,7 +6,7 @@ Every function writes a PNG (DVC and MLflow both show it) and returns its path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def sample_grid(pixels: np.ndarray, labels: np.ndarray, path: str | Path, per_cl
     fig, axes = plt.subplots(len(EMOTIONS), per_class, figsize=(per_class * 0.9, len(EMOTIONS) * 1.0))
     for c, name in enumerate(EMOTIONS):
         idx = np.flatnonzero(labels == c)
-        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
+        pick: np.ndarray | list[int] = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
         for j in range(per_class):
             ax = axes[c, j]
             ax.axis("off")
@@ -89,7 +89,7 @@ def augmentation_preview(originals: np.ndarray, augmented: Sequence[np.ndarray],
     return save_figure(fig, path)
 
 
-def training_curves(history: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
+def training_curves(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs validation (and LR when present)."""
     plt = pyplot()
     has_lr = "lr" in history or "learning_rate" in history
@@ -109,7 +109,7 @@ def training_curves(history: dict[str, Sequence[float]], path: str | Path, title
         ax.set_title(key)
         ax.legend()
     if has_lr:
-        lr = history.get("lr", history.get("learning_rate"))
+        lr = history["lr"] if "lr" in history else history["learning_rate"]  # has_lr: one of them is there
         axes[2].plot(np.arange(1, len(lr) + 1), lr, marker=_lone(lr))
         axes[2].set_title("learning rate")
         axes[2].set_xlabel("epoch")

@@ -75,6 +75,7 @@ def augment_batch(pixels: np.ndarray, ops: dict[str, Any], rng: np.random.Genera
 
     spec = check_ops(ops)
     x = np.array(pixels, dtype=np.uint8, copy=True)
+    n: int  # x.shape's items are Any to mypy: an int n picks rng.random's array overload, not its float one
     n, h, w = x.shape
     if n == 0:
         return x

@@ -527,14 +527,15 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
     bad: dict[int, str] = {}
     sep: str | bytes = f" {_SENTINEL} "
     if n and not isinstance(strings[0], str):
-        sep = sep.encode()
+        sep = f" {_SENTINEL} ".encode()  # not `sep.encode()`: mypy keeps the declared str | bytes here
     chunks = [(lo, min(lo + _CHUNK_ROWS, n)) for lo in range(0, n, _CHUNK_ROWS)]
 
     def parse(chunk: tuple[int, int]) -> np.ndarray | None:
         """Parse rows lo..hi into `flat` (disjoint rows, so safe from several threads); the indices of rows that
         are not 2304 values in 0..255 or look odd, or None when the C parse stopped early (non-numeric text)."""
         lo, hi = chunk
-        vals = _fromstring(sep.join(strings[lo:hi]) + sep)
+        # every row is str or every row bytes-like (one column), and sep matches strings[0]: mypy cannot pair them
+        vals = _fromstring(sep.join(strings[lo:hi]) + sep)  # type: ignore[arg-type, operator]
         if vals is None:
             return None
         ends = np.flatnonzero(vals == _SENTINEL)
@@ -573,6 +574,7 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
                     if why:
                         bad[i] = why
                     else:
+                        assert row is not None  # _parse_one gives a row exactly when it gives no reason
                         flat[i] = row
             else:
                 for i in bad_rows.tolist():  # bad, or only odd (see `parse`): the exact check decides
@@ -580,6 +582,7 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
                     if why:
                         bad[i] = why
                     else:
+                        assert row is not None  # _parse_one gives a row exactly when it gives no reason
                         flat[i] = row
             bar.update(hi - lo)
     return out, bad

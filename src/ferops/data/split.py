@@ -98,7 +98,8 @@ def duplicate_groups(hashes: list[str] | np.ndarray, splits: np.ndarray, emotion
     groups: dict[int, list[int]] = {}
     for r in dup_rows:
         groups.setdefault(int(inv[r]), []).append(int(r))
-    cross, conflict, examples = [], 0, []
+    cross, conflict = [], 0
+    examples: list[dict[str, Any]] = []
     pairs: dict[str, int] = {}
     within = {s: {"groups": 0, "extra_copies": 0} for s in SPLITS}
     for rows in groups.values():

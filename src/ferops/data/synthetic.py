@@ -8,6 +8,7 @@ scale, lighting, contrast and noise vary at random so the task is learnable but 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import cv2
 import numpy as np
@@ -141,7 +142,8 @@ def make_synthetic(n: int, seed: int) -> FerData:
     for i in range(n):
         canvas = _draw_face(int(emotion[i]), rng)
         # Pose: small rotation, scale and shift (a face detector's crop is never exact).
-        m = cv2.getRotationMatrix2D((_S / 2, _S / 2), float(pose[i, 0]), float(pose[i, 1]))
+        # a float64 2x3 matrix; cv2's stub (MatLike) also allows an integer array, which `+=` a float would not fit
+        m = cast(np.ndarray, cv2.getRotationMatrix2D((_S / 2, _S / 2), float(pose[i, 0]), float(pose[i, 1])))
         m[:, 2] += pose[i, 2:]
         canvas = cv2.warpAffine(canvas, m, (_S, _S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         faces[i] = cv2.resize(canvas, (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_AREA)

@@ -10,7 +10,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,10 @@ from ferops.constants import EMOTIONS, N_PIXELS, NUM_CLASSES, UNLABELED, USAGE_T
 from ferops.data.io import FerData
 from ferops.data.split import image_hashes
 from ferops.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: GX is imported where it runs (below), not with this module
+    from great_expectations.checkpoint import ValidationAction
+    from great_expectations.data_context.store.store import DataDocsSiteConfigTypedDict
 
 # Bump when an expectation is added, removed or changed: the suite name (and Data Docs) carry it.
 SUITE_VERSION = 1
@@ -126,16 +130,16 @@ def build_expectations(params: dict[str, Any] | None = None) -> list[Any]:
                                                    meta=crit("every class must appear in the training rows",
                                                              "add examples of the missing class to the Training rows")),
         gxe.ExpectColumnMinToBeBetween(column="train_class_fraction", min_value=float(p["min_class_fraction"]),
-                                       severity="warning",
+                                       severity="warning",  # type: ignore[arg-type]  # pydantic makes it a FailureSeverity
                                        meta=warn("a very rare class is hard to learn",
                                                  "consider train_deep.common.class_weights, or augment.balance with "
                                                  "train_deep.train_data set to the augment stage's set")),
         gxe.ExpectColumnMeanToBeBetween(column="is_duplicate", min_value=0.0, max_value=float(p["max_duplicate_fraction"]),
-                                        severity="warning",
+                                        severity="warning",  # type: ignore[arg-type]  # pydantic makes it a FailureSeverity
                                         meta=warn("share of rows whose exact image occurs more than once",
                                                   "see reports/split.json; split.duplicates: drop removes val/test copies")),
         gxe.ExpectColumnMeanToBeBetween(column="is_blank", min_value=0.0, max_value=float(p["max_blank_fraction"]),
-                                        severity="warning",
+                                        severity="warning",  # type: ignore[arg-type]  # pydantic makes it a FailureSeverity
                                         meta=warn("share of constant (blank) images",
                                                   "set split.drop_blank: true, or drop the blank rows from the source")),
     ]
@@ -162,12 +166,13 @@ def run_suite(frame: pd.DataFrame, params: dict[str, Any] | None, docs_dir: str 
     with tempfile.TemporaryDirectory(prefix="ferops-gx-") as tmp:
         ctx = gx.get_context(mode="file", project_root_dir=str(context_dir or tmp))
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        actions = []
+        actions: list[ValidationAction] = []
         if docs_dir is not None:
-            site = {"class_name": "SiteBuilder",
-                    "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                                      "base_directory": str(Path(docs_dir).resolve())},
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
+            site: DataDocsSiteConfigTypedDict = {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(Path(docs_dir).resolve())},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
             for name in list(ctx.list_data_docs_sites()):  # only our site: the default one lives inside the context
                 ctx.delete_data_docs_site(name)
             ctx.add_data_docs_site("ferops", site)
