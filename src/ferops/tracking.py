@@ -72,7 +72,7 @@ def _first_use_lock(uri: str) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows
-        fcntl = None
+        fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
     db = sqlite_file(uri)
     if fcntl is None or db is None:
         yield
@@ -117,7 +117,8 @@ def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, st
     if run_dir is not None and (run_dir / RUN_ID_FILE).exists():
         run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
         try:
-            deleted = mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
+            # an empty file names no run: a fresh one, as for a run the store no longer holds
+            deleted = run_id is not None and mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
         except Exception:  # the store was reset: start a fresh run
             run_id = None
         else:  # deleted in the UI (a killed run, cleaned up): MLflow refuses to start it again

@@ -396,7 +396,8 @@ def recompute_bn_stats(model: Any, pixels: np.ndarray, batch_size: int = 256) ->
 def save_weights_npz(path: Path, weights: list[np.ndarray], **extra: np.ndarray) -> None:
     """A list of weight arrays (keys w0, w1, ...) plus `extra` arrays, written atomically: a kill never leaves half a file."""
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **extra, **{f"w{i}": w for i, w in enumerate(weights)})
+    # numpy's stub: mypy takes the unpacked dicts as possibly filling savez's allow_pickle (a bool), hence the ignore
+    np.savez(tmp, **extra, **{f"w{i}": w for i, w in enumerate(weights)})  # type: ignore[arg-type]
     tmp.replace(path)
 
 
@@ -736,7 +737,8 @@ def _callbacks():
 
         def __init__(self, n_images: int):
             super().__init__()
-            self.n, self.times, self._t0, self.t_start = n_images, [], None, time.perf_counter()
+            self.n, self._t0, self.t_start = n_images, None, time.perf_counter()
+            self.times: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -784,7 +786,8 @@ def _callbacks():
             super().__init__()
             self.start, self.max_epochs, self.dir = float(start), int(max_epochs), ckpt_dir
             self.mean: list[np.ndarray] | None = None
-            self.count, self.epochs = 0, []
+            self.count = 0
+            self.epochs: list[int] = []
 
         @property
         def file(self) -> Path | None:
@@ -810,6 +813,7 @@ def _callbacks():
 
         def assign(self) -> None:
             """Put the mean into the model's trainable weights (its BN statistics still need `recompute_bn_stats`)."""
+            assert self.mean is not None  # called once epochs were averaged (choose_swa: count ≥ 2)
             for v, m in zip(self.model.trainable_variables, self.mean):
                 v.assign(m.astype(v.dtype))
 
@@ -1099,7 +1103,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
     return TrainResult(model=clean, train_model=model, history=history, best_epoch=best_epoch, epochs_run=len(history["val_accuracy"]),
                        val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
                        images_per_s=throughput.images_per_s(), precision=precision, val_proba=proba,
-                       swa_val_accuracy=swa_val, swa_epochs=averager.epochs if swa_val is not None else [],
+                       swa_val_accuracy=swa_val, swa_epochs=averager.epochs if averager is not None and swa_val is not None else [],
                        swa_used=swa_kept, ema_bn_val_accuracy=ema_val, ema_bn_used=ema_kept)
 
 
@@ -1313,7 +1317,7 @@ def ensemble_seeds(cfg: dict[str, Any], seed: int) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def _member_key(cfg: dict[str, Any], seed: int, data: str) -> str:
+def _member_key(cfg: dict[str, Any], seed: int, data: str | None) -> str:
     return json.dumps({**cfg, "seed": seed, "data": data}, sort_keys=True, default=str)
 
 
@@ -1427,6 +1431,7 @@ def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, ch
                             checkpoint_dir=checkpoint_dir, verbose=verbose, max_epochs=max_epochs,
                             callbacks_for=callbacks_for, keep_checkpoint=keep_checkpoint, digest=digest)
     if len(members) == 1:
+        assert members[0].val_proba is not None  # one seed: train_keras trained it just now (load_member leaves None)
         return FitResult(members[0].model, members, seeds, members[0].val_proba, members[0].history)
     from ferops.models.zoo import ensemble_model
 
@@ -1471,7 +1476,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     digest = data_digest(train, val)  # once: the members' and the epochs' checkpoints record it too
     identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs}
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
-    if resume and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
+    if resume and ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
     elif not resume:  # a fresh training is a new run, also where nothing emptied `out` (the script run by hand)
         (out / RUN_ID_FILE).unlink(missing_ok=True)

@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO, cast
 
 from ferops.config import (in_project, not_a_section, not_in_project, number, number_problem, repo_root, sqlite_file,
                            sqlite_url, store_root)
@@ -462,7 +462,8 @@ class _Claim:
     """A file lock held from 'is there room for another trial?' until that trial exists (exact n_trials across local workers)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self._fh = path, None
+        self.path = path
+        self._fh: TextIO | None = None
 
     def acquire(self) -> "_Claim":
         self._fh = open(self.path, "a+")
@@ -637,7 +638,7 @@ def _best_value(study: "optuna.Study") -> float | None:
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(t.value for t in done) if done else None
+    return max(cast(float, t.value) for t in done) if done else None  # a complete trial has its value
 
 
 def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int,
@@ -784,7 +785,7 @@ def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: st
     best = study.best_trial if by[TrialState.COMPLETE] else None
     return {
         "family": family, "study_name": study.study_name, "storage": redact(storage),
-        "best_params": dict(best.params) if best else {}, "best_value": float(best.value) if best else None,
+        "best_params": dict(best.params) if best else {}, "best_value": float(cast(float, best.value)) if best else None,
         "best_trial": best.number if best else None, "metric": "val_accuracy",
         "n_trials": n_trials, "n_complete": by[TrialState.COMPLETE], "n_pruned": by[TrialState.PRUNED],
         "n_failed": by[TrialState.FAIL], "n_running": by[TrialState.RUNNING],
@@ -855,6 +856,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
               "val_rows": len(val), "space": space, "base": trial_config(cfg_base, epochs)}
     session = {"n_trials": n_trials, "timeout_s": timeout_s, "workers": workers, "storage": redact(spec)}
     experiment_id = tracking = None
+    ctx: contextlib.AbstractContextManager[Any]
     if track:
         import mlflow
 
