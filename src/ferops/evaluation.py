@@ -256,7 +256,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     model's val probabilities under that mode (None without labeled val rows)."""
     has_val = val is not None and bool(val.labeled.any())
     if entry.kind == "deep" and tta == "auto":
-        if not has_val:
+        if val is None or not has_val:
             raise DataError("evaluate.tta=auto chooses the TTA mode on the validation split, which has no labeled "
                             "rows; set evaluate.tta to none | flip | tencrop | shift.")
         # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
@@ -265,7 +265,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
         mode = best_tta(acc)
         return mode, acc, tta_probas(views, mode)
     mode = tta if entry.kind == "deep" else "none"
-    if not has_val:
+    if val is None or not has_val:
         return mode, {}, None
     return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size)
 

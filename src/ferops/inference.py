@@ -287,9 +287,9 @@ def load_keras(path: str | Path, fold: bool = True) -> Any:
 @functools.cache
 def _pyfunc_class() -> type:
     """Build FerPyfunc on first use, so importing this module does not import MLflow (≈2 s)."""
-    import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.pyfunc import PythonModel
 
     class ServingInputError(MlflowException, ValueError):
         """Bad rows: a ValueError in Python, an HTTP 400 with this message from `mlflow models serve`."""
@@ -297,7 +297,7 @@ def _pyfunc_class() -> type:
         def __init__(self, message: str):
             super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
-    class FerPyfunc(mlflow.pyfunc.PythonModel):
+    class FerPyfunc(PythonModel):
         """FER2013 expression classifier: `pixels` strings or base64 `image`s in, label + 7 probabilities + model out."""
 
         def load_context(self, context: Any) -> None:
@@ -537,7 +537,7 @@ def _run_cascade(backend: str, det: Any, small: np.ndarray, min_face: int) -> li
     if backend == "opencv-haar":
         # No histogram equalisation: it amplifies noise on flat backgrounds into false negatives.
         found = det.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face))
-        return [tuple(int(v) for v in b) for b in found]
+        return [(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
     # Finer scale/position steps than the defaults: coarser ones miss ~1 face in 8 on our test photos.
     found = det.detect_multi_scale(img=small.astype(np.float32) / 255.0, scale_factor=1.15, step_ratio=1.1,
                                    min_size=(min_face, min_face), max_size=(small.shape[1], small.shape[0]),
@@ -770,7 +770,8 @@ def check_contract(model: Any, path: str | Path) -> Any:
         inp, out = tuple(model.input_shape), tuple(model.output_shape)
     except (AttributeError, ValueError):  # several inputs or outputs: not a ferops model either
         inp, out = None, None
-    if inp is None or inp[1:] not in ((IMG_SIZE, IMG_SIZE, 1), (IMG_SIZE, IMG_SIZE)) or out[1:] != (NUM_CLASSES,):
+    if (inp is None or out is None  # both None, or neither
+            or inp[1:] not in ((IMG_SIZE, IMG_SIZE, 1), (IMG_SIZE, IMG_SIZE)) or out[1:] != (NUM_CLASSES,)):
         have = f"input {inp}, output {out}" if inp is not None else "several inputs or outputs"
         raise ConfigError(f"--model {path}: not a ferops expression model ({have}; expected input "
                           f"(None, {IMG_SIZE}, {IMG_SIZE}, 1) and output (None, {NUM_CLASSES})) — {MODEL_HINT}.")

@@ -220,7 +220,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
     mv = version_for_run(client, name, run_id, require_tag="tta_mode", tag_value=tta)
     reused = mv is not None
-    if reused:
+    if mv is not None:
         log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
                  best.name, tta)
     else:

@@ -96,7 +96,7 @@ def check_settings(kind: str, cfg: dict[str, Any]) -> None:
 
     if kind not in DEFAULTS:
         return  # resolve_settings names the unknown kind
-    grid = cfg.get("grid") if isinstance(cfg.get("grid"), dict) else {}
+    grid = g if isinstance(g := cfg.get("grid"), dict) else {}
     values = [(k, k, v) for k, v in cfg.items() if k not in ("kind", "grid")]
     values += [(f"grid.{k}", k, v) for k, vs in grid.items() if isinstance(vs, list) for v in vs]
     for where, key, value in values:
@@ -229,7 +229,7 @@ def _check_sklearn_params(kind: str, est: Any) -> None:
     for _, step in est.steps:
         for obj in (step, getattr(step, "estimator", None)):  # CalibratedClassifierCV: its LinearSVC too
             try:
-                if hasattr(obj, "_validate_params"):
+                if obj is not None and hasattr(obj, "_validate_params"):
                     obj._validate_params()
             except InvalidParameterError as exc:
                 raise ConfigError(f"train_baselines {kind}: {exc} Fix: that setting or grid value under params.yaml "
