@@ -10,7 +10,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run demo exp lint test test-all bench ui dashboard serve clean help
+.PHONY: setup lock run demo exp typecheck lint test test-all bench ui dashboard serve clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,7 +54,12 @@ exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/g
 	@mkdir -p $(dir $(SAVED)) && cp params.yaml $(SAVED)
 	set -f; $(RESTORE); args=$$($(PY) -m ferops.profiles "$(PROFILE)") && dvc exp run $$args
 
-lint: setup  ## ruff: unused and undefined names, likely bugs (seconds; `make test` runs it first)
+# Settings in pyproject.toml [tool.mypy]: not strict, untyped dependencies are Any. ~30 s from cold, a few with
+# its cache (.mypy_cache, which ignores itself in git).
+typecheck: setup  ## mypy: type errors in src/ferops and stages
+	$(VENV)/bin/mypy
+
+lint: setup typecheck  ## typecheck (mypy), then ruff: unused and undefined names, likely bugs (`make test` runs it first)
 	$(VENV)/bin/ruff check src stages tests benchmarks
 
 # Two pytest-xdist workers: most of the suite's time is single-threaded (TF start-up and tracing, subprocesses, DVC),
