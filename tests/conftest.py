@@ -73,24 +73,40 @@ def _environ_restored():
         yield
 
 
+@contextmanager
+def _mlflow_kept():
+    mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
+    before = _mlflow_uris(mlflow) if mlflow is not None else (None, None)
+    try:
+        yield
+    finally:
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None:
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            from mlflow.tracking._model_registry import utils as registry
+            from mlflow.tracking._tracking_service import utils as tracking
+
+            tracking._tracking_uri, registry._registry_uri = before  # the variables themselves: the environment is restored above
+
+
+# Per test and per module, as for the environment: a module fixture that opens a store for its tests (init_tracking in
+# test_mlflow_deep's `trained`, test_tune_resume's `tracking`, test_inference's `registered`) sets the URIs before its
+# first test, so the per-test restore keeps them for the module — and without the per-module one they outlived it.
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_state_restored_per_module():
+    with _mlflow_kept():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_state_restored():
     """mlflow.set_tracking_uri / set_registry_uri also set MLflow's in-process URIs, which outrank the environment
     that `_environ_restored` puts back: a later test on the same xdist worker that sets only MLFLOW_TRACKING_URI
     (`mlflow_store`) would log into the earlier test's store. A run a failed test left active is ended too, or
     the next start_run fails ("Run ... is already active")."""
-    mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
-    before = _mlflow_uris(mlflow) if mlflow is not None else (None, None)
-    yield
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is None:
-        return
-    while mlflow.active_run() is not None:
-        mlflow.end_run("KILLED")
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
-
-    tracking._tracking_uri, registry._registry_uri = before  # the variables themselves: the environment is restored above
+    with _mlflow_kept():
+        yield
 
 
 def _mlflow_uris(mlflow) -> tuple[str | None, str | None]:

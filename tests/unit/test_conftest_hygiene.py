@@ -34,3 +34,50 @@ def test_mlflow_uris_set_by_one_test_do_not_reach_the_next(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+MODULE_STORE = '''
+import mlflow
+import pytest
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('module')}/a.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def test_1_uses_the_module_store(store):
+    assert mlflow.get_tracking_uri() == store
+
+
+def test_2_still_has_it(store):  # the per-test restore puts back the module's store, not the state before it
+    assert mlflow.get_tracking_uri() == store and mlflow.get_registry_uri() == store
+'''
+
+NEXT_MODULE = '''
+import mlflow
+
+
+def test_gets_its_own_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/b.db")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/b.db"
+    assert mlflow.get_registry_uri() == f"sqlite:///{tmp_path}/b.db"
+'''
+
+
+def _pytest_in(folder: Path, files: dict[str, str], passed: int) -> None:
+    shutil.copy(TESTS / "conftest.py", folder / "conftest.py")
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(folder)],
+                       capture_output=True, text=True, cwd=folder, timeout=300)
+    assert r.returncode == 0 and f"{passed} passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_mlflow_uris_a_module_fixture_set_do_not_reach_the_next_module(tmp_path):
+    """A module fixture sets the URIs before its first test, so the per-test restore keeps them for its module —
+    and they outlived it: the next module's test, on the same worker, logged into that module's store."""
+    _pytest_in(tmp_path, {"test_a_module.py": MODULE_STORE, "test_b_next.py": NEXT_MODULE}, passed=3)
