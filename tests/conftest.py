@@ -77,12 +77,14 @@ def _environ_restored():
 def _mlflow_kept():
     mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
     before = _mlflow_uris(mlflow) if mlflow is not None else (None, None)
+    run = mlflow.active_run() if mlflow is not None else None
+    kept = run.info.run_id if run is not None else None  # a module fixture's run, open for its tests: left open
     try:
         yield
     finally:
         mlflow = sys.modules.get("mlflow")
         if mlflow is not None:
-            while mlflow.active_run() is not None:
+            while (run := mlflow.active_run()) is not None and run.info.run_id != kept:
                 mlflow.end_run("KILLED")
             from mlflow.tracking._model_registry import utils as registry
             from mlflow.tracking._tracking_service import utils as tracking

@@ -81,3 +81,39 @@ def test_mlflow_uris_a_module_fixture_set_do_not_reach_the_next_module(tmp_path)
     """A module fixture sets the URIs before its first test, so the per-test restore keeps them for its module —
     and they outlived it: the next module's test, on the same worker, logged into that module's store."""
     _pytest_in(tmp_path, {"test_a_module.py": MODULE_STORE, "test_b_next.py": NEXT_MODULE}, passed=3)
+
+
+MODULE_RUN = '''
+import mlflow
+import pytest
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('module')}/a.db")
+    with mlflow.start_run() as r:
+        yield r.info.run_id
+
+
+def test_1_logs_into_the_module_run(run):
+    assert mlflow.active_run().info.run_id == run
+    mlflow.log_metric("a", 1.0)
+
+
+def test_2_too(run):
+    assert mlflow.active_run() is not None and mlflow.active_run().info.run_id == run
+
+
+def test_3_a_run_of_its_own_is_ended(run):
+    mlflow.start_run(nested=True)  # left active, as by a failing test
+
+
+def test_4_back_in_the_module_run(run):
+    assert mlflow.active_run().info.run_id == run
+'''
+
+
+def test_a_module_fixtures_active_run_stays_open_for_its_tests(tmp_path):
+    """Only the runs a test started are ended: a module fixture's run, open for several tests, was ended after the
+    first one."""
+    _pytest_in(tmp_path, {"test_module_run.py": MODULE_RUN}, passed=4)
