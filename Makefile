@@ -10,20 +10,24 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run demo exp typecheck lint test test-all bench ui dashboard serve clean help
+.PHONY: FORCE setup lock run demo exp typecheck lint test test-all bench ui dashboard serve clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 # The versions the suite and RESULTS ran with, transitive ones included: a clone installs what was tested, not what
-# was released since. `make setup LOCK=` lifts it (the newest that pyproject.toml's ranges allow).
+# was released since. `make setup LOCK=` lifts it (the newest that pyproject.toml's ranges allow): it installs each
+# time it is asked, up to date or not, and upgrades what is installed, dependencies too (pip keeps any version that
+# still satisfies a range otherwise). Back to the lock after that: `touch constraints.txt; make setup`.
 LOCK ?= constraints.txt
 
-$(STAMP): pyproject.toml $(wildcard $(LOCK))
+$(STAMP): pyproject.toml $(wildcard $(LOCK)) $(if $(LOCK),,FORCE)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]" $(if $(LOCK),--constraint $(LOCK))
+	$(PY) -m pip install --quiet -e ".[dev]" $(if $(LOCK),--constraint $(LOCK),--upgrade --upgrade-strategy eager)
 	touch $(STAMP)
+
+FORCE:
 
 setup: $(STAMP)  ## create .venv and install ferops with its dependencies (the tested versions: constraints.txt)
 

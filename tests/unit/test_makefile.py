@@ -126,3 +126,24 @@ def test_setup_installs_within_the_lock_unless_lifted():
 
     assert install_line().endswith("--constraint constraints.txt")
     assert "--constraint" not in install_line("LOCK=")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_setup_without_the_lock_upgrades_an_installed_venv(tmp_path):
+    """`make setup LOCK=` on a set-up .venv did nothing (the stamp was newer than pyproject.toml and the lock), and
+    pip install alone keeps every installed version that satisfies a range: `make lock` then recorded the old ones."""
+    for f in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / f, tmp_path / f)
+    (tmp_path / ".venv").mkdir()
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.touch()
+    later = time.time() + 60
+    os.utime(stamp, (later, later))  # installed after the lock and pyproject.toml were written
+
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(tmp_path), *args, "setup"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
+
+    assert "pip install" not in dry()  # within the lock and up to date: nothing to do
+    line = next(ln for ln in dry("LOCK=").splitlines() if "pip install" in ln and "-e" in ln)
+    assert "--upgrade --upgrade-strategy eager" in line and "--constraint" not in line
