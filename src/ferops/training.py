@@ -350,7 +350,8 @@ def swa_ignored_ratio(cfg: dict[str, Any]) -> str | None:
     rates; only cosine and onecycle anneal to it), else None. A warning, not an error: a study may search the
     schedule under a common `swa`."""
     swa, schedule = cfg.get("swa"), cfg.get("schedule", "plateau")
-    if isinstance(swa, dict) and "lr_ratio" in swa and schedule in ("plateau", "constant"):
+    # not in (cosine, onecycle): `schedule: null` is a valid config too, a constant rate (lr_schedule, train_keras)
+    if isinstance(swa, dict) and "lr_ratio" in swa and schedule not in ("cosine", "onecycle"):
         return (f"swa.lr_ratio={swa['lr_ratio']!r} is ignored with schedule={schedule}, which keeps its own rates; "
                 "schedule: cosine or onecycle anneals to it")
     return None

@@ -615,6 +615,7 @@ def test_an_swa_ratio_the_schedule_cannot_use_is_warned_about():
         cfg = {"swa": {"start": 0.75, "lr_ratio": 0.05}, **({"schedule": schedule} if schedule else {})}
         assert "swa.lr_ratio=0.05 is ignored with schedule=" + (schedule or "plateau") in swa_ignored_ratio(cfg)
     assert swa_ignored_ratio({"swa": {"start": 0.75, "lr_ratio": 0.05}, "schedule": "cosine"}) is None
+    assert "ignored with schedule=None" in swa_ignored_ratio({"swa": {"lr_ratio": 0.05}, "schedule": None})  # constant
     assert swa_ignored_ratio({"swa": {"start": 0.75}, "schedule": "plateau"}) is None  # the default ratio: nothing set
     assert swa_ignored_ratio({"schedule": "plateau"}) is None
 
