@@ -57,28 +57,16 @@ def _environ_kept():
                 os.environ[key] = value
 
 
-# Code under test writes os.environ for the rest of the process: mlflow.set_tracking_uri / set_registry_uri export
-# MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (an earlier test's store, inherited by every later subprocess), set_seeds
-# PYTHONHASHSEED, tf_environment the TF/oneDNN defaults. Kept per test and per module (module fixtures open stores
-# too), so no test sees what another one ran before it on its xdist worker.
-@pytest.fixture(autouse=True, scope="module")
-def _environ_restored_per_module():
-    with _environ_kept():
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _environ_restored():
-    with _environ_kept():
-        yield
-
-
 @contextmanager
 def _mlflow_kept():
+    """mlflow.set_tracking_uri / set_registry_uri also set MLflow's in-process URIs, which outrank the environment
+    `_environ_kept` puts back: a later test on the same xdist worker that sets only MLFLOW_TRACKING_URI
+    (`mlflow_store`) would log into the earlier test's store. A run the test left active (a failed one) is ended
+    too, or the next start_run fails ("Run ... is already active") — not one that was open before it."""
     mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
-    before = _mlflow_uris(mlflow) if mlflow is not None else (None, None)
     run = mlflow.active_run() if mlflow is not None else None
     kept = run.info.run_id if run is not None else None  # a module fixture's run, open for its tests: left open
+    before = _mlflow_uris() if mlflow is not None else (None, None)
     try:
         yield
     finally:
@@ -86,33 +74,31 @@ def _mlflow_kept():
         if mlflow is not None:
             while (run := mlflow.active_run()) is not None and run.info.run_id != kept:
                 mlflow.end_run("KILLED")
-            from mlflow.tracking._model_registry import utils as registry
-            from mlflow.tracking._tracking_service import utils as tracking
-
-            tracking._tracking_uri, registry._registry_uri = before  # the variables themselves: the environment is restored above
+            _mlflow_uris(before)  # the variables themselves: the environment is restored by _environ_kept
 
 
-# Per test and per module, as for the environment: a module fixture that opens a store for its tests (init_tracking in
-# test_mlflow_deep's `trained`, test_tune_resume's `tracking`, test_inference's `registered`) sets the URIs before its
-# first test, so the per-test restore keeps them for the module — and without the per-module one they outlived it.
+def _mlflow_uris(restore: tuple[str | None, str | None] | None = None) -> tuple[str | None, str | None]:
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    if restore is not None:
+        tracking._tracking_uri, registry._registry_uri = restore
+    return tracking._tracking_uri, registry._registry_uri
+
+
+# Code under test changes process state for the rest of the process: mlflow.set_tracking_uri / set_registry_uri
+# export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (an earlier test's store, inherited by every later subprocess) and
+# set MLflow's in-process URIs, set_seeds PYTHONHASHSEED, tf_environment the TF/oneDNN defaults. Kept per test and
+# per module: a module fixture opens a store for its tests (init_tracking in test_mlflow_deep's `trained`,
+# test_tune_resume's `tracking`, test_inference's `registered`) before its first test, so the per-test restore keeps
+# it for the module and the per-module one ends it there — no test sees what another ran before it on its worker.
 @pytest.fixture(autouse=True, scope="module")
-def _mlflow_state_restored_per_module():
-    with _mlflow_kept():
+def _process_state_restored_per_module():
+    with _environ_kept(), _mlflow_kept():
         yield
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_state_restored():
-    """mlflow.set_tracking_uri / set_registry_uri also set MLflow's in-process URIs, which outrank the environment
-    that `_environ_restored` puts back: a later test on the same xdist worker that sets only MLFLOW_TRACKING_URI
-    (`mlflow_store`) would log into the earlier test's store. A run a failed test left active is ended too, or
-    the next start_run fails ("Run ... is already active")."""
-    with _mlflow_kept():
+def _process_state_restored():
+    with _environ_kept(), _mlflow_kept():
         yield
-
-
-def _mlflow_uris(mlflow) -> tuple[str | None, str | None]:
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
-
-    return tracking._tracking_uri, registry._registry_uri
