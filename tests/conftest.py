@@ -66,7 +66,7 @@ def _mlflow_kept():
     mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
     run = mlflow.active_run() if mlflow is not None else None
     kept = run.info.run_id if run is not None else None  # a module fixture's run, open for its tests: left open
-    before = _mlflow_uris() if mlflow is not None else (None, None)
+    before = _mlflow_uris() if mlflow is not None else (None, None, None)
     try:
         yield
     finally:
@@ -77,13 +77,17 @@ def _mlflow_kept():
             _mlflow_uris(before)  # the variables themselves: the environment is restored by _environ_kept
 
 
-def _mlflow_uris(restore: tuple[str | None, str | None] | None = None) -> tuple[str | None, str | None]:
+def _mlflow_uris(restore: tuple[str | None, str | None, str | None] | None = None
+                 ) -> tuple[str | None, str | None, str | None]:
+    """MLflow's in-process tracking URI, registry URI and active experiment id (set_experiment's, which names an
+    experiment of the store it was set in: another store has no such id); with `restore`, set them first."""
+    from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry
     from mlflow.tracking._tracking_service import utils as tracking
 
     if restore is not None:
-        tracking._tracking_uri, registry._registry_uri = restore
-    return tracking._tracking_uri, registry._registry_uri
+        tracking._tracking_uri, registry._registry_uri, fluent._active_experiment_id = restore
+    return tracking._tracking_uri, registry._registry_uri, fluent._active_experiment_id
 
 
 # Code under test changes process state for the rest of the process: mlflow.set_tracking_uri / set_registry_uri

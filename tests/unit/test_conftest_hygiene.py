@@ -23,17 +23,28 @@ def test_2_gets_its_own_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/b.db")
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/b.db"
     assert mlflow.get_registry_uri() == f"sqlite:///{tmp_path}/b.db"  # the registry follows the tracking store
+
+
+def test_3_selects_an_experiment(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/c.db")
+    mlflow.set_experiment("ferops")  # id 1 in that store
+
+
+def test_4_logs_into_its_own_stores_default_experiment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/d.db")
+    with mlflow.start_run() as run:  # "No Experiment with id=1 exists" when test 3's selection leaked
+        assert run.info.experiment_id == "0"
 '''
 
 
 def test_mlflow_uris_set_by_one_test_do_not_reach_the_next(tmp_path):
     """The environment alone was restored: MLflow's in-process URI outranks it, so the second test logged into the
-    first one's store."""
+    first one's store; and set_experiment's id reached the next test's store, which has no such experiment."""
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_leaky.py").write_text(LEAKY)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0 and "4 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 MODULE_STORE = '''

@@ -220,10 +220,14 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert not (tmp_path / "eval2" / "nb" / "mistakes_val.png").exists()  # no val given: no val error analysis
 
 
-def test_a_baseline_scored_on_a_val_subsample_is_ranked_on_the_whole_val_split(tmp_path, caplog):
+def test_a_baseline_scored_on_a_val_subsample_is_ranked_on_the_whole_val_split(tmp_path, caplog, mlflow_store):
     # train_baselines.val_max_rows: its metrics.json val_accuracy came from a subsample, and evaluate ranked (and
     # chose the submission model) on that figure beside others scored on every val row
     from sklearn.dummy import DummyClassifier
+
+    from ferops.tracking import init_tracking
+
+    init_tracking()  # its own store: the runs went to whatever store an earlier test on the worker had left set
 
     data = _separable(400, seed=3)
     train, val, test = data.subset(np.arange(200)), data.subset(np.arange(200, 300)), data.subset(np.arange(300, 400))
