@@ -32,9 +32,11 @@ FORCE:
 setup: $(STAMP)  ## create .venv and install ferops with its dependencies (the tested versions: constraints.txt)
 
 # After `make setup LOCK=` (or a changed pyproject.toml range) has passed `make test-all`: record what it installed.
-lock: setup  ## rewrite constraints.txt from .venv's installed versions
-	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
-	mv constraints.txt.new constraints.txt && touch $(STAMP)
+# The file is LOCK's (constraints.txt when LOCK= is empty); its comment lines are kept.
+LOCK_FILE = $(or $(LOCK),constraints.txt)
+lock: setup  ## rewrite constraints.txt (or LOCK=<file>) from .venv's installed versions
+	{ sed -n '/^#/p' $(LOCK_FILE) 2>/dev/null; $(PY) -m pip freeze --exclude-editable; } > $(LOCK_FILE).new
+	mv $(LOCK_FILE).new $(LOCK_FILE) && touch $(STAMP)
 
 run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
 	dvc repro

@@ -147,3 +147,25 @@ def test_setup_without_the_lock_upgrades_an_installed_venv(tmp_path):
     assert "pip install" not in dry()  # within the lock and up to date: nothing to do
     line = next(ln for ln in dry("LOCK=").splitlines() if "pip install" in ln and "-e" in ln)
     assert "--upgrade --upgrade-strategy eager" in line and "--constraint" not in line
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_lock_writes_the_lock_it_was_given_and_keeps_its_comments(tmp_path):
+    # it always wrote constraints.txt, also under `LOCK=other.txt`; a stand-in venv python answers `pip freeze`
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text('#!/bin/bash\n[ "$1 $2 $3" = "-m pip freeze" ] && printf "a==1\\nb==2\\n"\n')
+    py.chmod(0o755)
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "constraints.txt").write_text("# ours\nold==0\n")
+    (tmp_path / "other.txt").write_text("# theirs\nold==0\n")
+    time.sleep(0.05)
+    (venv / ".installed").touch()  # newer than both: `setup` installs nothing
+    run = {"check": True, "timeout": 60, "capture_output": True, "cwd": tmp_path}
+    subprocess.run(["make", "-s", "lock", f"VENV={venv}", "LOCK=other.txt"], **run)
+    assert (tmp_path / "other.txt").read_text() == "# theirs\na==1\nb==2\n"
+    assert (tmp_path / "constraints.txt").read_text() == "# ours\nold==0\n"
+    subprocess.run(["make", "-s", "lock", f"VENV={venv}"], **run)
+    assert (tmp_path / "constraints.txt").read_text() == "# ours\na==1\nb==2\n"
