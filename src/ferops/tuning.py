@@ -357,15 +357,16 @@ def make_storage(spec: str | None, root: Path, workers: int = 1) -> "str | optun
                           f"{where} {spec!r}: use null (the default), journal:<path>, or {url}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        scheme = spec.split("://", 1)[0]  # for messages: the URL may hold a password
         try:
             # Heartbeat: trials of workers that died anywhere are failed after GRACE_S and re-queued.
             return RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
         except ImportError:  # Optuna's "Failed to import DB access module", in a traceback; the URL may hold a password
-            raise ConfigError(f"{where} {spec.split('://', 1)[0]}://…: the Python driver for this database is not "
+            raise ConfigError(f"{where} {scheme}://…: the Python driver for this database is not "
                               "installed — for PostgreSQL: pip install -e '.[postgres]'.") from None
         except NoSuchModuleError:  # SQLAlchemy knows no such database: `postgres://` (Heroku's spelling) among them
-            raise ConfigError(f"{where} {spec.split('://', 1)[0]}://…: SQLAlchemy knows no such database — "
+            raise ConfigError(f"{where} {scheme}://…: SQLAlchemy knows no such database — "
                               "PostgreSQL is postgresql://user:pw@host/db.") from None
 
 
