@@ -61,7 +61,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
     """Train a deep model (its resolved config) as train_deep does, pick its TTA mode on val, then score test once."""
     import keras
 
-    from ferops.training import average_metrics, fit_deep, train_deep_model
+    from ferops.training import AVERAGE_METRICS, average_metrics, fit_deep, train_deep_model
 
     if args.epochs:
         cfg["epochs"] = args.epochs
@@ -89,8 +89,7 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
                              out_dir=out / "model", checkpoint_dir=out / "checkpoint", verbose=2)
         model = load_keras(out / "model" / "model.keras")
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
-                                         "images_per_s", "n_params", "n_members", "swa_val_accuracy", "swa_epochs",
-                                         "swa_used", "ema_bn_val_accuracy", "ema_bn_used") if k in m})
+                                         "images_per_s", "n_params", "n_members", *AVERAGE_METRICS) if k in m})
     result.update(score_deep(args, params, model, val, test, out))
     result["config"] = cfg
     return result

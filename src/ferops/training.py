@@ -1028,7 +1028,8 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                                           start_from_epoch=low["epochs"] if low else 0)
     plateau = None
     callbacks: list = [cbs["LrLogger"](), throughput, early]
-    if ema_decay(cfg) is not None:
+    ema = ema_decay(cfg) is not None
+    if ema:
         callbacks.append(cbs["EmaValidation"]())  # after `early`: see its docstring
     if low:
         callbacks.insert(0, cbs["LowResEpochs"](model.get_layer("low_res"), low["epochs"], full))
@@ -1086,7 +1087,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
                                            history["val_accuracy"][best_epoch - 1], best_epoch,
                                            batch_size=max(batch, 256))
     ema_val, ema_kept = None, False
-    if ema_decay(cfg) is not None and not swa_kept and batchnorm_layers(model):
+    if ema and not swa_kept and batchnorm_layers(model):
         # The moving average's BN statistics are those tracked under the raw weights: give it its own, if val agrees
         with scope():
             ema_val, ema_kept = choose_recalibrated(
@@ -1439,6 +1440,10 @@ def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, ch
     model = ensemble_model([r.model for r in members], name=name)
     proba = predict_proba(model, _labeled(val, "validation").pixels, batch_size=512)
     return FitResult(model, members, seeds, proba, ensemble_history([r.history for r in members]))
+
+
+# every key average_metrics can return (benchmarks/train.py reads them back from metrics.json)
+AVERAGE_METRICS = ("swa_val_accuracy", "swa_epochs", "swa_used", "ema_bn_val_accuracy", "ema_bn_used")
 
 
 def average_metrics(res: TrainResult) -> dict[str, float | int]:

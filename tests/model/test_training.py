@@ -532,9 +532,10 @@ def test_ema_weights_are_validated_and_kept(tiny):
         assert res.ema_bn_val_accuracy <= best and res.val_accuracy == pytest.approx(best, abs=1e-6)
     kept = keras.ops.convert_to_numpy(res.train_model.trainable_variables[0])
     np.testing.assert_allclose(kept, probe["average"][res.best_epoch - 1], rtol=1e-6)
-    from ferops.training import average_metrics  # what train_deep logs to MLflow
+    from ferops.training import AVERAGE_METRICS, average_metrics  # what train_deep logs to MLflow
 
     assert average_metrics(res) == {"ema_bn_val_accuracy": res.ema_bn_val_accuracy, "ema_bn_used": int(res.ema_bn_used)}
+    assert set(average_metrics(res)) <= set(AVERAGE_METRICS)
 
 
 def test_choose_recalibrated_keeps_new_bn_statistics_only_when_val_prefers_them(tiny):
