@@ -66,7 +66,7 @@ def _mlflow_kept():
     mlflow = sys.modules.get("mlflow")  # not imported here, as for Keras above
     run = mlflow.active_run() if mlflow is not None else None
     kept = run.info.run_id if run is not None else None  # a module fixture's run, open for its tests: left open
-    before = _mlflow_uris() if mlflow is not None else (None, None, None)
+    before = _mlflow_globals() if mlflow is not None else (None, None, None)
     try:
         yield
     finally:
@@ -74,10 +74,10 @@ def _mlflow_kept():
         if mlflow is not None:
             while (run := mlflow.active_run()) is not None and run.info.run_id != kept:
                 mlflow.end_run("KILLED")
-            _mlflow_uris(before)  # the variables themselves: the environment is restored by _environ_kept
+            _mlflow_globals(before)  # the variables themselves: the environment is restored by _environ_kept
 
 
-def _mlflow_uris(restore: tuple[str | None, str | None, str | None] | None = None
+def _mlflow_globals(restore: tuple[str | None, str | None, str | None] | None = None
                  ) -> tuple[str | None, str | None, str | None]:
     """MLflow's in-process tracking URI, registry URI and active experiment id (set_experiment's, which names an
     experiment of the store it was set in: another store has no such id); with `restore`, set them first."""
