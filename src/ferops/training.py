@@ -1132,7 +1132,7 @@ def choose_recalibrated(model: Any, train_pixels: np.ndarray, ds_val: Any, best_
     if not keep:
         model.set_weights(best)
     print(f"{what}: val {acc:.4f} against epoch {best_epoch}'s {best_val:.4f}: keeping "
-          f"{'the candidate' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
+          f"{'the average' if keep else f'epoch {best_epoch}'}", file=sys.stderr)
     return acc, keep
 
 
