@@ -568,22 +568,15 @@ def parse_pixel_strings(strings: Sequence[str | bytes | memoryview],
         # one chunk (a REST request, a small CSV): parsed inline, no thread started
         results = _in_order(pool, parse, chunks, ahead=2 * workers) if pool else map(parse, chunks)
         for (lo, hi), bad_rows in zip(chunks, results):
-            if bad_rows is None:
-                for i in range(lo, hi):  # the C parse stopped early (non-numeric text): check each row
-                    row, why = _parse_one(_text(strings[i]))
-                    if why:
-                        bad[i] = why
-                    else:
-                        assert row is not None  # _parse_one gives a row exactly when it gives no reason
-                        flat[i] = row
-            else:
-                for i in bad_rows.tolist():  # bad, or only odd (see `parse`): the exact check decides
-                    row, why = _parse_one(_text(strings[i]))
-                    if why:
-                        bad[i] = why
-                    else:
-                        assert row is not None  # _parse_one gives a row exactly when it gives no reason
-                        flat[i] = row
+            # None: the C parse stopped early (non-numeric text), so check each row; else the rows it found bad,
+            # or only odd (see `parse`): the exact check decides
+            for i in range(lo, hi) if bad_rows is None else bad_rows.tolist():
+                row, why = _parse_one(_text(strings[i]))
+                if why:
+                    bad[i] = why
+                else:
+                    assert row is not None  # _parse_one gives a row exactly when it gives no reason
+                    flat[i] = row
             bar.update(hi - lo)
     return out, bad
 
