@@ -124,8 +124,27 @@ def test_setup_installs_within_the_lock_unless_lifted():
                               *args, "setup"], capture_output=True, text=True, timeout=30, check=True).stdout
         return next(line for line in out.splitlines() if "pip install" in line and "-e" in line)
 
-    assert install_line().endswith("--constraint constraints.txt")
+    assert "--constraint constraints.txt" in install_line()
     assert "--constraint" not in install_line("LOCK=")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_setup_says_how_to_lift_the_lock_when_pip_cannot_install_within_it(tmp_path):
+    # pip alone ends on "ResolutionImpossible" or "No matching distribution" for a pin with no wheel for this Python
+    # or platform; a stand-in venv python fails the install as pip would
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text('#!/bin/bash\n[[ " $* " == *" -e "* ]] && { echo "ERROR: ResolutionImpossible" >&2; exit 1; }; exit 0\n')
+    py.chmod(0o755)
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "constraints.txt").write_text("a==1\n")
+    out = subprocess.run(["make", "-s", "setup", f"VENV={venv}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "ResolutionImpossible" in out.stderr
+    assert "could not install within constraints.txt" in out.stderr and "`make setup LOCK=`" in out.stderr
+    assert not (venv / ".installed").exists()  # the next `make setup` tries again
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
