@@ -7,6 +7,7 @@ is scored here, once per model, and never feeds a choice.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,11 @@ KIND_DIRS: dict[str, str] = {"baseline": "baselines", "deep": "deep"}
 TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, cheapest first (fewest views)
 # evaluate.tta `auto` (constants.TTA_SETTINGS): each deep model gets the TTA mode with the best VALIDATION accuracy
 # (ties: the cheaper mode).
-# Keys of reports/metrics.json, per model (DVC metrics).
+# Keys of reports/metrics.json, per model (DVC metrics). test_ece*: the probabilities served, a deep model's calibrated by
+# temperatures fitted on val; *_raw: the same before that scaling.
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_accuracy_tta",
-                                 "test_macro_f1", "test_macro_f1_tta", "test_weighted_f1", "test_ece", "test_ece_single")
+                                 "test_macro_f1", "test_macro_f1_tta", "test_weighted_f1", "test_ece", "test_ece_single",
+                                 "test_ece_raw", "test_ece_single_raw")
 
 
 @dataclass
@@ -161,8 +164,9 @@ def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title
 
 
 def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData | None, probs_val: np.ndarray | None,
-                      out_dir: Path, name: str) -> tuple[list[Path], float]:
-    """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA) and,
+                      out_dir: Path, name: str, calibration: str = "") -> tuple[list[Path], float]:
+    """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA and its
+    calibration, which `calibration` describes in the title) and,
     with val predictions, mistakes_val.png (the most confident val errors per class) and mistakes_val.csv (every
     val error, most confident first, with its source id: where to look for label noise). Error analysis stays on
     val, so whatever it suggests can be tried without touching test. Returns the files and the test ECE."""
@@ -172,7 +176,7 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     bins = calibration_bins(y_test, probs_test)
     ece = ece_of_bins(*bins)
     files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
-                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %)")]
+                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %{calibration})")]
     if val is not None and probs_val is not None:
         lab = val.labeled
         files.append(mistakes_grid(val.pixels[lab], val.emotion[lab], probs_val, out_dir / "mistakes_val.png",
@@ -251,9 +255,13 @@ def _fmt(v: Any, pct: bool = True) -> str:
 
 
 def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, batch_size: int
-               ) -> tuple[str, dict[str, float], np.ndarray | None]:
-    """The TTA mode to use on test for one model, the val accuracy of each mode tried (`auto` only), and the
-    model's val probabilities under that mode (None without labeled val rows)."""
+               ) -> tuple[str, dict[str, float], np.ndarray | None, dict[str, float]]:
+    """The TTA mode to use on test for one model, the val accuracy of each mode tried (`auto` only), the model's
+    val probabilities under that mode (None without labeled val rows), and, for a deep model, the calibration
+    temperature of each mode whose val probabilities it has (`fit_temperature`: every mode under `auto`, else the
+    mode set and the single pass)."""
+    from ferops.diagnostics import fit_temperature
+
     has_val = val is not None and bool(val.labeled.any())
     if entry.kind == "deep" and tta == "auto":
         if val is None or not has_val:
@@ -261,13 +269,20 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
                             "rows; set evaluate.tta to none | flip | tencrop | shift.")
         # Predict every view of every mode once (26; a crop-less model has only two), then average per mode.
         views = view_probas(model, val.pixels[val.labeled], batch_size, "all")
-        acc = accuracy_by_tta(views, val.emotion[val.labeled].astype(int))
+        y_val = val.emotion[val.labeled].astype(int)
+        acc = accuracy_by_tta(views, y_val)
         mode = best_tta(acc)
-        return mode, acc, tta_probas(views, mode)
+        return mode, acc, tta_probas(views, mode), {m: fit_temperature(y_val, tta_probas(views, m)) for m in acc}
     mode = tta if entry.kind == "deep" else "none"
     if val is None or not has_val:
-        return mode, {}, None
-    return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size)
+        return mode, {}, None, {}
+    if entry.kind == "deep":  # every mode's first view is the plain image: the single pass is calibrated too
+        views = view_probas(model, val.pixels[val.labeled], batch_size, mode)
+        y_val = val.emotion[val.labeled].astype(int)
+        temps = {"none": fit_temperature(y_val, average_views(views[:1])),
+                 mode: fit_temperature(y_val, average_views(views))}
+        return mode, {}, average_views(views), temps
+    return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size), {}
 
 
 def tta_probas(all_views: list[np.ndarray], tta: str) -> np.ndarray:
@@ -311,11 +326,12 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         lines.append(f"| {i} | {name} | {r['kind']} | {r['arch']} | {_fmt(r['val_accuracy'])} | "
                      f"{_fmt(r.get('val_macro_f1'))} | {_fmt(r.get('test_accuracy'))} | "
                      f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {_fmt(r.get('test_macro_f1'))} | "
-                     f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('test_ece'))} | "
+                     f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('test_ece'))}{_raw_ece(r)} | "
                      f"{_fmt(r.get('train_wall_s'), pct=False)} |")
     lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file). "
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
-              "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model). Figures: "
+              "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); a deep model's are "
+              "calibrated by a temperature fitted on val, its raw ECE in brackets. Figures: "
               "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` and `.csv` (the "
               "val errors, most confident first: where label noise shows) under the evaluation folder.", "",
               "## Test F1 per class (%)", "",
@@ -323,6 +339,10 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"test_f1_{e.lower()}")) for e in EMOTIONS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _raw_ece(r: dict[str, Any]) -> str:
+    return f" ({_fmt(r['test_ece_raw'])} raw)" if r.get("test_ece_raw") is not None else ""
 
 
 def _mode(r: dict[str, Any], tta: str) -> str:
@@ -359,9 +379,10 @@ def submission_id(source_id: str) -> str:
 
 
 def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path], tta: str,
-               chosen_on_val: bool = True) -> bool:
+               chosen_on_val: bool = True, temperatures: dict[str, float] | None = None) -> bool:
     """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone); `tta` the
-    mode used, `chosen_on_val` whether evaluate chose it (`evaluate.tta: auto`) or params.yaml named it."""
+    mode used, `chosen_on_val` whether evaluate chose it (`evaluate.tta: auto`) or params.yaml named it,
+    `temperatures` the calibration fitted on val per mode (the register stage serves them: tag `eval_temperatures`)."""
     import mlflow
 
     from ferops.tracking import reopen_run
@@ -379,7 +400,8 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a",
-                         "eval_tta_chosen": "val" if chosen_on_val else "params"})  # the model card's wording
+                         "eval_tta_chosen": "val" if chosen_on_val else "params",  # the model card's wording
+                         "eval_temperatures": json.dumps(temperatures or {}, sort_keys=True)})
         for a in artifacts:
             mlflow.log_artifact(str(a), artifact_path="evaluation")
     return True
@@ -395,6 +417,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     from tqdm import tqdm
 
     from ferops.diagnostics import calibration_bins, ece_of_bins
+    from ferops.inference import apply_temperature
 
     if tta not in TTA_SETTINGS:
         from ferops.errors import ConfigError
@@ -408,7 +431,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     modes: dict[str, str] = {}
     for entry in tqdm(entries, desc="evaluate", unit="model"):
         model = load_model(entry)
-        mode, val_by_mode, probs_val = choose_tta(model, entry, val, tta, batch_size)
+        mode, val_by_mode, probs_val, temps = choose_tta(model, entry, val, tta, batch_size)
         modes[entry.key] = mode
         if entry.kind == "deep":  # every mode's first view is the plain image: one pass gives both scores
             views = view_probas(model, pixels, batch_size, mode)
@@ -419,15 +442,27 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         metrics.update({f"val_accuracy_tta_{m}": a for m, a in val_by_mode.items()})
         files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
                                 f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
-        more, metrics["test_ece"] = write_diagnostics(y, probs if probs_tta is None else probs_tta, val, probs_val,
-                                                      Path(out_dir) / entry.key, entry.key)
-        # single pass too: what a plain REST request gets (ten-crop's average is far better calibrated)
-        metrics["test_ece_single"] = metrics["test_ece"] if probs_tta is None else ece_of_bins(*calibration_bins(y, probs))
+        # What a user gets: each mode's probabilities at the temperature fitted on val (argmax, so every accuracy
+        # above, unchanged); the raw ECEs say what calibration did.
+        raw = probs if probs_tta is None else probs_tta
+        served = apply_temperature(raw, temps.get(mode, 1.0))
+        served_val = None if probs_val is None else apply_temperature(probs_val, temps.get(mode, 1.0))
+        note = (f", temperature {temps[mode]:g} fitted on val; "
+                f"{100 * ece_of_bins(*calibration_bins(y, raw)):.1f} % before" if mode in temps else "")
+        more, metrics["test_ece"] = write_diagnostics(y, served, val, served_val, Path(out_dir) / entry.key, entry.key,
+                                                      calibration=note)
+        # single pass too: what a plain REST request gets (ten-crop's average is far better calibrated raw)
+        metrics["test_ece_single"] = (metrics["test_ece"] if probs_tta is None else
+                                      ece_of_bins(*calibration_bins(y, apply_temperature(probs, temps.get("none", 1.0)))))
+        if temps:
+            metrics["test_ece_raw"] = ece_of_bins(*calibration_bins(y, raw))
+            metrics["test_ece_single_raw"] = ece_of_bins(*calibration_bins(y, probs))
+            metrics.update({f"temperature_{m}": t for m, t in temps.items()})
         files += more
         if track:
-            log_to_run(entry, metrics, files, mode, chosen_on_val=tta == "auto")
+            log_to_run(entry, metrics, files, mode, chosen_on_val=tta == "auto", temperatures=temps)
         results.append({**result_of(entry, metrics), **full_val_scores(entry, val, probs_val),
-                        **({"tta_mode": mode} if entry.kind == "deep" else {})})
+                        **({"tta_mode": mode, "temperatures": temps} if entry.kind == "deep" else {})})
         log.info("%-16s val %.4f  test %.4f%s", entry.key, results[-1]["val_accuracy"], metrics["test_accuracy"],
                  f"  test(TTA {mode}) {metrics['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in metrics else "")
         del model

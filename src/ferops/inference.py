@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -305,6 +305,7 @@ def _pyfunc_class() -> type:
             answers as (served_model)."""
             self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
             self.tta = recorded_tta(context.model_config)
+            self.temperatures = recorded_temperatures(context.model_config)
             self.served_as = served_model(context.artifacts[KERAS_ARTIFACT])
 
         def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -320,7 +321,8 @@ def _pyfunc_class() -> type:
             except (InputError, ConfigError) as exc:
                 raise ServingInputError(str(exc)) from None
             mode = self.tta if tta == "auto" else tta
-            out = probabilities_frame(predict_proba(self.model, faces, tta=mode), index=df.index)
+            probs = apply_temperature(predict_proba(self.model, faces, tta=mode), self.temperatures.get(mode, 1.0))
+            out = probabilities_frame(probs, index=df.index)
             out["model"] = self.served_as
             return out
 
@@ -340,6 +342,34 @@ def recorded_tta(model_config: dict[str, Any] | None) -> str:
     """The TTA mode stored in a FerPyfunc's model_config (`tta`), `none` when absent or not a view mode."""
     mode = str((model_config or {}).get("tta") or "none")
     return mode if mode in TTA_VIEW_MODES else "none"
+
+
+def recorded_temperatures(model_config: dict[str, Any] | None) -> dict[str, float]:
+    """The calibration temperature per TTA mode stored in a FerPyfunc's model_config (`temperature`, fitted on val by
+    evaluate); {} when absent (a version registered before ferops calibrated: its probabilities are served raw)."""
+    temps = (model_config or {}).get("temperature") or {}
+    if not isinstance(temps, dict):
+        return {}
+    out = {}
+    for mode, t in temps.items():
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            continue
+        if mode in TTA_VIEW_MODES and np.isfinite(t) and t > 0:
+            out[str(mode)] = t
+    return out
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities softmax(log p / T), float32: T > 1 softens them, T < 1 sharpens; each row's most probable class
+    stays the same. T = 1 returns `probs` unchanged."""
+    if temperature == 1.0 or len(probs) == 0:
+        return probs
+    z = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def served_model(artifact: str | Path) -> str | None:
@@ -396,9 +426,11 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: str = "none") -> str:
+def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: str = "none",
+                     temperatures: dict[str, float] | None = None) -> str:
     """Log FerPyfunc wrapping `keras_model_path` into the active MLflow run; returns the model URI. `tta` is
-    recorded as the mode a request's `tta: auto` uses (the register stage passes the one evaluate chose on val)."""
+    recorded as the mode a request's `tta: auto` uses (the register stage passes the one evaluate chose on val),
+    `temperatures` as the calibration of each TTA mode's probabilities (evaluate's, fitted on val; none: raw)."""
     import mlflow
 
     path = Path(keras_model_path)
@@ -421,7 +453,8 @@ def log_pyfunc_model(keras_model_path: Path, name: str = "pyfunc_model", tta: st
             code_paths=[str(Path(__file__).parent)],
             artifacts={KERAS_ARTIFACT: str(path)},
             signature=model_signature(),
-            model_config={"tta": check_tta(tta, TTA_VIEW_MODES)},
+            model_config={"tta": check_tta(tta, TTA_VIEW_MODES),
+                          "temperature": recorded_temperatures({"temperature": temperatures})},
             # A mid-grey face as the example: MLflow stores it (and a REST payload) beside the model.
             input_example=pd.DataFrame({"pixels": [" ".join(["128"] * N_PIXELS)]}),
             pip_requirements=pip_requirements(),
@@ -579,10 +612,15 @@ class Classifier:
     model: Any   # a Keras model, or a probabilities function over a generic pyfunc
     tta: str = "none"
     source: str | None = None
+    temperatures: dict[str, float] = field(default_factory=dict)  # per TTA mode, recorded with a registered version
 
     def resolve(self, tta: str) -> str:
         """A requested mode, with `auto` replaced by the recorded one."""
         return self.tta if check_tta(tta) == "auto" else tta
+
+    def temperature(self, mode: str) -> float:
+        """The calibration temperature of view mode `mode` (1.0: probabilities as the network gives them)."""
+        return self.temperatures.get(mode, 1.0)
 
 
 def store_missing_error(store: str, fix: str) -> str:
@@ -787,7 +825,7 @@ def _from_pyfunc(pyfunc: Any, ref: str) -> Classifier:
     except Exception:  # not a PythonModel (e.g. a keras-flavour model)
         inner = None
     if inner is not None and hasattr(inner, "model"):
-        return Classifier(inner.model, getattr(inner, "tta", "none"))
+        return Classifier(inner.model, getattr(inner, "tta", "none"), temperatures=getattr(inner, "temperatures", {}))
     try:
         raw = pyfunc.get_raw_model()
     except Exception:  # a flavour without it
@@ -957,12 +995,14 @@ def _face_crops(res: dict[str, Any], img: np.ndarray, faces: str) -> list[tuple[
     return [(resize_to_model(gray if whole else crop_square(gray, b)), b) for b in boxes]
 
 
-def _classify_group(items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box]]]], model: Any, tta: str) -> None:
+def _classify_group(items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box]]]], model: Any, tta: str,
+                    temperature: float = 1.0) -> None:
     """Fill each photo's `faces` from its crops (`_face_crops`), all faces of the group in one model call."""
     owners = [(res, b) for res, crops in items for _, b in crops]
     if not owners:
         return
-    proba = predict_proba(model, np.stack([c for _, crops in items for c, _ in crops]), tta=tta)
+    proba = apply_temperature(predict_proba(model, np.stack([c for _, crops in items for c, _ in crops]), tta=tta),
+                              temperature)
     for (res, b), pr in zip(owners, proba):
         k = int(pr.argmax())
         res["faces"].append({"box": [int(v) for v in b], "label": k, "label_name": EMOTIONS[k],
@@ -970,11 +1010,11 @@ def _classify_group(items: list[tuple[dict[str, Any], list[tuple[np.ndarray, Box
 
 
 def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path | None = "predictions",
-                   tta: str = "none", faces: str = "auto", progress: bool = False, skip: str | Path | None = None
-                   ) -> list[dict[str, Any]]:
+                   tta: str = "none", faces: str = "auto", progress: bool = False, skip: str | Path | None = None,
+                   temperature: float = 1.0) -> list[dict[str, Any]]:
     """Find and classify every face in each photo (folders: every image under them); one result dict per photo.
 
-    `tta`: a view mode (see predict_proba). `faces`: detect | whole | auto (see face_regions). Annotated copies
+    `tta`: a view mode (see predict_proba); `temperature` calibrates its probabilities (apply_temperature). `faces`: detect | whole | auto (see face_regions). Annotated copies
     go to `out_dir` (None: none written); those in `skip` (default `out_dir`) are not read. A result holds `file`, `image_size` [w,h], `faces` (box [x,y,w,h],
     label, label_name, probabilities; left to right), `faces_from` (detected | whole image), `annotated` (path
     or None), `note` ("no face found") and `error` (why the file was not read, else None).
@@ -1006,7 +1046,7 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
             items.append((res, _face_crops(res, img, faces)))
             views.append(shrink(img, ANNOTATED_MAX_SIDE, exact=False) if out is not None else None)
             del img
-        _classify_group(items, model, tta)
+        _classify_group(items, model, tta, temperature)
         for (res, _), view in zip(items, views):
             if view is not None and out is not None:
                 res["annotated"] = str(_write_annotated(out, Path(res["file"]), view, res["faces"], used,
@@ -1102,8 +1142,11 @@ def cli_predict(args: Any) -> None:
     clf = load_classifier(args.model, getattr(args, "params", None))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""
-    log.info("test-time augmentation: %s%s", tta, why)
-    results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True, skip=args.out_dir)
+    t = clf.temperature(tta)
+    calibrated = f"; probabilities calibrated on val (temperature {t:g})" if t != 1.0 else ""
+    log.info("test-time augmentation: %s%s%s", tta, why, calibrated)
+    results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True, skip=args.out_dir,
+                             temperature=clf.temperature(tta))
     for r in results:  # which model answered, as `ferops serve` names it in each REST answer
         r["model"] = clf.source
     # A JSON array with one photo per line: valid JSON for tools, readable for people. Printed before the CSV is

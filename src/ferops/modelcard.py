@@ -64,14 +64,28 @@ def _splits(ingest: dict[str, Any], split: dict[str, Any] | None) -> tuple[str, 
     return f"train {train} rows, validation {val}, test {test}: {how}", "validation", "test"
 
 
+def _scaled(temperatures: dict[str, float] | None, tta: str, test: dict[str, Any]) -> str:
+    """The card's sentence on temperature scaling: each served mode's temperature, and the ECE before it."""
+    if not temperatures:
+        return ""
+    modes = [m for m in dict.fromkeys(("none", tta)) if m in temperatures]
+    ts = " and ".join(f"{temperatures[m]:g} {'for the single pass' if m == 'none' else f'with `{m}`'}" for m in modes)
+    raw = test.get("test_ece_raw")
+    before = f"; unscaled, the ECE was {100 * float(raw):.1f} points" if raw is not None else ""
+    return (f" Each test-time augmentation mode's probabilities are divided, as logits, by a temperature fitted on "
+            f"validation (temperature scaling: {ts}; a label never changes){before}.")
+
+
 def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
                test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None,
-               split: dict[str, Any] | None = None, tta_chosen: bool = True) -> str:
+               split: dict[str, Any] | None = None, tta_chosen: bool = True,
+               temperatures: dict[str, float] | None = None) -> str:
     """Markdown card for registered version `version` of `name`, made from training run `model`.
 
     `config` and `metrics` are the model directory's config.json and metrics.json (validation figures), `test`
     the evaluate stage's figures for it, `ingest` reports/ingest.json, `tta` the mode chosen on val (`tta_chosen`) or set in
-    params.yaml, `split` reports/split.json (how val and test were made; None: FER2013's Usage column assumed).
+    params.yaml, `split` reports/split.json (how val and test were made; None: FER2013's Usage column assumed),
+    `temperatures` the calibration the version serves per TTA mode (fitted on val; None or {}: raw probabilities).
     """
     synthetic = bool(ingest.get("synthetic"))
     split_text, val_label, test_label = _splits(ingest, split)
@@ -119,7 +133,9 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
                  f"{100 * float(single):.1f} points" if tta != "none" and single is not None else "")
         lines += ["", f"Calibration: the probabilities {mode or 'served'} are off from the accuracy they achieve by "
                       f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
-                      f"`reports/evaluation/{model}/calibration_test.png`){plain}."]
+                      f"`reports/evaluation/{model}/calibration_test.png`){plain}." + _scaled(temperatures, tta, test)]
+    elif temperatures:
+        lines += ["", "Calibration:" + _scaled(temperatures, tta, test)]
     keys = [e.lower() for e in EMOTIONS]
     no_val = _absent_from_val(split)
     if all(f"val_f1_{k}" in metrics for k in keys):

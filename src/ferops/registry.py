@@ -149,11 +149,10 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None = None,
-                    tag_value: str | None = None) -> Any | None:
+def version_for_run(client: Any, name: str, run_id: str, require: dict[str, str] | None = None) -> Any | None:
     """An existing version of `name` made from `run_id` (so re-running register creates no duplicate); with
-    `require_tag`, only one carrying that tag (versions registered before it was recorded do not count), and with
-    `tag_value` too, only one where the tag has that value."""
+    `require`, only one whose tags hold each of those values (a version registered before a tag was recorded does
+    not count)."""
     from mlflow.exceptions import MlflowException
 
     from ferops.tracking import model_versions
@@ -163,8 +162,7 @@ def version_for_run(client: Any, name: str, run_id: str, require_tag: str | None
     except MlflowException:
         return None
     mine = [v for v in versions if (v.run_id == run_id or (v.tags or {}).get("run_id") == run_id)
-            and (require_tag is None or require_tag in (v.tags or {}))
-            and (tag_value is None or (v.tags or {}).get(require_tag) == tag_value)]
+            and all((v.tags or {}).get(k) == want for k, want in (require or {}).items())]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
@@ -214,11 +212,14 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     from ferops.inference import log_pyfunc_model, recorded_tta
 
-    # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses. A version
-    # of this run is reused only if it serves that mode: one from before the mode was recorded, or with another mode
-    # (evaluate.tta changed), gets a fresh version — its pyfunc holds the mode, and the test figures are the new mode's.
+    # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses, and the
+    # temperatures it fitted on val calibrate each mode's probabilities. A version of this run is reused only if it
+    # serves both: one from before they were recorded, or with others (evaluate.tta changed), gets a fresh version —
+    # its pyfunc holds them, and the test figures are the new mode's.
     tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
-    mv = version_for_run(client, name, run_id, require_tag="tta_mode", tag_value=tta)
+    temperatures = _recorded_temperatures(run.data.tags.get("eval_temperatures"))
+    served = {"tta_mode": tta, "temperatures": json.dumps(temperatures, sort_keys=True)}
+    mv = version_for_run(client, name, run_id, require=served)
     reused = mv is not None
     if mv is not None:
         log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
@@ -230,12 +231,12 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                             f"or the UI's deleted runs) and re-run register, or retrain with "
                             f"`dvc repro -f -s train_deep@{best.name}`.")
         with mlflow.start_run(run_id=run_id):
-            uri = log_pyfunc_model(best.path / "model.keras", tta=tta)
+            uri = log_pyfunc_model(best.path / "model.keras", tta=tta, temperatures=temperatures)
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
             "test_accuracy": str(test.get("test_accuracy", "unknown")),
-            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), "tta_mode": tta,
+            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), **served,
             **data, "git_commit": run.data.tags.get("git_commit") or git_commit(),
             "params": json.dumps(best.config, sort_keys=True, default=str)[:PARAMS_TAG_MAX],
         }
@@ -243,7 +244,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
     card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit(),
-                     split_report, tta_chosen=run.data.tags.get("eval_tta_chosen", "val") == "val")
+                     split_report, tta_chosen=run.data.tags.get("eval_tta_chosen", "val") == "val",
+                     temperatures=temperatures)
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
@@ -274,6 +276,17 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
     }
+
+
+def _recorded_temperatures(tag: str | None) -> dict[str, float]:
+    """evaluate's `eval_temperatures` tag (JSON: TTA mode → temperature) as served; {} when absent or unreadable."""
+    from ferops.inference import recorded_temperatures
+
+    try:
+        temps = json.loads(tag) if tag else {}
+    except ValueError:
+        return {}
+    return recorded_temperatures({"temperature": temps})
 
 
 def _check_register_aliases(champion: str, challenger: str) -> None:
@@ -313,13 +326,14 @@ def _trained_on(run: Any, current: dict[str, str], split_dir: str | Path | None)
 
 
 def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],
-              tta: str, commit: str | None, split_report: dict[str, Any] | None = None, tta_chosen: bool = True) -> str:
+              tta: str, commit: str | None, split_report: dict[str, Any] | None = None, tta_chosen: bool = True,
+              temperatures: dict[str, float] | None = None) -> str:
     """Set the version's model card as its registry description (and the model's, when it has none); return it."""
     from ferops.modelcard import model_card
 
     card = model_card(name=name, version=version, model=best.name, config=best.config, metrics=best.metrics,
                       test=test, ingest=ingest_report, tta=tta, git_commit=commit, split=split_report,
-                      tta_chosen=tta_chosen)
+                      tta_chosen=tta_chosen, temperatures=temperatures)
     client.update_model_version(name, version, description=card)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=(

@@ -265,6 +265,16 @@ def test_register_promote_and_list(store, capsys):
     assert load_classifier(f"models:/{NAME}@champion").tta == "tencrop"
     assert _register(models)["version"] == 5
 
+    # 7c) evaluate now calibrates: the run's `eval_temperatures` tag (fitted on val) makes a new version that serves
+    #     them and says so in its card; v5, registered before they were recorded, is not reused for it
+    temps = {"none": 1.3, "tencrop": 1.02}
+    client.set_tag((models / "resnet" / "mlflow_run_id.txt").read_text().strip(), "eval_temperatures", json.dumps(temps))
+    r6 = _register(models, test_acc=0.5)
+    assert (r6["version"], r6["reused_existing_version"], r6["decision"]) == (6, False, "champion")
+    assert load_classifier(f"models:/{NAME}@champion").temperatures == temps
+    assert "temperature scaling: 1.3 for the single pass and 1.02 with `tencrop`" in r6["model_card"]
+    assert _register(models)["version"] == 6
+
     # 8) mistakes get clear errors, not tracebacks (FerError subclasses)
     with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))

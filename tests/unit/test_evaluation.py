@@ -305,6 +305,69 @@ def test_calibration_bins_and_ece():
     assert expected_calibration_error(np.array([0] * 6 + [1] * 4), p) == pytest.approx(0.25)
 
 
+def test_a_temperature_fitted_on_val_undoes_overconfidence_and_keeps_every_label():
+    from ferops.diagnostics import expected_calibration_error, fit_temperature
+    from ferops.inference import apply_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (4000, 7))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(7, p=row) for row in true_p])
+    sharp = np.exp(1.6 * logits) / np.exp(1.6 * logits).sum(1, keepdims=True)  # a net 1.6x too sure of itself
+    t = fit_temperature(y[:2000], sharp[:2000])  # fitted on one half ("val"), checked on the other ("test")
+    assert t == pytest.approx(1.6, abs=0.15)
+    fixed = apply_temperature(sharp[2000:], t)
+    assert expected_calibration_error(y[2000:], fixed) < 0.5 * expected_calibration_error(y[2000:], sharp[2000:])
+    np.testing.assert_array_equal(fixed.argmax(1), sharp[2000:].argmax(1))
+    np.testing.assert_allclose(fixed.sum(1), 1.0, rtol=1e-5)
+    assert fit_temperature(y[:2000], true_p[:2000]) == pytest.approx(1.0, abs=0.1)  # calibrated already: ~1
+    assert apply_temperature(sharp, 1.0) is sharp and fit_temperature(np.zeros(0, int), np.zeros((0, 7))) == 1.0
+
+
+def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_path, mlflow_store):
+    """A deep model's served probabilities get a temperature per TTA mode, fitted on val; test accuracies are those
+    of the raw probabilities (calibration never changes a label), and the ECE figures are the served ones."""
+    import keras
+    import mlflow
+
+    from ferops.diagnostics import fit_temperature
+    from ferops.evaluation import tta_probas
+    from ferops.tracking import RUN_ID_FILE
+    from ferops.training import view_probas
+
+    data = _separable(300, seed=3)
+    d = tmp_path / "models" / "deep" / "tiny"
+    d.mkdir(parents=True)
+    # a sharp, partly wrong linear model: confident far beyond its accuracy, so T > 1
+    init = keras.initializers.RandomNormal(stddev=0.3, seed=0)
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(7, activation="softmax", kernel_initializer=init)])
+    model.save(d / "model.keras")
+    (d / "config.json").write_text(json.dumps({"arch": "dnn"}))
+    (d / "metrics.json").write_text(json.dumps({"model": "tiny", "kind": "deep", "arch": "dnn", "val_accuracy": 0.2}))
+    with mlflow.start_run() as run:
+        pass
+    (d / RUN_ID_FILE).write_text(run.info.run_id)
+    val, test = data.subset(np.arange(150)), data.subset(np.arange(150, 300))
+    results, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
+                              tta="auto", val=val)
+    r = results[0]
+    views = view_probas(model, val.pixels, 64, "all")
+    want = {m: fit_temperature(val.emotion.astype(int), tta_probas(views, m)) for m in ("none", "flip", "tencrop", "shift")}
+    assert r["temperatures"] == pytest.approx(want)
+    assert want["none"] > 1.5  # the case calibration is for
+    assert r["test_ece_single"] < r["test_ece_single_raw"]
+    logged = mlflow.get_run(run.info.run_id).data
+    assert json.loads(logged.tags["eval_temperatures"]) == pytest.approx(want)
+    assert logged.metrics["temperature_none"] == pytest.approx(want["none"])
+    assert "raw)" in comparison_markdown(results, "auto")
+
+    # a mode set in params.yaml: its own temperature and the single pass's
+    fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
+                            tta="flip", val=val, track=False)
+    assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
+
+
 def test_confident_mistakes_picks_wrong_rows_most_confident_first():
     from ferops.diagnostics import confident_mistakes, mistakes_rows
 

@@ -211,6 +211,41 @@ def test_pyfunc_tta_param(registered, keras_model):
         registered[1].predict(df, params={"tta": "best"})
 
 
+def test_a_calibrated_pyfunc_serves_each_modes_probabilities_at_its_temperature(keras_path, keras_model, tmp_path,
+                                                                              monkeypatch):
+    """The temperatures register records (evaluate's, fitted on val) apply to the mode a request gets, in REST
+    answers and in `ferops predict`; a mode without one is served raw, and no label changes."""
+    import cv2
+    import mlflow
+
+    from ferops.tracking import init_tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    init_tracking()
+    temps = {"none": 2.0, "tencrop": 0.5}
+    with mlflow.start_run():
+        uri = inf.log_pyfunc_model(keras_path, tta="tencrop", temperatures={**temps, "bogus": 3.0})
+    served = mlflow.pyfunc.load_model(uri)
+    pixels = np.random.default_rng(6).integers(0, 256, (4, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
+    df = pd.DataFrame({"pixels": pixel_strings(pixels)})
+    probs = lambda out: out[list(inf.PROB_COLUMNS)].to_numpy()  # noqa: E731
+    for asked, mode in ((None, "none"), ("auto", "tencrop"), ("flip", "flip")):
+        raw = inf.predict_proba(keras_model, pixels, tta=mode)
+        out = served.predict(df, params={"tta": asked} if asked else None)
+        np.testing.assert_allclose(probs(out), inf.apply_temperature(raw, temps.get(mode, 1.0)), atol=1e-5)
+        assert list(out["label"]) == raw.argmax(1).tolist()
+    assert not np.allclose(inf.apply_temperature(raw, 2.0), raw)  # the temperatures above did change something
+
+    clf = inf.load_classifier(uri)  # what `ferops predict --model <uri>` uses
+    assert clf.temperatures == temps and clf.temperature("shift") == 1.0
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), pixels[0])
+    got = inf.predict_photos([photo], clf.model, None, tta="tencrop", temperature=clf.temperature("tencrop"))
+    want = inf.apply_temperature(inf.predict_proba(keras_model, pixels[:1], tta="tencrop"), 0.5)[0]
+    np.testing.assert_allclose(list(got[0]["faces"][0]["probabilities"].values()), want, atol=1e-4)
+
+
 def test_pyfunc_answers_name_the_model_that_gave_them(registered, monkeypatch, caplog):
     """Each row names its model: the registered version `ferops serve` resolved (it sets $FEROPS_SERVED_MODEL for
     `mlflow models serve`), else the logged model's own `models:/<model_id>` (plain `mlflow models serve`)."""

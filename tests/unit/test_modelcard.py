@@ -41,6 +41,13 @@ def test_card_states_model_data_selection_and_figures():
     assert '(without it the whole image is taken as one face)' in c  # the REST default: crop_face false
 
 
+def test_card_says_how_the_served_probabilities_were_calibrated():
+    c = card(test={**TEST, "test_ece_raw": 0.036}, temperatures={"none": 1.29, "flip": 1.2, "tencrop": 1.01})
+    assert ("divided, as logits, by a temperature fitted on validation (temperature scaling: 1.29 for the single "
+            "pass and 1.01 with `tencrop`; a label never changes); unscaled, the ECE was 3.6 points.") in c
+    assert "temperature" not in card()  # a version registered without them serves raw probabilities, and says nothing
+
+
 def test_card_training_time_reads_right_at_any_length():
     for seconds, text in ((21, "in 21 s"), (3403, "in 57 min"), (5574, "in 1 h 33 min")):
         assert f"38 epochs (best 34) {text}, mixed_bfloat16." in card(metrics={**VAL, "train_wall_s": seconds})
