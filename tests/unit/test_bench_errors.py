@@ -45,6 +45,7 @@ CASES = {
     "ingest, --repeats 0": (["ingest.py", "--repeats", "0"], "must be at least 1"),
     "ensemble, not a run": (["ensemble.py", "nope"], "nope holds no probas.npz"),
     "logit_offsets, not a run": (["logit_offsets.py", "nope"], "nope holds no probas.npz"),
+    "calibration, not a run": (["calibration.py", "nope"], "nope holds no probas.npz"),
     "crop_sizes, not a run": (["crop_sizes.py", "nope"], "nope holds no trained run"),
     "tta_grid, missing model": (["tta_grid.py", "nope.keras"], "nope.keras: no such .keras file"),
     "engines, missing model": (["engines.py", "--model", "nope.keras"], "nope.keras: no such .keras file"),
