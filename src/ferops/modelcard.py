@@ -66,10 +66,11 @@ def _splits(ingest: dict[str, Any], split: dict[str, Any] | None) -> tuple[str, 
 
 def _scaled(temperatures: dict[str, float] | None, tta: str, test: dict[str, Any]) -> str:
     """The card's sentence on temperature scaling: each served mode's temperature, and the ECE before it."""
-    if not temperatures:
+    temps = temperatures or {}
+    modes = [m for m in dict.fromkeys(("none", tta)) if m in temps]
+    if not modes:  # only other modes' (a hand-set tag): the ones the card describes are served raw
         return ""
-    modes = [m for m in dict.fromkeys(("none", tta)) if m in temperatures]
-    ts = " and ".join(f"{temperatures[m]:g} {'for the single pass' if m == 'none' else f'with `{m}`'}" for m in modes)
+    ts = " and ".join(f"{temps[m]:g} {'for the single pass' if m == 'none' else f'with `{m}`'}" for m in modes)
     raw = test.get("test_ece_raw")
     before = f"; unscaled, the ECE was {100 * float(raw):.1f} points" if raw is not None else ""
     return (f" Each test-time augmentation mode's probabilities are divided, as logits, by a temperature fitted on "
@@ -134,8 +135,8 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         lines += ["", f"Calibration: the probabilities {mode or 'served'} are off from the accuracy they achieve by "
                       f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
                       f"`reports/evaluation/{model}/calibration_test.png`){plain}." + _scaled(temperatures, tta, test)]
-    elif temperatures:
-        lines += ["", "Calibration:" + _scaled(temperatures, tta, test)]
+    elif scaled := _scaled(temperatures, tta, test):
+        lines += ["", "Calibration:" + scaled]
     keys = [e.lower() for e in EMOTIONS]
     no_val = _absent_from_val(split)
     if all(f"val_f1_{k}" in metrics for k in keys):

@@ -48,6 +48,13 @@ def test_card_says_how_the_served_probabilities_were_calibrated():
     assert "temperature" not in card()  # a version registered without them serves raw probabilities, and says nothing
 
 
+def test_card_claims_no_scaling_when_neither_served_mode_has_a_temperature():
+    # an eval_temperatures tag for another mode only (`shift`): the single pass and `tencrop` are served raw
+    for test in (TEST, {}):
+        c = card(test={**test, "test_ece_raw": 0.036} if test else {}, temperatures={"shift": 1.1})
+        assert "temperature" not in c and "Calibration:\n" not in c + "\n"
+
+
 def test_card_training_time_reads_right_at_any_length():
     for seconds, text in ((21, "in 21 s"), (3403, "in 57 min"), (5574, "in 1 h 33 min")):
         assert f"38 epochs (best 34) {text}, mixed_bfloat16." in card(metrics={**VAL, "train_wall_s": seconds})
