@@ -322,6 +322,9 @@ def test_a_temperature_fitted_on_val_undoes_overconfidence_and_keeps_every_label
     np.testing.assert_allclose(fixed.sum(1), 1.0, rtol=1e-5)
     assert fit_temperature(y[:2000], true_p[:2000]) == pytest.approx(1.0, abs=0.1)  # calibrated already: ~1
     assert apply_temperature(sharp, 1.0) is sharp and fit_temperature(np.zeros(0, int), np.zeros((0, 7))) == 1.0
+    close = np.array([[np.nextafter(np.float32(0.3), np.float32(0)), np.float32(0.3), 0.1, 0, 0, 0, 0]],
+                     dtype=np.float32)  # the top two one float32 step apart: softened 20x, class 1 must stay on top
+    assert apply_temperature(close, 20.0).argmax(1).tolist() == [1]
 
 
 def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_path, mlflow_store):
