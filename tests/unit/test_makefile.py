@@ -128,18 +128,26 @@ def test_setup_installs_within_the_lock_unless_lifted():
     assert "--constraint" not in install_line("LOCK=")
 
 
+def _stand_in_project(folder: Path, python: str, lock: str) -> Path:
+    """The Makefile in `folder` with an empty pyproject.toml, constraints.txt holding `lock`, and a venv whose
+    `python` is the bash line `python` (what each test needs pip to answer); returns the venv."""
+    venv = folder / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text(f"#!/bin/bash\n{python}\n")
+    py.chmod(0o755)
+    shutil.copy(ROOT / "Makefile", folder)
+    (folder / "pyproject.toml").write_text("")
+    (folder / "constraints.txt").write_text(lock)
+    return venv
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_setup_says_how_to_lift_the_lock_when_pip_cannot_install_within_it(tmp_path):
     # pip alone ends on "ResolutionImpossible" or "No matching distribution" for a pin with no wheel for this Python
     # or platform; a stand-in venv python fails the install as pip would
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    py = venv / "bin" / "python"
-    py.write_text('#!/bin/bash\n[[ " $* " == *" -e "* ]] && { echo "ERROR: ResolutionImpossible" >&2; exit 1; }; exit 0\n')
-    py.chmod(0o755)
-    shutil.copy(ROOT / "Makefile", tmp_path)
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "constraints.txt").write_text("a==1\n")
+    venv = _stand_in_project(tmp_path, '[[ " $* " == *" -e "* ]] && { echo "ERROR: ResolutionImpossible" >&2; exit 1; }; '
+                                       'exit 0', lock="a==1\n")
     out = subprocess.run(["make", "-s", "setup", f"VENV={venv}"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode != 0 and "ResolutionImpossible" in out.stderr
@@ -171,14 +179,8 @@ def test_setup_without_the_lock_upgrades_an_installed_venv(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_lock_writes_the_lock_it_was_given_and_keeps_its_comments(tmp_path):
     # it always wrote constraints.txt, also under `LOCK=other.txt`; a stand-in venv python answers `pip freeze`
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    py = venv / "bin" / "python"
-    py.write_text('#!/bin/bash\n[ "$1 $2 $3" = "-m pip freeze" ] && printf "a==1\\nb==2\\n"\n')
-    py.chmod(0o755)
-    shutil.copy(ROOT / "Makefile", tmp_path)
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "constraints.txt").write_text("# ours\nold==0\n")
+    venv = _stand_in_project(tmp_path, '[ "$1 $2 $3" = "-m pip freeze" ] && printf "a==1\\nb==2\\n"',
+                             lock="# ours\nold==0\n")
     (tmp_path / "other.txt").write_text("# theirs\nold==0\n")
     time.sleep(0.05)
     (venv / ".installed").touch()  # newer than both: `setup` installs nothing
