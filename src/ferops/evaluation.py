@@ -330,8 +330,8 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
                      f"{_fmt(r.get('train_wall_s'), pct=False)} |")
     lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file). "
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
-              "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); a deep model's are "
-              "calibrated by a temperature fitted on val, its raw ECE in brackets. Figures: "
+              "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); where a raw ECE "
+              "follows in brackets, the probabilities were calibrated by a temperature fitted on val. Figures: "
               "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` and `.csv` (the "
               "val errors, most confident first: where label noise shows) under the evaluation folder.", "",
               "## Test F1 per class (%)", "",
