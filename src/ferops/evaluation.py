@@ -416,7 +416,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
     """
     from tqdm import tqdm
 
-    from ferops.diagnostics import calibration_bins, ece_of_bins
+    from ferops.diagnostics import expected_calibration_error as ece
     from ferops.inference import apply_temperature
 
     if tta not in TTA_SETTINGS:
@@ -445,18 +445,20 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         # What a user gets: each mode's probabilities at the temperature fitted on val (argmax, so every accuracy
         # above, unchanged); the raw ECEs say what calibration did.
         raw = probs if probs_tta is None else probs_tta
-        served = apply_temperature(raw, temps.get(mode, 1.0))
-        served_val = None if probs_val is None else apply_temperature(probs_val, temps.get(mode, 1.0))
-        note = (f", temperature {temps[mode]:g} fitted on val; "
-                f"{100 * ece_of_bins(*calibration_bins(y, raw)):.1f} % before" if mode in temps else "")
+        t_mode = temps.get(mode, 1.0)
+        raw_ece = ece(y, raw) if temps else None
+        served = apply_temperature(raw, t_mode)
+        served_val = None if probs_val is None else apply_temperature(probs_val, t_mode)
+        note = (f", temperature {t_mode:g} fitted on val; {100 * raw_ece:.1f} % before"
+                if raw_ece is not None and mode in temps else "")
         more, metrics["test_ece"] = write_diagnostics(y, served, val, served_val, Path(out_dir) / entry.key, entry.key,
                                                       calibration=note)
         # single pass too: what a plain REST request gets (ten-crop's average is far better calibrated raw)
         metrics["test_ece_single"] = (metrics["test_ece"] if probs_tta is None else
-                                      ece_of_bins(*calibration_bins(y, apply_temperature(probs, temps.get("none", 1.0)))))
-        if temps:
-            metrics["test_ece_raw"] = ece_of_bins(*calibration_bins(y, raw))
-            metrics["test_ece_single_raw"] = ece_of_bins(*calibration_bins(y, probs))
+                                      ece(y, apply_temperature(probs, temps.get("none", 1.0))))
+        if raw_ece is not None:
+            metrics["test_ece_raw"] = raw_ece
+            metrics["test_ece_single_raw"] = ece(y, probs)
             metrics.update({f"temperature_{m}": t for m, t in temps.items()})
         files += more
         if track:

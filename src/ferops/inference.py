@@ -1146,7 +1146,7 @@ def cli_predict(args: Any) -> None:
     calibrated = f"; probabilities calibrated on val (temperature {t:g})" if t != 1.0 else ""
     log.info("test-time augmentation: %s%s%s", tta, why, calibrated)
     results = predict_photos(photos, clf.model, out_dir, tta=tta, faces=faces, progress=True, skip=args.out_dir,
-                             temperature=clf.temperature(tta))
+                             temperature=t)
     for r in results:  # which model answered, as `ferops serve` names it in each REST answer
         r["model"] = clf.source
     # A JSON array with one photo per line: valid JSON for tools, readable for people. Printed before the CSV is
