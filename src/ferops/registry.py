@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,10 @@ log = logging.getLogger("ferops.registry")
 
 REGISTER_FIX = "`make run` (or `dvc repro`) trains and registers the champion"
 PARAMS_TAG_MAX = 5000  # model-version tag values: portable limit across SQL backends
+# Temperatures that differ by less than this (relative) count as the same calibration: evaluate re-run on another host
+# or library build refits T a few 1e-4 apart, and a version serving one of them is the same model as far as any
+# probability it returns goes (under 1 % in log-odds) — not a reason for a new version and a moved alias
+TEMPERATURE_RTOL = 0.01
 REGISTER_STAGE = "register stage"  # promoted_by of a promotion the stage made (a person's carries their name)
 
 
@@ -149,10 +153,11 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def version_for_run(client: Any, name: str, run_id: str, require: dict[str, str] | None = None) -> Any | None:
+def version_for_run(client: Any, name: str, run_id: str,
+                    require: Mapping[str, str | Callable[[str | None], bool]] | None = None) -> Any | None:
     """An existing version of `name` made from `run_id` (so re-running register creates no duplicate); with
-    `require`, only one whose tags hold each of those values (a version registered before a tag was recorded does
-    not count)."""
+    `require`, only one whose tags hold each of those values, or whose tag a given predicate accepts (a version
+    registered before a tag was recorded does not count)."""
     from mlflow.exceptions import MlflowException
 
     from ferops.tracking import model_versions
@@ -161,8 +166,11 @@ def version_for_run(client: Any, name: str, run_id: str, require: dict[str, str]
         versions = model_versions(client, name)
     except MlflowException:
         return None
+    def holds(tags: dict[str, str], key: str, want: str | Callable[[str | None], bool]) -> bool:
+        return want(tags.get(key)) if callable(want) else tags.get(key) == want
+
     mine = [v for v in versions if (v.run_id == run_id or (v.tags or {}).get("run_id") == run_id)
-            and all((v.tags or {}).get(k) == want for k, want in (require or {}).items())]
+            and all(holds(v.tags or {}, k, want) for k, want in (require or {}).items())]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
@@ -214,14 +222,19 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses, and the
     # temperatures it fitted on val calibrate each mode's probabilities. A version of this run is reused only if it
-    # serves both: one from before they were recorded, or with others (evaluate.tta changed), gets a fresh version —
-    # its pyfunc holds them, and the test figures are the new mode's.
+    # serves both (temperatures within TEMPERATURE_RTOL): one from before they were recorded, or with others
+    # (evaluate.tta changed), gets a fresh version — its pyfunc holds them, and the test figures are the new mode's.
     tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
     temperatures = _recorded_temperatures(run.data.tags.get("eval_temperatures"))
     served = {"tta_mode": tta, "temperatures": json.dumps(temperatures, sort_keys=True)}
-    mv = version_for_run(client, name, run_id, require=served)
+    def calibrated_alike(tag: str | None) -> bool:
+        return tag is not None and same_temperatures(_recorded_temperatures(tag), temperatures)
+
+    mv = version_for_run(client, name, run_id, require={"tta_mode": tta, "temperatures": calibrated_alike})
     reused = mv is not None
     if mv is not None:
+        # the card states what the version serves: its own temperatures, within TEMPERATURE_RTOL of today's
+        temperatures = _recorded_temperatures((mv.tags or {}).get("temperatures"))
         log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
                  best.name, tta)
     else:
@@ -287,6 +300,11 @@ def _recorded_temperatures(tag: str | None) -> dict[str, float]:
     except ValueError:
         return {}
     return recorded_temperatures({"temperature": temps})
+
+
+def same_temperatures(a: Mapping[str, float], b: Mapping[str, float], rtol: float = TEMPERATURE_RTOL) -> bool:
+    """The same TTA modes calibrated, each temperature within `rtol` (relative) of the other's."""
+    return a.keys() == b.keys() and all(abs(a[m] - b[m]) <= rtol * max(a[m], b[m]) for m in a)
 
 
 def _check_register_aliases(champion: str, challenger: str) -> None:

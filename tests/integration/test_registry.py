@@ -275,6 +275,18 @@ def test_register_promote_and_list(store, capsys):
     assert "temperature scaling: 1.3 for the single pass and 1.02 with `tencrop`" in r6["model_card"]
     assert _register(models)["version"] == 6
 
+    # 7d) evaluate re-run elsewhere refits T a few 1e-4 apart: still v6 (no new version, no alias move), and the card
+    #     states what v6 serves; a real change (4 %) or a mode more is a new version
+    run_id = (models / "resnet" / "mlflow_run_id.txt").read_text().strip()
+    client.set_tag(run_id, "eval_temperatures", json.dumps({"none": 1.3004, "tencrop": 1.0197}))
+    r6b = _register(models, test_acc=0.5)
+    assert (r6b["version"], r6b["reused_existing_version"]) == (6, True)
+    assert "temperature scaling: 1.3 for the single pass and 1.02 with `tencrop`" in r6b["model_card"]
+    client.set_tag(run_id, "eval_temperatures", json.dumps({"none": 1.35, "tencrop": 1.02}))
+    assert _register(models, test_acc=0.5)["version"] == 7
+    client.set_tag(run_id, "eval_temperatures", json.dumps({"none": 1.35, "tencrop": 1.02, "flip": 1.1}))
+    assert _register(models, test_acc=0.5)["version"] == 8
+
     # 8) mistakes get clear errors, not tracebacks (FerError subclasses)
     with pytest.raises(RegistryError, match="no version '9'.*1, 2, 3"):
         cli_promote(Namespace(name=None, version="9", alias="champion", reason="x", params=str(store / "params.yaml")))
