@@ -20,11 +20,12 @@ help:  ## list targets
 # time it is asked, up to date or not, and upgrades what is installed, dependencies too (pip keeps any version that
 # still satisfies a range otherwise). Back to the lock after that: `touch constraints.txt; make setup`.
 LOCK ?= constraints.txt
-# Every pin has a wheel for Python 3.11-3.13 on Linux x86-64 (antlr4-python3-runtime is a pure-Python sdist): pip's
-# dry run with --python-version resolves each to its pin (2026-12-06); only 3.11 has run them. Elsewhere a pin may
+# Every pin has a wheel for Python 3.11-3.13 on Linux x86-64 (antlr4-python3-runtime is a pure-Python sdist): `make
+# test` passed within them on 3.11.7, 3.12.1 and 3.13.0 (2026-12-06; 3.12+ venvs add an unpinned setuptools, which
+# tensorflow requires and 3.11's venv ships). Elsewhere a pin may
 # lack a wheel, and pip's own error names a package, not the way out:
-LOCK_FAILED = { echo "make setup: pip could not install within $(LOCK) (pins tested on Linux x86-64 with Python 3.11;\
- they resolve on 3.12 and 3.13 too). \`make setup LOCK=\` installs the newest versions pyproject.toml allows instead." >&2;\
+LOCK_FAILED = { echo "make setup: pip could not install within $(LOCK) (pins tested on Linux x86-64 with Python\
+ 3.11-3.13). \`make setup LOCK=\` installs the newest versions pyproject.toml allows instead." >&2;\
  exit 1; }
 
 $(STAMP): pyproject.toml $(wildcard $(LOCK)) $(if $(LOCK),,FORCE)
