@@ -259,7 +259,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     """The TTA mode to use on test for one model, the val accuracy of each mode tried (`auto` only), the model's
     val probabilities under that mode (None without labeled val rows), and, for a deep model, the calibration
     temperature of each mode whose val probabilities it has (`fit_temperature`: every mode under `auto`, else the
-    mode set and the single pass)."""
+    mode set, the single pass and flip)."""
     from ferops.diagnostics import fit_temperature
 
     has_val = val is not None and bool(val.labeled.any())
@@ -276,11 +276,14 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     mode = tta if entry.kind == "deep" else "none"
     if val is None or not has_val:
         return mode, {}, None, {}
-    if entry.kind == "deep":  # every mode's first view is the plain image: the single pass is calibrated too
+    if entry.kind == "deep":
+        # Every mode's views start plain, mirror: the single pass and flip are calibrated too, at no extra prediction.
         views = view_probas(model, val.pixels[val.labeled], batch_size, mode)
         y_val = val.emotion[val.labeled].astype(int)
-        temps = {"none": fit_temperature(y_val, average_views(views[:1])),
-                 mode: fit_temperature(y_val, average_views(views))}
+        temps = {"none": fit_temperature(y_val, average_views(views[:1]))}
+        if len(views) > 1:
+            temps["flip"] = fit_temperature(y_val, average_views(views[:2]))
+        temps[mode] = fit_temperature(y_val, average_views(views))
         return mode, {}, average_views(views), temps
     return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size), {}
 

@@ -369,6 +369,12 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
                             tta="flip", val=val, track=False)
     assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
+    # a larger mode set: flip is calibrated as well (its views are the first two of every mode's); this crop-less
+    # model's ten-crop is its flip pair, so the two share a temperature
+    fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
+                            tta="tencrop", val=val, track=False)
+    assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"],
+                                                      "tencrop": want["tencrop"]})
 
 
 def test_confident_mistakes_picks_wrong_rows_most_confident_first():
