@@ -280,10 +280,8 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
         # Every mode's views start plain, mirror: the single pass and flip are calibrated too, at no extra prediction.
         views = view_probas(model, val.pixels[val.labeled], batch_size, mode)
         y_val = val.emotion[val.labeled].astype(int)
-        temps = {"none": fit_temperature(y_val, average_views(views[:1]))}
-        if len(views) > 1:
-            temps["flip"] = fit_temperature(y_val, average_views(views[:2]))
-        temps[mode] = fit_temperature(y_val, average_views(views))
+        n_views = {"none": 1, "flip": 2, mode: len(views)}  # one fit per mode (a set none or flip is among them)
+        temps = {m: fit_temperature(y_val, average_views(views[:n])) for m, n in n_views.items() if n <= len(views)}
         return mode, {}, average_views(views), temps
     return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size), {}
 
