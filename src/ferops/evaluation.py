@@ -259,7 +259,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     """The TTA mode to use on test for one model, the val accuracy of each mode tried (`auto` only), the model's
     val probabilities under that mode (None without labeled val rows), and, for a deep model, the calibration
     temperature of each mode whose val probabilities it has (`fit_temperature`: every mode under `auto`, else the
-    mode set, the single pass and flip)."""
+    mode set, the single pass and flip; a set `none` predicts val's mirror view as well, for flip)."""
     from ferops.diagnostics import fit_temperature
 
     has_val = val is not None and bool(val.labeled.any())
@@ -277,12 +277,13 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
     if val is None or not has_val:
         return mode, {}, None, {}
     if entry.kind == "deep":
-        # Every mode's views start plain, mirror: the single pass and flip are calibrated too, at no extra prediction.
-        views = view_probas(model, val.pixels[val.labeled], batch_size, mode)
+        # Every mode's views start plain, mirror: the single pass and flip are calibrated too, at no extra prediction
+        # (a set `none` predicts the mirror as well, one val pass more, so that a flip request is answered calibrated).
+        views = view_probas(model, val.pixels[val.labeled], batch_size, "flip" if mode == "none" else mode)
         y_val = val.emotion[val.labeled].astype(int)
-        n_views = {"none": 1, "flip": 2, mode: len(views)}  # one fit per mode (a set none or flip is among them)
-        temps = {m: fit_temperature(y_val, average_views(views[:n])) for m, n in n_views.items() if n <= len(views)}
-        return mode, {}, average_views(views), temps
+        n_views = {"none": 1, "flip": 2, mode: len(views) if mode != "none" else 1}  # one fit per mode
+        temps = {m: fit_temperature(y_val, average_views(views[:n])) for m, n in n_views.items()}
+        return mode, {}, average_views(views[:n_views[mode]]), temps
     return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size), {}
 
 

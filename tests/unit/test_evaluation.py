@@ -334,7 +334,7 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     import mlflow
 
     from ferops.diagnostics import fit_temperature
-    from ferops.evaluation import tta_probas
+    from ferops.evaluation import choose_tta, tta_probas
     from ferops.tracking import RUN_ID_FILE
     from ferops.training import view_probas
 
@@ -369,6 +369,13 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
                             tta="flip", val=val, track=False)
     assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
+    # the single pass set: flip is calibrated as well, from one more val pass, and test is scored single pass
+    fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
+                            tta="none", val=val, track=False)
+    assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
+    # ... while the val probabilities it goes on with (diagnostics, the val figures) stay the single pass's
+    mode, _, probs_val, _ = choose_tta(model, discover_models(tmp_path / "models")[0], val, "none", 64)
+    assert mode == "none" and np.allclose(probs_val, views[0])
     # a larger mode set: flip is calibrated as well (its views are the first two of every mode's); this crop-less
     # model's ten-crop is its flip pair, so the two share a temperature
     fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
