@@ -281,7 +281,7 @@ def choose_tta(model: Any, entry: ModelEntry, val: FerData | None, tta: str, bat
         # (a set `none` predicts the mirror as well, one val pass more, so that a flip request is answered calibrated).
         views = view_probas(model, val.pixels[val.labeled], batch_size, "flip" if mode == "none" else mode)
         y_val = val.emotion[val.labeled].astype(int)
-        n_views = {"none": 1, "flip": 2, mode: len(views) if mode != "none" else 1}  # one fit per mode
+        n_views = {mode: len(views), "none": 1, "flip": 2}  # one fit per mode; a set none or flip keeps its own count
         temps = {m: fit_temperature(y_val, average_views(views[:n])) for m, n in n_views.items()}
         return mode, {}, average_views(views[:n_views[mode]]), temps
     return mode, {}, predict_probs(entry, model, val.pixels[val.labeled], mode, batch_size), {}

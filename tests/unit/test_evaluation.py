@@ -369,7 +369,7 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
                             tta="flip", val=val, track=False)
     assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
-    # the single pass set: flip is calibrated as well, from one more val pass, and test is scored single pass
+    # the single pass set: flip is calibrated as well, from one more val pass
     fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)), tmp_path / "eval",
                             tta="none", val=val, track=False)
     assert fixed[0]["temperatures"] == pytest.approx({"none": want["none"], "flip": want["flip"]})
