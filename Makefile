@@ -76,7 +76,8 @@ lint: setup typecheck  ## typecheck (mypy), then ruff: unused and undefined name
 	$(VENV)/bin/ruff check src stages tests benchmarks
 
 # Two pytest-xdist workers: most of the suite's time is single-threaded (TF start-up and tracing, subprocesses, DVC),
-# so on 2 cores they cut it ~1.5x (11 min 13 s -> 7 min 12 s). `make test TEST_WORKERS=0` runs in one process.
+# so on 2 cores they cut it ~1.5x (11 min 13 s -> 7 min 12 s); three were no faster (2-core Zen 4, alternated 2,3,3,2:
+# 475 / 511 s against 502 / 561 s). `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
 
 test: lint  ## lint, then the default test suite (fast tiers; slow ones are marked)
