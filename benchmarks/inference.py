@@ -9,7 +9,9 @@
 
 (a) throughput: `predict_on_batch` on batches of --batch raw 48x48 images (what FerPyfunc does per chunk),
     plus parsing FER2013 `pixels` strings (the REST/CSV input path); the model runs as `load_keras` serves it,
-    BatchNormalization folded into the convolutions (`--fold-ablation`: beside the unfolded model and XLA);
+    BatchNormalization folded into the convolutions (`--fold-ablation`: beside the unfolded model and XLA;
+    `--by-stage`: where the time goes — the served model cut after its stem and each stage, with each part's
+    multiply-adds and achieved GFLOP/s, to tell a compute-bound model from one losing time outside its convolutions);
 (b) latency: `predict_photos` on one photo — read, face detection, crop, classify, annotate, write —
     median over --photo-runs, on a real photo that scikit-image ships (512x512) and on a 4000x3000 upscale.
 (c) `--score DATA`: the model's PrivateTest accuracy through this serving path (folded BN, `predict_proba`),
@@ -102,6 +104,71 @@ def fold_ablation(model, batch: int, repeats: int) -> dict:
             "max_abs_prob_diff": diffs}
 
 
+def multiply_adds(layer) -> int:
+    """Multiply-adds per image of a Conv2D or Dense layer (its built output shape); 0 for any other layer."""
+    kind = type(layer).__name__
+    if kind == "Conv2D":
+        kh, kw = layer.kernel_size
+        out = layer.output.shape
+        return int(out[1] * out[2] * kh * kw * layer.input.shape[-1] // layer.groups * layer.filters)
+    if kind == "Dense":
+        return int(layer.input.shape[-1] * layer.units)
+    return 0
+
+
+def stage_cuts(model) -> list[tuple[str, int]]:
+    """(part, index of its last layer): the stem, each ResNet stage (layers `s<i>b<j>_…`, and the activation after
+    a block's add), the head; a model without such layers is one part, "model"."""
+    import re
+
+    cuts, part = [], "stem"
+    for i, layer in enumerate(model.layers):
+        m = re.match(r"(s\d+)b\d+_", layer.name)
+        if not m and part not in ("stem", "head") and type(layer).__name__ == "Activation":
+            continue  # closes the block before it
+        this = m.group(1) if m else ("stem" if part == "stem" else "head")
+        if this != part:
+            cuts.append((part, i - 1))
+            part = this
+    cuts.append((part if cuts else "model", len(model.layers) - 1))
+    return cuts
+
+
+def model_parts(model) -> list[dict]:
+    """`stage_cuts` as parts: name, index of the last layer, layer count and multiply-adds per image (millions)."""
+    parts, start = [], 0
+    for name, end in stage_cuts(model):
+        macs = sum(multiply_adds(layer) for layer in model.layers[start:end + 1])
+        parts.append({"part": name, "end": end, "layers": end + 1 - start, "mmacs_per_image": macs / 1e6})
+        start = end + 1
+    return parts
+
+
+def by_stage(model, batch: int, repeats: int) -> dict:
+    """Median ms per batch of the model cut after each of its `model_parts`, cut models interleaved; a part's time
+    is the difference from the cut before it."""
+    import keras
+
+    parts = model_parts(model)
+    subs = [keras.Model(model.inputs, model.layers[p["end"]].output) for p in parts]
+    x = np.random.default_rng(0).integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
+    for sub in subs:
+        sub.predict_on_batch(x)
+    secs: list[list[float]] = [[] for _ in subs]
+    for _ in range(repeats):
+        for k, sub in enumerate(subs):
+            t = time.perf_counter()
+            sub.predict_on_batch(x)
+            secs[k].append(time.perf_counter() - t)
+    upto = [statistics.median(v) for v in secs]
+    for k, p in enumerate(parts):
+        p["ms"] = 1000 * (upto[k] - (upto[k - 1] if k else 0.0))
+        p["gflops"] = 2 * p["mmacs_per_image"] * batch / p["ms"] if p["ms"] > 0 else None
+    total = sum(p["mmacs_per_image"] for p in parts)
+    return {"batch": batch, "repeats": repeats, "parts": parts, "mmacs_per_image": total,
+            "gflops": 2 * total * 1e6 * batch / upto[-1] / 1e9}
+
+
 def latency(model, photo: Path, runs: int, out_dir: Path, tta: str = "none") -> dict:
     """Median ms of predict_photos on one photo (model loaded, detector warm)."""
     from ferops.inference import face_detector, predict_photos
@@ -157,6 +224,8 @@ def main() -> None:
     ap.add_argument("--huge-runs", type=int, default=5, help="runs on the 4000x3000 photo (0 = skip)")
     ap.add_argument("--fold-ablation", action="store_true",
                     help="(a) also for the unfolded model and with XLA, batches interleaved (needs a model with BN)")
+    ap.add_argument("--by-stage", action="store_true",
+                    help="(a) also time the served model cut after its stem and each stage (ms, multiply-adds, GFLOP/s)")
     ap.add_argument("--tta", default="none", choices=("auto", *TTA_VIEW_MODES),
                     help="test-time augmentation for (a) and (b) (ten-crop: 10 views per face; auto: the mode recorded "
                          "with the model, what `ferops predict` uses by default)")
@@ -208,6 +277,13 @@ def main() -> None:
         print("(a) side by side, median images/s: " + ", ".join(
             f"{k} {v:.0f} (×{f['vs_bn'][k]:.2f}, max |Δp| {f['max_abs_prob_diff'][k]:.1e})"
             for k, v in f["images_per_s"].items()), flush=True)
+
+    if args.by_stage:
+        report["by_stage"] = b = by_stage(model, args.batch, args.repeats)
+        print(f"(a) by part, batch {b['batch']}, median ms: " + ", ".join(
+            f"{p['part']} {p['ms']:.1f} ({p['mmacs_per_image']:.1f} M mult-adds/image"
+            + (f", {p['gflops']:.0f} GFLOP/s)" if p["gflops"] and p["mmacs_per_image"] else ")") for p in b["parts"])
+            + f"; whole model {b['mmacs_per_image']:.1f} M mult-adds/image, {b['gflops']:.0f} GFLOP/s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
