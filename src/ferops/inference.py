@@ -638,6 +638,7 @@ def cli_serve(args: Any) -> None:
     """`ferops serve`: check the model is registered (one line, not MLflow's traceback), then become
     `mlflow models serve` on it, with this project's store and the host/port asked for (loopback by default)."""
     uri = args.model or _champion_uri(args.params)
+    _check_servable(uri)
     store, version = check_registered(uri, "run `make run` first, or name one with --model")
     moved = _moved_project(version)
     if moved is not None:  # else `mlflow models serve` dies with "No such artifact: 'MLmodel'" and a traceback
@@ -655,6 +656,20 @@ def cli_serve(args: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)
+
+
+def _check_servable(uri: str) -> None:
+    """FerError unless `uri` is something `mlflow models serve` takes: a models:/ or runs:/ URI, or a folder with an
+    MLmodel file — not a .keras file or a model folder without MLmodel, which `ferops predict --model` also takes
+    (else `mlflow models serve` dies with "No such artifact: 'MLmodel'" and a traceback)."""
+    path = Path(uri)
+    if (":/" in uri and not path.exists()) or (path / "MLmodel").is_file():
+        return
+    what = ("no such file or folder" if not path.exists() else "a Keras file" if path.is_file()
+            else "a folder with no MLmodel file in it")
+    raise FerError(f"cannot serve --model {uri}: {what}. ferops serve takes a registered model (models:/<name>@<alias> "
+                   f"or models:/<name>/<N>: `ferops registry` lists them), a runs:/ URI or an MLflow model folder; "
+                   f"`ferops predict --model` takes .keras files and model folders.")
 
 
 def _moved_project(version: Any) -> str | None:

@@ -36,3 +36,37 @@ def test_the_undo_that_promote_prints_names_the_same_model(monkeypatch, capsys, 
     params.write_text("register:\n  model_name: other\n")
     registry.cli_promote(Namespace(version="1", alias="staging", name=None, reason="drill", params=str(params)))
     assert f"undo with `ferops promote --version 2 --alias staging --params '{params}'`." in capsys.readouterr().out
+
+
+def test_serve_refuses_what_mlflow_models_serve_cannot_load_in_one_line(tmp_path, monkeypatch):
+    """`ferops serve --model models/deep/resnet/model.keras` (a path `ferops predict --model` takes) went on to
+    `mlflow models serve`, which died with "No such artifact: 'MLmodel'" and a traceback. Now: one line, exit 2,
+    naming what serve takes; an MLflow model folder still goes through."""
+    from argparse import Namespace
+
+    import pytest
+
+    from ferops import inference
+    from ferops.errors import FerError
+
+    keras_file = tmp_path / "deep" / "resnet" / "model.keras"
+    keras_file.parent.mkdir(parents=True)
+    keras_file.write_bytes(b"PK")
+    for given, what in ((keras_file, "a Keras file"), (keras_file.parent, "a folder with no MLmodel file in it"),
+                        (tmp_path / "nothing", "no such file or folder")):
+        with pytest.raises(FerError, match=f"^cannot serve --model {given}: {what}. ferops serve takes a registered "
+                                           r"model \(models:/<name>@<alias>"):
+            inference.cli_serve(Namespace(model=str(given), params=None, host="127.0.0.1", port=5001))
+    r = subprocess.run([sys.executable, "-m", "ferops.cli", "serve", "--model", str(keras_file)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "a Keras file" in r.stderr, r.stderr
+
+    pyfunc = tmp_path / "pyfunc_model"
+    pyfunc.mkdir()
+    (pyfunc / "MLmodel").write_text("flavors: {}\n")
+    reached = []
+    monkeypatch.setattr(inference, "check_registered", lambda uri, fix: reached.append(uri) or (_ for _ in ()).throw(
+        FerError("stop here")))
+    with pytest.raises(FerError, match="stop here"):
+        inference.cli_serve(Namespace(model=str(pyfunc), params=None, host="127.0.0.1", port=5001))
+    assert reached == [str(pyfunc)]
