@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     pm.add_argument("--version", required=True, help="model version number (see `ferops registry`)")
     pm.add_argument("--alias", default=None,
                     help="the alias to move (default: register.champion_alias, champion; e.g. challenger)")
+    pm.add_argument("--new-alias", action="store_true",
+                    help="create --alias if the model has no such alias yet (without it, only the model's aliases "
+                         "and register's champion/challenger aliases move: a typo is refused, not created)")
     pm.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     pm.add_argument("--reason", default="manual promotion", help="why, recorded in the version's tags")
     pm.add_argument("--params", default=None, help=PARAMS_HELP)

@@ -8,13 +8,14 @@ accuracy beats the champion's (same validation data) — a worse model never sil
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
 import logging
 import os
 import re
 import shlex
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -472,29 +473,41 @@ def model_card_of(client: Any, name: str, ref: str) -> str:
     return str(mv.description).rstrip("\n")
 
 
-def _check_alias(alias: str, model: Any) -> None:
+def _check_alias(alias: str, model: Any, known: Sequence[str] | None = None) -> None:
     """RegistryError before MLflow misreads `alias`: it resolves `latest` to the newest version and `v<N>` to version
     N (so "already points at" would be reported, and nothing set); and an alias that differs from one the model has
-    only in case is a typo that would create a second alias beside it."""
+    only in case is a typo that would create a second alias beside it. With `known` (the project's champion and
+    challenger aliases), an alias that is neither one of them nor one the model has is refused too: a typo
+    (`champoin`) would create it, report success and leave @champion where it was."""
     if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
         raise RegistryError(f"--alias {alias!r}: reserved by MLflow (`latest` and `v<number>` name versions). "
                             "Use a name like champion or challenger.")
-    twin = sorted(a for a in (model.aliases or {}) if a != alias and a.lower() == alias.lower())
+    have = model.aliases or {}
+    twin = sorted(a for a in have if a != alias and a.lower() == alias.lower())
     if twin:
         raise RegistryError(f"--alias {alias!r}: {model.name} has @{twin[0]}, and aliases are case-sensitive — "
                             f"did you mean --alias {twin[0]}?")
+    names = sorted({*have, *(known or ())})
+    if known is not None and alias not in names:
+        close = difflib.get_close_matches(alias, names, n=1)
+        hint = f"did you mean --alias {close[0]}? " if close else ""
+        listed = ", ".join(f"@{a}" + (f" (v{have[a]})" if a in have else "") for a in names)
+        raise RegistryError(f"--alias {alias!r}: {model.name} has no such alias ({listed}); {hint}"
+                            f"to create @{alias}, add --new-alias.")
 
 
 def promote(client: Any, name: str, version: str, alias: str = "champion", reason: str = "manual promotion",
-            by: str | None = None, champion_alias: str = "champion") -> dict[str, Any]:
+            by: str | None = None, champion_alias: str = "champion",
+            known_aliases: Sequence[str] | None = None) -> dict[str, Any]:
     """Point `alias` at `version` deliberately, recording who, why, when and the previous holder in version tags.
 
     Moving `champion_alias` writes `promoted_by`, `promotion_reason`, `promoted_at` (the register stage reads them:
     who put @champion there); another alias writes them prefixed with its name (`challenger_promoted_by`, ...), so
-    marking the champion's version @staging does not make @champion look placed by a person."""
+    marking the champion's version @staging does not make @champion look placed by a person. `known_aliases`: only
+    those and the model's own aliases may be moved (`_check_alias`); None creates any alias asked for."""
     from mlflow.exceptions import MlflowException
 
-    _check_alias(alias, _registered(client, name))
+    _check_alias(alias, _registered(client, name), known_aliases)
     target = _version(client, name, str(version))
     previous = alias_version(client, name, alias)
     prev = None if previous is None else str(previous.version)
@@ -535,10 +548,15 @@ def log_promotion(client: Any, name: str, alias: str, previous: str | None, vers
 
 def cli_promote(args: Any) -> None:
     """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
+    from ferops.config import mapping, project_params
+
     client = _existing_store_client()
     name, champion = _names(args)
+    challenger = str(mapping(project_params(getattr(args, "params", None)), "register").get("challenger_alias")
+                     or "challenger")
     c = promote(client, name, str(args.version), alias=getattr(args, "alias", None) or champion, reason=args.reason,
-                champion_alias=champion)
+                champion_alias=champion,
+                known_aliases=None if getattr(args, "new_alias", False) else (champion, challenger))
     if not c["changed"]:
         print(f"{name}: @{c['alias']} already points at v{c['version']} — nothing changed.")
         return

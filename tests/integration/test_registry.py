@@ -131,7 +131,7 @@ def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     assert set(MlflowClient().get_registered_model(NAME).aliases) == {"best", "challenger"}
     assert str(MlflowClient().get_model_version_by_alias(NAME, "best").version) == "2"
     capsys.readouterr()
-    cli_promote(Namespace(name=None, version="2", alias="champion", reason="drill", params=params))
+    cli_promote(Namespace(name=None, version="2", alias="champion", reason="drill", params=params, new_alias=True))
     cli_promote(Namespace(name=None, version="1", alias="champion", reason="drill", params=params))
     out = capsys.readouterr().out  # the undo of a @champion move names it: without --alias it would move @best
     assert f"undo with `ferops promote --version 2 --alias champion --params {params}`" in out, out
@@ -298,8 +298,18 @@ def test_register_promote_and_list(store, capsys):
     with pytest.raises(RegistryError, match="has @champion, and aliases are case-sensitive — did you mean --alias champ"):
         cli_promote(Namespace(name=None, version="1", alias="Champion", reason="x", params=str(store / "params.yaml")))
     assert set(client.get_registered_model(NAME).aliases) == {"champion", "challenger"}
+    # a typo of an alias is refused, not created beside it with "moved from nobody" (a user audit found @champoin)
+    with pytest.raises(RegistryError, match=r"--alias 'champoin': fer2013-resnet has no such alias \(@challenger "
+                                            r"\(v\d+\), @champion \(v\d+\)\); did you mean --alias champion\? to "
+                                            r"create @champoin, add --new-alias\."):
+        cli_promote(Namespace(name=None, version="1", alias="champoin", reason="x", params=str(store / "params.yaml")))
+    assert set(client.get_registered_model(NAME).aliases) == {"champion", "challenger"}
     with pytest.raises(RegistryError, match="--alias 'two words': Invalid alias name"):
-        cli_promote(Namespace(name=None, version="1", alias="two words", reason="x", params=str(store / "params.yaml")))
+        cli_promote(Namespace(name=None, version="1", alias="two words", reason="x", params=str(store / "params.yaml"),
+                              new_alias=True))
+    cli_promote(Namespace(name=None, version="1", alias="staging", reason="x", params=str(store / "params.yaml"),
+                          new_alias=True))
+    assert str(client.get_registered_model(NAME).aliases["staging"]) == "1"
 
 
 def test_cli_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ def test_the_undo_that_promote_prints_names_the_same_model(monkeypatch, capsys, 
     from ferops import registry
 
     monkeypatch.setattr(registry, "_existing_store_client", lambda: None)
-    monkeypatch.setattr(registry, "promote", lambda client, name, version, alias, reason, champion_alias: {
+    monkeypatch.setattr(registry, "promote", lambda client, name, version, alias, reason, champion_alias, **kw: {
         "name": name, "alias": alias, "version": version, "previous_version": "2", "changed": True,
         "val_accuracy": "0.5", "previous_val_accuracy": "0.4"})
     registry.cli_promote(Namespace(version="1", alias=None, name="other", reason="drill", params=None))
