@@ -99,5 +99,11 @@ dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080 (the storage para
 serve: setup  ## serve the champion (params.yaml register:) over REST on http://127.0.0.1:5001/invocations
 	$(PY) -m ferops.cli serve --host $(HOST) --port 5001
 
-clean:  ## remove pipeline outputs, stores and caches (keeps data/raw, .venv and your predictions/)
-	rm -rf data/interim data/processed models reports checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* dvc_plots .dvc/cache .dvc/tmp
+# reports/ goes too, but for what git tracks there (the README has users commit reports/metrics.json as the baseline
+# `dvc exp show` compares against; removing it left a deleted tracked file)
+clean:  ## remove pipeline outputs, stores and caches (keeps data/raw, .venv, your predictions/ and committed reports)
+	rm -rf data/interim data/processed models checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* dvc_plots .dvc/cache .dvc/tmp
+	@tracked=$$(git ls-files reports 2>/dev/null); \
+	if [ -z "$$tracked" ]; then rm -rf reports; \
+	else find reports -depth -mindepth 1 \( -type f -o -type l \) | grep -vxF "$$tracked" | xargs -r -d '\n' rm -f; \
+	     find reports -depth -mindepth 1 -type d -empty -delete; fi

@@ -190,3 +190,25 @@ def test_make_lock_writes_the_lock_it_was_given_and_keeps_its_comments(tmp_path)
     assert (tmp_path / "constraints.txt").read_text() == "# ours\nold==0\n"
     subprocess.run(["make", "-s", "lock", f"VENV={venv}"], **run)
     assert (tmp_path / "constraints.txt").read_text() == "# ours\na==1\nb==2\n"
+
+
+@pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None, reason="make or git is not installed")
+def test_clean_keeps_the_reports_git_tracks(tmp_path):
+    """The README has users commit reports/metrics.json (the baseline `dvc exp show` compares against); `make clean`
+    removed all of reports/, leaving a deleted tracked file (a user audit). It keeps what git tracks there, and a
+    project that tracks nothing in reports/ loses the folder as before."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    for tracked in (True, False):
+        p = tmp_path / f"tracked_{tracked}"
+        (p / "reports" / "evaluation" / "resnet").mkdir(parents=True)
+        (p / "models").mkdir()
+        shutil.copy(ROOT / "Makefile", p)
+        (p / "reports" / "metrics.json").write_text("{}\n")
+        (p / "reports" / "register.json").write_text("{}\n")
+        (p / "reports" / "evaluation" / "resnet" / "confusion test.png").write_bytes(b"png")
+        subprocess.run(["git", "init", "-q"], cwd=p, check=True, env=env)
+        if tracked:
+            subprocess.run(["git", "add", "reports/metrics.json"], cwd=p, check=True, env=env)
+        subprocess.run(["make", "-s", "clean"], cwd=p, check=True, timeout=60, capture_output=True, env=env)
+        left = sorted(str(f.relative_to(p)) for f in p.rglob("*") if ".git" not in f.parts)
+        assert left == (["Makefile", "reports", "reports/metrics.json"] if tracked else ["Makefile"]), left
