@@ -49,14 +49,18 @@ def unpack(path: str | Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.exit(__doc__)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="FER2013 with a Usage column (fer2013.csv, .csv.gz, icml_face_data.csv)")
+    ap.add_argument("out", help="the packed file to write (e.g. .gpu/fer2013.npz.xz; git-ignored, never commit it)")
+    args = ap.parse_args(argv)
     from ferops.data.formats import read_any
     from ferops.data.split import split_dataset
 
-    data, _ = read_any(argv[0])
+    data, _ = read_any(args.data)
     parts, _ = split_dataset(data, "usage")
-    out = pack(parts, argv[1])
+    out = pack(parts, args.out)
     back = unpack(out)
     assert all((back[k].pixels == parts[k].pixels).all() for k in SPLITS), "round trip failed"
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB, " + ", ".join(f"{k}={len(back[k])}" for k in SPLITS))

@@ -70,3 +70,11 @@ def test_benchmark_error_is_one_line(case, tmp_path, packed):
     assert "Traceback" not in r.stderr, r.stderr
     assert expected in r.stderr.strip().splitlines()[-1], r.stderr
     assert not (ROOT / "benchmarks" / "out" / "nope").exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in B.glob("*.py")))
+def test_every_benchmark_says_its_usage_on_help(script):
+    """`pack_data.py --help` printed its docstring to stderr and exited 1 (a user audit); every script's --help is a
+    usage line on stdout and exit 0, as the README's "each --help says how to point elsewhere" promises."""
+    r = subprocess.run([sys.executable, str(B / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: {script}"), (r.returncode, r.stdout[:200], r.stderr[-500:])
