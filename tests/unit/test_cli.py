@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 
 def test_version_names_ferops_and_the_libraries_a_bug_report_needs():
@@ -70,3 +71,18 @@ def test_serve_refuses_what_mlflow_models_serve_cannot_load_in_one_line(tmp_path
     with pytest.raises(FerError, match="stop here"):
         inference.cli_serve(Namespace(model=str(pyfunc), params=None, host="127.0.0.1", port=5001))
     assert reached == [str(pyfunc)]
+
+
+def test_predicts_default_output_folder_is_git_ignored_wherever_it_is_run(tmp_path):
+    """`ferops predict` writes to ./predictions (--out-dir's default) from whichever folder it runs in; ferops finds
+    the project from any folder under it, so run from src/ it left an untracked src/.../predictions/ (a user audit)."""
+    import shutil
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for where in ("predictions/a_pred.jpg", "src/ferops/predictions/a_pred.jpg", "data/predictions/b.csv"):
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", where], cwd=root, timeout=30)
+        assert r.returncode == 0, f"{where} is not ignored"
