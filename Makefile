@@ -36,7 +36,14 @@ $(STAMP): pyproject.toml $(wildcard $(LOCK)) $(if $(LOCK),,FORCE)
 
 FORCE:
 
+# ferops is installed editable: a VENV shared by two clones (VENV=/opt/venvs/ferops) runs the code of the clone that
+# installed it last, while DVC hashes this one's src/. So setup re-points it here when it points elsewhere.
+OWNER = $(PY) -c 'import ferops, pathlib; print(pathlib.Path(ferops.__file__).resolve().parents[1])' 2>/dev/null
 setup: $(STAMP)  ## create .venv and install ferops with its dependencies (the tested versions: constraints.txt)
+	@owner=$$($(OWNER)); if [ -n "$$owner" ] && [ "$$owner" != "$(realpath $(CURDIR)/src)" ]; then \
+	  echo "make setup: $(VENV) ran ferops from $$owner; installing this project's ($(CURDIR)) instead — the other\
+	 project's commands now run this one's code until its own make re-points it (one VENV per project avoids that)" >&2; \
+	  $(PY) -m pip install --quiet --no-deps -e . && touch $(STAMP); fi
 
 # After `make setup LOCK=` (or a changed pyproject.toml range) has passed `make test-all`: record what it installed.
 # The file is LOCK's (constraints.txt when LOCK= is empty); its comment lines are kept.

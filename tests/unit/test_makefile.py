@@ -171,8 +171,8 @@ def test_setup_without_the_lock_upgrades_an_installed_venv(tmp_path):
         return subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(tmp_path), *args, "setup"],
                               capture_output=True, text=True, timeout=30, check=True).stdout
 
-    assert "pip install" not in dry()  # within the lock and up to date: nothing to do
-    line = next(ln for ln in dry("LOCK=").splitlines() if "pip install" in ln and "-e" in ln)
+    assert '-e ".[dev]"' not in dry()  # within the lock and up to date: nothing to do
+    line = next(ln for ln in dry("LOCK=").splitlines() if "pip install" in ln and '-e ".[dev]"' in ln)
     assert "--upgrade --upgrade-strategy eager" in line and "--constraint" not in line
 
 
@@ -212,3 +212,33 @@ def test_clean_keeps_the_reports_git_tracks(tmp_path):
         subprocess.run(["make", "-s", "clean"], cwd=p, check=True, timeout=60, capture_output=True, env=env)
         left = sorted(str(f.relative_to(p)) for f in p.rglob("*") if ".git" not in f.parts)
         assert left == (["Makefile", "reports", "reports/metrics.json"] if tracked else ["Makefile"]), left
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_setup_repoints_a_shared_venv_at_this_project(tmp_path):
+    """ferops is installed editable, so a VENV shared by two clones ran the code of the clone that installed it last
+    while DVC hashed this one's src/ (a user audit). `make setup` re-installs it from this project when it points at
+    another, and says so; when it points here, it installs nothing. A stand-in python answers where ferops is."""
+    project = tmp_path / "a"
+    (project / "src").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", project)
+    (project / "pyproject.toml").write_text("")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text('#!/bin/bash\nif [ "$1" = -c ]; then cat "$(dirname "$0")/owner"; exit 0; fi\n'
+                      'echo "$@" >> "$(dirname "$0")/calls"\n')
+    python.chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: the install rule itself does not run
+    env = {"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"}
+    (venv / "bin" / "owner").write_text(f"{tmp_path / 'b' / 'src'}\n")
+    r = subprocess.run(["make", "-s", "-C", str(project), "setup", f"VENV={venv}"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"ran ferops from {tmp_path / 'b' / 'src'}; installing this project's ({project}) instead" in r.stderr
+    assert (venv / "bin" / "calls").read_text() == "-m pip install --quiet --no-deps -e .\n"
+    (venv / "bin" / "calls").unlink()
+    (venv / "bin" / "owner").write_text(f"{project / 'src'}\n")
+    r = subprocess.run(["make", "-s", "-C", str(project), "setup", f"VENV={venv}"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0 and r.stderr == "" and not (venv / "bin" / "calls").exists(), r.stderr
