@@ -206,7 +206,8 @@ def study_name(family: str, fingerprint_of: dict[str, Any]) -> str:
 
 # Keys of a model's config that only its full training run reads: a trial trains exactly the study's epochs, with no
 # time budget, one model (not an ensemble). They stay out of the study's fingerprint, so changing them (the README's
-# `-S train_deep.models.resnet.time_budget_min=120`) finds the finished study instead of tuning again.
+# `-S train_deep.models.resnet.time_budget_min=120`) finds the finished study instead of tuning again; so do the
+# values the space itself sets (`searched_configs`).
 FULL_RUN_ONLY = ("epochs", "time_budget_min", "ensemble_seeds")
 
 
@@ -215,11 +216,26 @@ def trial_config(cfg: dict[str, Any], epochs: int) -> dict[str, Any]:
     return {**{k: v for k, v in cfg.items() if k not in FULL_RUN_ONLY}, "epochs": epochs, "time_budget_min": None}
 
 
+def searched_configs(cfg: dict[str, Any], space: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the trials of `space` train, whatever they sample: `cfg` with the space applied at its low ends (first
+    choices) and at its high ends (last choices). A value the space sets (`lr`, `dropout`; `widths` under
+    `base_width`) comes out the same whatever `cfg` holds, so changing it in params.yaml keeps the study; a value the
+    trials read (the online_aug magnitudes `aug_strength` scales, the stage count `base_width` doubles over) does not."""
+    import optuna
+
+    ends = [{name: spec["choices"][i] if "choices" in spec else spec["low" if i == 0 else "high"]
+             for name, spec in space.items()} for i in (0, -1)]
+    with warnings.catch_warnings():  # Optuna's, about choices that are lists: the trials warn too
+        warnings.simplefilter("ignore", UserWarning)
+        return [apply_params(cfg, suggest_params(optuna.trial.FixedTrial(end), space)) for end in ends]
+
+
 def family_study_name(family: str, cfg: dict[str, Any], space: dict[str, Any], epochs: int, seed: int,
                       pruner: dict[str, Any] | None, data: str) -> str:
-    """The study of a tune stage: same trial config/space/data/epochs → same study (a rerun resumes or reuses it)."""
-    return study_name(family, {"cfg": trial_config(cfg, epochs), "space": space, "seed": seed, "pruner": pruner,
-                               "data": data})
+    """The study of a tune stage: same trained configs (`searched_configs` of the trial config)/space/data/epochs →
+    same study (a rerun resumes or reuses it)."""
+    return study_name(family, {"cfg": searched_configs(trial_config(cfg, epochs), space), "space": space,
+                               "seed": seed, "pruner": pruner, "data": data})
 
 
 def section_problem(value: Any, where: str, keys: str) -> ConfigError | None:

@@ -75,6 +75,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     params["augment"]["copies"] = 2
     params["train_deep"]["use_tuned"] = True
     params["train_deep"]["models"]["resnet"]["time_budget_min"] = 30  # a full-run setting: the study stays
+    params["train_deep"]["models"]["resnet"]["lr"] = 2.5e-3  # every trial samples its own lr: the study stays too
     del params["train_baselines"]["models"]["naive_bayes"]
     params["train_baselines"]["models"]["logreg"] = {"kind": "logreg", "max_iter": 50, "grid": {"C": [0.01]}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -84,6 +85,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     assert {"augment", "train_deep@resnet", "train_baselines@logreg", "evaluate", "register"} <= ran, ran
     assert "train_deep@cnn" not in ran, ran
     # tune@resnet lists the model's params, so it re-ran — only to find its finished study: same study, no new trials
+    # (neither the time budget nor the lr reaches a trial)
     again = json.loads((repo / "reports/tuning/resnet.json").read_text())
     assert "tune@resnet" in ran and again["study_name"] == study["study_name"], (again, study)
     assert (again["n_complete"], again["n_pruned"]) == (study["n_complete"], study["n_pruned"])

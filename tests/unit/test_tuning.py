@@ -257,16 +257,35 @@ def test_budget_demo_caps_and_redaction():
 
 def test_full_run_only_keys_keep_the_study():
     """The full run's epochs, time budget and ensemble seeds never reach a trial: changing them reuses the study;
-    a key a trial trains with (lr), the study's epochs, or the data make a new one."""
-    cfg = {"arch": "resnet", "lr": 1e-3, "epochs": 30, "time_budget_min": 58}
+    a key a trial trains with (weight_decay), the study's epochs, or the data make a new one."""
+    cfg = {"arch": "resnet", "lr": 1e-3, "weight_decay": 0.05, "epochs": 30, "time_budget_min": 58}
     name = tuning.family_study_name("resnet", cfg, SPACE, 4, 42, None, "d1")
     for other in ({"epochs": 60}, {"time_budget_min": 120}, {"time_budget_min": None}, {"ensemble_seeds": [1, 2]}):
         assert tuning.family_study_name("resnet", {**cfg, **other}, SPACE, 4, 42, None, "d1") == name, other
-    assert tuning.family_study_name("resnet", {**cfg, "lr": 2e-3}, SPACE, 4, 42, None, "d1") != name
+    assert tuning.family_study_name("resnet", {**cfg, "weight_decay": 0.1}, SPACE, 4, 42, None, "d1") != name
     assert tuning.family_study_name("resnet", cfg, SPACE, 5, 42, None, "d1") != name
     assert tuning.family_study_name("resnet", cfg, SPACE, 4, 42, None, "d2") != name
-    assert tuning.trial_config({**cfg, "ensemble_seeds": [1, 2]}, 4) == {"arch": "resnet", "lr": 1e-3, "epochs": 4,
+    assert tuning.trial_config({**cfg, "ensemble_seeds": [1, 2]}, 4) == {"arch": "resnet", "lr": 1e-3,
+                                                                         "weight_decay": 0.05, "epochs": 4,
                                                                          "time_budget_min": None}
+
+
+def test_values_the_space_sets_keep_the_study_and_values_its_trials_read_do_not():
+    """`-S train_deep.models.resnet.dropout=0.1` re-ran the whole study (a user audit: 3 new trials on the demo, the
+    15-minute budget on FER2013), though every trial samples its own dropout. What the space sets — a direct key, a
+    dotted one, the widths base_width doubles — keeps the study; what its trials still read makes a new one."""
+    space = {**SPACE, "online_aug.erasing": {"low": 0.0, "high": 0.5}, "aug_strength": {"low": 0.5, "high": 1.5}}
+    cfg = {**RESNET, "online_aug": {"crop": 44, "erasing": 0.25, "rotate_deg": 10.0}}
+    name = tuning.family_study_name("resnet", cfg, space, 4, 42, None, "d1")
+    for other in ({"lr": 5e-3}, {"dropout": 0.0}, {"widths": [48, 96, 192, 384]}, {"stages": [3, 3, 3, 3]},
+                  {"online_aug": {**cfg["online_aug"], "erasing": 0.5}}):
+        assert tuning.family_study_name("resnet", {**cfg, **other}, space, 4, 42, None, "d1") == name, other
+    for other in ({"online_aug": {**cfg["online_aug"], "rotate_deg": 20.0}},  # aug_strength scales it
+                  {"stages": [2, 2, 2]},  # base_width doubles over three stages, not four
+                  {"activation": "elu"}):
+        assert tuning.family_study_name("resnet", {**cfg, **other}, space, 4, 42, None, "d1") != name, other
+    assert tuning.family_study_name("resnet", cfg, {**space, "dropout": {"low": 0.1, "high": 0.4}}, 4, 42, None,
+                                    "d1") != name
 
 
 def test_study_name_tracks_the_fingerprint():
