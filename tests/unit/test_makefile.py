@@ -20,6 +20,15 @@ def _make_var(name: str, *args: str) -> str:
     return out.stdout.strip()
 
 
+def _stand_in(venv: Path, tool: str, script: str) -> Path:
+    """An executable `<venv>/bin/<tool>` that runs the bash `script`: a stand-in for the real tool."""
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    path = venv / "bin" / tool
+    path.write_text(f"#!/bin/bash\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_an_absolute_venv_is_put_on_the_path_as_given(tmp_path):
     # `make run VENV=/abs/venv` put $(CURDIR)//abs/venv/bin on the PATH: dvc, mlflow and ruff were then not found
@@ -34,11 +43,8 @@ def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_
     # params.yaml was then "restored" to B's. A stand-in dvc edits params.yaml as `dvc exp run -S` does, and in A
     # runs B's demo meanwhile.
     venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    dvc = venv / "bin" / "dvc"
-    dvc.write_text('#!/bin/bash\necho "changed: by dvc exp run" >> params.yaml\n'
-                   'if [ -n "$OTHER" ]; then OTHER= make -s -C "$OTHER" demo; fi\n')
-    dvc.chmod(0o755)
+    _stand_in(venv, "dvc", 'echo "changed: by dvc exp run" >> params.yaml\n'
+                           'if [ -n "$OTHER" ]; then OTHER= make -s -C "$OTHER" demo; fi')
     projects = []
     for name in ("a", "b"):
         p = tmp_path / name
@@ -62,11 +68,9 @@ def test_ctrl_c_during_make_demo_or_exp_restores_params(tmp_path, target):
     # the copy was restored only after dvc returned: a Ctrl-C (SIGINT to the whole foreground group) left the
     # `-S` overrides in params.yaml, and the next `make run` trained on the demo set / the profile silently
     venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    for name, body in (("dvc", 'echo "changed: by dvc exp run" >> params.yaml; touch dvc-started; sleep 30'),
-                       ("python", "echo -S x=1")):  # `python -m ferops.profiles` prints the overrides
-        (venv / "bin" / name).write_text(f"#!/bin/bash\n{body}\n")
-        (venv / "bin" / name).chmod(0o755)
+    _stand_in(venv, "dvc", 'echo "changed: by dvc exp run" >> params.yaml; touch dvc-started; sleep 30')
+    # `python -m ferops.profiles` prints the overrides; `python -c` (where setup's ferops is) prints nothing
+    _stand_in(venv, "python", '[ "$1" = -c ] || echo -S x=1')
     proj = tmp_path / "p"
     proj.mkdir()
     shutil.copy(ROOT / "Makefile", proj)
@@ -132,10 +136,7 @@ def _stand_in_project(folder: Path, python: str, lock: str) -> Path:
     """The Makefile in `folder` with an empty pyproject.toml, constraints.txt holding `lock`, and a venv whose
     `python` is the bash line `python` (what each test needs pip to answer); returns the venv."""
     venv = folder / "venv"
-    (venv / "bin").mkdir(parents=True)
-    py = venv / "bin" / "python"
-    py.write_text(f"#!/bin/bash\n{python}\n")
-    py.chmod(0o755)
+    _stand_in(venv, "python", python)
     shutil.copy(ROOT / "Makefile", folder)
     (folder / "pyproject.toml").write_text("")
     (folder / "constraints.txt").write_text(lock)
@@ -224,11 +225,8 @@ def test_setup_repoints_a_shared_venv_at_this_project(tmp_path):
     shutil.copy(ROOT / "Makefile", project)
     (project / "pyproject.toml").write_text("")
     venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    python = venv / "bin" / "python"
-    python.write_text('#!/bin/bash\nif [ "$1" = -c ]; then cat "$(dirname "$0")/owner"; exit 0; fi\n'
-                      'echo "$@" >> "$(dirname "$0")/calls"\n')
-    python.chmod(0o755)
+    _stand_in(venv, "python", 'if [ "$1" = -c ]; then cat "$(dirname "$0")/owner"; exit 0; fi\n'
+                              'echo "$@" >> "$(dirname "$0")/calls"')
     (venv / ".installed").touch()  # newer than pyproject.toml: the install rule itself does not run
     env = {"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"}
     (venv / "bin" / "owner").write_text(f"{tmp_path / 'b' / 'src'}\n")
