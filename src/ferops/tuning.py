@@ -40,10 +40,11 @@ log = logging.getLogger("ferops.tuning")
 
 class _NoTracebackForFerError(logging.Filter):
     """Optuna logs every failed trial with its traceback. A FerError (e.g. a bad params.yaml value) is expected:
-    the stage reports it as one line naming the key, so the trial's warning keeps its one-line message only."""
+    the stage reports it as one line naming the key, so the trial's warning keeps its one-line message only. So is
+    Ctrl-C: the stage says `interrupted` (the study resumes on the next run), not ~270 lines of TensorFlow stack."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], FerError):
+        if record.exc_info and isinstance(record.exc_info[1], (FerError, KeyboardInterrupt)):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -320,6 +320,21 @@ def test_a_bad_params_value_fails_the_study_in_one_line(tmp_path, tracking, capl
     assert str(located) == "params.yaml train_deep.common.optimizer='bogus': use adam | adamw | sgd_nesterov."
 
 
+def test_ctrl_c_in_a_trial_is_optunas_one_line_without_the_stack(tmp_path, caplog):
+    """Ctrl-C during `dvc repro tune@cnn` printed Optuna's "Trial 1 failed … KeyboardInterrupt()" with ~270 lines of
+    TensorFlow stack before the stage's `interrupted` (a user audit); train_deep says `interrupted` alone."""
+
+    def interrupted_trial(trial, cfg, train, val, *, seed, epochs):
+        raise KeyboardInterrupt
+
+    data = _fer(40)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="ctrl-c", n_trials=2, epochs=1,
+                         seed=0, trial_fn=interrupted_trial, root=tmp_path, progress=False, track=False)
+    (failed,) = [r for r in caplog.records if r.getMessage().startswith("Trial 0 failed with parameters")]
+    assert failed.exc_info is None and "KeyboardInterrupt" in failed.getMessage()
+
+
 def config_error_trial(trial, cfg, train, val, *, seed, epochs):
     """A sampled value the model refuses (check_config's message)."""
     from ferops.errors import ConfigError
