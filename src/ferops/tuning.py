@@ -664,13 +664,14 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
                  objective_kwargs: dict[str, Any], errors: Any = None) -> None:
     """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study. A FerError
     (a bad params value) goes to `errors` for the parent to raise, as one worker would, not as a traceback."""
-    from ferops.runner import setup_logging
+    from ferops.runner import setup_logging, start_tensorflow
 
     # Share the cores instead of every worker's TF using all of them (read when TF first loads, i.e. later).
     threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, threads)
     setup_logging()
+    start_tensorflow()  # before a trial imports it: TF's C++ start-up lines filtered, as in the stage's own process
     if track and tracking_uri:
         import mlflow
 

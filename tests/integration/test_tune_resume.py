@@ -335,6 +335,24 @@ def test_ctrl_c_in_a_trial_is_optunas_one_line_without_the_stack(tmp_path, caplo
     assert failed.exc_info is None and "KeyboardInterrupt" in failed.getMessage()
 
 
+def tensorflow_trial(trial, cfg, train, val, *, seed, epochs):
+    """A trial that starts TensorFlow, as every Keras trial does."""
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
+    return 0.5
+
+
+def test_parallel_workers_filter_tensorflows_start_up_lines(tmp_path, capfd):
+    """With tune.workers: 2 each spawned worker printed TF's C++ start-up lines (the absl banner, `I0000 … oneDNN
+    custom operations are on`, the CUDA probe) that the stage's own process filters (a user audit)."""
+    tuning.run_study("cnn", CNN, SPACE, _fer(30), _fer(30), storage=f"journal:{tmp_path / 'j.log'}",
+                     study_name="tf-lines", n_trials=2, epochs=1, seed=0, workers=2, trial_fn=tensorflow_trial,
+                     root=tmp_path, progress=False, track=False)
+    err = capfd.readouterr().err
+    assert "absl::InitializeLog" not in err and "custom operations are on" not in err, err[-2000:]
+
+
 def config_error_trial(trial, cfg, train, val, *, seed, epochs):
     """A sampled value the model refuses (check_config's message)."""
     from ferops.errors import ConfigError
