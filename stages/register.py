@@ -7,6 +7,7 @@ python stages/register.py --metrics reports/metrics.json --models models/deep --
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ferops.config import load_params, section
@@ -37,7 +38,8 @@ def main() -> None:
     cfg = section(load_params(args.params), "register")
     init_tracking()
     report = register_best(args.models, read_json(args.metrics), read_json(args.ingest_report), cfg,
-                           split_dir=args.split, split_report=read_json(args.split_report) if args.split_report else None)
+                           split_dir=args.split, split_report=read_json(args.split_report) if args.split_report else None,
+                           experiment=os.environ.get("DVC_EXP_NAME") or None)  # set by `dvc exp run`
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(report.pop("model_card"), encoding="utf-8")
     write_json(report, args.out)

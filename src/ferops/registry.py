@@ -71,7 +71,7 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
                       champion: dict[str, Any] | None, new_run_id: str | None = None,
-                      reused: bool = False) -> tuple[bool, str]:
+                      reused: bool = False, experiment: str | None = None) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
@@ -79,6 +79,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
     elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
     stage (code update, `dvc exp apply`) must not take it back.
+    `experiment`: the DVC experiment this run of the stage belongs to (`dvc exp run`, `make exp`): a better model
+    from one stays @challenger, as params.yaml is put back afterwards and would not describe the served champion.
     """
     if champion is None:
         return True, "no champion yet"
@@ -109,6 +111,10 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         return _not_comparable(cv, f"another val split (digest {champion['val_digest'][:12]} ≠ "
                                    f"{new_data['val_digest'][:12]}: the split params changed)", new_version)
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
+        if experiment:
+            return False, (f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}, but in DVC experiment "
+                           f"{experiment!r}: an experiment does not move @champion (params.yaml is put back after "
+                           f"it); `ferops promote --version {new_version}` does, deliberately")
         return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
 
@@ -186,8 +192,9 @@ def _test_metrics(metrics: dict[str, Any], model: str) -> dict[str, Any]:
 
 def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_report: dict[str, Any],
                   cfg: dict[str, Any], split_dir: str | Path | None = None,
-                  split_report: dict[str, Any] | None = None) -> dict[str, Any]:
+                  split_report: dict[str, Any] | None = None, experiment: str | None = None) -> dict[str, Any]:
     """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it.
+    `experiment`: the DVC experiment running the stage, if any (`champion_decision`).
 
     `split_dir` (data/processed/split): its val.npz's digest is tagged, so a champion validated on another val split
     (the same raw file, split otherwise) is not compared by accuracy; `split_report` (reports/split.json) describes
@@ -264,7 +271,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
-    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused)
+    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused,
+                                        experiment=experiment)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": REGISTER_STAGE, "promotion_reason": reason, "promoted_at": _now(),

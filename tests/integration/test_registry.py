@@ -394,6 +394,12 @@ def test_champion_decision_rules():
     # the tag holds 6 decimals: the same score, rounded down in the tag, is a tie, not a win
     assert not champion_decision("5", 1 / 3, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
     assert champion_decision("5", 1 / 3 + 1e-6, data, {**champ, "val_accuracy": f"{1 / 3:.6f}"})[0]
+    # a DVC experiment's better model stays @challenger (a user audit: `make exp` moved @champion, and the restored
+    # params.yaml no longer described the served model); no champion yet, or a synthetic one, it still takes
+    ok, why = champion_decision("5", 0.9, data, champ, experiment="bushy-toff")
+    assert not ok and "in DVC experiment 'bushy-toff': an experiment does not move @champion" in why
+    assert "`ferops promote --version 5`" in why
+    assert champion_decision("5", 0.9, data, None, experiment="bushy-toff")[0]
 
 
 def test_serve_in_a_moved_project_says_where_the_files_were_expected(store, monkeypatch):
