@@ -122,6 +122,13 @@ def registry_names(params: dict[str, Any]) -> tuple[str, str]:
     return str(reg.get("model_name") or DEFAULT_MODEL_NAME), str(reg.get("champion_alias") or DEFAULT_CHAMPION_ALIAS)
 
 
+def registry_challenger(params: dict[str, Any]) -> str:
+    """register.challenger_alias of `params` (null / "": the default, as for the champion alias)."""
+    from ferops.constants import DEFAULT_CHALLENGER_ALIAS
+
+    return str(mapping(params, "register").get("challenger_alias") or DEFAULT_CHALLENGER_ALIAS)
+
+
 # The keys each section's code reads (top level of the section). A key outside these is a typo or a leftover: it
 # would be ignored silently, so `section` warns and suggests the closest known key.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {

@@ -15,3 +15,4 @@ FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")
 # The registry's names when params.yaml `register:` does not set them (config.registry_names reads the params).
 DEFAULT_MODEL_NAME: str = "fer2013-resnet"
 DEFAULT_CHAMPION_ALIAS: str = "champion"
+DEFAULT_CHALLENGER_ALIAS: str = "challenger"

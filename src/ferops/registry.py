@@ -202,12 +202,12 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ferops.config import registry_names
+    from ferops.config import registry_challenger, registry_names
     from ferops.tracking import RUN_ID_FILE, dataset_tags, git_commit, reopen_run
 
     name, champion_alias = registry_names({"register": cfg})
     family = str(cfg.get("family", "resnet"))
-    challenger_alias = str(cfg.get("challenger_alias") or "challenger")  # null / "": the default, as champion_alias
+    challenger_alias = registry_challenger({"register": cfg})
     _check_register_aliases(champion_alias, challenger_alias)
 
     cands = find_candidates(models_dir, family, scored=eval_metrics)
@@ -371,12 +371,12 @@ def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, A
 
 # ---- CLI: `ferops registry`, `ferops promote` -------------------------------------------------------------
 
-def _names(args: Any) -> tuple[str, str]:
-    """(--name, else register.model_name; register.champion_alias) from the params file: the alias `--card` and
-    `promote` default to is the one `ferops serve` and `predict` follow."""
+def _names(args: Any, params: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(--name, else register.model_name; register.champion_alias) from the params file (`params`, when already
+    read): the alias `--card` and `promote` default to is the one `ferops serve` and `predict` follow."""
     from ferops.config import project_params, registry_names
 
-    name, champion = registry_names(project_params(getattr(args, "params", None)))
+    name, champion = registry_names(project_params(getattr(args, "params", None)) if params is None else params)
     return (str(args.name) if getattr(args, "name", None) else name), champion
 
 
@@ -556,12 +556,12 @@ def log_promotion(client: Any, name: str, alias: str, previous: str | None, vers
 
 def cli_promote(args: Any) -> None:
     """`ferops promote --version N [--alias champion] [--reason ...]`: move an alias on purpose and say what changed."""
-    from ferops.config import mapping, project_params
+    from ferops.config import project_params, registry_challenger
 
     client = _existing_store_client()
-    name, champion = _names(args)
-    challenger = str(mapping(project_params(getattr(args, "params", None)), "register").get("challenger_alias")
-                     or "challenger")
+    params = project_params(getattr(args, "params", None))
+    name, champion = _names(args, params)
+    challenger = registry_challenger(params)
     c = promote(client, name, str(args.version), alias=getattr(args, "alias", None) or champion, reason=args.reason,
                 champion_alias=champion,
                 known_aliases=None if getattr(args, "new_alias", False) else (champion, challenger))
