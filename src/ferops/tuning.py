@@ -135,19 +135,26 @@ def check_space(space: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}.{name}: {problem}")
 
 
+def applied_at_end(cfg: dict[str, Any], space: dict[str, Any], end: int) -> dict[str, Any]:
+    """`cfg` with every entry of a (checked) space set as a trial would set it, at its low end or first choice
+    (`end` 0) or its high end or last choice (`end` -1)."""
+    import optuna
+
+    values = {name: spec["choices"][end] if "choices" in spec else spec["low" if end == 0 else "high"]
+              for name, spec in space.items()}
+    with warnings.catch_warnings():  # Optuna's, about choices that are lists: the trials warn too
+        warnings.simplefilter("ignore", UserWarning)
+        return apply_params(cfg, suggest_params(optuna.trial.FixedTrial(values), space))
+
+
 def check_space_applies(space: dict[str, Any], cfg: dict[str, Any], where: str) -> None:
     """ConfigError `<where>.<param>: …` for a (checked) space entry that apply_params cannot set on the model config
     `cfg` — a name no config key takes (`learning_rate:`), `depth` of an arch without one —, tried with its low end or
     first choice. Before TensorFlow and the data load: in the first trial it came late, and with parallel workers as
     one traceback per worker."""
-    import optuna
-
     for name, spec in space.items():
-        probe = spec["choices"][0] if "choices" in spec else spec["low"]
         try:
-            with warnings.catch_warnings():  # Optuna's, about choices that are lists: the trials warn too
-                warnings.simplefilter("ignore", UserWarning)
-                apply_params(cfg, suggest_params(optuna.trial.FixedTrial({name: probe}), {name: spec}))
+            applied_at_end(cfg, {name: spec}, 0)
         except ConfigError as exc:
             text = str(exc)
             for head in (f"tune space `{name}`: ", f"{name}: "):
@@ -222,13 +229,7 @@ def searched_configs(cfg: dict[str, Any], space: dict[str, Any]) -> list[dict[st
     choices) and at its high ends (last choices). A value the space sets (`lr`, `dropout`; `widths` under
     `base_width`) comes out the same whatever `cfg` holds, so changing it in params.yaml keeps the study; a value the
     trials read (the online_aug magnitudes `aug_strength` scales, the stage count `base_width` doubles over) does not."""
-    import optuna
-
-    ends = [{name: spec["choices"][i] if "choices" in spec else spec["low" if i == 0 else "high"]
-             for name, spec in space.items()} for i in (0, -1)]
-    with warnings.catch_warnings():  # Optuna's, about choices that are lists: the trials warn too
-        warnings.simplefilter("ignore", UserWarning)
-        return [apply_params(cfg, suggest_params(optuna.trial.FixedTrial(end), space)) for end in ends]
+    return [applied_at_end(cfg, space, end) for end in (0, -1)]
 
 
 def family_study_name(family: str, cfg: dict[str, Any], space: dict[str, Any], epochs: int, seed: int,
