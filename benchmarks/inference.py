@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -56,6 +57,17 @@ def timed(fn, runs: int) -> tuple[list[float], list[float]]:
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     return wall, cpu
+
+
+def interleaved(calls: dict, repeats: int) -> dict:
+    """Median wall seconds of each call, timed in turn `repeats` times (a slow spell of a shared host hits them all)."""
+    secs: dict = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, call in calls.items():
+            t = time.perf_counter()
+            call()
+            secs[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in secs.items()}
 
 
 def throughput(model, batch: int, repeats: int, tta: str = "none") -> dict:
@@ -93,13 +105,8 @@ def fold_ablation(model, batch: int, repeats: int) -> dict:
     diffs = {k: float(np.abs(predict_proba(m, x[:64]) - ref).max()) for k, m in variants.items()}
     for m in variants.values():  # warm-up at the timed batch size: XLA compiles (and TF traces) once per shape
         predict_proba(m, x, batch_size=batch)
-    secs: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
-        for k, m in variants.items():
-            t = time.perf_counter()
-            predict_proba(m, x, batch_size=batch)
-            secs[k].append(time.perf_counter() - t)
-    ips = {k: batch / statistics.median(v) for k, v in secs.items()}
+    secs = interleaved({k: lambda m=m: predict_proba(m, x, batch_size=batch) for k, m in variants.items()}, repeats)
+    ips = {k: batch / v for k, v in secs.items()}
     return {"batch": batch, "repeats": repeats, "images_per_s": ips, "vs_bn": {k: v / ips["bn"] for k, v in ips.items()},
             "max_abs_prob_diff": diffs}
 
@@ -119,8 +126,6 @@ def multiply_adds(layer) -> int:
 def stage_cuts(model) -> list[tuple[str, int]]:
     """(part, index of its last layer): the stem, each ResNet stage (layers `s<i>b<j>_…`, and the activation after
     a block's add), the head; a model without such layers is one part, "model"."""
-    import re
-
     cuts, part = [], "stem"
     for i, layer in enumerate(model.layers):
         m = re.match(r"(s\d+)b\d+_", layer.name)
@@ -154,13 +159,7 @@ def by_stage(model, batch: int, repeats: int) -> dict:
     x = np.random.default_rng(0).integers(0, 256, (batch, 48, 48, 1)).astype(np.float32)
     for sub in subs:
         sub.predict_on_batch(x)
-    secs: list[list[float]] = [[] for _ in subs]
-    for _ in range(repeats):
-        for k, sub in enumerate(subs):
-            t = time.perf_counter()
-            sub.predict_on_batch(x)
-            secs[k].append(time.perf_counter() - t)
-    upto = [statistics.median(v) for v in secs]
+    upto = list(interleaved({k: lambda sub=sub: sub.predict_on_batch(x) for k, sub in enumerate(subs)}, repeats).values())
     for k, p in enumerate(parts):
         p["ms"] = 1000 * (upto[k] - (upto[k - 1] if k else 0.0))
         p["gflops"] = 2 * p["mmacs_per_image"] * batch / p["ms"] if p["ms"] > 0 else None
