@@ -66,8 +66,12 @@ def test_serve_refuses_what_mlflow_models_serve_cannot_load_in_one_line(tmp_path
     pyfunc.mkdir()
     (pyfunc / "MLmodel").write_text("flavors: {}\n")
     reached = []
-    monkeypatch.setattr(inference, "check_registered", lambda uri, fix: reached.append(uri) or (_ for _ in ()).throw(
-        FerError("stop here")))
+
+    def stop_at_the_registry_check(uri, fix):
+        reached.append(uri)
+        raise FerError("stop here")
+
+    monkeypatch.setattr(inference, "check_registered", stop_at_the_registry_check)
     with pytest.raises(FerError, match="stop here"):
         inference.cli_serve(Namespace(model=str(pyfunc), params=None, host="127.0.0.1", port=5001))
     assert reached == [str(pyfunc)]
