@@ -558,8 +558,9 @@ def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData
     return max(hist) if hist else float(res.val_accuracy)
 
 
-# Tags a trial's nested MLflow run copies from the study's run (ferops.tracking.model_run / dataset_tags).
-INHERITED_TAGS = ("dataset", "data_sha256", "data_format", "git_commit", "dvc_stage")
+# Tags a trial's nested MLflow run copies from the study's run (ferops.tracking.model_run / dataset_tags); its
+# git_commit is the commit it runs at, which a resumed study's run names as git_commit_resumed.
+INHERITED_TAGS = ("dataset", "data_sha256", "data_format", "dvc_stage")
 
 
 def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any], train: FerData, val: FerData, *,
@@ -567,6 +568,10 @@ def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any
                claim: _Claim | None = None) -> Callable[["optuna.trial.Trial"], float]:
     """The Optuna objective: record the worker, sample, apply, run the trial function inside a nested MLflow run."""
     import optuna
+
+    from ferops.tracking import git_commit
+
+    commit = git_commit() if track else None
 
     def objective(trial: optuna.trial.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -578,10 +583,10 @@ def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any
             return float(trial_fn(trial, cfg, train, val, seed=seed, epochs=epochs))
         import mlflow
 
-        # The study run's data and code tags (dataset, data_sha256, git_commit, ...), so a search such as
-        # `tags.dataset = 'synthetic'` finds the trials too.
+        # The study run's data tags (dataset, data_sha256, ...), so a search such as `tags.dataset = 'synthetic'`
+        # finds the trials too.
         parent_tags = mlflow.get_run(parent_run_id).data.tags if parent_run_id else {}
-        inherited = {k: parent_tags[k] for k in INHERITED_TAGS if k in parent_tags}
+        inherited = {k: parent_tags[k] for k in INHERITED_TAGS if k in parent_tags} | {"git_commit": str(commit)}
         run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id,
                                experiment_id=experiment_id,
                                tags={**inherited, "optuna_trial_number": str(trial.number),
@@ -726,19 +731,23 @@ def _parent_run(study: "optuna.Study", family: str, params: dict[str, Any], tags
     """The study's MLflow parent run: reopened when the study already has one (resume), else created."""
     import mlflow
 
-    from ferops.tracking import RUN_ID_FILE, model_run
+    from ferops.tracking import RUN_ID_FILE, git_commit, model_run
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        run_id, started_at = study.user_attrs.get("mlflow_parent_run_id"), None
         if run_id:
             try:
-                ok = mlflow.get_run(run_id).info.lifecycle_stage == "active"
+                old = mlflow.get_run(run_id)
             except Exception:  # another tracking store
-                ok = False
-            if ok:
+                old = None
+            if old is not None and old.info.lifecycle_stage == "active":
                 Path(tmp, RUN_ID_FILE).write_text(run_id + "\n")
                 _release_project_run(run_id, study.study_name)
-        all_tags = {**tags, "optuna_study": study.study_name}
+                started_at = old.data.tags.get("git_commit")
+        # A reopened study run keeps the commit its study started at; git_commit_resumed names this session's (each
+        # trial's run names its own). model_run tags a new run with the current commit.
+        resumed = {"git_commit": started_at, "git_commit_resumed": git_commit()} if started_at else {}
+        all_tags = {**tags, **resumed, "optuna_study": study.study_name}
         with model_run(stage="tune", model=family, params=params, tags=all_tags, run_dir=Path(tmp)) as run:
             study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
             yield run

@@ -154,6 +154,29 @@ def test_a_resumed_study_run_shows_the_current_budget_not_the_first_sessions(tmp
     assert parent.data.params["study_name"] == "budget" and parent.data.params["space.lr.high"] == "0.01"
 
 
+def test_a_study_resumed_at_a_later_commit_keeps_the_commit_it_started_at(tmp_path, tracking, monkeypatch):
+    """A re-run tune stage that reopens its study's run (a params change that keeps the study, a resume) re-tagged
+    the run's git_commit with the current commit, as if the finished trials had run there. The run keeps the commit
+    the study started at, git_commit_resumed names the later one, and each trial's run names the commit it ran at."""
+    from ferops import tracking as tracking_module
+
+    data = _fer(30)
+    kw = dict(storage=None, study_name="later-commit", epochs=1, seed=0, pruner=optuna.pruners.NopPruner(),
+              trial_fn=cheap_trial, root=tmp_path, progress=False)
+    monkeypatch.setattr(tracking_module, "git_commit", lambda root=None: "a" * 40)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=1, **kw)
+    (first,), _, _ = _runs("later-commit")
+    assert first.data.tags["git_commit"] == "a" * 40 and "git_commit_resumed" not in first.data.tags
+
+    monkeypatch.setattr(tracking_module, "git_commit", lambda root=None: "b" * 40)
+    tuning.run_study("cnn", CNN, SPACE, data, data, n_trials=2, **kw)
+    (parent,), children, _ = _runs("later-commit")
+    assert parent.info.run_id == first.info.run_id
+    assert (parent.data.tags["git_commit"], parent.data.tags["git_commit_resumed"]) == ("a" * 40, "b" * 40)
+    by_number = {int(r.data.tags["optuna_trial_number"]): r.data.tags["git_commit"] for r in children}
+    assert by_number == {0: "a" * 40, 1: "b" * 40}
+
+
 def later_is_better_trial(trial, cfg, train, val, *, seed, epochs):
     """Each trial beats the ones before it: a resumed study always finds a new best."""
     tuning.report_epoch(trial, 0, 0.1 * (trial.number + 1))
