@@ -380,27 +380,35 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
     """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone); `tta` the
     mode used, `chosen_on_val` whether evaluate chose it (`evaluate.tta: auto`) or params.yaml named it,
     `temperatures` the calibration fitted on val per mode (the register stage serves them: tag `eval_temperatures`)."""
-    import mlflow
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
 
     from ferops.tracking import reopen_run
 
-    run_id = reopen_run(entry.path)
+    client, run_id = MlflowClient(), reopen_run(entry.path)
     try:
-        deleted = mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
+        run = client.get_run(run_id)
     except Exception:  # the tracking store was reset since training: keep the files, warn
         log.warning("%s: MLflow run %s not in the store — test metrics only in reports/", entry.path, run_id)
         return False
-    if deleted:  # deleted in the UI: MLflow refuses to reopen it, and evaluate must not stop there
+    if run.info.lifecycle_stage == "deleted":  # deleted in the UI: evaluate must not stop there
         log.warning("%s: MLflow run %s was deleted — test metrics only in reports/ (restore the run in the MLflow "
                     "UI and re-run evaluate to log them there)", entry.path, run_id)
         return False
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a",
-                         "eval_tta_chosen": "val" if chosen_on_val else "params",  # the model card's wording
-                         "eval_temperatures": json.dumps(temperatures or {}, sort_keys=True)})
-        for a in artifacts:
-            mlflow.log_artifact(str(a), artifact_path="evaluation")
+    # Logged by run id, not by reopening the run (start_run): that made a finished run RUNNING and moved its end time
+    # to now, so the MLflow UI's duration of a 10-s training grew by every later stage and re-evaluation. A value the
+    # run already holds is not logged again: a re-run of evaluate adds no copy to the metric's history.
+    now = int(time.time() * 1000)
+    metrics_new = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and run.data.metrics.get(k) != float(v)]
+    tags = {"evaluated": "true", "eval_tta": tta if entry.kind == "deep" else "n/a",
+            "eval_tta_chosen": "val" if chosen_on_val else "params",  # the model card's wording
+            "eval_temperatures": json.dumps(temperatures or {}, sort_keys=True)}
+    client.log_batch(run_id, metrics=metrics_new, tags=[RunTag(k, v) for k, v in tags.items()])
+    for a in artifacts:
+        client.log_artifact(run_id, str(a), artifact_path="evaluation")
     return True
 
 

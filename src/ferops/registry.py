@@ -253,6 +253,9 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                             f"`dvc repro -f -s train_deep@{best.name}`.")
         with mlflow.start_run(run_id=run_id):
             uri = log_pyfunc_model(best.path / "model.keras", tta=tta, temperatures=temperatures)
+        # MLflow logs a model only into an active run, and reopening the finished training run made its end time
+        # now: the UI showed the training lasting until this registration. Its own status and end time go back.
+        client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),

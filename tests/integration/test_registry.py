@@ -172,8 +172,12 @@ def test_register_promote_and_list(store, capsys):
     #    (its `eval_tta` tag on the training run) is recorded for requests' `tta: auto`
     d = _train(models, "resnet", "resnet", val=0.50, seed=2)
     client.set_tag((d / "mlflow_run_id.txt").read_text().strip(), "eval_tta", "flip")
+    trained = client.get_run((d / "mlflow_run_id.txt").read_text().strip()).info
     r1 = _register(models, test_acc=0.48)
     assert (r1["version"], r1["decision"], r1["aliases"]) == (1, "champion", ["challenger", "champion"])
+    # logging the model reopens the training run: its status and end time (the UI's duration) are put back
+    assert (client.get_run(trained.run_id).info.status, client.get_run(trained.run_id).info.end_time) == (
+        "FINISHED", trained.end_time)
     tags = client.get_model_version(NAME, "1").tags
     assert tags["tta_mode"] == "flip"
     from ferops.inference import load_classifier

@@ -154,6 +154,31 @@ def test_confusion_csv_is_long_format(tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_log_to_run_leaves_the_training_runs_end_and_logs_a_value_once(tmp_path, monkeypatch):
+    """evaluate reopened each training run with start_run: the run became RUNNING and its end time moved to the
+    evaluation, so the UI's duration of a 10-s training grew with every re-run, and each re-run added a copy of every
+    test metric to its history. Now logged by run id: the end time stays, an unchanged value is logged once."""
+    from mlflow import MlflowClient
+
+    from ferops.evaluation import ModelEntry, log_to_run
+    from ferops.tracking import init_tracking, model_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    with model_run(stage="train_baselines", model="nb", params={}, tags={}, run_dir=tmp_path / "nb") as run:
+        pass
+    client, entry = MlflowClient(), ModelEntry("nb", "baseline", tmp_path / "nb")
+    trained = client.get_run(run.info.run_id).info
+    (tmp_path / "confusion_test.csv").write_text("actual,predicted\n0,0\n")
+    for accuracy in (0.5, 0.5, 0.625):
+        assert log_to_run(entry, {"test_accuracy": accuracy}, [tmp_path / "confusion_test.csv"], "flip")
+    after = client.get_run(run.info.run_id)
+    assert (after.info.status, after.info.end_time) == ("FINISHED", trained.end_time)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [0.5, 0.625]
+    assert after.data.tags["evaluated"] == "true" and after.data.tags["eval_tta"] == "n/a"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")] == ["evaluation/confusion_test.csv"]
+
+
 def _baseline_dir(root: Path, name: str, est, val: float, train: FerData) -> Path:
     """A baseline model dir by the train stage's contract, with its MLflow run."""
     import joblib
