@@ -58,6 +58,7 @@ def _quiet_expected_trial_errors() -> None:
 STORAGE_ENV = "FEROPS_OPTUNA_STORAGE"      # overrides tune.storage (e.g. a PostgreSQL URL for many machines)
 DEFAULT_DB = "optuna.db"
 DEFAULT_JOURNAL = "optuna_journal.log"
+OBJECTIVE = "val_accuracy"                 # what every trial maximises: the study's metric name, as in MLflow
 STALE_GRACE_S = 120                        # a RUNNING trial without a worker id this old is taken as dead
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 60, 120, 2
 
@@ -520,7 +521,8 @@ def report_epoch(trial: "optuna.trial.Trial", epoch: int, value: float, **metric
     import optuna
 
     trial.report(float(value), step=int(epoch))  # Optuna steps are 0-based epochs (as KerasPruningCallback's)
-    _log_metrics({"val_accuracy": float(value), **metrics}, epoch + 1)  # MLflow steps are 1-based (as train_deep's)
+    # MLflow: `epoch_<key>` by 1-based step, as train_deep's curves, apart from the run's val_accuracy (best epoch)
+    _log_metrics({f"epoch_{k}": float(v) for k, v in {OBJECTIVE: value, **metrics}.items()}, epoch + 1)
     if trial.should_prune():
         raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -543,7 +545,7 @@ def keras_trial(trial: "optuna.trial.Trial", cfg: dict[str, Any], train: FerData
     import mlflow
 
     # The epoch logger runs before the pruning callback so a pruned epoch is still logged.
-    cbs = ([MlflowEpochLogger(prefix="")] if mlflow.active_run() is not None else []) + [
+    cbs = ([MlflowEpochLogger()] if mlflow.active_run() is not None else []) + [
         KerasPruningCallback(trial, "val_accuracy")]
     keras.backend.clear_session()  # trials must not pile up graphs/layers in one process
     # Exactly the study's `epochs` (tune.families.<f>.epochs), its schedule planned over them: the model's own epoch
@@ -609,7 +611,8 @@ def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any
             mlflow.set_tag("state", "FAIL")
             mlflow.end_run(status="FAILED")
             raise
-        mlflow.log_metric("best_val_accuracy", value)
+        # val_accuracy as a training run's: the best epoch's (the objective), so the runs table sorts them alike
+        mlflow.log_metrics({"best_val_accuracy": value, OBJECTIVE: value})
         mlflow.set_tags({"state": "COMPLETE", "pruned": "false"})
         mlflow.end_run(status="FINISHED")
         return value
@@ -630,6 +633,10 @@ def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int,
 
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(seed),
                                 pruner=pruner, load_if_exists=True)
+    if study.metric_names is None:  # optuna-dashboard names the objective by it ("Objective 0" without)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     offset = len(study.trials) + 7919 * worker_index
     if offset:
         study.sampler = sampler(seed + offset)
@@ -815,7 +822,7 @@ def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: st
     return {
         "family": family, "study_name": study.study_name, "storage": redact(storage),
         "best_params": dict(best.params) if best else {}, "best_value": float(cast(float, best.value)) if best else None,
-        "best_trial": best.number if best else None, "metric": "val_accuracy",
+        "best_trial": best.number if best else None, "metric": OBJECTIVE,
         "n_trials": n_trials, "n_complete": by[TrialState.COMPLETE], "n_pruned": by[TrialState.PRUNED],
         "n_failed": by[TrialState.FAIL], "n_running": by[TrialState.RUNNING],
         "mlflow_run_id": study.user_attrs.get("mlflow_parent_run_id"),

@@ -99,6 +99,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
                              figures_dir=tmp_path / "fig", progress=False, mlflow_tags={"dataset": "synthetic"})
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED] * 2
     assert (tmp_path / "optuna.db").exists()
+    assert study.metric_names == ["val_accuracy"]  # optuna-dashboard's name for the objective
 
     parents, children, client = _runs("prune")
     assert len(parents) == 1 and len(children) == 4
@@ -115,11 +116,14 @@ def test_pruned_trials_are_pruned_in_optuna_and_killed_in_mlflow(tmp_path, track
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED"
             assert run.data.tags["pruned"] == "true" and run.data.tags["state"] == "PRUNED"
-            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # pruned at the first epoch
+            assert len(client.get_metric_history(run.info.run_id, "epoch_val_accuracy")) == 1  # pruned at epoch 1
+            assert "val_accuracy" not in run.data.metrics  # no model: no best epoch
         else:
             assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
             assert run.data.metrics["best_val_accuracy"] == pytest.approx(t.value)
-            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+            # as a training run's: val_accuracy is the best epoch's (the objective), the curve epoch_val_accuracy
+            assert run.data.metrics["val_accuracy"] == pytest.approx(t.value)
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_accuracy")] == [1, 2, 3]
 
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_lr"] == str(study.best_params["lr"])
@@ -321,7 +325,7 @@ def test_keras_trials_complete_and_prune(tmp_path, tracking):
     status = {int(r.data.tags["optuna_trial_number"]): r for r in children}
     assert status[0].info.status == "FINISHED" and status[1].info.status == "KILLED"
     assert status[1].data.tags["pruned"] == "true"
-    assert len(client.get_metric_history(status[1].info.run_id, "val_accuracy")) == 1  # the pruned epoch is logged
+    assert len(client.get_metric_history(status[1].info.run_id, "epoch_val_accuracy")) == 1  # the pruned epoch is logged
 
 
 def test_a_bad_params_value_fails_the_study_in_one_line(tmp_path, tracking, caplog):
