@@ -146,6 +146,19 @@ def test_kaggle_train_and_unlabeled_test(tmp_path, faces):
     assert data.source_id[8] == "test:100" and data.source_id[0] == "train:0"
 
 
+def test_a_quarantined_row_to_predict_is_named_as_missing_from_the_submission(tmp_path, faces, caplog):
+    """`on_bad_rows: quarantine` with a bad test.csv row: it went on without a word beyond the count, and the
+    submission silently lacked that id (Kaggle refuses such a file)."""
+    rows = [f"{100 + i},{pix(p)}" for i, p in enumerate(faces.pixels[:4])]
+    rows[2] = rows[2].rsplit(" ", 10)[0]  # cut short: 2,294 pixels
+    write(tmp_path / "train.csv", "emotion,pixels", [f"{e},{pix(p)}" for p, e in zip(faces.pixels, faces.emotion)])
+    write(tmp_path / "test.csv", "id,pixels", rows)
+    with caplog.at_level("WARNING", logger="ferops"):
+        data, rejected = read_any(tmp_path, on_bad_rows="quarantine")
+    assert [r.row for r in rejected] == [3] and (data.emotion == -1).sum() == 3
+    assert "test.csv: 1 row(s) to predict quarantined (row 3," in caplog.text and "lack their ids" in caplog.text
+
+
 def test_kaggle_labeled_test_csv_stays_the_test_set(tmp_path, faces):
     from ferops.data.split import split_dataset
 

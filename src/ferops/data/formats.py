@@ -247,6 +247,11 @@ def read_kaggle(path: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, l
         data, rej = read_csv(f, on_bad_rows, default_usage="PrivateTest" if is_test else "Unknown",
                              require=() if is_test else ("emotion",))
         labeled_test |= is_test and bool((data.emotion != UNLABELED).any())
+        if is_test and rej and not labeled_test:  # `quarantine` mode: these rows go on without a prediction
+            log.warning("%s: %d row(s) to predict quarantined (row %s, numbered from 1, header not counted): the "
+                        "submission file will lack their ids, and Kaggle scores only a submission with every id — "
+                        "fix them (the quarantine file holds each, untouched) and re-run", f, len(rej),
+                        ", ".join(str(r.row) for r in rej[:10]) + (" …" if len(rej) > 10 else ""))
         parts.append(data)
         rejected += rej
     if labeled_test:  # a labeled test.csv is the test set: train.csv is then train (val carved from it), not a pool
