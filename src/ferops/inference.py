@@ -812,8 +812,15 @@ def load_classifier(model: str | Path | None = None, params_path: str | Path | N
         model = load_keras(path)
     except Exception as exc:  # keras raises several types for a file that is not a model
         raise ConfigError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]}).") from None
+                          f"{first_line(str(exc))}).") from None
     return Classifier(check_contract(model, path), source=str(path))
+
+
+def first_line(message: str, width: int = 240) -> str:
+    """A library message's first line for a one-line error, shortened at a word (`[:200]` cut one mid-word)."""
+    import textwrap
+
+    return textwrap.shorten((message.strip().splitlines() or [""])[0], width=width, placeholder=" …")
 
 
 def check_contract(model: Any, path: str | Path) -> Any:
@@ -858,7 +865,7 @@ def _from_pyfunc(pyfunc: Any, ref: str) -> Classifier:
             out = pd.DataFrame(pyfunc.predict(pd.DataFrame({"pixels": [" ".join(map(str, r)) for r in flat]})))
         except MlflowException as exc:
             raise ConfigError(f"--model {ref}: its predict does not take a `pixels` column "
-                              f"({exc.message.splitlines()[0][:200]}) — {MODEL_HINT}.") from None
+                              f"({first_line(exc.message)}) — {MODEL_HINT}.") from None
         if not set(PROB_COLUMNS) <= set(out.columns):
             raise ConfigError(f"--model {ref}: its predict returns no {', '.join(PROB_COLUMNS[:2])}, … columns — "
                               f"{MODEL_HINT}.")
@@ -1005,6 +1012,8 @@ def _face_crops(res: dict[str, Any], img: np.ndarray, faces: str) -> list[tuple[
     whole = res["faces_from"] == "whole image"
     if not boxes:
         res["note"] = "no face found"
+    elif whole and int(gray.min()) == int(gray.max()):  # blank, or a fully transparent PNG: still answered
+        res["note"] = "blank image (one grey level, no face in it): the answer means nothing"
     elif whole and min(gray.shape) < MIN_FACE_PX:  # still answered, but a few pixels hold no expression
         res["note"] = f"image under {MIN_FACE_PX} px a side, enlarged to {IMG_SIZE}: the answer means little"
     return [(resize_to_model(gray if whole else crop_square(gray, b)), b) for b in boxes]
