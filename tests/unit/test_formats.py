@@ -366,7 +366,8 @@ BAD_CASES = {
     "wrong_count": (lambda line: line.rsplit(" ", 1)[0] + "," + line.rsplit(",", 1)[1], "expected 2304 pixel values, found 2303"),
     "out_of_range": (lambda line: line.split(",")[0] + ",300 " + line.split(",", 1)[1].split(" ", 1)[1], "outside 0..255"),
     "negative": (lambda line: line.split(",")[0] + ",-5 " + line.split(",", 1)[1].split(" ", 1)[1], "outside 0..255"),
-    "float_pixel": (lambda line: line.split(",")[0] + ",1.5 " + line.split(",", 1)[1].split(" ", 1)[1], "non-numeric"),
+    "float_pixel": (lambda line: line.split(",")[0] + ",1.5 " + line.split(",", 1)[1].split(" ", 1)[1],
+                    "pixel value '1.5' at position 1 is not a whole number"),  # was "non-numeric"
     "label_range": (lambda line: "9" + line[1:], "emotion label 9 outside 0..6"),
     "label_text": (lambda line: "smiley" + line[1:], "'smiley' is not an integer 0..6 nor a class name"),
     "bad_usage": (lambda line: line.rsplit(",", 1)[0] + ",Trainig", "Usage 'Trainig'"),

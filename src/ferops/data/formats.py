@@ -643,7 +643,12 @@ def _pixel_problem(s: str) -> str:
         try:
             v = int(t)
         except ValueError:
-            return f"non-numeric pixel value {t[:20]!r} at position {k}"
+            try:
+                float(t)
+            except ValueError:
+                return f"non-numeric pixel value {t[:20]!r} at position {k}"
+            return (f"pixel value {t[:20]!r} at position {k} is not a whole number (grey levels 0..255; values "
+                    "scaled to 0..1 need multiplying by 255 and rounding)")
         if not 0 <= v <= 255:
             return f"pixel value {v} at position {k} outside 0..255"
     return "unparsable pixel values"
