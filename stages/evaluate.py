@@ -2,7 +2,7 @@
 
 python stages/evaluate.py --split data/processed/split --models models --ingest-report reports/ingest.json \
     --metrics reports/metrics.json --comparison reports/model_comparison.md --submission reports/submission.csv \
-    --out reports/evaluation
+    --out reports/evaluation --mistakes reports/mistakes
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def main() -> None:
     ap.add_argument("--comparison", required=True, type=Path, help="markdown table of all models")
     ap.add_argument("--submission", required=True, type=Path, help="id,emotion CSV for the unlabeled rows")
     ap.add_argument("--out", required=True, type=Path, help="folder for the comparison chart (model_comparison.png) and, per model <m>/, the test "
-                    "confusion matrix (PNG + CSV), calibration plot and the val mistakes gallery (PNG + CSV)")
+                    "confusion matrix (PNG + CSV), calibration plot and the val mistakes gallery (PNG)")
+    ap.add_argument("--mistakes", type=Path, help="folder for each model's <m>/mistakes_val.csv (every val error, "
+                    "most confident first); default: `mistakes` beside --out")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
@@ -46,7 +48,8 @@ def main() -> None:
     predict = load_predict(args.split / "predict.npz")
     entries = discover_models(args.models, declared_models(params))  # not a removed model's leftover folder
     init_tracking()
-    results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val)
+    results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val,
+                                   mistakes_dir=args.mistakes)
     write_json(metrics_summary(results), args.metrics)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)
     args.comparison.write_text(comparison_markdown(results, tta, ingest))

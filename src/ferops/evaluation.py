@@ -164,26 +164,30 @@ def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title
 
 
 def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData | None, probs_val: np.ndarray | None,
-                      out_dir: Path, name: str, calibration: str = "") -> tuple[list[Path], float]:
+                      out_dir: Path, name: str, calibration: str = "", views: str = "",
+                      mistakes_dir: Path | None = None) -> tuple[list[Path], float]:
     """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA and its
     calibration, which `calibration` describes in the title) and,
-    with val predictions, mistakes_val.png (the most confident val errors per class) and mistakes_val.csv (every
-    val error, most confident first, with its source id: where to look for label noise). Error analysis stays on
-    val, so whatever it suggests can be tried without touching test. Returns the files and the test ECE."""
+    with val predictions, mistakes_val.png (the most confident val errors per class) in out_dir and
+    <mistakes_dir>/mistakes_val.csv (every val error, most confident first, with its source id: where to look for
+    label noise; not in out_dir, whose CSVs DVC draws as confusion matrices). `views` names the predictions (a deep
+    model's TTA mode) in both titles. Error analysis stays on val, so whatever it suggests can be tried without
+    touching test. Returns the files and the test ECE."""
     from ferops.diagnostics import calibration_bins, ece_of_bins, mistakes_grid, mistakes_rows, reliability_diagram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bins = calibration_bins(y_test, probs_test)
     ece = ece_of_bins(*bins)
     files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
-                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %{calibration})")]
+                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %{views and ', ' + views}"
+                                       f"{calibration})")]
     if val is not None and probs_val is not None:
         lab = val.labeled
         files.append(mistakes_grid(val.pixels[lab], val.emotion[lab], probs_val, out_dir / "mistakes_val.png",
-                                   title=f"{name} — most confident mistakes on val (row: true class; "
-                                         f"caption: predicted, probability)"))
-        # actual/predicted like confusion_test.csv: DVC's confusion template (dvc.yaml) reads every CSV here
-        files.append(_write_csv(out_dir / "mistakes_val.csv",
+                                   title=f"{name} — most confident mistakes on val{views and ', ' + views} (row: "
+                                         f"true class; caption: predicted, probability)"))
+        (mistakes_dir := mistakes_dir or out_dir).mkdir(parents=True, exist_ok=True)
+        files.append(_write_csv(mistakes_dir / "mistakes_val.csv",
                                 ["actual", "predicted", "source_id", "p_predicted", "p_actual"],
                                 mistakes_rows(val.source_id[lab], val.emotion[lab], probs_val)))
     return files, ece
@@ -329,8 +333,9 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
               "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); where a raw ECE "
               "follows in brackets, the probabilities were calibrated by a temperature fitted on val. Figures: "
-              "`model_comparison.png`, and per model `confusion_test.png`, `mistakes_val.png` and `.csv` (the "
-              "val errors, most confident first: where label noise shows) under the evaluation folder.", "",
+              "`model_comparison.png`, and per model `confusion_test.png` (single pass), `calibration_test.png` and "
+              "`mistakes_val.png` (with the TTA mode served) under the evaluation folder; every val error, most "
+              "confident first (where label noise shows), in `mistakes/<model>/mistakes_val.csv`.", "",
               "## Test F1 per class (%)", "",
               "| model | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * len(EMOTIONS)]
     for r in rows:
@@ -413,11 +418,13 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
 
 
 def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out_dir: str | Path, tta: str = "flip",
-                 batch_size: int = 512, track: bool = True, val: FerData | None = None
-                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
+                 batch_size: int = 512, track: bool = True, val: FerData | None = None,
+                 mistakes_dir: str | Path | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Score every model once on the labeled test rows; return results and the best-by-val model's predictions.
 
-    `tta` is one mode for every deep model, or `auto`: per model, the mode with the best accuracy on `val`.
+    `tta` is one mode for every deep model, or `auto`: per model, the mode with the best accuracy on `val`. Figures
+    go to <out_dir>/<model>/, each model's list of val mistakes to <mistakes_dir>/<model>/ (default: a `mistakes`
+    folder beside out_dir).
     """
     from tqdm import tqdm
 
@@ -445,8 +452,12 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
             probs, probs_tta = predict_probs(entry, model, pixels, "none", batch_size), None
         metrics = score(y, probs, probs_tta)
         metrics.update({f"val_accuracy_tta_{m}": a for m, a in val_by_mode.items()})
+        # The confusion matrix is the single pass's (test_accuracy); calibration and mistakes are what a user gets,
+        # with the TTA mode chosen: each title says which.
+        deep = entry.kind == "deep"
         files = write_confusion(y, probs.argmax(1), Path(out_dir) / entry.key,
-                                f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%")
+                                f"{entry.key} — test acc {100 * metrics['test_accuracy']:.1f}%"
+                                f"{' (single pass)' if deep else ''}")
         # What a user gets: each mode's probabilities at the temperature fitted on val (argmax, so every accuracy
         # above, unchanged); the raw ECEs say what calibration did.
         raw = probs if probs_tta is None else probs_tta
@@ -456,8 +467,10 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         served_val = None if probs_val is None else apply_temperature(probs_val, t_mode)
         note = (f", temperature {t_mode:g} fitted on val; {100 * raw_ece:.1f} % before"
                 if raw_ece is not None and mode in temps else "")
-        more, metrics["test_ece"] = write_diagnostics(y, served, val, served_val, Path(out_dir) / entry.key, entry.key,
-                                                      calibration=note)
+        more, metrics["test_ece"] = write_diagnostics(
+            y, served, val, served_val, Path(out_dir) / entry.key, entry.key, calibration=note,
+            views=("single pass" if mode == "none" else f"TTA {mode}") if deep else "",
+            mistakes_dir=Path(mistakes_dir or Path(out_dir).parent / "mistakes") / entry.key)
         # single pass too: what a plain REST request gets (ten-crop's average is far better calibrated raw)
         metrics["test_ece_single"] = (metrics["test_ece"] if probs_tta is None else
                                       ece(y, apply_temperature(probs, temps.get("none", 1.0))))

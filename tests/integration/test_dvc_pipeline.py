@@ -27,7 +27,8 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
         assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["val_accuracy"] <= 1.0 and 0.0 <= m["test_ece"] <= 1.0
     figures = ["model_comparison.png"] + [f"{m}/{f}" for m in metrics
                                           for f in ("confusion_test.png", "calibration_test.png", "mistakes_val.png")]
-    assert (repo / "reports/evaluation/resnet/mistakes_val.csv").read_text().startswith("actual,predicted,source_id")
+    assert (repo / "reports/mistakes/resnet/mistakes_val.csv").read_text().startswith("actual,predicted,source_id")
+    assert not list((repo / "reports/evaluation").rglob("mistakes_val.csv"))  # DVC drew it as a confusion matrix
     assert all((repo / "reports/evaluation" / f).stat().st_size > 1000 for f in figures)
     assert "resnet" in (repo / "reports/model_comparison.md").read_text()
     assert (repo / "reports/submission.csv").read_text().startswith("id,emotion")
@@ -107,3 +108,18 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     run = client.get_run((repo / "models/baselines/logreg/mlflow_run_id.txt").read_text().strip())
     assert run.info.experiment_id == client.get_experiment_by_name("ferops").experiment_id
     assert run.data.tags.get("mlflow.project.entryPoint") == "train_baselines" and "val_accuracy" in run.data.metrics
+
+    # `main` is `dvc repro`: here logreg (a new grid), evaluate and register. Each stage took the project run from
+    # MLFLOW_RUN_ID, so the second one to start a run failed; now each logs its own runs as under dvc repro, and the
+    # runs they start are nested under the project run.
+    params["train_baselines"]["models"]["logreg"]["grid"]["C"] = [0.02]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    main = subprocess.run(cmd[:3] + ["-e", "main", "--env-manager", "local", "--experiment-name", "ferops"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert main.returncode == 0, main.stdout[-3000:] + main.stderr[-3000:]
+    assert "Running stage 'train_baselines@logreg'" in main.stdout and "Running stage 'evaluate'" in main.stdout
+    (project,) = client.search_runs([run.info.experiment_id], "tags.`mlflow.project.entryPoint` = 'main'")
+    logreg = client.get_run((repo / "models/baselines/logreg/mlflow_run_id.txt").read_text().strip())
+    assert logreg.info.run_id != project.info.run_id and logreg.data.params["kind"] == "logreg"
+    assert logreg.data.tags["mlflow.parentRunId"] == project.info.run_id and "test_accuracy" in logreg.data.metrics
+    assert "train_baselines-logreg" in project.data.tags["mlflow.note.content"]

@@ -227,7 +227,9 @@ def test_evaluate_all_scores_once_logs_to_run_and_submits_best_by_val(tmp_path, 
     assert by["nb"]["test_ece_single"] == by["nb"]["test_ece"]  # no TTA for a baseline: the same probabilities
     for f in ("mistakes_val.png", "calibration_test.png"):
         assert (tmp_path / "eval" / "dummy" / f).stat().st_size > 1000
-    wrong = list(csv.DictReader(open(tmp_path / "eval" / "dummy" / "mistakes_val.csv")))
+    # the list of val errors is no figure: beside the figures' folder, whose CSVs DVC draws as confusion matrices
+    assert not (tmp_path / "eval" / "dummy" / "mistakes_val.csv").exists()
+    wrong = list(csv.DictReader(open(tmp_path / "mistakes" / "dummy" / "mistakes_val.csv")))
     assert len(wrong) == int((val.emotion != majority).sum())  # every val error, listed
     assert {r["predicted"] for r in wrong} == {EMOTIONS[majority]} and all(r["actual"] != EMOTIONS[majority] for r in wrong)
     assert {r["source_id"] for r in wrong} <= set(val.source_id)
@@ -270,8 +272,22 @@ def test_a_baseline_scored_on_a_val_subsample_is_ranked_on_the_whole_val_split(t
     assert "ranked here on all of them" in caplog.text
 
 
-def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
+def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path, monkeypatch):
     import keras
+
+    from ferops import diagnostics, plots
+
+    titles: dict[str, str] = {}  # each figure's title names the predictions it shows (single pass, TTA mode)
+
+    def recording(name, draw):
+        def record(*args, **kw):
+            titles[name] = kw.get("title", "")
+            return draw(*args, **kw)
+        return record
+
+    for module, fn in ((plots, "confusion_matrix_plot"), (diagnostics, "mistakes_grid"),
+                       (diagnostics, "reliability_diagram")):
+        monkeypatch.setattr(module, fn, recording(fn, getattr(module, fn)))
 
     data = _data(120, seed=5)
     d = tmp_path / "models" / "deep" / "tiny"
@@ -293,6 +309,10 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path):
                            tmp_path / "eval", tta="auto", track=False, val=val)
     by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop", "shift")}
     assert auto[0]["tta_mode"] == best_tta(by_mode)
+    served = "single pass" if auto[0]["tta_mode"] == "none" else f"TTA {auto[0]['tta_mode']}"
+    assert titles["confusion_matrix_plot"].endswith("(single pass)")  # test_accuracy's, not the TTA one
+    assert f"on val, {served} (" in titles["mistakes_grid"] and f"%, {served}" in titles["reliability_diagram"]
+    assert (tmp_path / "mistakes" / "tiny" / "mistakes_val.csv").exists()
     assert by_mode["tencrop"] == by_mode["shift"] == by_mode["flip"]  # no crop layer: only flip's views
     assert best_tta({"none": 0.5, "flip": 0.6, "tencrop": 0.6}) == "flip"  # ties → fewer views
     with pytest.raises(DataError, match="validation split"):
