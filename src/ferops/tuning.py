@@ -786,11 +786,12 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    plots: list[tuple[str, Callable[[], Any]]] = [("optimization_history", lambda: vis.plot_optimization_history(study)),
-                                                  ("intermediate_values", lambda: vis.plot_intermediate_values(study))]
+    plots: list[tuple[str, Callable[[], Any]]] = [
+        ("optimization_history", lambda: vis.plot_optimization_history(study, target_name=OBJECTIVE)),
+        ("intermediate_values", lambda: vis.plot_intermediate_values(study))]
     if n_complete >= 2:
-        plots += [("param_importances", lambda: vis.plot_param_importances(study)),
-                  ("parallel_coordinate", lambda: vis.plot_parallel_coordinate(study))]
+        plots += [("param_importances", lambda: vis.plot_param_importances(study, target_name=OBJECTIVE)),
+                  ("parallel_coordinate", lambda: vis.plot_parallel_coordinate(study, target_name=OBJECTIVE))]
     paths = []
     for name, make in plots:
         if n_complete == 0:
@@ -800,7 +801,8 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 warnings.simplefilter("ignore", UserWarning)  # e.g. "importances will be equal" on tiny studies
                 ax = make()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            ax = ax.flat[0] if hasattr(ax, "flat") else ax
+            fig = legible(name, ax, study.study_name, n_complete)
             path = out_dir / f"{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             paths.append(path)
@@ -809,6 +811,33 @@ def study_plots(study: "optuna.Study", out_dir: Path) -> list[Path]:
         finally:
             plt.close("all")
     return paths
+
+
+def legible(name: str, ax: Any, study_name: str, n_complete: int) -> Any:
+    """Optuna's matplotlib figure `name`, made readable: the study in the title, whole trial numbers and epochs on
+    the axes (Optuna's steps are 0-based epochs), a colour map whose worst trials are not white on the grey
+    background, and room for the parallel coordinate plot's axes (their tick labels overlapped). Returns the figure."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = ax.figure
+    title = " ".join(ax.get_title(loc=loc) for loc in ("left", "center", "right") if ax.get_title(loc=loc))
+    for loc in ("left", "right"):  # Optuna puts some titles left: one centred title, not two overlapping
+        ax.set_title("", loc=loc)
+    if name == "param_importances":
+        title += f" (from {n_complete} complete trials{': a rough guide' if n_complete < 10 else ''})"
+    ax.set_title(f"{study_name}: {title}", fontsize=10)
+    if name in ("optimization_history", "intermediate_values"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if name == "intermediate_values":
+        ax.set_xlabel("epoch − 1 (Optuna's step: the first epoch is 0)")
+        ax.set_ylabel(f"{OBJECTIVE} (pruned trials stop early)")
+    if name == "parallel_coordinate":
+        for collection in ax.collections:
+            if collection.get_array() is not None:  # the trials' lines, coloured by objective
+                collection.set_cmap("viridis")
+        n_axes = len(ax.get_xticks())
+        fig.set_size_inches(max(6.4, 1.35 * n_axes + 2.5), 5.2)
+    return fig
 
 
 def study_summary(study: "optuna.Study", family: str, n_trials: int, storage: str) -> dict[str, Any]:

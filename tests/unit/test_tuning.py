@@ -414,3 +414,49 @@ def test_the_default_storage_is_not_blamed_on_params_yaml(tmp_path, monkeypatch)
                          storage=None, study_name="ferops-cnn-x", n_trials=1, track=False, root=tmp_path,
                          progress=False)
     assert "params.yaml" not in str(exc.value)
+
+
+def test_study_figures_are_made_legible():
+    """Optuna's figures as they came: fractional trial and step ticks, the worst trials near-white on grey in the
+    parallel coordinate plot, its axes' labels overlapping, importances from two trials with no caveat, and two
+    titles on top of each other there."""
+    import warnings
+
+    import matplotlib.colors
+    from matplotlib.ticker import MaxNLocator
+
+    from ferops.plots import pyplot
+
+    pyplot()  # the non-interactive backend
+    study = optuna.create_study(study_name="ferops-cnn-0123abcd", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        lr, wd = trial.suggest_float("lr", 1e-4, 1e-2, log=True), trial.suggest_float("wd", 1e-3, 0.1, log=True)
+        for step in range(3):
+            trial.report(0.2 * (step + 1) - abs(np.log10(lr) + 3) / 10, step)
+        return 0.6 - abs(np.log10(lr) + 3) / 10 + wd
+
+    study.optimize(objective, n_trials=3)
+    vis = optuna.visualization.matplotlib
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, draw in (("optimization_history", vis.plot_optimization_history),
+                           ("intermediate_values", vis.plot_intermediate_values),
+                           ("param_importances", vis.plot_param_importances),
+                           ("parallel_coordinate", vis.plot_parallel_coordinate)):
+            ax = draw(study)
+            fig = tuning.legible(name, ax, study.study_name, n_complete=3)
+            assert ax.get_title().startswith("ferops-cnn-0123abcd: ") and not ax.get_title(loc="left")
+            if name in ("optimization_history", "intermediate_values"):
+                locator = ax.xaxis.get_major_locator()
+                assert isinstance(locator, MaxNLocator) and locator._integer  # trials and epochs are whole
+            if name == "param_importances":
+                assert "from 3 complete trials: a rough guide" in ax.get_title()
+            if name == "parallel_coordinate":
+                lines = [c for c in ax.collections if c.get_array() is not None]
+                assert lines and all(c.get_cmap().name == "viridis" for c in lines)
+                worst = lines[0].get_cmap()(0.0)
+                assert matplotlib.colors.rgb_to_hsv(worst[:3])[2] < 0.5  # the worst trial is dark, not white
+                assert fig.get_size_inches()[0] > 6.4  # room for its axes (3 here: objective, lr, wd)
+            pyplot().close(fig)
