@@ -51,16 +51,21 @@ def _duration(seconds: float) -> str:
 
 def _splits(ingest: dict[str, Any], split: dict[str, Any] | None) -> tuple[str, str, str]:
     """(the data sentence's split part, val label, test label) from reports/split.json: FER2013's PublicTest and
-    PrivateTest only when the split is its Usage column as it is; else the split says how it was made."""
+    PrivateTest only when the split is the competition file's Usage column as it is (not the demo set's, nor an image
+    folder's val/ and test/); else the split says how it was made."""
     split = split or {}
     n, usage = split.get("n") or {}, ingest.get("per_usage") or {}
     train, val, test = (n.get("train", usage.get("Training", "?")), n.get("val", usage.get("PublicTest", "?")),
                         n.get("test", usage.get("PrivateTest", "?")))
-    if split.get("strategy", "usage") == "usage" and not split.get("val_carved_from_train"):
+    usage_split = split.get("strategy", "usage") == "usage"
+    competition = not ingest.get("synthetic") and ingest.get("format", "fer2013") in ("fer2013", "icml")
+    if usage_split and not split.get("val_carved_from_train") and competition:
         return (f"train {train} rows, validation = PublicTest {val}, test = PrivateTest {test}",
                 "validation (PublicTest)", "test (PrivateTest)")
     how = ("validation carved from the training rows, per class (split.val_from_train)"
-           if split.get("strategy") == "usage" else "a stratified random split by class (split.fractions)")
+           if usage_split and split.get("val_carved_from_train") else
+           "the dataset's own train, validation and test rows" if usage_split else
+           "a stratified random split by class (split.fractions)")
     return f"train {train} rows, validation {val}, test {test}: {how}", "validation", "test"
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 NAME = "fer2013-resnet"
 CFG = {"model_name": NAME, "family": "resnet", "challenger_alias": "challenger", "champion_alias": "champion"}
-INGEST = {"synthetic": False, "format": "fer2013_csv", "sha256": "a" * 64, "source": "test", "rows": 10}
+INGEST = {"synthetic": False, "format": "fer2013", "sha256": "a" * 64, "source": "test", "rows": 10}
 
 
 def _train(models: Path, name: str, arch: str, val: float, seed: int, ingest: dict = INGEST) -> Path:

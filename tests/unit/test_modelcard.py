@@ -76,7 +76,7 @@ def test_card_without_tta_or_per_class_figures_and_on_the_demo_set():
     assert "test-time augmentation" not in c.split("## Accuracy")[1].split("## Use")[0]
     assert "Per class" not in c and "Weakest" not in c
     assert "**Synthetic demo faces**" in c and "say nothing about real faces" in c
-    assert "| validation (PublicTest) | 90.00 % | – |" in c
+    assert "| validation | 90.00 % | – |" in c and "PublicTest" not in c  # the demo set has no PublicTest
 
 
 def test_card_fits_the_registry_description():
@@ -93,6 +93,13 @@ def test_card_names_public_and_private_test_only_for_the_usage_split():
     usage = card(split={"strategy": "usage", "val_carved_from_train": 0,
                         "n": {"train": 28698, "val": 3589, "test": 3589}})  # e.g. after split.drop_blank
     assert "train 28698 rows, validation = PublicTest 3589, test = PrivateTest 3589" in usage
+    # the demo set and an image folder's val/ and test/ have a usage split too, but no PublicTest or PrivateTest
+    n = {"strategy": "usage", "val_carved_from_train": 0, "n": {"train": 2450, "val": 525, "test": 525}}
+    demo = card(split=n, ingest={**INGEST, "synthetic": True, "format": "synthetic"})
+    folders = card(split=n, ingest={**INGEST, "format": "folders"})
+    assert "| validation | 66.70 %" in demo and "| test, single pass | 68.29 %" in demo
+    assert "validation 525, test 525: the dataset's own train, validation and test rows" in folders
+    assert not [c for c in (demo, folders) if "PublicTest" in c or "PrivateTest" in c]
 
 
 def test_card_names_no_weakest_class_that_validation_has_no_rows_of():
