@@ -42,6 +42,9 @@ def main() -> None:
     args.raw_dir = Path(str(args.raw_dir or p.get("raw_dir") or "data/raw"))
     source = str(p.get("source") or "auto")
     check_on_bad_rows(str(p.get("on_bad_rows", "fail")))  # also when the demo set is generated and nothing is read
+    if source == "auto" and not args.raw_dir.exists():  # a typo: else the demo set, as for an empty folder
+        raise DataError(f"ingest.raw_dir: {args.raw_dir} not found — fix the path (params.yaml `ingest.raw_dir`, or "
+                        "`-P raw_dir=` of `mlflow run`); an empty folder there means the synthetic demo set.")
     is_path = source not in ("auto", "synthetic")
     if is_path and not Path(source).exists():
         raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")

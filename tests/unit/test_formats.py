@@ -282,15 +282,13 @@ def test_non_square_image_is_centre_cropped(tmp_path):
 
 
 def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, caplog):
-    """A `valid/` split is read (as PublicTest); a link to a folder, a broken link, a .heic and an image beside the
-    split folders are not, and the warning names each of them."""
+    """A `valid/` split is read (as PublicTest); a broken link, a .heic and an image beside the split folders are not,
+    and the warning names each of them. A link to a folder is an error: it was skipped with a warning, and a class
+    of test (or train) went missing while validate passed."""
     root = tmp_path / "imgs"
     for split, cls, i in (("train", "happy", 0), ("valid", "sad", 1), ("test", "fear", 2)):
         (root / split / cls).mkdir(parents=True)
         cv2.imwrite(str(root / split / cls / f"{i}.png"), faces.pixels[i])
-    (tmp_path / "elsewhere").mkdir()
-    cv2.imwrite(str(tmp_path / "elsewhere" / "3.png"), faces.pixels[3])
-    (root / "train" / "angry").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (root / "train" / "happy" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
     (root / "train" / "happy" / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     cv2.imwrite(str(root / "loose.png"), faces.pixels[4])
@@ -298,10 +296,41 @@ def test_image_files_not_read_are_named_never_dropped_unsaid(tmp_path, faces, ca
         data, rejected = read_any(root)
     assert rejected == [] and sorted(zip(data.source_id, data.usage)) == [
         ("test/fear/2.png", "PrivateTest"), ("train/happy/0.png", "Training"), ("valid/sad/1.png", "PublicTest")]
-    assert "4 file(s) or folder(s) not read" in caplog.text
-    for what in ("train/angry (a link to a folder", "train/happy/gone.jpg (a broken link)",
-                 "train/happy/phone.heic (not an image type", "loose.png (outside the split folders"):
+    assert "3 file(s) or folder(s) not read" in caplog.text
+    for what in ("train/happy/gone.jpg (a broken link)", "train/happy/phone.heic (not an image type",
+                 "loose.png (outside the split folders"):
         assert what in caplog.text, what
+
+    (tmp_path / "elsewhere").mkdir()
+    cv2.imwrite(str(tmp_path / "elsewhere" / "3.png"), faces.pixels[3])
+    (root / "test" / "angry").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DataError, match=r"1 linked folder\(s\) \(test/angry\): DVC does not look through"):
+        read_any(root)
+
+
+def test_the_split_folder_decides_and_test_names_val_only_without_a_val_folder(tmp_path, faces, caplog):
+    """Kaggle's image release keeps FER2013's PublicTest and PrivateTest in test/, named by prefix: those stay val
+    and test. But the prefix overrode every folder: a user's val/ of `Training_*` files went back into train, a
+    `PublicTest_` file in train/ became val. Now the folder decides, and a disagreeing name is warned about."""
+    root = tmp_path / "imgs"
+    files = {"train/happy/Training_1.png": 0, "train/happy/PublicTest_2.png": 1, "test/sad/PublicTest_3.png": 2,
+             "test/sad/PrivateTest_4.png": 3, "test/sad/5.png": 4}
+    for rel, i in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), faces.pixels[i])
+    with caplog.at_level("WARNING", logger="ferops.formats"):
+        data, _ = read_any(root)
+    assert dict(zip(data.source_id, data.usage)) == {
+        "train/happy/Training_1.png": "Training", "train/happy/PublicTest_2.png": "Training",
+        "test/sad/PublicTest_3.png": "PublicTest", "test/sad/PrivateTest_4.png": "PrivateTest",
+        "test/sad/5.png": "PrivateTest"}
+    assert "1 image(s) named for another split than their folder's (e.g. train/happy/PublicTest_2.png)" in caplog.text
+
+    (root / "val" / "fear").mkdir(parents=True)  # a val/ folder of the user's own: test/ is all test
+    cv2.imwrite(str(root / "val" / "fear" / "Training_6.png"), faces.pixels[5])
+    data, _ = read_any(root)
+    usage = dict(zip(data.source_id, data.usage))
+    assert usage["val/fear/Training_6.png"] == "PublicTest" and usage["test/sad/PublicTest_3.png"] == "PrivateTest"
 
 
 def test_a_folder_of_gifs_only_is_detected_and_read(tmp_path, faces):

@@ -103,6 +103,14 @@ def test_empty_raw_dir_generates_synthetic_with_warning(tmp_path):
     assert (tmp_path / "figures" / "samples.png").exists() and (tmp_path / "figures" / "class_hist.png").exists()
 
 
+def test_a_raw_dir_that_does_not_exist_is_an_error_not_the_demo_set(tmp_path):
+    """A mistyped raw_dir (`mlflow run . -e ingest -P raw_dir=…`, or the stage by hand) went on with the synthetic
+    demo set, exit 0; under `dvc repro` DVC stops first on the missing dep."""
+    r = run_stage(tmp_path, tmp_path / "typo")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "fer.npz").exists()
+    assert f"error: ingest.raw_dir: {tmp_path / 'typo'} not found" in r.stderr and "SYNTHETIC" not in r.stderr
+
+
 def test_missing_source_path_is_a_config_error(tmp_path):
     r = run_stage(tmp_path, tmp_path / "raw", source=str(tmp_path / "nope.csv"))
     assert r.returncode != 0 and "error: ingest.source" in r.stderr and "Traceback" not in r.stderr

@@ -674,15 +674,25 @@ def _check_bad(source: Path, rejected: list[Rejected], total: int, on_bad_rows: 
 def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[FerData, list[Rejected]]:
     """`train|test/<class>/*.jpg|png` (any size/colour) → 48x48 grey FerData + rejected files.
 
-    Usage comes from a `<Usage>_<id>` file-name prefix when present, else from the split folder
-    (train → Training, val → PublicTest, test → PrivateTest). Images directly inside a split folder
-    are unlabeled.
+    Usage comes from the split folder (train → Training, val → PublicTest, test → PrivateTest). Two cases read a
+    `<Usage>_<id>` file-name prefix: in a `test/` folder with no `val/` beside it, `PublicTest_` files are val (Kaggle's
+    image release keeps both halves of FER2013's test set in test/, named so); with no split folders at all, the
+    prefix is all there is. A prefix that disagrees with its folder otherwise is named in a warning: the folder wins.
+    Images directly inside a split folder are unlabeled. A linked folder inside `root` is an error: DVC does not
+    look through links to folders, so its images could change without re-running ingest.
     """
     import cv2
     from tqdm import tqdm
 
     root = Path(root)
     items, skipped = _image_files(root)
+    links = [p for p, why in skipped if why == _LINKED_FOLDER]
+    if links:
+        shown = ", ".join(p.relative_to(root).as_posix() for p in links[:5]) + (" …" if len(links) > 5 else "")
+        raise DataError(f"{root}: {len(links)} linked folder(s) ({shown}): DVC does not look through a link to a "
+                        "folder, so a change to its images would not re-run ingest (and a class of a split could go "
+                        "missing unnoticed) — copy the folder in (`cp -rL`), or point `ingest.raw_dir` at a real "
+                        "folder that holds the whole dataset.")
     if skipped:
         shown = "; ".join(f"{p.relative_to(root).as_posix()} ({why})" for p, why in skipped[:5])
         log.warning("%s: %d file(s) or folder(s) not read: %s%s", root, len(skipped), shown,
@@ -696,6 +706,8 @@ def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[Fer
     source_id = np.empty(n, dtype=object)
     keep = np.zeros(n, bool)
     rejected: list[Rejected] = []
+    has_val = any(u == "PublicTest" for _, u, _ in items)
+    misnamed: list[str] = []
     for i, (f, split_usage, cls_name) in enumerate(tqdm(items, unit="img", desc=f"read {root.name}",
                                                         disable=n < _PROGRESS_ROWS, leave=False)):
         label = CLASS_ALIASES.get(cls_name.lower()) if cls_name else UNLABELED
@@ -713,29 +725,46 @@ def read_image_folders(root: str | Path, on_bad_rows: str = "fail") -> tuple[Fer
             continue
         prefix = f.stem.split("_", 1)[0]
         pixels[i], emotion[i], keep[i] = img, label, True
-        usage[i] = prefix if prefix in USAGES else split_usage
+        usage[i] = _folder_usage(prefix, split_usage, has_val)
+        if prefix in USAGES and prefix != usage[i]:
+            misnamed.append(f.relative_to(root).as_posix())
         if label == UNLABELED:
             usage[i] = UNLABELED_USAGE
         source_id[i] = f.relative_to(root).as_posix()
+    if misnamed:
+        log.warning("%s: %d image(s) named for another split than their folder's (e.g. %s): the folder decides",
+                    root, len(misnamed), ", ".join(misnamed[:3]))
     _check_bad(root, rejected, n, on_bad_rows, unit="file")
     return FerData(pixels[keep], emotion[keep], usage[keep].astype(str), source_id[keep].astype(str)), rejected
 
 
-def _image_files(root: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Path, str]]]:
-    """(file, usage from its split folder, class folder name or "") for every image, in sorted order; and (path,
-    reason) for every entry not read, so that none is dropped unsaid."""
+def _folder_usage(prefix: str, split_usage: str | None, has_val: bool) -> str:
+    """An image's usage: its split folder's, but FER2013's own PublicTest/PrivateTest name inside test/ when no
+    val/ folder says otherwise, and the name (else Training) when there are no split folders (split_usage None)."""
+    if split_usage is None:
+        return prefix if prefix in USAGES else "Training"
+    if split_usage == "PrivateTest" and not has_val and prefix in ("PublicTest", "PrivateTest"):
+        return prefix
+    return split_usage
+
+
+_LINKED_FOLDER = "a link to a folder"
+
+
+def _image_files(root: Path) -> tuple[list[tuple[Path, str | None, str]], list[tuple[Path, str]]]:
+    """(file, usage from its split folder (None: no split folders), class folder name or "") for every image, in
+    sorted order; and (path, reason) for every entry not read, so that none is dropped unsaid."""
     subs = sorted(c for c in root.iterdir() if c.is_dir() and not c.is_symlink() and not c.name.startswith("."))
     splits = [c for c in subs if c.name.lower() in FOLDER_USAGE]
     # Without split folders, the root holds the class folders directly (all Training).
-    tops = [(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, "Training")]
+    tops: list[tuple[Path, str | None]] = [(s, FOLDER_USAGE[s.name.lower()]) for s in splits] or [(root, None)]
     readable = image_suffixes()
-    found: list[tuple[int, Path, str, str]] = []  # (index of its split folder, file, usage, class): sorted below
+    found: list[tuple[int, Path, str | None, str]] = []  # (index of its split folder, file, usage, class): sorted below
     skipped: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed here, never followed
         d = Path(dirpath)
         for name in [n for n in dirnames if not n.startswith(".") and (d / n).is_symlink()]:
-            skipped.append((d / name, "a link to a folder: DVC does not look through it, so edits there would go "
-                                      "unnoticed — copy the folder in, or point ingest.raw_dir at it"))
+            skipped.append((d / name, _LINKED_FOLDER))
         dirnames[:] = [n for n in dirnames if not n.startswith(".") and not (d / n).is_symlink()]
         for name in filenames:
             if name.startswith("."):
