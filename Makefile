@@ -97,14 +97,14 @@ bench: setup  ## benchmarks (real data from ../shared/data); figures go to bench
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/inference.py
 
-ui: setup  ## MLflow UI on http://127.0.0.1:5000
-	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port 5000 --workers 2
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 (PORT= another port)
+	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(or $(PORT),5000) --workers 2
 
-dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080 (the storage params.yaml's tune: section names)
-	$(PY) -m ferops.cli dashboard --host $(HOST) --port 8080
+dashboard: setup  ## optuna-dashboard on http://127.0.0.1:8080 (the storage params.yaml's tune: section names; PORT= another port)
+	$(PY) -m ferops.cli dashboard --host $(HOST) --port $(or $(PORT),8080)
 
-serve: setup  ## serve the champion (params.yaml register:) over REST on http://127.0.0.1:5001/invocations
-	$(PY) -m ferops.cli serve --host $(HOST) --port 5001
+serve: setup  ## serve the champion (params.yaml register:) over REST on http://127.0.0.1:5001/invocations (PORT= another port)
+	$(PY) -m ferops.cli serve --host $(HOST) --port $(or $(PORT),5001)
 
 # reports/ goes too, but for what git tracks there (the README has users commit reports/metrics.json as the baseline
 # `dvc exp show` compares against; removing it left a deleted tracked file)

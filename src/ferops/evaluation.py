@@ -329,7 +329,10 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
                      f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {_fmt(r.get('test_macro_f1'))} | "
                      f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('test_ece'))}{_raw_ece(r)} | "
                      f"{_fmt(r.get('train_wall_s'), pct=False)} |")
-    lines += ["", f"★ best by validation accuracy: `{best}` (its predictions are in the submission file). "
+    unlabeled = int(data.get("unlabeled") or 0)  # ingest's count: the rows the submission file predicts
+    submits = (f"its predictions of the {unlabeled} unlabeled rows are in the submission file" if unlabeled else
+               "it would predict the submission file's rows; this data has no unlabeled rows, so the file is empty")
+    lines += ["", f"★ best by validation accuracy: `{best}` ({submits}). "
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
               "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); where a raw ECE "
               "follows in brackets, the probabilities were calibrated by a temperature fitted on val. Figures: "

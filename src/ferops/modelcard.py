@@ -105,7 +105,8 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         + (f" in {_duration(float(metrics['train_wall_s']))}" if metrics.get("train_wall_s") else "")
         + (f", {metrics['precision']}" if metrics.get("precision") else "") + ".",
         f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo: "
-        "`ferops predict` finds and crops the faces first; the REST `image` column does so with "
+        "`ferops predict` finds and crops the faces first (small near-square images, ≤ 128 px, are taken as a face "
+        "crop whole unless `--faces detect`); the REST `image` column does so with "
         "`\"params\": {\"crop_face\": true}` (without it the whole image is taken as one face).",
         f"- **Output**: one of {len(EMOTIONS)} expressions ({', '.join(EMOTIONS)}) with the 7 probabilities.",
         f"- **Code**: git commit `{(git_commit or 'unknown')[:12]}`.",
@@ -188,8 +189,13 @@ def _limitations(metrics: dict[str, Any], ingest: dict[str, Any], no_val: Collec
     counts = ingest.get("per_class") or {}
     total = sum(int(v) for v in counts.values()) if counts else 0
     if total and not ingest.get("synthetic"):
-        rare, n = min(counts.items(), key=lambda kv: int(kv[1]))
-        out.append(f"- {rare} is {100 * int(n) / total:.1f} % of the labelled rows: the least data behind any class.")
+        least = min(int(v) for v in counts.values())
+        rare = [c for c, v in counts.items() if int(v) == least]
+        if len(rare) == len(counts):  # balanced: no class has the least (min() named the first of a tie)
+            out.append(f"- Every class is {100 * least / total:.1f} % of the labelled rows.")
+        else:
+            out.append(f"- {' and '.join(rare)} {'is' if len(rare) == 1 else 'are each'} {100 * least / total:.1f} % "
+                       "of the labelled rows: the least data behind any class.")
     out += [
         "- FER2013's faces were collected by web image search; its labels are noisy (human accuracy on it is about "
         "65 ± 5 %, Goodfellow et al. 2013), and many of its expressions are posed.",

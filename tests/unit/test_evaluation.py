@@ -118,6 +118,10 @@ def test_metrics_summary_and_comparison_table():
     assert "| 66.00 |" in table[0] and "| 67.00 |" in table[0]  # val and TTA test accuracy in %
     assert "validation" in md and "flip" in md and "synthetic" in md
     assert "| resnet | " in md and "80.00" in md  # per-class F1 table
+    # the submission sentence says what the file holds (it claimed predictions when no row was unlabeled)
+    assert "this data has no unlabeled rows, so the file is empty" in md
+    kaggle = comparison_markdown(results, "flip", {"synthetic": False, "format": "kaggle", "unlabeled": 7178})
+    assert "its predictions of the 7178 unlabeled rows are in the submission file" in kaggle
 
 
 def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):

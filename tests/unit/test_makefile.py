@@ -132,6 +132,19 @@ def test_setup_installs_within_the_lock_unless_lifted():
     assert "--constraint" not in install_line("LOCK=")
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_servers_take_another_port_from_port():
+    """`make serve` had 5001 written into its recipe (as ui 5000, dashboard 8080): a busy port left `ferops serve
+    --port` as the only way."""
+    def command(target: str, *args: str) -> str:
+        out = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(ROOT), *args, target],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return next(line for line in out.splitlines() if "--port" in line)
+
+    for target, default in (("serve", 5001), ("ui", 5000), ("dashboard", 8080)):
+        assert f"--port {default}" in command(target) and "--port 5123" in command(target, "PORT=5123")
+
+
 def _stand_in_project(folder: Path, python: str, lock: str) -> Path:
     """The Makefile in `folder` with an empty pyproject.toml, constraints.txt holding `lock`, and a venv whose
     `python` is the bash line `python` (what each test needs pip to answer); returns the venv."""

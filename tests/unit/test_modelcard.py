@@ -38,6 +38,11 @@ def test_card_states_model_data_selection_and_figures():
     # its own weakest classes and the rarest class, from the figures given
     assert "Weakest classes by validation recall: Disgust (41 %), Fear (48 %)" in c
     assert "Disgust is 1.5 % of the labelled rows" in c
+    # a tie is named whole, and a balanced set has no "least data" class (min() named the first of a tie: Angry)
+    tie = card(ingest={**INGEST, "per_class": {**INGEST["per_class"], "Angry": 547}})
+    assert "Angry and Disgust are each 1.7 % of the labelled rows: the least data" in tie
+    balanced = card(ingest={**INGEST, "per_class": dict.fromkeys(EMOTIONS, 40)})
+    assert "Every class is 14.3 % of the labelled rows." in balanced and "least data" not in balanced
     assert '(without it the whole image is taken as one face)' in c  # the REST default: crop_face false
 
 
