@@ -202,6 +202,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from ferops.codebase import served_code_fingerprint
     from ferops.config import registry_challenger, registry_names
     from ferops.tracking import RUN_ID_FILE, dataset_tags, git_commit, reopen_run
 
@@ -238,7 +239,14 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     def calibrated_alike(tag: str | None) -> bool:
         return tag is not None and same_temperatures(_recorded_temperatures(tag), temperatures)
 
-    mv = version_for_run(client, name, run_id, require={"tta_mode": tta, "temperatures": calibrated_alike})
+    # The version ships a copy of ferops' serving code (the pyfunc's code_paths): it is reused only while that code
+    # is unchanged, else a fix to inference.py or pyfunc_code.py never reached the served model.
+    code = served_code_fingerprint()
+    mv = version_for_run(client, name, run_id, require={"tta_mode": tta, "temperatures": calibrated_alike,
+                                                         "code_sha256": code})
+    if mv is None and (older := version_for_run(client, name, run_id, require={"tta_mode": tta})) is not None:
+        log.info("%s v%s holds run %s with other serving code or calibration: registering it again with today's",
+                 name, older.version, run_id)
     reused = mv is not None
     if mv is not None:
         # the card states what the version serves: its own temperatures, within TEMPERATURE_RTOL of today's
@@ -260,7 +268,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
             "test_accuracy": str(test.get("test_accuracy", "unknown")),
-            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), **served,
+            "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), **served, "code_sha256": code,
             **data, "git_commit": run.data.tags.get("git_commit") or git_commit(),
             "params": json.dumps(best.config, sort_keys=True, default=str)[:PARAMS_TAG_MAX],
         }

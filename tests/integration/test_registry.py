@@ -157,6 +157,28 @@ def test_a_version_uri_that_is_not_there_is_one_line_listing_the_versions(store,
         assert _pinned(f"models:/{NAME}/{ref}", version) == f"models:/{NAME}/1"
 
 
+def test_a_version_is_registered_again_when_the_served_code_changes(store, monkeypatch, caplog):
+    """The registered model ships ferops' serving code: re-running register after a fix to inference.py reused the
+    version (same run, TTA and temperatures), so the fix never reached what serves. The code's fingerprint is a tag,
+    and a version is reused only with the same one."""
+    from mlflow import MlflowClient
+
+    from ferops import codebase
+
+    models = store / "models" / "deep"
+    _train(models, "resnet", "resnet", val=0.5, seed=2)
+    first = _register(models)
+    tags = MlflowClient().get_model_version(NAME, str(first["version"])).tags
+    assert tags["code_sha256"] == codebase.served_code_fingerprint() and len(tags["code_sha256"]) == 16
+    assert _register(models)["reused_existing_version"]  # nothing changed: no new version
+    monkeypatch.setattr(codebase, "served_code_fingerprint", lambda: "f" * 16)  # as after an edit of inference.py
+    with caplog.at_level("INFO", logger="ferops"):
+        again = _register(models)
+    assert not again["reused_existing_version"] and again["version"] == first["version"] + 1
+    assert again["decision"] == "champion" and "with other serving code" in caplog.text  # its own run, newer code
+    assert MlflowClient().get_model_version(NAME, str(again["version"])).tags["code_sha256"] == "f" * 16
+
+
 def test_register_promote_and_list(store, capsys):
     from mlflow import MlflowClient
 
