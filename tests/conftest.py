@@ -26,9 +26,11 @@ def real_csv() -> Path:
 
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
-    """A fresh real sqlite MLflow store for one test."""
+    """A fresh real sqlite MLflow store for one test, run from tmp_path: MLflow puts the Default experiment's
+    artifacts in ./mlruns of the folder the store is created from (it was the repository's root)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
     return uri
 
 

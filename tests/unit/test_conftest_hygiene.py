@@ -128,3 +128,15 @@ def test_a_module_fixtures_active_run_stays_open_for_its_tests(tmp_path):
     """Only the runs a test started are ended: a module fixture's run, open for several tests, was ended after the
     first one."""
     _pytest_in(tmp_path, {"test_module_run.py": MODULE_RUN}, passed=4)
+
+
+def test_the_mlflow_store_fixture_keeps_default_artifacts_out_of_the_repository(mlflow_store, tmp_path):
+    """A run in the Default experiment of the fixture's store put its artifacts in ./mlruns of the repository root
+    (the folder pytest runs from), which .gitignore hid."""
+    import mlflow
+
+    (tmp_path / "a.txt").write_text("x")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "a.txt"))
+    artifacts = Path(mlflow.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(tmp_path) and (artifacts / "a.txt").exists()
