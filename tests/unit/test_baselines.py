@@ -189,3 +189,10 @@ def test_model_requirements_are_pinned_and_kind_specific(data):
     assert all("==" in r for r in baselines.model_requirements(hog))
     assert any(r.startswith("scikit-image==") for r in baselines.model_requirements(hog))
     assert not any(r.startswith("scikit-image==") for r in baselines.model_requirements(nb))
+
+
+def test_every_baseline_kind_has_a_tiny_test_config():
+    """A kind added to baselines.DEFAULTS without an entry in TINY would pass the suite untested."""
+    from ferops.models.baselines import KINDS
+
+    assert set(KINDS) <= set(TINY)

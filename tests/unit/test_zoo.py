@@ -320,3 +320,11 @@ def test_aug_strength_caps_magnitudes_where_the_keras_layers_end():
     zoo.build_model({**tuned, "online_aug": {**tuned["online_aug"], "warp": "builtin"}})
     with pytest.raises(ConfigError, match=r"online_aug.contrast=1.2: give a number ≥ 0 and ≤ 1"):
         zoo.aug_config({"online_aug": {"contrast": 1.2}})
+
+
+def test_every_architecture_has_a_small_config_and_a_parameter_range():
+    """A new architecture added to the zoo without an entry here would pass the suite untested (builder, shapes,
+    parameter count); so would one whose builder is missing."""
+    from ferops.models.zoo import ARCHS, BUILDERS
+
+    assert set(SMALL) == set(ARCHS) == set(PARAM_RANGES) == set(BUILDERS)
