@@ -91,7 +91,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     # is: then a re-run that reuses an older version must not undo that (a rollback to the other mode, say).
     own = not reused or champion.get("promoted_by") == REGISTER_STAGE
     if new_run_id and champion.get("run_id") == new_run_id and own:
-        return True, f"the champion's model (run {new_run_id}) registered again, serving what evaluate chose on val: TTA mode and calibration (was v{cv})"
+        return True, (f"the champion's model (run {new_run_id}) registered again, serving with today's code and what "
+                      f"evaluate chose on val: TTA mode and calibration (was v{cv})")
     if reused:
         by = champion.get("promoted_by")
         return False, (f"v{new_version} was registered and compared before; @champion is v{cv} since"
