@@ -120,12 +120,49 @@ def decode_image(data: str | bytes) -> np.ndarray:
     return gray
 
 
+MAX_PIXELS_ENV = "FEROPS_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx (11,585 px square): a phone's 50-Mpx photo decodes; a 1-Gpx bomb does not
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may declare before it is decoded (FEROPS_MAX_IMAGE_PIXELS, else 2^27)."""
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def declared_pixels(buf: np.ndarray | bytes) -> int | None:
+    """Width × height from an image's header, read without decoding it (Pillow), or None where Pillow does not
+    know the format: a 1-MB PNG can declare 32,000 × 32,000 pixels, which OpenCV (its limit is 2^30) decoded in full —
+    3 GB and 8 s for one REST request."""
+    import io
+    import warnings
+
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow comes with matplotlib and scikit-image; without it, OpenCV's own limit stands
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(buf) if isinstance(buf, bytes) else buf.tobytes())) as im:
+                return int(im.width) * int(im.height)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: the size is in its message
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(m.group(1)) if m else None
+    except Exception:  # not an image Pillow reads: OpenCV decides
+        return None
+
+
 def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
     """cv2.imdecode: the image, or None when `buf` does not decode; ValueError when OpenCV refuses the image outright,
     as it does one over its pixel limit with cv2.error (uncaught: MLflow's generic "unexpected error" reply to a REST
     request, a traceback ending a photo folder's run)."""
     import cv2
 
+    declared, most = declared_pixels(buf), max_image_pixels()
+    if declared is not None and declared > most:
+        raise ValueError(f"too large to decode: {declared:,} pixels declared, over the {most:,} ferops decodes "
+                         f"({MAX_PIXELS_ENV}; a decompression bomb looks like this) — downscale it")
     try:
         return cv2.imdecode(buf, flags)
     except cv2.error as exc:
@@ -1073,8 +1110,11 @@ def predict_photos(paths: Sequence[str | Path], model: Any, out_dir: str | Path 
         _classify_group(items, model, tta, temperature)
         for (res, _), view in zip(items, views):
             if view is not None and out is not None:
-                res["annotated"] = str(_write_annotated(out, Path(res["file"]), view, res["faces"], used,
-                                                        res["image_size"][0]))
+                try:
+                    res["annotated"] = str(_write_annotated(out, Path(res["file"]), view, res["faces"], used,
+                                                            res["image_size"][0]))
+                except ConfigError as exc:  # a name too long, a full disk: this photo's copy, not the whole run
+                    res["error"] = f"classified, but no annotated copy: {exc}"
             results.append(res)
         bar.update(len(items))
     bar.close()

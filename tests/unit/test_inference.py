@@ -385,6 +385,33 @@ def test_damaged_and_unsupported_image_files_say_which(tmp_path, keras_model):
         inf.decode_image(base64.b64encode(buf.tobytes()[:300]).decode())
 
 
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, keras_model, monkeypatch):
+    """A PNG declaring 16,000 × 16,000 pixels (under OpenCV's 2^30) was decoded in full: a 1-MB one of 1 Gpx took
+    3 GB and 8 s per REST request. Now refused from the header, REST and `ferops predict` alike; the limit is
+    settable."""
+    bomb = _png_header(16_000, 16_000)
+    with pytest.raises(ValueError, match=r"too large to decode: 256,000,000 pixels declared, over the 134,217,728"):
+        inf.decode_image(base64.b64encode(bomb).decode())
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    cv2.imwrite(str(tmp_path / "face.png"), draw_face_photo(200, 200))
+    res = inf.predict_photos([tmp_path / "bomb.png", tmp_path / "face.png"], keras_model, None)
+    assert res[0]["error"].startswith("too large to decode") and res[1]["error"] is None  # the rest still answered
+    monkeypatch.setenv(inf.MAX_PIXELS_ENV, str(300_000_000))
+    assert inf.declared_pixels(bomb) == 256_000_000 < inf.max_image_pixels()
+
+
+def test_an_annotated_copy_that_cannot_be_written_costs_that_copy_not_the_run(tmp_path, keras_model):
+    """A legal 254-byte photo name whose `_pred` copy's name is too long stopped a 2,000-photo run at that photo
+    with a one-line error: nothing printed, no CSV, though every copy before it was written."""
+    long_name = tmp_path / ("z" * 250 + ".jpg")  # 254 bytes: allowed; "<stem>_pred.jpg" (259) is not
+    cv2.imwrite(str(long_name), draw_face_photo(200, 200))
+    cv2.imwrite(str(tmp_path / "a.jpg"), draw_face_photo(200, 200, seed=1))
+    res = inf.predict_photos([tmp_path / "a.jpg", long_name], keras_model, tmp_path / "out", faces="whole")
+    assert res[0]["error"] is None and Path(res[0]["annotated"]).exists()
+    assert res[1]["faces"] and res[1]["annotated"] is None  # classified all the same
+    assert res[1]["error"].startswith("classified, but no annotated copy: --out-dir") and "too long" in res[1]["error"]
+
+
 def test_a_tiff_of_32_bit_samples_is_named_as_such_not_as_damaged(tmp_path, keras_model):
     """An intact float or 32-bit-integer TIFF (OpenCV reads it only as is) is not 'damaged or cut-short'."""
     from PIL import Image
@@ -413,10 +440,11 @@ def _png_header(w: int, h: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b""))
 
 
-def test_an_image_over_opencvs_pixel_limit_fails_alone_and_is_a_bad_rest_row(tmp_path):
+def test_an_image_over_opencvs_pixel_limit_fails_alone_and_is_a_bad_rest_row(tmp_path, monkeypatch):
     """OpenCV refuses an image of more than 2**30 pixels with cv2.error, not None: it is that photo's error (the
     folder's other photos are classified) and a bad `image` row saying so, not a traceback or MLflow's "unexpected
     error" reply."""
+    monkeypatch.setenv(inf.MAX_PIXELS_ENV, str(1 << 40))  # ferops' own limit (checked first) out of the way
     huge = _png_header(40_000, 40_000)
     (tmp_path / "huge.png").write_bytes(huge)
     cv2.imwrite(str(tmp_path / "ok.png"), np.full((48, 48), 90, np.uint8))
