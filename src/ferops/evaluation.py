@@ -164,8 +164,8 @@ def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path, title
 
 
 def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData | None, probs_val: np.ndarray | None,
-                      out_dir: Path, name: str, calibration: str = "", views: str = "",
-                      mistakes_dir: Path | None = None) -> tuple[list[Path], float]:
+                      out_dir: Path, name: str, *, mistakes_dir: Path, calibration: str = "",
+                      views: str = "") -> tuple[list[Path], float]:
     """calibration_test.png (reliability diagram of the probabilities a user gets, i.e. with the chosen TTA and its
     calibration, which `calibration` describes in the title) and,
     with val predictions, mistakes_val.png (the most confident val errors per class) in out_dir and
@@ -186,7 +186,7 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
         files.append(mistakes_grid(val.pixels[lab], val.emotion[lab], probs_val, out_dir / "mistakes_val.png",
                                    title=f"{name} — most confident mistakes on val{views and ', ' + views} (row: "
                                          f"true class; caption: predicted, probability)"))
-        (mistakes_dir := mistakes_dir or out_dir).mkdir(parents=True, exist_ok=True)
+        mistakes_dir.mkdir(parents=True, exist_ok=True)
         files.append(_write_csv(mistakes_dir / "mistakes_val.csv",
                                 ["actual", "predicted", "source_id", "p_predicted", "p_actual"],
                                 mistakes_rows(val.source_id[lab], val.emotion[lab], probs_val)))

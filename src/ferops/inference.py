@@ -144,7 +144,7 @@ def declared_pixels(buf: np.ndarray | bytes) -> int | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(bytes(buf) if isinstance(buf, bytes) else buf.tobytes())) as im:
+            with Image.open(io.BytesIO(buf if isinstance(buf, bytes) else buf.tobytes())) as im:
                 return int(im.width) * int(im.height)
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: the size is in its message
         m = re.search(r"\((\d+) pixels\)", str(exc))
