@@ -76,11 +76,13 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
     `val_digest` on versions registered since it was recorded).
-    `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
-    elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
-    stage (code update, `dvc exp apply`) must not take it back.
-    `experiment`: the DVC experiment this run of the stage belongs to (`dvc exp run`, `make exp`): a better model
-    from one stays @challenger, as params.yaml is put back afterwards and would not describe the served champion.
+    `reused`: the training run was registered (a version of it, maybe with other serving code or TTA mode) by an
+    earlier run of the stage, so it was compared then; if the alias is elsewhere now, a person moved it (`ferops
+    promote`, a rollback) or a better model took it, and a re-run of the stage (code update, `dvc exp apply`) must not
+    take it back.
+    `experiment`: the DVC experiment this run of the stage belongs to (`dvc exp run`, `make exp`): an experiment is a
+    trial, which params.yaml need not describe afterwards (`make exp` puts it back), so its model stays @challenger,
+    a better one or the champion's own run registered again with an experiment's TTA mode alike.
     """
     if champion is None:
         return True, "no champion yet"
@@ -91,11 +93,15 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     # is: then a re-run that reuses an older version must not undo that (a rollback to the other mode, say).
     own = not reused or champion.get("promoted_by") == REGISTER_STAGE
     if new_run_id and champion.get("run_id") == new_run_id and own:
+        if experiment:  # `dvc exp run -S evaluate.tta=flip`: the champion would serve flip after params.yaml is back
+            return False, (f"the champion's model (run {new_run_id}) registered again in DVC experiment "
+                           f"{experiment!r}: an experiment does not move @champion (v{cv}); `ferops promote --version "
+                           f"{new_version}` does, deliberately")
         return True, (f"the champion's model (run {new_run_id}) registered again, serving with today's code and what "
                       f"evaluate chose on val: TTA mode and calibration (was v{cv})")
     if reused:
         by = champion.get("promoted_by")
-        return False, (f"v{new_version} was registered and compared before; @champion is v{cv} since"
+        return False, (f"run {new_run_id} (v{new_version}) was registered and compared before; @champion is v{cv} since"
                        f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
                        f"`ferops promote --version {new_version}` does, deliberately")
     try:
@@ -114,8 +120,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         if experiment:
             return False, (f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}, but in DVC experiment "
-                           f"{experiment!r}: an experiment does not move @champion (params.yaml is put back after "
-                           f"it); `ferops promote --version {new_version}` does, deliberately")
+                           f"{experiment!r}: an experiment does not move @champion (it is a trial); `ferops promote "
+                           f"--version {new_version}` does, deliberately")
         return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
 
@@ -249,6 +255,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.info("%s v%s holds run %s with other serving code or calibration: registering it again with today's",
                  name, older.version, run_id)
     reused = mv is not None
+    # compared when it was first registered: a new version of it for new serving code must not undo a rollback
+    compared_before = reused or version_for_run(client, name, run_id) is not None
     if mv is not None:
         # the card states what the version serves: its own temperatures, within TEMPERATURE_RTOL of today's
         temperatures = _recorded_temperatures((mv.tags or {}).get("temperatures"))
@@ -260,11 +268,14 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                             f"model cannot be logged to it — restore it (`mlflow runs restore --run-id {run_id}`, "
                             f"or the UI's deleted runs) and re-run register, or retrain with "
                             f"`dvc repro -f -s train_deep@{best.name}`.")
-        with mlflow.start_run(run_id=run_id):
-            uri = log_pyfunc_model(best.path / "model.keras", tta=tta, temperatures=temperatures)
-        # MLflow logs a model only into an active run, and reopening the finished training run made its end time
-        # now: the UI showed the training lasting until this registration. Its own status and end time go back.
-        client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                uri = log_pyfunc_model(best.path / "model.keras", tta=tta, temperatures=temperatures)
+        finally:
+            # MLflow logs a model only into an active run, and reopening the finished training run made its end time
+            # now (the UI showed the training lasting until this registration), or FAILED when logging failed: its
+            # own status and end time go back either way.
+            client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
@@ -283,7 +294,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
-    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused,
+    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=compared_before,
                                         experiment=experiment)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)

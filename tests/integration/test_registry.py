@@ -179,6 +179,35 @@ def test_a_version_is_registered_again_when_the_served_code_changes(store, monke
     assert "serving with today's code" in again["reason"]
     assert MlflowClient().get_model_version(NAME, str(again["version"])).tags["code_sha256"] == "f" * 16
 
+    # a better model takes @champion; a person rolls back; new serving code registers the better run again, and that
+    # version must not undo the rollback (it did: a version new to the registry was compared on val as if unseen)
+    from argparse import Namespace
+
+    from ferops.registry import cli_promote
+
+    run_id = (_train(models, "resnet", "resnet", val=0.6, seed=3) / "mlflow_run_id.txt").read_text().strip()
+    better = _register(models)
+    assert (better["version"], better["decision"]) == (again["version"] + 1, "champion")
+    cli_promote(Namespace(name=None, version=str(again["version"]), alias="champion", reason="rollback drill",
+                          params=str(store / "params.yaml")))
+    monkeypatch.setattr(codebase, "served_code_fingerprint", lambda: "e" * 16)
+    after = _register(models)
+    assert (after["version"], after["reused_existing_version"], after["champion_version"]) == (
+        better["version"] + 1, False, again["version"]), after["reason"]
+    assert "was registered and compared before" in after["reason"]
+
+    # a registration that fails while logging the model leaves the training run as it was, not FAILED
+    from ferops import inference
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(codebase, "served_code_fingerprint", lambda: "d" * 16)
+    monkeypatch.setattr(inference, "log_pyfunc_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        _register(models)
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+
 
 def test_register_promote_and_list(store, capsys):
     from mlflow import MlflowClient
@@ -379,7 +408,7 @@ def test_a_champion_validated_on_another_val_split_is_not_compared(store):
     tags = MlflowClient().get_model_version(NAME, "1").tags
     assert r1["decision"] == "champion" and len(tags["val_digest"]) == 16
     assert "train 30 rows, validation 20, test 20: a stratified random split by class" in r1["model_card"]
-    assert "| validation | 50.00 %" in r1["model_card"] and "PublicTest" not in r1["model_card"]
+    assert "| validation, single pass | 50.00 %" in r1["model_card"] and "PublicTest" not in r1["model_card"]
 
     save_npz(faces.subset(slice(20, 40)), split / "val.npz")  # the split changed
     _train(models, "resnet", "resnet", val=0.90, seed=3)
@@ -427,6 +456,10 @@ def test_champion_decision_rules():
     assert not ok and "in DVC experiment 'bushy-toff': an experiment does not move @champion" in why
     assert "`ferops promote --version 5`" in why
     assert champion_decision("5", 0.9, data, None, experiment="bushy-toff")[0]
+    # ...and so does the champion's own run registered again in one (`dvc exp run -S evaluate.tta=flip`): after the
+    # experiment, params.yaml says `auto`, and the champion would serve flip
+    ok, why = champion_decision("5", 0.6, data, {**champ, "run_id": "r1"}, new_run_id="r1", experiment="bushy-toff")
+    assert not ok and "registered again in DVC experiment 'bushy-toff'" in why
 
 
 def test_serve_in_a_moved_project_says_where_the_files_were_expected(store, monkeypatch):
