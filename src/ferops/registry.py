@@ -71,15 +71,17 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
                       champion: dict[str, Any] | None, new_run_id: str | None = None,
-                      reused: bool = False, experiment: str | None = None) -> tuple[bool, str]:
+                      reused: bool = False, experiment: str | None = None,
+                      compared_before: bool = False) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
     `val_digest` on versions registered since it was recorded).
-    `reused`: the training run was registered (a version of it, maybe with other serving code or TTA mode) by an
-    earlier run of the stage, so it was compared then; if the alias is elsewhere now, a person moved it (`ferops
-    promote`, a rollback) or a better model took it, and a re-run of the stage (code update, `dvc exp apply`) must not
-    take it back.
+    `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
+    elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
+    stage (code update, `dvc exp apply`) must not take it back. `compared_before`: another version of the same
+    training run was (one with older serving code, say): a new version of it must not take the alias back either,
+    unless the alias is on that run's own model (which follows its newest serving code and TTA mode).
     `experiment`: the DVC experiment this run of the stage belongs to (`dvc exp run`, `make exp`): an experiment is a
     trial, which params.yaml need not describe afterwards (`make exp` puts it back), so its model stays @challenger,
     a better one or the champion's own run registered again with an experiment's TTA mode alike.
@@ -99,7 +101,7 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                            f"{new_version}` does, deliberately")
         return True, (f"the champion's model (run {new_run_id}) registered again, serving with today's code and what "
                       f"evaluate chose on val: TTA mode and calibration (was v{cv})")
-    if reused:
+    if reused or compared_before:
         by = champion.get("promoted_by")
         return False, (f"run {new_run_id} (v{new_version}) was registered and compared before; @champion is v{cv} since"
                        f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
@@ -294,8 +296,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
-    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=compared_before,
-                                        experiment=experiment)
+    promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused,
+                                        experiment=experiment, compared_before=compared_before)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": REGISTER_STAGE, "promotion_reason": reason, "promoted_at": _now(),

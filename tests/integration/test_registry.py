@@ -241,7 +241,7 @@ def test_register_promote_and_list(store, capsys):
     # the version's description is its model card (the MLflow UI renders it); the model gets a one-line summary
     card = client.get_model_version(NAME, "1").description
     assert card == r1["model_card"] and card.startswith(f"# {NAME} v1: facial-expression classifier")
-    assert "| validation (PublicTest) | 50.00 %" in card and "test-time augmentation `flip` | 49.00 %" in card
+    assert "| validation (PublicTest), single pass | 50.00 %" in card and "test-time augmentation `flip` | 49.00 %" in card
     assert "@champion" in client.get_registered_model(NAME).description
 
     # 2) same run again: reuse v1, no duplicate version
@@ -443,6 +443,11 @@ def test_champion_decision_rules():
     assert not ok and "a re-run does not move it back" in why
     assert champion_decision("3", 0.6, data, {**moved, "promoted_by": "register stage"}, new_run_id="r1",
                              reused=True)[0]  # the stage's own earlier move: it follows the mode evaluate chose
+    # a new version (new serving code) of a run compared before does not take the alias from a person's choice...
+    ok, why = champion_decision("6", 0.9, data, moved, new_run_id="r2", compared_before=True)
+    assert not ok and "was registered and compared before" in why
+    # ...but the champion's own run, registered again with newer code, carries the alias along
+    assert champion_decision("6", 0.6, data, moved, new_run_id="r1", compared_before=True)[0]
     # another val split (digests differ) is not comparable; a champion from before digests were tagged still is
     ok, why = champion_decision("5", 0.9, {**data, "val_digest": "v2"}, {**champ, "val_digest": "v1"})
     assert not ok and "another val split" in why
