@@ -19,7 +19,7 @@ from ferops.runner import run
 def main() -> None:
     """Parse paths, evaluate all models, write metrics.json, the comparison table and the submission."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", required=True, type=Path, help="folder with val.npz, test.npz and predict.npz")
+    ap.add_argument("--split", required=True, type=Path, help="folder with train.npz, val.npz, test.npz and predict.npz")
     ap.add_argument("--models", required=True, type=Path, help="folder with baselines/*/ and deep/*/")
     ap.add_argument("--ingest-report", required=True, type=Path)
     ap.add_argument("--metrics", required=True, type=Path, help="reports/metrics.json (DVC metrics)")
@@ -49,7 +49,7 @@ def main() -> None:
     entries = discover_models(args.models, declared_models(params))  # not a removed model's leftover folder
     init_tracking()
     results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val,
-                                   mistakes_dir=args.mistakes)
+                                   mistakes_dir=args.mistakes, train_pixels=load_npz(args.split / "train.npz").pixels)
     write_json(metrics_summary(results), args.metrics)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)
     args.comparison.write_text(comparison_markdown(results, tta, ingest))

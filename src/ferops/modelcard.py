@@ -76,8 +76,12 @@ def _scaled(temperatures: dict[str, float] | None, tta: str, test: dict[str, Any
     if not modes:  # only other modes' (a hand-set tag): the ones the card describes are served raw
         return ""
     ts = " and ".join(f"{temps[m]:g} {'for the single pass' if m == 'none' else f'with `{m}`'}" for m in modes)
-    raw = test.get("test_ece_raw")
-    before = f"; unscaled, the ECE was {100 * float(raw):.1f} points" if raw is not None else ""
+    # test_ece_raw is the served mode's (tta), test_ece_single_raw the single pass's: each named, as the sentence
+    # before names both temperatures
+    raw = {"none": test.get("test_ece_single_raw"), tta: test.get("test_ece_raw")}
+    was = [f"{100 * float(e):.1f} points {'for the single pass' if m == 'none' else f'with `{m}`'}"
+           for m in modes if (e := raw.get(m)) is not None]
+    before = f"; unscaled, the ECE was {' and '.join(was)}" if was else ""
     return (f" Each test-time augmentation mode's probabilities are divided, as logits, by a temperature fitted on "
             f"validation (temperature scaling: {ts}; a label never changes){before}.")
 
@@ -127,12 +131,21 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         "",
         "| split | accuracy | macro-F1 |",
         "|---|---:|---:|",
-        f"| {val_label} | {_pct(metrics.get('val_accuracy'))} | {_pct(metrics.get('val_macro_f1'))} |",
-        f"| {test_label}, single pass | {_pct(test.get('test_accuracy'))} | {_pct(test.get('test_macro_f1'))} |",
+        f"| {val_label}, single pass | {_pct(metrics.get('val_accuracy'))} | {_pct(metrics.get('val_macro_f1'))} |",
     ]
-    if tta != "none" and test.get("test_accuracy_tta") is not None:
-        lines.append(f"| test, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "
+    with_tta = tta != "none" and test.get("test_accuracy_tta") is not None
+    if with_tta and test.get("val_accuracy_tta") is not None:
+        lines.append(f"| {val_label}, test-time augmentation `{tta}` | {_pct(test['val_accuracy_tta'])} | – |")
+    lines.append(f"| {test_label}, single pass | {_pct(test.get('test_accuracy'))} | {_pct(test.get('test_macro_f1'))} |")
+    if with_tta:
+        lines.append(f"| {test_label}, test-time augmentation `{tta}` | {_pct(test.get('test_accuracy_tta'))} | "
                      f"{_pct(test.get('test_macro_f1_tta'))} |")
+    if test.get("test_n_seen") and test.get("test_accuracy_unseen") is not None:
+        unseen = _pct(test["test_accuracy_tta_unseen"] if with_tta and test.get("test_accuracy_tta_unseen") is not None
+                      else test["test_accuracy_unseen"])
+        lines += ["", f"{int(test['test_n_seen'])} {test_label} images are exact copies of training images, which the "
+                      "model scores far better (it trained on them); on the other test images it reaches "
+                      f"{unseen}{f' with `{tta}`' if with_tta else ''}: what a new face can expect."]
     if test.get("test_ece") is not None:
         mode = f"with `{tta}` (what `ferops predict` and a REST request with `tta: auto` get)" if tta != "none" else ""
         single = test.get("test_ece_single")

@@ -14,7 +14,7 @@ from ferops.data.io import FerData
 from ferops.errors import DataError
 from ferops.evaluation import (SUMMARY_KEYS, best_tta, comparison_markdown, confusion_rows, declared_models,
                                discover_models, evaluate_all, metrics_summary, select_best, write_confusion,
-                               write_submission)
+                               score, seen_in, write_submission)
 
 
 def _data(n: int, seed: int) -> FerData:
@@ -122,6 +122,25 @@ def test_metrics_summary_and_comparison_table():
     assert "this data has no unlabeled rows, so the file is empty" in md
     kaggle = comparison_markdown(results, "flip", {"synthetic": False, "format": "kaggle", "unlabeled": 7178})
     assert "its predictions of the 7178 unlabeled rows are in the submission file" in kaggle
+
+
+def test_test_images_copied_from_train_are_counted_and_scored_apart():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (50, 48, 48), dtype=np.uint8)
+    test = rng.integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    test[[1, 4]] = train[[7, 30]]
+    seen = seen_in(test, train)
+    assert seen.tolist() == [False, True, False, False, True, False]
+    y = np.array([0, 1, 2, 3, 4, 5])
+    probs = np.eye(7)[[0, 1, 6, 6, 4, 5]]  # right on both copies, wrong on 2 of the 4 others
+    tta = np.eye(7)[[0, 1, 2, 6, 4, 5]]
+    m = score(y, probs, tta, seen)
+    assert m["test_accuracy"] == pytest.approx(4 / 6) and m["test_accuracy_unseen"] == pytest.approx(2 / 4)
+    assert m["test_accuracy_tta_unseen"] == pytest.approx(3 / 4) and m["test_n_seen"] == 2
+    assert "test_n_seen" not in score(y, probs, tta)  # no train images given: nothing claimed
+    md = comparison_markdown([_result("cnn", 0.5, 0.6, kind="deep", arch="cnn", **m)], "flip")
+    assert "2 test images are exact copies of a train image" in md and "| 50.00 (75.00) |" in md
+    assert "exact copies" not in comparison_markdown([_result("cnn", 0.5, 0.6)], "flip")
 
 
 def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):
@@ -309,10 +328,14 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path, monkeypatc
 
     # auto: the mode is chosen per model on val, never on test
     val = data.subset(np.arange(100, 120))
-    auto, _ = evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)), val,
-                           tmp_path / "eval", tta="auto", track=False, val=val)
+    test = data.subset(np.arange(100))
+    auto, _ = evaluate_all(discover_models(tmp_path / "models"), test, val, tmp_path / "eval", tta="auto",
+                           track=False, val=val, train_pixels=test.pixels[:30])  # 30 test images also in train
     by_mode = {m: auto[0][f"val_accuracy_tta_{m}"] for m in ("none", "flip", "tencrop", "shift")}
     assert auto[0]["tta_mode"] == best_tta(by_mode)
+    assert auto[0]["val_accuracy_tta"] == by_mode[auto[0]["tta_mode"]]  # val with the mode served
+    assert auto[0]["test_n_seen"] == 30 and 0 <= auto[0]["test_accuracy_unseen"] <= 1
+    assert "test_accuracy_tta_unseen" in auto[0]
     served = "single pass" if auto[0]["tta_mode"] == "none" else f"TTA {auto[0]['tta_mode']}"
     assert titles["confusion_matrix_plot"].endswith("(single pass)")  # test_accuracy's, not the TTA one
     assert f"on val, {served} (" in titles["mistakes_grid"] and f"%, {served}" in titles["reliability_diagram"]
