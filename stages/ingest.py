@@ -46,6 +46,8 @@ def main() -> None:
         raise DataError(f"ingest.raw_dir: {args.raw_dir} not found — fix the path (params.yaml `ingest.raw_dir`, or "
                         "`-P raw_dir=` of `mlflow run`); an empty folder there means the synthetic demo set.")
     is_path = source not in ("auto", "synthetic")
+    if is_path and not Path(source).exists() and (args.raw_dir / source).exists():
+        source = str(args.raw_dir / source)  # `source: fer2013.csv`, a name inside raw_dir, as params.yaml says
     if is_path and not Path(source).exists():
         raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")
     if is_path and not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(args.raw_dir)):
