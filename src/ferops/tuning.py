@@ -150,12 +150,16 @@ def applied_at_end(cfg: dict[str, Any], space: dict[str, Any], end: int) -> dict
 
 def check_space_applies(space: dict[str, Any], cfg: dict[str, Any], where: str) -> None:
     """ConfigError `<where>.<param>: …` for a (checked) space entry that apply_params cannot set on the model config
-    `cfg` — a name no config key takes (`learning_rate:`), `depth` of an arch without one —, tried with its low end or
-    first choice. Before TensorFlow and the data load: in the first trial it came late, and with parallel workers as
+    `cfg` — a name no config key takes (`learning_rate:`), `depth` of an arch without one —, or that sets a value
+    training refuses (`batch_size: {choices: [64, big]}`), tried at both ends and with every choice. Before TensorFlow
+    and the data load: in a trial it came late (the trial that drew it, maybe hours in), and with parallel workers as
     one traceback per worker."""
+    from ferops.training import check_config
+
     for name, spec in space.items():
         try:
-            applied_at_end(cfg, {name: spec}, 0)
+            for end in range(len(spec["choices"])) if "choices" in spec else (0, -1):
+                check_config(applied_at_end(cfg, {name: spec}, end))
         except ConfigError as exc:
             text = str(exc)
             for head in (f"tune space `{name}`: ", f"{name}: "):
@@ -248,7 +252,7 @@ def section_problem(value: Any, where: str, keys: str) -> ConfigError | None:
 
 
 def make_pruner(cfg: dict[str, Any] | None, epochs: int) -> "optuna.pruners.BasePruner":
-    """MedianPruner from `tune.pruner` ({n_startup_trials, n_warmup_steps}); defaults 2 and epochs // 3."""
+    """MedianPruner from `tune.pruner` ({n_startup_trials, n_warmup_steps}); defaults 2 and max(1, epochs // 3)."""
     import optuna
 
     problem = section_problem(cfg or None, "tune.pruner", "n_startup_trials, n_warmup_steps; the pruner is always "

@@ -155,6 +155,9 @@ def test_tune_warns_about_keys_of_a_family_its_space_or_the_pruner_that_nothing_
     ("cnn", "learning_rate", {"low": 3.0e-4, "high": 3.0e-3, "log": True},
      "params.yaml tune.families.cnn.space.learning_rate: not a training config key; use one of lr, "),
     ("resnet", "depth", {"low": 0, "high": 2}, "params.yaml tune.families.resnet.space.depth: depth=0: must be at least 1."),
+    # values training refuses, at the high end or in a later choice: only the trial drawing them failed, maybe hours in
+    ("resnet", "batch_size", {"choices": [64, "big"]}, "params.yaml tune.families.resnet.space.batch_size: batch_size="),
+    ("cnn", "dropout", {"low": 0.1, "high": 1.5}, "params.yaml tune.families.cnn.space.dropout: dropout="),
 ])
 def test_a_space_entry_the_model_config_cannot_take_fails_before_the_data_loads(tmp_path, family, name, spec, words):
     """It failed inside the first trial, after TensorFlow and the data load (with parallel workers: a traceback each)."""
