@@ -20,7 +20,7 @@ IMAGES_SAMPLE = REPO.parent / "shared" / "data" / "fer2013_images_sample"
 def real_csv() -> Path:
     """The real FER2013 CSV, or skip with the reason."""
     if not REAL_CSV.exists():
-        pytest.skip(f"real data not found at {REAL_CSV} (see ../shared/data/README.md)")
+        pytest.skip(f"real data not found at {REAL_CSV} (put FER2013's fer2013.csv.gz there to run this test)")
     return REAL_CSV
 
 

@@ -17,7 +17,7 @@ REAL_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fer
 def real_data() -> FerData:
     """All 35,887 real rows (≈5 s to parse), or skip with the reason when the CSV is absent."""
     if not REAL_CSV.exists():
-        pytest.skip(f"real data not found at {REAL_CSV} (see ../shared/data/README.md)")
+        pytest.skip(f"real data not found at {REAL_CSV} (put FER2013's fer2013.csv.gz there to run this test)")
     import pandas as pd
 
     df = pd.read_csv(REAL_CSV)
