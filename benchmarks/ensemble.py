@@ -36,7 +36,7 @@ def as_model(dirs: list[str], out: Path, data: str) -> dict:
     model.save(out / "model" / "model.keras")
     parts = read_splits(data)
     scored = score_deep(argparse.Namespace(tta=None), load_params(ROOT / "params.yaml"), load_keras(out / "model" / "model.keras"),
-                        parts["val"], parts["test"], out)
+                        parts["val"], parts["test"], out, parts["train"])
     (out / "result.json").write_text(json.dumps({"members": dirs, **scored}, indent=2) + "\n")
     return scored
 

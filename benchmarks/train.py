@@ -90,16 +90,17 @@ def train_deep(args, params: dict, cfg: dict, train, val, test, ingest: dict, ou
         model = load_keras(out / "model" / "model.keras")
         result.update({k: m[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "best_epoch", "train_wall_s",
                                          "images_per_s", "n_params", "n_members", *AVERAGE_METRICS) if k in m})
-    result.update(score_deep(args, params, model, val, test, out))
+    result.update(score_deep(args, params, model, val, test, out, train))
     result["config"] = cfg
     return result
 
 
-def score_deep(args, params: dict, model, val, test, out: Path) -> dict:
-    """Every TTA mode on val, the mode chosen there, then test scored plain and with that mode; saves probas.npz."""
+def score_deep(args, params: dict, model, val, test, out: Path, train) -> dict:
+    """Every TTA mode on val, the mode chosen there, then test scored plain and with that mode, on all test images
+    and on those that are no copy of a train image (`*_unseen`, as evaluate); saves probas.npz."""
     import numpy as np
 
-    from ferops.evaluation import accuracy_by_tta, best_tta, tta_probas
+    from ferops.evaluation import accuracy_by_tta, best_tta, score, seen_in, tta_probas
     from ferops.metrics import classification_metrics
     from ferops.training import view_probas
 
@@ -119,10 +120,12 @@ def score_deep(args, params: dict, model, val, test, out: Path) -> dict:
                         test=np.stack(test_views).astype(np.float32), y_val=y_val, y_test=y_test)
     result.update({"test_accuracy": plain["test_accuracy"], "test_macro_f1": plain["test_macro_f1"],
                    "test_accuracy_tta": with_tta["accuracy"], "test_macro_f1_tta": with_tta["macro_f1"], "tta": tta})
+    unseen = score(y_test, test_views[0], tta_probas(test_views, tta), seen_in(test.pixels, train.pixels))
+    result.update({k: v for k, v in unseen.items() if k.endswith("_unseen") or k == "test_n_seen"})
     return result
 
 
-def rescore(args, params: dict, val, test, out: Path) -> dict:
+def rescore(args, params: dict, train, val, test, out: Path) -> dict:
     """Score an already trained run again (e.g. after a TTA mode was added): model and training figures are kept,
     the TTA mode is re-chosen on val, test is scored plain and with it; the previous figures stay under `previous`."""
     from ferops.inference import load_keras
@@ -131,7 +134,7 @@ def rescore(args, params: dict, val, test, out: Path) -> dict:
     if not (out / "model" / "model.keras").exists() or not path.exists():
         sys.exit(f"error: {out} holds no trained run (model/model.keras + result.json); train it first.")
     result = json.loads(path.read_text())
-    scored = score_deep(args, params, load_keras(out / "model" / "model.keras"), val, test, out)
+    scored = score_deep(args, params, load_keras(out / "model" / "model.keras"), val, test, out, train)
     result["previous"] = {k: result.get(k) for k in scored}
     result.update(scored, rescore_command="python " + " ".join(sys.argv))
     return result
@@ -188,7 +191,7 @@ def main() -> None:
     result: dict = {"model": args.model, "hardware": hardware(), "data": Path(args.data).name,
                     "command": "python " + " ".join(sys.argv), "seed": params["seed"]}
     if args.rescore:  # any earlier deep run in --out/<model>, also one trained with its own --params
-        result = rescore(args, params, val, test, out)
+        result = rescore(args, params, train, val, test, out)
     elif args.model in deep:
         result.update(train_deep(args, params, deep_cfg, train, val, test, ingest, out))
     else:
