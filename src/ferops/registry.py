@@ -38,9 +38,10 @@ class RegistryError(FerError):
 
 
 def find_candidates(models_dir: str | Path, family: str, scored: Collection[str] | None = None) -> list[Any]:
-    """Trained deep models under models_dir/* whose config.json `arch` is `family`, best validation accuracy first;
-    with `scored` (the keys of evaluate's metrics.json), only those evaluate scored: a removed or renamed model's
-    folder, which DVC leaves in place, is not registered."""
+    """Trained deep models under models_dir/* whose config.json `arch` is `family`, best validation accuracy first
+    (as served, `evaluation.served_val`, where `scored` is evaluate's metrics.json with `val_accuracy_tta`); with
+    `scored` (its keys), only those evaluate scored: a removed or renamed model's folder, which DVC leaves in place,
+    is not registered."""
     from ferops.evaluation import ModelEntry, by_validation
     from ferops.data.io import read_json
 
@@ -63,20 +64,23 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
     if not found:
         raise DataError(f"{root}: no trained model with arch `{family}` (register.family) — train one first, e.g. "
                         f"`dvc repro train_deep@{family}`, or set register.family to a trained architecture.")
+    rows = scored if isinstance(scored, Mapping) else {}
     order = {r["model"]: i for i, r in enumerate(by_validation(
-        [{"model": e.name, "val_accuracy": float(e.metrics["val_accuracy"]),
-          "val_macro_f1": e.metrics.get("val_macro_f1")} for e in found]))}
+        [{"model": e.name, "val_accuracy": float(e.metrics["val_accuracy"]), "val_macro_f1": e.metrics.get("val_macro_f1"),
+          "val_accuracy_tta": _test_metrics(rows, e.name).get("val_accuracy_tta")} for e in found]))}
     return sorted(found, key=lambda e: order[e.name])
 
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
                       champion: dict[str, Any] | None, new_run_id: str | None = None,
                       reused: bool = False, experiment: str | None = None,
-                      compared_before: bool = False) -> tuple[bool, str]:
+                      compared_before: bool = False, new_served: float | None = None) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
-    `val_digest` on versions registered since it was recorded).
+    `val_digest` and `val_accuracy_served` on versions registered since they were recorded). The val accuracies
+    compared are those as served (`new_served`, with the TTA mode evaluate chose on val) when both versions have
+    one, else the single pass's.
     `reused`: the version was registered by an earlier run of the stage, so it was compared then; if the alias is
     elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
     stage (code update, `dvc exp apply`) must not take it back. `compared_before`: another version of the same
@@ -106,8 +110,12 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         return False, (f"run {new_run_id} (v{new_version}) was registered and compared before; @champion is v{cv} since"
                        f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
                        f"`ferops promote --version {new_version}` does, deliberately")
+    served = new_served is not None and champion.get("val_accuracy_served") is not None
+    what = "val accuracy as served (TTA chosen on val)" if served else "val_accuracy"
+    if served:
+        new_val = float(new_served)  # type: ignore[arg-type]
     try:
-        champ_val = float(champion.get("val_accuracy"))  # type: ignore[arg-type]
+        champ_val = float(champion.get("val_accuracy_served" if served else "val_accuracy"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False, (f"champion v{cv} has no val_accuracy tag to compare with; compare by hand and run "
                        f"`ferops promote --version {new_version}` if it should win")
@@ -121,11 +129,17 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                                    f"{new_data['val_digest'][:12]}: the split params changed)", new_version)
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         if experiment:
-            return False, (f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}, but in DVC experiment "
+            return False, (f"{what} {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}, but in DVC experiment "
                            f"{experiment!r}: an experiment does not move @champion (it is a trial); `ferops promote "
                            f"--version {new_version}` does, deliberately")
-        return True, f"val_accuracy {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
-    return False, f"val_accuracy {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
+        return True, f"{what} {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
+    return False, f"{what} {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
+
+
+def _served_tag(version: Any, fallback: float | None) -> float | None:
+    """The version's `val_accuracy_served` tag (what it was registered with), else `fallback` (today's figure)."""
+    tag = (getattr(version, "tags", None) or {}).get("val_accuracy_served")
+    return float(tag) if tag is not None else fallback
 
 
 def _not_comparable(champion_version: str, validated_on: str, new_version: str) -> tuple[bool, str]:
@@ -194,7 +208,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _test_metrics(metrics: dict[str, Any], model: str) -> dict[str, Any]:
+def _test_metrics(metrics: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The evaluate stage's numbers for one deep model (keys `name` or `deep/name`)."""
     return metrics.get(model) or metrics.get(f"deep/{model}") or {}
 
@@ -234,6 +248,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                         f"`dvc repro -f -s train_deep@{best.name}` (-s: that stage alone, not everything before it).") from None
     val = float(best.metrics["val_accuracy"])
     test = _test_metrics(eval_metrics, best.name)
+    served_val = test.get("val_accuracy_tta")  # with the TTA mode served (evaluate's choice on val)
     data = _trained_on(run, dataset_tags(ingest_report), split_dir)
 
     from ferops.inference import log_pyfunc_model, recorded_tta
@@ -281,6 +296,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
+            **({"val_accuracy_served": f"{float(served_val):.6f}"} if served_val is not None else {}),
             "test_accuracy": str(test.get("test_accuracy", "unknown")),
             "test_accuracy_tta": str(test.get("test_accuracy_tta", "unknown")), **served, "code_sha256": code,
             **data, "git_commit": run.data.tags.get("git_commit") or git_commit(),
@@ -297,7 +313,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     current = alias_version(client, name, champion_alias)
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
     promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused,
-                                        experiment=experiment, compared_before=compared_before)
+                                        experiment=experiment, compared_before=compared_before,
+                                        new_served=_served_tag(mv, served_val))
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": REGISTER_STAGE, "promotion_reason": reason, "promoted_at": _now(),

@@ -448,6 +448,13 @@ def test_champion_decision_rules():
     assert not ok and "was registered and compared before" in why
     # ...but the champion's own run, registered again with newer code, carries the alias along
     assert champion_decision("6", 0.6, data, moved, new_run_id="r1", compared_before=True)[0]
+    # val accuracy as served (with the TTA mode chosen on val) decides when both versions record it...
+    both = {**champ, "val_accuracy_served": "0.7"}
+    ok, why = champion_decision("5", 0.55, data, both, new_served=0.71)
+    assert ok and why == "val accuracy as served (TTA chosen on val) 0.7100 beats champion v4's 0.7000"
+    assert not champion_decision("5", 0.9, data, both, new_served=0.69)[0]
+    # ...else the single pass's (a champion registered before the tag)
+    assert not champion_decision("5", 0.55, data, champ, new_served=0.99)[0]
     # another val split (digests differ) is not comparable; a champion from before digests were tagged still is
     ok, why = champion_decision("5", 0.9, {**data, "val_digest": "v2"}, {**champ, "val_digest": "v1"})
     assert not ok and "another val split" in why

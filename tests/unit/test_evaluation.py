@@ -12,7 +12,7 @@ import pytest
 from ferops.constants import EMOTIONS
 from ferops.data.io import FerData
 from ferops.errors import DataError
-from ferops.evaluation import (SUMMARY_KEYS, best_tta, comparison_markdown, confusion_rows, declared_models,
+from ferops.evaluation import (SUMMARY_KEYS, best_tta, by_validation, comparison_markdown, confusion_rows, declared_models,
                                discover_models, evaluate_all, metrics_summary, select_best, write_confusion,
                                score, seen_in, write_submission)
 
@@ -78,6 +78,9 @@ def test_a_model_params_yaml_no_longer_lists_is_not_scored_nor_registered(tmp_pa
     assert "resnet_old: not in params.yaml train_deep.models — skipped" in caplog.text
     assert [e.name for e in find_candidates(root / "deep", "resnet")] == ["resnet_old", "resnet"]  # without the list
     assert [e.name for e in find_candidates(root / "deep", "resnet", scored={"resnet": {}})] == ["resnet"]
+    # with evaluate's figures, the candidates are ranked by val accuracy as served (their TTA mode's)
+    scored = {"resnet": {"val_accuracy_tta": 0.95}, "resnet_old": {"val_accuracy_tta": 0.91}}
+    assert [e.name for e in find_candidates(root / "deep", "resnet", scored=scored)] == ["resnet", "resnet_old"]
 
 
 def test_discover_models_errors_name_the_file(tmp_path):
@@ -97,6 +100,12 @@ def test_selection_uses_validation_never_test():
     # ties on val accuracy are broken by val macro-F1, still never by test
     tie = [_result("a", 0.6, 0.9, val_macro_f1=0.40), _result("b", 0.6, 0.1, val_macro_f1=0.50)]
     assert select_best(tie)["model"] == "b"
+    # a deep model is ranked by its val accuracy as served, with the TTA mode evaluate chose on val: it predicts the
+    # submission with it, and `ferops predict` answers with it
+    served = [_result("single_best", 0.66, 0.5, kind="deep", val_accuracy_tta=0.68),
+              _result("served_best", 0.65, 0.5, kind="deep", val_accuracy_tta=0.70), _result("knn", 0.69, 0.9)]
+    assert [r["model"] for r in by_validation(served)] == ["served_best", "knn", "single_best"]
+    assert "| 65.00 (70.00) |" in comparison_markdown(served, "auto")
 
 
 def test_metrics_summary_and_comparison_table():
