@@ -121,7 +121,8 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
          "faces; put FER2013 in `data/raw/` and run `make run`." if synthetic else
          f"FER2013 (`{ingest.get('source', '?')}`, sha256 `{str(ingest.get('sha256', '?'))[:12]}`): {split_text}."),
         "",
-        "Chosen by validation accuracy among the trained candidates of its architecture ("
+        "Chosen by validation accuracy as served (with its test-time augmentation mode) among the trained "
+        "candidates of its architecture ("
         + ("early stopping and the test-time augmentation mode were chosen on validation too" if tta_chosen else
            f"early stopping chose its epoch on validation too; the test-time augmentation mode, `{tta}`, was set in "
            "params.yaml `evaluate.tta`")
