@@ -436,13 +436,16 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
 
     from ferops.tracking import reopen_run
 
     client, run_id = MlflowClient(), reopen_run(entry.path)
     try:
         run = client.get_run(run_id)
-    except Exception:  # the tracking store was reset since training: keep the files, warn
+    except MlflowException as exc:  # the tracking store was reset since training: keep the files, warn
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a busy or unreachable store: the run's tags would go stale
+            raise
         log.warning("%s: MLflow run %s not in the store — test metrics only in reports/", entry.path, run_id)
         return False
     if run.info.lifecycle_stage == "deleted":  # deleted in the UI: evaluate must not stop there

@@ -491,3 +491,18 @@ def test_log_to_run_of_a_deleted_training_run_warns_instead_of_failing(tmp_path,
         assert log_to_run(ModelEntry("nb", "baseline", tmp_path / "nb"), {"test_accuracy": 0.5}, [], "flip") is False
     assert f"MLflow run {run.info.run_id} was deleted" in caplog.text
     assert mlflow.get_run(run.info.run_id).info.lifecycle_stage == "deleted"  # left as the user left it
+    # a run the store does not hold (it was reset) warns too...
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "mlflow_run_id.txt").write_text("0123456789abcdef0123456789abcdef")
+    with caplog.at_level("WARNING", logger="ferops"):
+        assert log_to_run(ModelEntry("gone", "baseline", tmp_path / "gone"), {"test_accuracy": 0.5}, [], "flip") is False
+    assert "not in the store" in caplog.text
+    # ...but a store that fails to answer stops evaluate: register would read the run's stale TTA tags
+    from mlflow.exceptions import MlflowException
+
+    def busy(self, run_id):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", busy)
+    with pytest.raises(MlflowException, match="database is locked"):
+        log_to_run(ModelEntry("nb", "baseline", tmp_path / "nb"), {"test_accuracy": 0.5}, [], "flip")
