@@ -46,7 +46,8 @@ MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downs
 DETECT_MAX_SIDE = {"opencv-haar": 400, "skimage-lbp": 256}
 ANNOTATED_MAX_SIDE = 1920  # annotated copies of huge photos are downscaled to this (for viewing)
 ANNOTATED_MIN_SIDE = 256   # and small images (face crops) enlarged to this
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # and .gif where OpenCV reads it
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff")  # and .gif where OpenCV reads it
+COLOUR_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".pgm")  # an annotated copy of a grey-only format is a PNG
 OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV may not read: named when a folder walk skips them
 # `ferops predict --faces`: detect faces, take the whole image as one face, or auto = whole for a small near-square
 # image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
@@ -125,9 +126,15 @@ DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx (11,585 px square): a phone's 50-Mpx pho
 
 
 def max_image_pixels() -> int:
-    """The most pixels an image may declare before it is decoded (FEROPS_MAX_IMAGE_PIXELS, else 2^27)."""
-    value = os.environ.get(MAX_PIXELS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+    """The most pixels an image may declare before it is decoded (FEROPS_MAX_IMAGE_PIXELS, else 2^27); ConfigError
+    for a value that is no whole number above 0 (it was ignored unsaid)."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    if not value.isdigit() or int(value) == 0:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={value!r}: give the most pixels an image may have as a whole number "
+                          f"above 0 (default {DEFAULT_MAX_PIXELS}), or unset it.")
+    return int(value)
 
 
 def declared_pixels(buf: np.ndarray | bytes) -> int | None:
@@ -226,6 +233,9 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
     use_image = ~use_pixels & present("image")
     missing = np.flatnonzero(~(use_pixels | use_image))
     errors = [f"row {i}: neither `pixels` nor `image` is given" for i in missing]
+    # both: which one the caller meant is unknown (an invalid `image` was ignored unsaid)
+    errors += [f"row {i}: both `pixels` and `image` are given; send one" for i in np.flatnonzero(use_pixels & present("image"))]
+    use_pixels = use_pixels & ~present("image")
     faces = np.zeros((n, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
     if use_pixels.any():
         idx = np.flatnonzero(use_pixels)
@@ -1031,7 +1041,7 @@ def _annotate(img: np.ndarray, faces: list[dict[str, Any]], width: int | None = 
 
 def _annotated_path(out_dir: Path, src: Path, used: set[Path]) -> Path:
     """out_dir/<stem>_pred<suffix>, numbered when two inputs share a name."""
-    suffix = src.suffix.lower() if src.suffix.lower() in IMAGE_SUFFIXES else ".png"
+    suffix = src.suffix.lower() if src.suffix.lower() in COLOUR_SUFFIXES else ".png"
     p, k = out_dir / f"{src.stem}_pred{suffix}", 1
     while p in used:
         k += 1

@@ -17,7 +17,7 @@ import pytest
 
 from ferops import inference as inf
 from ferops.constants import EMOTIONS, IMG_SIZE, N_PIXELS
-from ferops.errors import FerError
+from ferops.errors import ConfigError, FerError
 
 REPO = Path(__file__).resolve().parents[2]
 SKIN = np.array((150, 175, 225), np.float32)  # BGR
@@ -295,6 +295,10 @@ def test_pyfunc_bad_rows_give_clear_errors(registered):
         inf.frame_to_faces(pd.DataFrame({"text": ["a"]}))
     with pytest.raises(ValueError, match=r"no `pixels` or `image` column \(other columns are ignored\); it needs"):
         inf.frame_to_faces(pd.DataFrame(index=[0]))  # what REST hands over after MLflow drops unknown columns
+    # a row with both: `pixels` won and an invalid `image` went unsaid; which one was meant is unknown
+    pixels = " ".join(["90"] * 2304)
+    with pytest.raises(ValueError, match=r"^1 bad input row\(s\): row 1: both `pixels` and `image` are given; send one"):
+        model.predict(pd.DataFrame({"pixels": [pixels, pixels, None], "image": [None, "%%%", b64(np.zeros((9, 9), np.uint8), ".png")]}))
 
 
 def test_detect_faces_on_drawn_face_and_blank():
@@ -498,6 +502,25 @@ def test_folder_walk_reads_gifs_and_skips_the_annotated_copies_it_writes(tmp_pat
     assert [p.name for p in found] == ["a.jpg", "b.gif"] if opencv_reads_gif() else ["a.jpg"]
     assert [p.name for p in inf.list_photos([tmp_path])] == ["a.jpg", *(["b.gif"] if opencv_reads_gif() else []),
                                                              "a_pred.jpg"]
+
+
+def test_a_pgm_is_read_as_ingest_reads_it_and_its_annotated_copy_is_a_png(tmp_path):
+    """Ingest reads .pgm (FER2013 exports use it); a folder walk skipped it without a word."""
+    cv2.imwrite(str(tmp_path / "face.pgm"), cv2.cvtColor(draw_face_photo(100, 100), cv2.COLOR_BGR2GRAY))
+    assert [p.name for p in inf.list_photos([tmp_path])] == ["face.pgm"]
+    uniform = lambda x: np.full((len(x), len(EMOTIONS)), 1 / len(EMOTIONS), np.float32)  # noqa: E731
+    res = inf.predict_photos([tmp_path], uniform, tmp_path / "out")
+    assert res[0]["error"] is None and Path(res[0]["annotated"]).name == "face_pred.png"  # coloured boxes: no PGM
+
+
+def test_a_bad_max_image_pixels_setting_is_an_error_not_ignored(monkeypatch):
+    png = cv2.imencode(".png", np.zeros((9, 9), np.uint8))[1].tobytes()
+    for value in ("1e9", "0", "-5", "lots"):
+        monkeypatch.setenv(inf.MAX_PIXELS_ENV, value)
+        with pytest.raises(ConfigError, match=f"^{inf.MAX_PIXELS_ENV}={value!r}: give the most pixels"):
+            inf.decode_image(png)
+    monkeypatch.setenv(inf.MAX_PIXELS_ENV, " 81 ")
+    assert inf.max_image_pixels() == 81 and inf.decode_image(png).shape == (9, 9)
 
 
 def test_folder_walk_skips_hidden_files_and_folders_as_ingest_does(tmp_path, caplog):
