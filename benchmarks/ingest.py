@@ -75,7 +75,7 @@ def main() -> int:
     if min(args.repeats, args.baseline_repeats) < 1:
         ap.error("--repeats and --baseline-repeats must be at least 1")
     if not args.data.exists():
-        print(f"skip: {args.data} not found (the real FER2013 CSV; see ../shared/data/README.md)")
+        print(f"skip: {args.data} not found (the real FER2013 CSV: put fer2013.csv.gz there, or pass --data)")
         return 0
     print(f"data: {args.data.resolve()} ({args.data.stat().st_size / 1e6:.1f} MB)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     if not Path(args.data).exists():
-        sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
+        sys.exit(f"skip: real data not found at {args.data} (put fer2013.csv.gz there, or pass --data)")
 
     sys.path.insert(0, str(Path(__file__).parent))
     from train import read_splits

@@ -156,7 +156,7 @@ def main() -> None:
                     help="deep models: train without MLflow and without writing the model directory")
     args = ap.parse_args()
     if not Path(args.data).exists():
-        sys.exit(f"skip: real data not found at {args.data} (see ../shared/data/README.md)")
+        sys.exit(f"skip: real data not found at {args.data} (put fer2013.csv.gz there, or pass --data)")
 
     from ferops.runner import cap_onednn_isa, start_tensorflow, tf_environment
 

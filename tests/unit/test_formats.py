@@ -650,7 +650,7 @@ def test_in_order_yields_in_order_with_a_bounded_window():
 @pytest.mark.realdata
 def test_real_fer2013_counts():
     if not REAL.exists():
-        pytest.skip(f"{REAL} not present (real FER2013; see ../shared/data/README.md)")
+        pytest.skip(f"{REAL} not present (real FER2013: put fer2013.csv.gz there to run this test)")
     assert detect_source(REAL.parent)[0] == "fer2013"
     data, rejected = read_any(REAL)
     assert len(data) == 35887 and rejected == []
