@@ -46,10 +46,11 @@ def main() -> None:
         raise DataError(f"ingest.raw_dir: {args.raw_dir} not found — fix the path (params.yaml `ingest.raw_dir`, or "
                         "`-P raw_dir=` of `mlflow run`); an empty folder there means the synthetic demo set.")
     is_path = source not in ("auto", "synthetic")
-    if is_path and not Path(source).exists() and (args.raw_dir / source).exists():
+    if is_path and not Path(source).is_absolute() and (args.raw_dir / source).exists():
         source = str(args.raw_dir / source)  # `source: fer2013.csv`, a name inside raw_dir, as params.yaml says
     if is_path and not Path(source).exists():
-        raise DataError(f"ingest.source: {source} not found — fix the path in params.yaml or set it to `auto`.")
+        raise DataError(f"ingest.source: {source} not found, neither inside {args.raw_dir}/ nor as a path — fix it in "
+                        "params.yaml or set it to `auto`.")
     if is_path and not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(args.raw_dir)):
         # dvc.yaml can only watch the raw folder (`auto`/`synthetic` are not paths): data read from elsewhere would
         # go stale unnoticed — a later edit of it would not re-run ingest, nor anything trained on it.

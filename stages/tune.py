@@ -40,7 +40,7 @@ def main() -> None:
     from ferops.data.split import stratified_subsample
     from ferops.errors import ConfigError
     from ferops.tracking import dataset_tags, init_tracking
-    from ferops.training import resolve_config
+    from ferops.training import check_config, resolve_config
 
     params = load_params(args.params)
     tune, deep = section(params, "tune"), section(params, "train_deep")
@@ -66,6 +66,12 @@ def main() -> None:
     b = tuning.budget(fam, mapping(params, "demo"), synthetic=bool(ingest.get("synthetic")),
                       where=f"tune.families.{args.family}")
     cfg = resolve_config(deep.get("common") or {}, model)
+    param_keys = [(f"train_deep.models.{args.family}", model), ("train_deep.common", deep.get("common")),
+             (f"tune.families.{args.family}", fam)]
+    try:  # the base config first, so that its own bad value is not blamed on a search-space entry
+        check_config(cfg)
+    except ConfigError as exc:
+        raise locate_param(exc, param_keys) from None
     tuning.check_space_applies(fam["space"], cfg, f"params.yaml tune.families.{args.family}.space")
     cap_onednn_isa(cfg)  # the trials train this model's config: same kernels cap as its train_deep stage
     start_tensorflow()  # after the cap; filters TF's C++ start-up chatter
@@ -85,8 +91,7 @@ def main() -> None:
                                  pruner=tuning.make_pruner(tune.get("pruner"), b["epochs"]),
                                  mlflow_tags=dataset_tags(ingest), figures_dir=args.figures, root=root)
     except ConfigError as exc:  # name the params.yaml key behind a bad value
-        raise locate_param(exc, [(f"train_deep.models.{args.family}", model), ("train_deep.common", deep.get("common")),
-                                 (f"tune.families.{args.family}", fam)]) from None
+        raise locate_param(exc, param_keys) from None
     spec = tuning.storage_spec(tune.get("storage"), root, workers)
     report = tuning.study_summary(study, args.family, b["n_trials"], spec)
     report.update(epochs=b["epochs"], train_rows=len(train), val_rows=len(val), workers=workers,

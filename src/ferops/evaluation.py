@@ -142,12 +142,13 @@ def score(y_true: np.ndarray, probs: np.ndarray, probs_tta: np.ndarray | None,
         tta = classification_metrics(y_true, probs_tta.argmax(1), prefix="t_")
         out["test_accuracy_tta"] = tta["t_accuracy"]
         out["test_macro_f1_tta"] = tta["t_macro_f1"]
-    if seen is not None and not seen.all():
-        new = ~seen
+    if seen is not None:
         out["test_n_seen"] = int(seen.sum())
-        out["test_accuracy_unseen"] = float((probs[new].argmax(1) == y_true[new]).mean())
-        if probs_tta is not None:
-            out["test_accuracy_tta_unseen"] = float((probs_tta[new].argmax(1) == y_true[new]).mean())
+        new = ~seen
+        if 0 < out["test_n_seen"] < len(seen):  # with none seen, they would repeat test_accuracy; with all, no rows
+            out["test_accuracy_unseen"] = float((probs[new].argmax(1) == y_true[new]).mean())
+            if probs_tta is not None:
+                out["test_accuracy_tta_unseen"] = float((probs_tta[new].argmax(1) == y_true[new]).mean())
     return out
 
 
@@ -155,6 +156,8 @@ def seen_in(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per image of `pixels`: whether an exactly equal image is in `reference` (e.g. test rows against train)."""
     from ferops.data.split import image_hashes
 
+    if len(pixels) == 0 or len(reference) == 0:
+        return np.zeros(len(pixels), dtype=bool)
     known = set(image_hashes(reference))
     return np.array([h in known for h in image_hashes(pixels)], dtype=bool)
 
@@ -277,8 +280,8 @@ def select_best(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def metrics_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """reports/metrics.json: per model the validation and headline test numbers (None where not applicable)."""
-    return {r["model"]: {k: (None if r.get(k) is None else round(float(r[k]), 6)) for k in SUMMARY_KEYS}
-            for r in results}
+    return {r["model"]: {k: (None if r.get(k) is None else r[k] if isinstance(r[k], int) else round(float(r[k]), 6))
+                         for k in SUMMARY_KEYS} for r in results}
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -335,6 +338,7 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     rows = by_validation(results)
     best = rows[0]["model"] if rows else None
     data = data or {}
+    unseen_col = any(r.get("test_accuracy_unseen") is not None for r in rows)
     lines = [
         "# Model comparison",
         "",
@@ -349,9 +353,10 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         + (" (per model, the mode with the best val accuracy; in brackets)" if tta == "auto" else "") + " (baselines: –).",
         "",
         *_unseen_sentence(rows),
-        "| # | model | kind | arch | val acc (TTA) | val macro-F1 | test acc | test acc TTA | test acc unseen (TTA) | "
-        "test macro-F1 | test weighted-F1 | test ECE | train wall (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| # | model | kind | arch | val acc (TTA) | val macro-F1 | test acc | test acc TTA | "
+        + ("test acc unseen (TTA) | " if unseen_col else "") + "test macro-F1 | test weighted-F1 | test ECE | "
+        "train wall (s) |",
+        "|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if unseen_col else "") + "---:|---:|---:|---:|",
     ]
     for i, r in enumerate(rows, 1):
         name = f"**{r['model']}** ★" if r["model"] == best else r["model"]
@@ -360,7 +365,8 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
         val_tta = f" ({_fmt(r['val_accuracy_tta'])})" if r.get("val_accuracy_tta") is not None else ""
         lines.append(f"| {i} | {name} | {r['kind']} | {r['arch']} | {_fmt(r['val_accuracy'])}{val_tta} | "
                      f"{_fmt(r.get('val_macro_f1'))} | {_fmt(r.get('test_accuracy'))} | "
-                     f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {unseen} | {_fmt(r.get('test_macro_f1'))} | "
+                     f"{_fmt(r.get('test_accuracy_tta'))}{_mode(r, tta)} | {f'{unseen} | ' if unseen_col else ''}"
+                     f"{_fmt(r.get('test_macro_f1'))} | "
                      f"{_fmt(r.get('test_weighted_f1'))} | {_fmt(r.get('test_ece'))}{_raw_ece(r)} | "
                      f"{_fmt(r.get('train_wall_s'), pct=False)} |")
     unlabeled = int(data.get("unlabeled") or 0)  # ingest's count: the rows the submission file predicts
@@ -381,10 +387,15 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
 
 
 def _unseen_sentence(rows: list[dict[str, Any]]) -> list[str]:
-    """Why the `unseen` column exists, with the count of test images that are copies of train images ([] if none)."""
-    n = next((int(r["test_n_seen"]) for r in rows if r.get("test_n_seen")), 0)
-    if not n:
+    """How many test images are copies of train images, and so why the `unseen` column exists ([] if not known)."""
+    n = next((int(r["test_n_seen"]) for r in rows if r.get("test_n_seen") is not None), None)
+    if n is None:
         return []
+    if n == 0:
+        return ["No test image is an exact copy of a train image.", ""]
+    if not any(r.get("test_accuracy_unseen") is not None for r in rows):
+        return [f"Every test image ({n}) is an exact copy of a train image: the test figures say nothing about new "
+                "faces (`split.duplicates: drop` leaves such copies out of val and test).", ""]
     return [f"{n} test images are exact copies of a train image (kept by `split.duplicates: report`, as the published "
             "FER2013 figures keep them; `drop` removes them). Models score far higher on those, which they trained "
             "on, so `test acc unseen` is the accuracy on the other test images: what a new face can expect.", ""]

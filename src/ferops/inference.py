@@ -131,7 +131,7 @@ def max_image_pixels() -> int:
     value = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not value:
         return DEFAULT_MAX_PIXELS
-    if not value.isdigit() or int(value) == 0:
+    if not value.isascii() or not value.isdigit() or int(value) == 0:  # "²".isdigit(), but int("²") fails
         raise ConfigError(f"{MAX_PIXELS_ENV}={value!r}: give the most pixels an image may have as a whole number "
                           f"above 0 (default {DEFAULT_MAX_PIXELS}), or unset it.")
     return int(value)
@@ -228,7 +228,11 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
         raise InputError(f"{got}; it needs a `pixels` column (FER2013: {N_PIXELS} space-separated grey levels) or "
                          f"an `image` column (base64-encoded image bytes).")
     n = len(df)
-    present = lambda col: df[col].notna().to_numpy() if col in df.columns else np.zeros(n, bool)  # noqa: E731
+    def present(col: str) -> np.ndarray:  # an empty string is no value either (a client's blank field)
+        if col not in df.columns:
+            return np.zeros(n, bool)
+        return (df[col].notna() & (df[col].astype(str).str.strip() != "")).to_numpy()
+
     use_pixels = present("pixels")
     use_image = ~use_pixels & present("image")
     missing = np.flatnonzero(~(use_pixels | use_image))
@@ -350,6 +354,7 @@ def _pyfunc_class() -> type:
         def load_context(self, context: Any) -> None:
             """Load the Keras model from the `keras_model` artifact, the TTA mode recorded with it and the name it
             answers as (served_model)."""
+            max_image_pixels()  # a bad FEROPS_MAX_IMAGE_PIXELS stops the server at start, not each request as a 400
             self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
             self.tta = recorded_tta(context.model_config)
             self.temperatures = recorded_temperatures(context.model_config)
@@ -1213,6 +1218,7 @@ def cli_predict(args: Any) -> None:
         check_output(out_dir, "--out-dir", folder=True)
     if csv_path:
         check_output(csv_path, "--csv")
+    max_image_pixels()  # a bad FEROPS_MAX_IMAGE_PIXELS: one line before the model loads, not at the first photo
     clf = load_classifier(args.model, getattr(args, "params", None))
     tta = clf.resolve(asked)
     why = " (auto: the mode recorded when the model was registered; none for a .keras file)" if asked == "auto" else ""

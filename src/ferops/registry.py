@@ -74,7 +74,8 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
                       champion: dict[str, Any] | None, new_run_id: str | None = None,
                       reused: bool = False, experiment: str | None = None,
-                      compared_before: bool = False, new_served: float | None = None) -> tuple[bool, str]:
+                      compared_before: bool = False, new_served: float | None = None,
+                      new_tta: str | None = None) -> tuple[bool, str]:
     """Whether the new version takes the champion alias, and why (pure: compares tags only).
 
     `champion` holds the current champion's `version` and its tags (`val_accuracy`, `data_sha256`, `dataset`, and
@@ -85,7 +86,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     elsewhere now, a person moved it (`ferops promote`, a rollback) or a better model took it, and a re-run of the
     stage (code update, `dvc exp apply`) must not take it back. `compared_before`: another version of the same
     training run was (one with older serving code, say): a new version of it must not take the alias back either,
-    unless the alias is on that run's own model (which follows its newest serving code and TTA mode).
+    unless the alias is on that run's own model: it follows its newest serving code and calibration, and the TTA
+    mode evaluate chose (`new_tta`) unless a person chose the champion's mode.
     `experiment`: the DVC experiment this run of the stage belongs to (`dvc exp run`, `make exp`): an experiment is a
     trial, which params.yaml need not describe afterwards (`make exp` puts it back), so its model stays @challenger,
     a better one or the champion's own run registered again with an experiment's TTA mode alike.
@@ -95,9 +97,12 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     cv = str(champion["version"])
     if cv == str(new_version):
         return True, f"version {cv} is already the champion"
-    # Another version of the champion's own run (a new TTA mode) follows it — unless a person put the alias where it
-    # is: then a re-run that reuses an older version must not undo that (a rollback to the other mode, say).
-    own = not reused or champion.get("promoted_by") == REGISTER_STAGE
+    # Another version of the champion's own run (a new TTA mode, newer serving code) follows it — unless a person put
+    # the alias where it is: then neither a re-run that reuses an older version nor a new version in another TTA mode
+    # may undo that (a rollback to the other mode, say); new code for the mode the person chose still follows.
+    by_stage = champion.get("promoted_by") == REGISTER_STAGE
+    same_mode = new_tta is None or champion.get("tta_mode") in (None, new_tta)
+    own = by_stage or (not reused and same_mode)
     if new_run_id and champion.get("run_id") == new_run_id and own:
         if experiment:  # `dvc exp run -S evaluate.tta=flip`: the champion would serve flip after params.yaml is back
             return False, (f"the champion's model (run {new_run_id}) registered again in DVC experiment "
@@ -107,15 +112,17 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                       f"evaluate chose on val: TTA mode and calibration (was v{cv})")
     if reused or compared_before:
         by = champion.get("promoted_by")
-        return False, (f"run {new_run_id} (v{new_version}) was registered and compared before; @champion is v{cv} since"
+        return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before; @champion "
+                       f"is v{cv} since"
                        f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
                        f"`ferops promote --version {new_version}` does, deliberately")
-    served = new_served is not None and champion.get("val_accuracy_served") is not None
-    what = "val accuracy as served (TTA chosen on val)" if served else "val_accuracy"
+    champ_served = _number(champion.get("val_accuracy_served"))
+    served = new_served is not None and champ_served is not None
+    what = "val accuracy as served (with its TTA mode)" if served else "val_accuracy"
     if served:
         new_val = float(new_served)  # type: ignore[arg-type]
     try:
-        champ_val = float(champion.get("val_accuracy_served" if served else "val_accuracy"))  # type: ignore[arg-type]
+        champ_val = float(champ_served if served else champion.get("val_accuracy"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False, (f"champion v{cv} has no val_accuracy tag to compare with; compare by hand and run "
                        f"`ferops promote --version {new_version}` if it should win")
@@ -136,10 +143,18 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     return False, f"{what} {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
 
 
+def _number(tag: Any) -> float | None:
+    """A numeric tag's value, or None when it is absent or no number."""
+    try:
+        return None if tag is None else float(tag)
+    except (TypeError, ValueError):
+        return None
+
+
 def _served_tag(version: Any, fallback: float | None) -> float | None:
     """The version's `val_accuracy_served` tag (what it was registered with), else `fallback` (today's figure)."""
-    tag = (getattr(version, "tags", None) or {}).get("val_accuracy_served")
-    return float(tag) if tag is not None else fallback
+    tag = _number((getattr(version, "tags", None) or {}).get("val_accuracy_served"))
+    return tag if tag is not None else fallback
 
 
 def _not_comparable(champion_version: str, validated_on: str, new_version: str) -> tuple[bool, str]:
@@ -236,8 +251,13 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     cands = find_candidates(models_dir, family, scored=eval_metrics)
     best = cands[0]
-    log.info("candidates (%s) by val accuracy: %s", family,
-             ", ".join(f"{e.name} {float(e.metrics['val_accuracy']):.4f}" for e in cands))
+
+    def served_val_of(e: Any) -> float:
+        v = _test_metrics(eval_metrics, e.name).get("val_accuracy_tta")
+        return float(e.metrics["val_accuracy"] if v is None else v)
+
+    log.info("candidates (%s) by val accuracy as served (single pass): %s", family, ", ".join(
+        f"{e.name} {served_val_of(e):.4f} ({float(e.metrics['val_accuracy']):.4f})" for e in cands))
     run_id = reopen_run(best.path)
     client = _client()
     try:
@@ -251,7 +271,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     served_val = test.get("val_accuracy_tta")  # with the TTA mode served (evaluate's choice on val)
     data = _trained_on(run, dataset_tags(ingest_report), split_dir)
 
-    from ferops.inference import log_pyfunc_model, recorded_tta
+    from ferops.inference import first_line, log_pyfunc_model, recorded_tta
 
     # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses, and the
     # temperatures it fitted on val calibrate each mode's probabilities. A version of this run is reused only if it
@@ -279,6 +299,9 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         temperatures = _recorded_temperatures((mv.tags or {}).get("temperatures"))
         log.info("%s v%s already holds run %s (%s) with TTA %s: reusing it, no new version", name, mv.version, run_id,
                  best.name, tta)
+        if served_val is not None and "val_accuracy_served" not in (mv.tags or {}):  # registered before the tag
+            client.set_model_version_tag(name, str(mv.version), "val_accuracy_served", f"{float(served_val):.6f}")
+            mv = client.get_model_version(name, str(mv.version))
     else:
         if run.info.lifecycle_stage == "deleted":  # else MLflow's "cannot start run ... in the deleted state"
             raise DataError(f"{best.path / RUN_ID_FILE}: run {run_id} ({best.name}) was deleted in MLflow, so its "
@@ -292,7 +315,10 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
             # MLflow logs a model only into an active run, and reopening the finished training run made its end time
             # now (the UI showed the training lasting until this registration), or FAILED when logging failed: its
             # own status and end time go back either way.
-            client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
+            try:
+                client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
+            except MlflowException as exc:  # never in place of the error that logging raised
+                log.warning("run %s: could not put back its status and end time (%s)", run_id, first_line(str(exc)))
         tags = {
             "model": best.name, "arch": family, "run_id": run_id, "source_model_dir": str(best.path),
             "val_accuracy": f"{val:.6f}", "val_macro_f1": str(best.metrics.get("val_macro_f1", "")),
@@ -314,7 +340,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     champ = None if current is None else {"version": current.version, **(current.tags or {})}
     promote, reason = champion_decision(version, val, data, champ, new_run_id=run_id, reused=reused,
                                         experiment=experiment, compared_before=compared_before,
-                                        new_served=_served_tag(mv, served_val))
+                                        new_served=_served_tag(mv, served_val), new_tta=tta)
     if promote and (current is None or str(current.version) != version):
         client.set_registered_model_alias(name, champion_alias, version)
         for k, v in {"promoted_by": REGISTER_STAGE, "promotion_reason": reason, "promoted_at": _now(),
@@ -335,7 +361,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "name": name, "version": int(version), "model": best.name, "run_id": run_id, "aliases": aliases,
         "decision": champion_alias if promote else challenger_alias, "reason": reason,
         "reused_existing_version": reused, "champion_version": int(champion_now.version) if champion_now else None,
-        "val_accuracy": val, "test_accuracy": test.get("test_accuracy"),
+        "val_accuracy": val, "val_accuracy_served": served_val, "test_accuracy": test.get("test_accuracy"),
         "test_accuracy_tta": test.get("test_accuracy_tta"),
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
@@ -464,6 +490,7 @@ def registry_rows(client: Any, name: str) -> list[dict[str, Any]]:
         t = v.tags or {}
         rows.append({"version": int(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
                      "model": t.get("model", ""), "val_accuracy": t.get("val_accuracy"),
+                     "val_accuracy_served": t.get("val_accuracy_served"),
                      "test_accuracy": t.get("test_accuracy"), "test_accuracy_tta": t.get("test_accuracy_tta"),
                      "tta_mode": t.get("tta_mode", ""), "dataset": t.get("dataset", ""),
                      "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -479,14 +506,17 @@ def _pct(v: Any) -> str:
 
 
 def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table of versions: aliases, val/test accuracy (%), test accuracy with the TTA mode recorded
-    for `tta: auto`, dataset, created (UTC), run id."""
-    head = ["version", "aliases", "model", "val acc", "test acc", "test TTA (mode)", "data", "created (UTC)", "run id"]
-    body = [[str(r["version"]), ",".join(r["aliases"]) or "-", r["model"], _pct(r["val_accuracy"]),
+    """A fixed-width table of versions: aliases, val accuracy (%; with the TTA mode served in brackets, where
+    recorded), test accuracy, test accuracy with the TTA mode recorded for `tta: auto`, dataset, created (UTC), run
+    id."""
+    head = ["version", "aliases", "model", "val acc (TTA)", "test acc", "test TTA (mode)", "data", "created (UTC)",
+            "run id"]
+    body = [[str(r["version"]), ",".join(r["aliases"]) or "-", r["model"],
+             _pct(r["val_accuracy"]) + (f" ({_pct(r['val_accuracy_served'])})" if r.get("val_accuracy_served") else ""),
              _pct(r["test_accuracy"]), f"{_pct(r['test_accuracy_tta'])} ({r['tta_mode'] or '?'})", r["dataset"],
              r["created"], r["run_id"]] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = ("version", "val acc", "test acc", "test TTA (mode)")
+    right = ("version", "val acc (TTA)", "test acc", "test TTA (mode)")
     fmt = "  ".join(f"{{:{'>' if h in right else '<'}{w}}}" for h, w in zip(head, widths))
     lines = [f"{name}: {len(rows)} version(s)", fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*b) for b in body]
@@ -576,8 +606,13 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
     for k, v in tags.items():
         client.set_model_version_tag(name, str(target.version), k, v)
     log_promotion(client, name, alias, prev, str(target.version), who, reason)
-    change["val_accuracy"] = (target.tags or {}).get("val_accuracy")
-    change["previous_val_accuracy"] = None if previous is None else (previous.tags or {}).get("val_accuracy")
+    # the figures the register stage compares: val as served (with the TTA mode) where both versions record it
+    now, before = target.tags or {}, (previous.tags or {}) if previous is not None else {}
+    served = now.get("val_accuracy_served") is not None and (previous is None or before.get("val_accuracy_served") is not None)
+    key = "val_accuracy_served" if served else "val_accuracy"
+    change["val_label"] = "val with TTA" if served else "val"
+    change["val_accuracy"] = now.get(key)
+    change["previous_val_accuracy"] = None if previous is None else before.get(key)
     return change
 
 
@@ -610,8 +645,9 @@ def cli_promote(args: Any) -> None:
     if not c["changed"]:
         print(f"{name}: @{c['alias']} already points at v{c['version']} — nothing changed.")
         return
-    before = f"v{c['previous_version']} (val {_pct(c['previous_val_accuracy'])}%)" if c["previous_version"] else "nobody"
-    print(f"{name}: @{c['alias']} moved from {before} to v{c['version']} (val {_pct(c['val_accuracy'])}%); "
+    val = c.get("val_label", "val")
+    before = f"v{c['previous_version']} ({val} {_pct(c['previous_val_accuracy'])}%)" if c["previous_version"] else "nobody"
+    print(f"{name}: @{c['alias']} moved from {before} to v{c['version']} ({val} {_pct(c['val_accuracy'])}%); "
           f"reason: {args.reason}. Load it as models:/{name}@{c['alias']}; a running `ferops serve` keeps the "
           f"version it loaded until restarted.")
     lower = False

@@ -154,13 +154,17 @@ def check_space_applies(space: dict[str, Any], cfg: dict[str, Any], where: str) 
     training refuses (`batch_size: {choices: [64, big]}`), tried at both ends and with every choice. Before TensorFlow
     and the data load: in a trial it came late (the trial that drew it, maybe hours in), and with parallel workers as
     one traceback per worker."""
+    import math
+
     from ferops.training import check_config
 
     for name, spec in space.items():
+        if "step" in spec and "choices" not in spec:  # Optuna's highest value is the last one on the step grid
+            spec = {**spec, "high": spec["low"] + math.floor((spec["high"] - spec["low"]) / spec["step"]) * spec["step"]}
         try:
             for end in range(len(spec["choices"])) if "choices" in spec else (0, -1):
                 check_config(applied_at_end(cfg, {name: spec}, end))
-        except ConfigError as exc:
+        except (ConfigError, ValueError, TypeError) as exc:  # int("x") of a choice, say: one line too
             text = str(exc)
             for head in (f"tune space `{name}`: ", f"{name}: "):
                 text = text.removeprefix(head)

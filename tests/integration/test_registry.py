@@ -209,6 +209,44 @@ def test_a_version_is_registered_again_when_the_served_code_changes(store, monke
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+def test_register_compares_val_accuracy_as_served(store, capsys):
+    """The champion serves with the TTA mode evaluate chose on val, so register ranks and compares by that val figure
+    (evaluate's `val_accuracy_tta`), recorded on each version as `val_accuracy_served`."""
+    from argparse import Namespace
+
+    from mlflow import MlflowClient
+
+    from ferops.registry import cli_promote, cli_registry, register_best
+
+    client, models = MlflowClient(), store / "models" / "deep"
+
+    def register(served: float) -> dict:
+        return register_best(models, {"resnet": {"test_accuracy": 0.5, "val_accuracy_tta": served}}, INGEST, CFG)
+
+    _train(models, "resnet", "resnet", val=0.50, seed=2)
+    first = register(0.55)
+    assert client.get_model_version(NAME, "1").tags["val_accuracy_served"] == "0.550000"
+    assert first["val_accuracy_served"] == 0.55
+    # better on the single pass, worse as served: it stays @challenger
+    _train(models, "resnet", "resnet", val=0.60, seed=3)
+    second = register(0.52)
+    assert (second["version"], second["decision"]) == (2, "challenger")
+    assert "val accuracy as served (with its TTA mode) 0.5200 does not beat champion v1's 0.5500" in second["reason"]
+    # a version registered before the tag gets it when reused
+    client.delete_model_version_tag(NAME, "2", "val_accuracy_served")
+    assert register(0.52)["reused_existing_version"]
+    assert client.get_model_version(NAME, "2").tags["val_accuracy_served"] == "0.520000"
+    # the listing and a promotion show the figures compared
+    capsys.readouterr()
+    cli_registry(Namespace(name=None, params=str(store / "params.yaml")))
+    listing = capsys.readouterr().out
+    assert "val acc (TTA)" in listing and "60.00 (52.00)" in listing and "50.00 (55.00)" in listing
+    cli_promote(Namespace(name=None, version="2", alias="champion", reason="drill", params=str(store / "params.yaml")))
+    out = capsys.readouterr().out
+    assert "moved from v1 (val with TTA 55.00%) to v2 (val with TTA 52.00%)" in out
+    assert "v2 has a lower validation accuracy than v1" in out
+
+
 def test_register_promote_and_list(store, capsys):
     from mlflow import MlflowClient
 
@@ -448,10 +486,15 @@ def test_champion_decision_rules():
     assert not ok and "was registered and compared before" in why
     # ...but the champion's own run, registered again with newer code, carries the alias along
     assert champion_decision("6", 0.6, data, moved, new_run_id="r1", compared_before=True)[0]
+    # ...in the TTA mode the person chose: not back to the mode they rolled back from
+    flip = {**moved, "tta_mode": "flip"}
+    ok, why = champion_decision("7", 0.6, data, flip, new_run_id="r1", compared_before=True, new_tta="tencrop")
+    assert not ok and "compared before" in why
+    assert champion_decision("7", 0.6, data, flip, new_run_id="r1", compared_before=True, new_tta="flip")[0]
     # val accuracy as served (with the TTA mode chosen on val) decides when both versions record it...
     both = {**champ, "val_accuracy_served": "0.7"}
     ok, why = champion_decision("5", 0.55, data, both, new_served=0.71)
-    assert ok and why == "val accuracy as served (TTA chosen on val) 0.7100 beats champion v4's 0.7000"
+    assert ok and why == "val accuracy as served (with its TTA mode) 0.7100 beats champion v4's 0.7000"
     assert not champion_decision("5", 0.9, data, both, new_served=0.69)[0]
     # ...else the single pass's (a champion registered before the tag)
     assert not champion_decision("5", 0.55, data, champ, new_served=0.99)[0]

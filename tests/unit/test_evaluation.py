@@ -147,9 +147,17 @@ def test_test_images_copied_from_train_are_counted_and_scored_apart():
     assert m["test_accuracy"] == pytest.approx(4 / 6) and m["test_accuracy_unseen"] == pytest.approx(2 / 4)
     assert m["test_accuracy_tta_unseen"] == pytest.approx(3 / 4) and m["test_n_seen"] == 2
     assert "test_n_seen" not in score(y, probs, tta)  # no train images given: nothing claimed
+    none, every = score(y, probs, tta, np.zeros(6, bool)), score(y, probs, tta, np.ones(6, bool))
+    assert none["test_n_seen"] == 0 and every["test_n_seen"] == 6  # `split.duplicates: drop`; nothing new to score
+    assert not [k for k in (*none, *every) if k.endswith("_unseen")]
+    assert "No test image is an exact copy" in comparison_markdown([_result("cnn", 0.5, 0.6, **none)], "flip")
+    assert "Every test image (6) is an exact copy" in comparison_markdown([_result("cnn", 0.5, 0.6, **every)], "flip")
+    assert metrics_summary([_result("cnn", 0.5, 0.6, **m)])["cnn"]["test_n_seen"] == 2  # a count, not 2.0
+    assert seen_in(test[:0], train).shape == (0,)
     md = comparison_markdown([_result("cnn", 0.5, 0.6, kind="deep", arch="cnn", **m)], "flip")
     assert "2 test images are exact copies of a train image" in md and "| 50.00 (75.00) |" in md
-    assert "exact copies" not in comparison_markdown([_result("cnn", 0.5, 0.6)], "flip")
+    md = comparison_markdown([_result("cnn", 0.5, 0.6)], "flip")
+    assert "exact cop" not in md and "unseen" not in md  # not known: no sentence, no column
 
 
 def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):

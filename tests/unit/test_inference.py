@@ -299,6 +299,7 @@ def test_pyfunc_bad_rows_give_clear_errors(registered):
     pixels = " ".join(["90"] * 2304)
     with pytest.raises(ValueError, match=r"^1 bad input row\(s\): row 1: both `pixels` and `image` are given; send one"):
         model.predict(pd.DataFrame({"pixels": [pixels, pixels, None], "image": [None, "%%%", b64(np.zeros((9, 9), np.uint8), ".png")]}))
+    assert len(model.predict(pd.DataFrame({"pixels": [pixels], "image": [""]}))) == 1  # a blank field is no value
 
 
 def test_detect_faces_on_drawn_face_and_blank():
@@ -515,12 +516,22 @@ def test_a_pgm_is_read_as_ingest_reads_it_and_its_annotated_copy_is_a_png(tmp_pa
 
 def test_a_bad_max_image_pixels_setting_is_an_error_not_ignored(monkeypatch):
     png = cv2.imencode(".png", np.zeros((9, 9), np.uint8))[1].tobytes()
-    for value in ("1e9", "0", "-5", "lots"):
+    for value in ("1e9", "0", "-5", "lots", "²"):
         monkeypatch.setenv(inf.MAX_PIXELS_ENV, value)
         with pytest.raises(ConfigError, match=f"^{inf.MAX_PIXELS_ENV}={value!r}: give the most pixels"):
             inf.decode_image(png)
     monkeypatch.setenv(inf.MAX_PIXELS_ENV, " 81 ")
     assert inf.max_image_pixels() == 81 and inf.decode_image(png).shape == (9, 9)
+
+
+def test_a_bad_max_image_pixels_setting_stops_the_served_model_at_load(registered, monkeypatch):
+    """Not a 400 for each client's `image` row, naming a server variable the client cannot set."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered[0])
+    monkeypatch.setenv(inf.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(Exception, match=f"{inf.MAX_PIXELS_ENV}='lots'"):
+        mlflow.pyfunc.load_model("models:/fer-test@champion")
 
 
 def test_folder_walk_skips_hidden_files_and_folders_as_ingest_does(tmp_path, caplog):

@@ -127,6 +127,7 @@ def test_source_outside_the_raw_dir_is_refused_and_a_link_into_it_works(tmp_path
     assert f"ingest.source: {outside} is outside {raw}/, the folder DVC watches" in r.stderr
     assert f"`ln -s {outside} {raw}/`" in r.stderr
     (raw / "fer2013.csv").symlink_to(outside)  # the fix the message gives; naming the link as source works too,
+    write_csv(tmp_path / "fer2013.csv", 5)  # a stray copy in the working folder: a name means the one inside raw_dir
     for source in ("auto", str(raw / "fer2013.csv"), "fer2013.csv"):  # by its path or by its name inside raw_dir
         r = run_stage(tmp_path, raw, source=source)
         assert r.returncode == 0, r.stderr

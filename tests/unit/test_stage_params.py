@@ -158,6 +158,7 @@ def test_tune_warns_about_keys_of_a_family_its_space_or_the_pruner_that_nothing_
     # values training refuses, at the high end or in a later choice: only the trial drawing them failed, maybe hours in
     ("resnet", "batch_size", {"choices": [64, "big"]}, "params.yaml tune.families.resnet.space.batch_size: batch_size="),
     ("cnn", "dropout", {"low": 0.1, "high": 1.5}, "params.yaml tune.families.cnn.space.dropout: dropout="),
+    ("resnet", "base_width", {"choices": [32, "x"]}, "params.yaml tune.families.resnet.space.base_width: "),
 ])
 def test_a_space_entry_the_model_config_cannot_take_fails_before_the_data_loads(tmp_path, family, name, spec, words):
     """It failed inside the first trial, after TensorFlow and the data load (with parallel workers: a traceback each)."""
@@ -171,6 +172,26 @@ def test_a_space_entry_the_model_config_cannot_take_fails_before_the_data_loads(
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: {words}" in r.stderr, r.stderr
+
+
+def test_tune_checks_a_stepped_range_at_its_last_step_and_blames_a_bad_base_config_on_its_own_key(tmp_path):
+    """A stepped range's `high` off the grid is never sampled (dropout 0.1..1.0 step 0.2 tops at 0.9), so it is no
+    error; a bad value of the model's own config is named at its key, not at a search-space entry."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tune"]["families"]["cnn"]["space"] = {"dropout": {"low": 0.1, "high": 1.0, "step": 0.2}}
+    params["train_deep"]["models"]["cnn"]["optimizer"] = "adamw2"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (tmp_path / "ingest.json").write_text('{"synthetic": false}')
+    missing = str(tmp_path / "absent")
+    cmd = [sys.executable, str(ROOT / "stages" / "tune.py"), "--family", "cnn", "--split", missing,
+           "--ingest-report", str(tmp_path / "ingest.json"), "--out", missing, "--figures", missing]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: params.yaml train_deep.models.cnn.optimizer='adamw2'" in r.stderr, r.stderr
+    params["train_deep"]["models"]["cnn"]["optimizer"] = "adamw"  # now only the data is missing: the checks passed
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "space.dropout" not in r.stderr and "train.npz: not found" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
