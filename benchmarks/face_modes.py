@@ -2,7 +2,7 @@
 
     python benchmarks/face_modes.py --model models/deep/resnet/model.keras
     python benchmarks/face_modes.py --model models:/fer2013-resnet@champion \
-        --folder ../shared/data/fer2013_images_sample/test
+        --folder ../shared/data/fer2013_images_sample/test --usage all
 
 The folder holds `<class>/*.jpg` (the Kaggle image release's layout; class names as in ferops.constants.EMOTIONS,
 any case). For each mode — whole (the image is one face crop), detect (OpenCV's cascade, then the square around
@@ -11,6 +11,10 @@ each face), auto (whole for small near-square images, as `ferops predict` does b
 the folder (photos with no face found count as wrong), how many photos had a face, and photos/s (median of
 --runs, model loaded and warm). `--group-ablation` times the default mode also with one model call per photo
 (PHOTO_GROUP = 1) beside the grouped default, alternating, to show what grouping buys.
+
+`--usage PublicTest` (the default) takes only the files named `PublicTest_*` (the Kaggle release's validation
+images): a choice such as the default face mode is made on val, never on the PrivateTest files beside them; `--usage
+all` takes every file (a folder of your own).
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def labelled_images(folder: Path) -> tuple[list[Path], np.ndarray]:
-    """Image paths under folder/<class>/ and their class indices (folder name → EMOTIONS, case-insensitive)."""
+def labelled_images(folder: Path, usage: str = "all") -> tuple[list[Path], np.ndarray]:
+    """Image paths under folder/<class>/ (named `<usage>_*` unless usage is `all`) and their class indices (folder
+    name → EMOTIONS, case-insensitive)."""
     from ferops.constants import EMOTIONS
     from ferops.inference import list_photos
 
     names = [e.lower() for e in EMOTIONS]
-    paths = [p for p in list_photos([folder]) if p.parent.name.lower() in names]
+    paths = [p for p in list_photos([folder]) if p.parent.name.lower() in names
+             and (usage == "all" or p.name.startswith(f"{usage}_"))]
     if not paths:
-        sys.exit(f"error: no images under {folder}/<class>/ (classes: {', '.join(names)})")
+        sys.exit(f"error: no images under {folder}/<class>/ (classes: {', '.join(names)})"
+                 + ("" if usage == "all" else f" named {usage}_*; --usage all takes every file"))
     return paths, np.array([names.index(p.parent.name.lower()) for p in paths])
 
 
@@ -52,6 +59,8 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="a .keras file, model directory or models:/name@alias URI")
     ap.add_argument("--folder", type=Path, default=ROOT.parent / "shared/data/fer2013_images_sample/test")
     ap.add_argument("--tta", default="auto", help="none | flip | tencrop | shift | auto (the recorded mode)")
+    ap.add_argument("--usage", default="PublicTest", help="PublicTest (default: the val files) | PrivateTest | "
+                    "Training | all (every file)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--group-ablation", action="store_true")
     args = ap.parse_args()
@@ -61,10 +70,10 @@ def main() -> None:
     start_tensorflow()
     from ferops import inference as inf
 
-    paths, labels = labelled_images(args.folder)
+    paths, labels = labelled_images(args.folder, args.usage)
     clf = inf.load_classifier(args.model, ROOT / "params.yaml")
     tta = clf.resolve(args.tta)
-    report: dict = {"folder": str(args.folder), "model": args.model, "tta": tta, "machine": platform.processor()
+    report: dict = {"folder": str(args.folder), "usage": args.usage, "model": args.model, "tta": tta, "machine": platform.processor()
                     or platform.machine(), "modes": {}}
     for mode in inf.FACE_MODES:
         res = inf.predict_photos(paths, clf.model, None, tta=tta, faces=mode)  # also the warm-up

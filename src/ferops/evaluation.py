@@ -217,16 +217,17 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
 
 
 def comparison_chart(results: list[dict[str, Any]], path: Path, tta: str = "auto") -> Path:
-    """model_comparison.png: val, test and test-with-TTA accuracy per model, best by val on top; the TTA bars are
-    labelled with evaluate.tta (a fixed mode was set, not chosen on val)."""
+    """model_comparison.png: val as served (the figure the models are ranked by), test and test-with-TTA accuracy per
+    model, best by val on top; the TTA bars are labelled with evaluate.tta (a fixed mode was set, not chosen on
+    val)."""
     from ferops.diagnostics import model_comparison_chart
 
     rows = by_validation(results)
     return model_comparison_chart(
         [r["model"] for r in rows],
-        {"val": [r["val_accuracy"] for r in rows], "test": [r.get("test_accuracy") for r in rows],
+        {"val as served (deep: with TTA)": [served_val(r) for r in rows], "test": [r.get("test_accuracy") for r in rows],
          "test, TTA chosen on val" if tta == "auto" else f"test, TTA {tta}": [r.get("test_accuracy_tta") for r in rows]},
-        path, title="Accuracy per model (sorted by val, which every choice uses)")
+        path, title="Accuracy per model (sorted by val as served, which every choice uses)")
 
 
 def result_of(entry: ModelEntry, test_metrics: dict[str, Any]) -> dict[str, Any]:

@@ -171,6 +171,7 @@ def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):
     comparison_chart(results, tmp_path / "c.png", "auto")
     comparison_chart(results, tmp_path / "c.png", "flip")
     assert [s[-1] for s in seen] == ["test, TTA chosen on val", "test, TTA flip"]
+    assert seen[0][0] == "val as served (deep: with TTA)"  # the bars the rows are sorted by
 
 
 def test_write_submission(tmp_path):
