@@ -50,8 +50,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".ti
 COLOUR_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".pgm")  # an annotated copy of a grey-only format is a PNG
 OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif")  # photos OpenCV may not read: named when a folder walk skips them
 # `ferops predict --faces`: detect faces, take the whole image as one face, or auto = whole for a small near-square
-# image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 140 test crops of the
-# image-folder sample the cascade finds a face in only 32: the champion scores 61-64 % whole, 14-15 % with detection
+# image (a face crop, e.g. FER2013's own 48-px files) and detection otherwise. On the 67 PublicTest (val) crops of
+# the image-folder sample the cascade finds a face in only 12: the champion scores 58 % whole, 7 % with detection
 # (benchmarks/face_modes.py; benchmarks/RESULTS.md, "Inference").
 FACE_CROP_MAX_SIDE = 128
 LOAD_FIX = "run `make run` (or `dvc repro`) to train and register the champion, or pass --model path/to/model.keras"
