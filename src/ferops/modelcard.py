@@ -89,7 +89,7 @@ def _scaled(temperatures: dict[str, float] | None, tta: str, test: dict[str, Any
 def model_card(*, name: str, version: str, model: str, config: dict[str, Any], metrics: dict[str, Any],
                test: dict[str, Any], ingest: dict[str, Any], tta: str, git_commit: str | None = None,
                split: dict[str, Any] | None = None, tta_chosen: bool = True,
-               temperatures: dict[str, float] | None = None) -> str:
+               temperatures: dict[str, float] | None = None, code: str | None = None) -> str:
     """Markdown card for registered version `version` of `name`, made from training run `model`.
 
     `config` and `metrics` are the model directory's config.json and metrics.json (validation figures), `test`
@@ -108,12 +108,13 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
         + (_epochs(metrics) if metrics.get("epochs_run") else "")
         + (f" in {_duration(float(metrics['train_wall_s']))}" if metrics.get("train_wall_s") else "")
         + (f", {metrics['precision']}" if metrics.get("precision") else "") + ".",
-        f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 grey levels, 0–255), or any photo: "
+        f"- **Input**: a {IMG_SIZE}×{IMG_SIZE} grey face crop (FER2013's 2,304 pixels, grey levels 0–255), or any photo: "
         "`ferops predict` finds and crops the faces first (small near-square images, ≤ 128 px, are taken as a face "
         "crop whole unless `--faces detect`); the REST `image` column does so with "
         "`\"params\": {\"crop_face\": true}` (without it the whole image is taken as one face).",
         f"- **Output**: one of {len(EMOTIONS)} expressions ({', '.join(EMOTIONS)}) with the 7 probabilities.",
-        f"- **Code**: git commit `{(git_commit or 'unknown')[:12]}`.",
+        f"- **Code**: trained at git commit `{(git_commit or 'unknown')[:12]}`"
+        + (f"; serves with the ferops code registered with it (`code_sha256` `{code}`)" if code else "") + ".",
         "",
         "## Data and selection",
         "",
@@ -160,7 +161,7 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
     keys = [e.lower() for e in EMOTIONS]
     no_val = _absent_from_val(split)
     if all(f"val_f1_{k}" in metrics for k in keys):
-        lines += ["", "Per class, on validation:", "",
+        lines += ["", "Per class, on validation, single pass:", "",
                   "| class | precision | recall | F1 |", "|---|---:|---:|---:|"]
         lines += [f"| {e} | {_pct(metrics.get(f'val_precision_{k}'))} | "
                   f"{'–' if e in no_val else _pct(metrics.get(f'val_recall_{k}'))} | "
@@ -199,7 +200,8 @@ def _limitations(metrics: dict[str, Any], ingest: dict[str, Any], no_val: Collec
     known = sorted((float(r), e) for e, r in recalls.items() if r is not None)
     if known:
         weak = ", ".join(f"{e} ({100 * r:.0f} %)" for r, e in known[:2])
-        out.append(f"- Weakest classes by validation recall: {weak}: these faces are the most often given another label.")
+        out.append(f"- Weakest classes by validation recall (single pass): {weak}: these faces are the most often given "
+                   "another label.")
     counts = ingest.get("per_class") or {}
     total = sum(int(v) for v in counts.values()) if counts else 0
     if total and not ingest.get("synthetic"):

@@ -108,7 +108,7 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
             return False, (f"the champion's model (run {new_run_id}) registered again in DVC experiment "
                            f"{experiment!r}: an experiment does not move @champion (v{cv}); `ferops promote --version "
                            f"{new_version}` does, deliberately")
-        return True, (f"the champion's model (run {new_run_id}) registered again, serving with today's code and what "
+        return True, (f"the champion's model (run {new_run_id}) registered again, serving with the current serving code and what "
                       f"evaluate chose on val: TTA mode and calibration (was v{cv})")
     if reused or compared_before:
         by = champion.get("promoted_by")
@@ -333,7 +333,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     version = str(mv.version)
     card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit(),
                      split_report, tta_chosen=run.data.tags.get("eval_tta_chosen", "val") == "val",
-                     temperatures=temperatures)
+                     temperatures=temperatures, code=(mv.tags or {}).get("code_sha256") or code)
 
     client.set_registered_model_alias(name, challenger_alias, version)
     current = alias_version(client, name, champion_alias)
@@ -361,7 +361,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "name": name, "version": int(version), "model": best.name, "run_id": run_id, "aliases": aliases,
         "decision": champion_alias if promote else challenger_alias, "reason": reason,
         "reused_existing_version": reused, "champion_version": int(champion_now.version) if champion_now else None,
-        "val_accuracy": val, "val_accuracy_served": served_val, "test_accuracy": test.get("test_accuracy"),
+        "val_accuracy": round(val, 6), "val_accuracy_served": served_val, "test_accuracy": test.get("test_accuracy"),
         "test_accuracy_tta": test.get("test_accuracy_tta"),
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
@@ -422,13 +422,13 @@ def _trained_on(run: Any, current: dict[str, str], split_dir: str | Path | None)
 
 def _describe(client: Any, name: str, version: str, best: Any, test: dict[str, Any], ingest_report: dict[str, Any],
               tta: str, commit: str | None, split_report: dict[str, Any] | None = None, tta_chosen: bool = True,
-              temperatures: dict[str, float] | None = None) -> str:
+              temperatures: dict[str, float] | None = None, code: str | None = None) -> str:
     """Set the version's model card as its registry description (and the model's, when it has none); return it."""
     from ferops.modelcard import model_card
 
     card = model_card(name=name, version=version, model=best.name, config=best.config, metrics=best.metrics,
                       test=test, ingest=ingest_report, tta=tta, git_commit=commit, split=split_report,
-                      tta_chosen=tta_chosen, temperatures=temperatures)
+                      tta_chosen=tta_chosen, temperatures=temperatures, code=code)
     client.update_model_version(name, version, description=card)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=(
@@ -511,8 +511,9 @@ def format_registry(name: str, rows: list[dict[str, Any]]) -> str:
     id."""
     head = ["version", "aliases", "model", "val acc (TTA)", "test acc", "test TTA (mode)", "data", "created (UTC)",
             "run id"]
+    served = any(r.get("val_accuracy_served") for r in rows)  # else the column shows the single pass alone
     body = [[str(r["version"]), ",".join(r["aliases"]) or "-", r["model"],
-             _pct(r["val_accuracy"]) + (f" ({_pct(r['val_accuracy_served'])})" if r.get("val_accuracy_served") else ""),
+             _pct(r["val_accuracy"]) + (f" ({_pct(r.get('val_accuracy_served'))})" if served else ""),
              _pct(r["test_accuracy"]), f"{_pct(r['test_accuracy_tta'])} ({r['tta_mode'] or '?'})", r["dataset"],
              r["created"], r["run_id"]] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

@@ -176,7 +176,7 @@ def test_a_version_is_registered_again_when_the_served_code_changes(store, monke
         again = _register(models)
     assert not again["reused_existing_version"] and again["version"] == first["version"] + 1
     assert again["decision"] == "champion" and "with other serving code" in caplog.text  # its own run, newer code
-    assert "serving with today's code" in again["reason"]
+    assert "serving with the current serving code" in again["reason"]
     assert MlflowClient().get_model_version(NAME, str(again["version"])).tags["code_sha256"] == "f" * 16
 
     # a better model takes @champion; a person rolls back; new serving code registers the better run again, and that

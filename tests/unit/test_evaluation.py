@@ -156,6 +156,9 @@ def test_test_images_copied_from_train_are_counted_and_scored_apart():
     assert seen_in(test[:0], train).shape == (0,)
     md = comparison_markdown([_result("cnn", 0.5, 0.6, kind="deep", arch="cnn", **m)], "flip")
     assert "2 test images are exact copies of a train image" in md and "| 50.00 (75.00) |" in md
+    assert "Val holds" not in md  # not known: not claimed
+    md = comparison_markdown([_result("cnn", 0.5, 0.6, kind="deep", arch="cnn", val_n_seen=3, **m)], "flip")
+    assert "Val holds 3 such copies too, so every choice on val rewards that recall a little." in md
     md = comparison_markdown([_result("cnn", 0.5, 0.6)], "flip")
     assert "exact cop" not in md and "unseen" not in md  # not known: no sentence, no column
 
@@ -171,7 +174,7 @@ def test_comparison_chart_names_the_tta_mode_set(tmp_path, monkeypatch):
     comparison_chart(results, tmp_path / "c.png", "auto")
     comparison_chart(results, tmp_path / "c.png", "flip")
     assert [s[-1] for s in seen] == ["test, TTA chosen on val", "test, TTA flip"]
-    assert seen[0][0] == "val as served (deep: with TTA)"  # the bars the rows are sorted by
+    assert seen[0][:2] == ["val as served (deep: with TTA)", "test, single pass"]  # the bars the rows are sorted by
 
 
 def test_write_submission(tmp_path):

@@ -44,7 +44,10 @@ def test_card_states_model_data_selection_and_figures():
            "from the accuracy they achieve by 3.1 points" in c and "evaluation/resnet/calibration_test.png" in c
     assert "a plain REST request (single pass) gets probabilities off by 10.6 points" in c
     # its own weakest classes and the rarest class, from the figures given
-    assert "Weakest classes by validation recall: Disgust (41 %), Fear (48 %)" in c
+    assert "Weakest classes by validation recall (single pass): Disgust (41 %), Fear (48 %)" in c
+    assert "Per class, on validation, single pass:" in c
+    assert "- **Code**: trained at git commit `c1be0a2deadb`." in c  # without a code fingerprint given
+    assert "serves with the ferops code registered with it (`code_sha256` `0123abcd`)" in card(code="0123abcd")
     assert "Disgust is 1.5 % of the labelled rows" in c
     # a tie is named whole, and a balanced set has no "least data" class (min() named the first of a tie: Angry)
     tie = card(ingest={**INGEST, "per_class": {**INGEST["per_class"], "Angry": 547}})
@@ -123,10 +126,10 @@ def test_card_names_no_weakest_class_that_validation_has_no_rows_of():
     split = {"strategy": "stratified", "n": {"train": 800, "val": 100, "test": 100},
              "per_class": {"val": {e: (0 if e == "Disgust" else 15) for e in EMOTIONS}}}
     c = card(split=split, metrics={**VAL, "val_recall_disgust": 0.0, "val_f1_disgust": 0.0})
-    assert "Weakest classes by validation recall: Fear (48 %), Angry (60 %)" in c
+    assert "Weakest classes by validation recall (single pass): Fear (48 %), Angry (60 %)" in c
     assert "| Disgust | 60.00 % | – | 0.00 % |" in c
     assert "| Fear | 60.00 % | 48.00 % | 60.00 % |" in c
-    assert "Weakest classes by validation recall: Disgust (41 %)" in card()  # a class val has: named as before
+    assert "Weakest classes by validation recall (single pass): Disgust (41 %)" in card()  # a class val has: named as before
 
 
 def test_card_says_whether_the_tta_mode_was_chosen_on_validation_or_set():
