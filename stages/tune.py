@@ -67,7 +67,7 @@ def main() -> None:
                       where=f"tune.families.{args.family}")
     cfg = resolve_config(deep.get("common") or {}, model)
     param_keys = [(f"train_deep.models.{args.family}", model), ("train_deep.common", deep.get("common")),
-             (f"tune.families.{args.family}", fam)]
+                  (f"tune.families.{args.family}", fam)]
     try:  # the base config first, so that its own bad value is not blamed on a search-space entry
         check_config(cfg)
     except ConfigError as exc:

@@ -233,13 +233,12 @@ def frame_to_faces(df: pd.DataFrame, crop_face: bool = False) -> np.ndarray:
             return np.zeros(n, bool)
         return (df[col].notna() & (df[col].astype(str).str.strip() != "")).to_numpy()
 
-    use_pixels = present("pixels")
-    use_image = ~use_pixels & present("image")
-    missing = np.flatnonzero(~(use_pixels | use_image))
-    errors = [f"row {i}: neither `pixels` nor `image` is given" for i in missing]
+    given_pixels, given_image = present("pixels"), present("image")
+    use_pixels, use_image = given_pixels & ~given_image, given_image & ~given_pixels
+    errors = [f"row {i}: neither `pixels` nor `image` is given" for i in np.flatnonzero(~(given_pixels | given_image))]
     # both: which one the caller meant is unknown (an invalid `image` was ignored unsaid)
-    errors += [f"row {i}: both `pixels` and `image` are given; send one" for i in np.flatnonzero(use_pixels & present("image"))]
-    use_pixels = use_pixels & ~present("image")
+    errors += [f"row {i}: both `pixels` and `image` are given; send one"
+               for i in np.flatnonzero(given_pixels & given_image)]
     faces = np.zeros((n, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
     if use_pixels.any():
         idx = np.flatnonzero(use_pixels)

@@ -65,10 +65,16 @@ def find_candidates(models_dir: str | Path, family: str, scored: Collection[str]
         raise DataError(f"{root}: no trained model with arch `{family}` (register.family) — train one first, e.g. "
                         f"`dvc repro train_deep@{family}`, or set register.family to a trained architecture.")
     rows = scored if isinstance(scored, Mapping) else {}
-    order = {r["model"]: i for i, r in enumerate(by_validation(
-        [{"model": e.name, "val_accuracy": float(e.metrics["val_accuracy"]), "val_macro_f1": e.metrics.get("val_macro_f1"),
-          "val_accuracy_tta": _test_metrics(rows, e.name).get("val_accuracy_tta")} for e in found]))}
+    order = {r["model"]: i for i, r in enumerate(by_validation([_ranking_row(e, rows) for e in found]))}
     return sorted(found, key=lambda e: order[e.name])
+
+
+def _ranking_row(entry: Any, eval_metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A candidate's figures as evaluation.by_validation ranks them: its training val figures, and evaluate's val
+    accuracy with the TTA mode served (`val_accuracy_tta`, when evaluate's metrics.json has it)."""
+    return {"model": entry.name, "val_accuracy": float(entry.metrics["val_accuracy"]),
+            "val_macro_f1": entry.metrics.get("val_macro_f1"),
+            "val_accuracy_tta": _test_metrics(eval_metrics, entry.name).get("val_accuracy_tta")}
 
 
 def champion_decision(new_version: str, new_val: float, new_data: dict[str, str],
@@ -108,8 +114,8 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
             return False, (f"the champion's model (run {new_run_id}) registered again in DVC experiment "
                            f"{experiment!r}: an experiment does not move @champion (v{cv}); `ferops promote --version "
                            f"{new_version}` does, deliberately")
-        return True, (f"the champion's model (run {new_run_id}) registered again, serving with the current serving code and what "
-                      f"evaluate chose on val: TTA mode and calibration (was v{cv})")
+        return True, (f"the champion's model (run {new_run_id}) registered again, serving with the current serving "
+                      f"code and what evaluate chose on val: TTA mode and calibration (was v{cv})")
     if reused or compared_before:
         by = champion.get("promoted_by")
         return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before; @champion "
@@ -249,15 +255,13 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     challenger_alias = registry_challenger({"register": cfg})
     _check_register_aliases(champion_alias, challenger_alias)
 
+    from ferops import evaluation
+
     cands = find_candidates(models_dir, family, scored=eval_metrics)
     best = cands[0]
-
-    def served_val_of(e: Any) -> float:
-        v = _test_metrics(eval_metrics, e.name).get("val_accuracy_tta")
-        return float(e.metrics["val_accuracy"] if v is None else v)
-
     log.info("candidates (%s) by val accuracy as served (single pass): %s", family, ", ".join(
-        f"{e.name} {served_val_of(e):.4f} ({float(e.metrics['val_accuracy']):.4f})" for e in cands))
+        f"{e.name} {evaluation.served_val(_ranking_row(e, eval_metrics)):.4f} ({float(e.metrics['val_accuracy']):.4f})"
+        for e in cands))
     run_id = reopen_run(best.path)
     client = _client()
     try:
