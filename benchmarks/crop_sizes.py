@@ -33,7 +33,7 @@ def main() -> None:
     import keras
 
     from ferops.models.zoo import custom_objects, inference_model
-    from ferops.training import predict_proba
+    from ferops.tta import predict_proba
 
     sys.path.insert(0, str(Path(__file__).parent))
     from train import read_splits

@@ -212,7 +212,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    from ferops.training import TTA_VIEW_MODES  # plain Python: TensorFlow is not imported yet
+    from ferops.constants import TTA_VIEW_MODES  # plain Python: TensorFlow is not imported yet
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model URI or .keras path (default: a fresh resnet from params.yaml)")

@@ -102,7 +102,7 @@ def score_deep(args, params: dict, model, val, test, out: Path, train) -> dict:
 
     from ferops.evaluation import accuracy_by_tta, best_tta, score, seen_in, tta_probas
     from ferops.metrics import classification_metrics
-    from ferops.training import view_probas
+    from ferops.tta import view_probas
 
     result: dict = {}
     # Every TTA mode on val; `auto` (evaluate's default) takes the best there — never chosen on test.

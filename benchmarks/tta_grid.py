@@ -5,7 +5,7 @@
 
 Predicts every whole-image shift of -k..+k px in both axes (and ten-crop's corners), each with its mirror, once
 ((2k+1)^2 x 2 views for a 44-px crop), then reports the val accuracy of the built-in modes (none, flip, tencrop, shift;
-their views as ferops.training makes them) beside denser view sets made from the same predictions. The test split is
+their views as ferops.tta makes them) beside denser view sets made from the same predictions. The test split is
 never read: this answers whether a new mode is worth adding, a choice made on val.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 
 def view_sets(k: int, crop: int) -> dict[str, list[tuple[int, int]]]:
     """Named sets of (dy, dx) shifts (each used with its mirror): the built-in modes exactly as
-    `ferops.training` makes them for a model with this crop, then denser sets up to ±k px."""
-    from ferops.training import TTA_VIEW_MODES, _view_offsets
+    `ferops.tta` makes them for a model with this crop, then denser sets up to ±k px."""
+    from ferops.tta import TTA_VIEW_MODES, _view_offsets
 
     sets = {m: [(0, 0), *_view_offsets(m, crop)] for m in TTA_VIEW_MODES}
     sets["tencrop+shift"] = [(0, 0), *_view_offsets("all", crop)]

@@ -1,8 +1,9 @@
 """Which ferops source files a script or module can run, read statically, and a fingerprint of them.
 
-One reader for two users: tests/unit/test_dvc_deps.py checks that each DVC stage lists the modules its script reaches,
-and the register stage tags each registered version with the fingerprint of the code it ships (the served model
-carries a copy of the package), so a version is reused only while that code is unchanged.
+One reader for three users: tests/unit/test_dvc_deps.py checks that each DVC stage lists the modules its script reaches;
+the register stage tags each registered version with the fingerprint of the code it ships (the served model carries a
+copy of the package), so a version is reused only while that code is unchanged; and a training checkpoint records the
+fingerprint of the training code, so a run killed before a code change starts fresh instead of resuming under it.
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ def reached(entry: Path, src: Path = PACKAGE.parent) -> set[Path]:
     return seen
 
 
-def served_code_fingerprint() -> str:
-    """sha256 (16 hex digits) of the code a registered model runs when served: pyfunc_code.py and every ferops
-    module it reaches, by path and content."""
+def code_fingerprint(entry: Path, src: Path = PACKAGE.parent) -> str:
+    """sha256 (16 hex digits) of `entry` and every ferops module it reaches, by path and content."""
     h = hashlib.sha256()
-    for f in sorted({SERVED_ENTRY, *reached(SERVED_ENTRY)}):
-        h.update(f.relative_to(PACKAGE.parent).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted({entry, *reached(entry, src)}):
+        h.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def served_code_fingerprint() -> str:
+    """The fingerprint of the code a registered model runs when served: pyfunc_code.py and what it reaches."""
+    return code_fingerprint(SERVED_ENTRY)

@@ -7,7 +7,7 @@ N_PIXELS: int = IMG_SIZE * IMG_SIZE
 UNLABELED: int = -1
 SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
 USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
-# Test-time augmentation view modes (ferops.training.tta_views), cheapest first, and `ferops predict --faces`
+# Test-time augmentation view modes (ferops.tta.tta_views), cheapest first, and `ferops predict --faces`
 # modes (ferops.inference.face_regions): here so the CLI can offer them without importing numpy or Keras.
 TTA_VIEW_MODES: tuple[str, ...] = ("none", "flip", "tencrop", "shift")
 TTA_SETTINGS: tuple[str, ...] = (*TTA_VIEW_MODES, "auto")  # auto: the mode evaluate chose on val

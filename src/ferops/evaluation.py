@@ -19,7 +19,7 @@ from ferops.constants import EMOTIONS, NUM_CLASSES, TTA_SETTINGS
 from ferops.data.io import FerData, read_json
 from ferops.errors import DataError
 from ferops.metrics import classification_metrics, confusion
-from ferops.training import TTA_VIEW_MODES, average_views, predict_proba, view_indices, view_probas
+from ferops.tta import TTA_VIEW_MODES, average_views, predict_proba, view_indices, view_probas
 
 log = logging.getLogger("ferops.evaluation")
 
@@ -454,16 +454,12 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
 
-    from ferops.tracking import reopen_run
+    from ferops.tracking import find_run, reopen_run
 
     client, run_id = MlflowClient(), reopen_run(entry.path)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:  # the tracking store was reset since training: keep the files, warn
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a busy or unreachable store: the run's tags would go stale
-            raise
+    run = find_run(run_id, client)  # a busy or unreachable store raises: the run's tags would go stale
+    if run is None:  # the tracking store was reset since training: keep the files, warn
         log.warning("%s: MLflow run %s not in the store — test metrics only in reports/", entry.path, run_id)
         return False
     if run.info.lifecycle_stage == "deleted":  # deleted in the UI: evaluate must not stop there

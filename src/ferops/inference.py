@@ -36,7 +36,7 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("label", "label_name", *PROB_COLUMNS, "model"
 # registered version it resolved; FerPyfunc answers as that version when it was logged from that run (served_model).
 SERVED_MODEL_ENV = "FEROPS_SERVED_MODEL"
 BATCH_SIZE = 512
-# Test-time augmentation at prediction: ferops.training's view modes, plus `auto` = the mode `evaluate` chose on
+# Test-time augmentation at prediction: ferops.tta's view modes, plus `auto` = the mode `evaluate` chose on
 # val for the registered model (recorded in its pyfunc model_config at registration; none when unknown).
 FACE_MARGIN = 0.1          # grow detector boxes by 10 % a side: FER2013 crops include brow and chin
 MIN_FACE_PX = 24           # smallest face searched for, in pixels of the (downscaled) detection image
@@ -285,7 +285,7 @@ def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE, t
 
     `predict_on_batch` runs the compiled graph without `model.predict`'s per-call dataset set-up (≈80 ms),
     so one photo's faces take milliseconds; a plain callable (e.g. a wrapped pyfunc) is called per chunk.
-    `tta` other than none averages the views `evaluate` scores (`ferops.training.tta_views`), all views of a
+    `tta` other than none averages the views `evaluate` scores (`ferops.tta.tta_views`), all views of a
     chunk in one call: ten-crop costs ~10x the images, but one face's 10 views still run as one small batch.
     """
     check_tta(tta, TTA_VIEW_MODES)
@@ -298,7 +298,7 @@ def predict_proba(model: Any, faces: np.ndarray, batch_size: int = BATCH_SIZE, t
     if tta == "none":
         return np.concatenate([np.asarray(call(x[i:i + batch_size]), dtype=np.float32)
                                for i in range(0, len(x), batch_size)])
-    from ferops.training import tta_views
+    from ferops.tta import tta_views
 
     crop = 0
     if tta in ("tencrop", "shift"):

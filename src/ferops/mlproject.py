@@ -13,32 +13,38 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 
 def repro(args: list[str]) -> int:
     """`dvc repro <args>` with the project run out of the stages' environment; returns dvc's exit code."""
+    from ferops.tracking import REPRO_ENV
+
     project = os.environ.pop("MLFLOW_RUN_ID", None)
     started_ms = int(time.time() * 1000)
+    repro_id = os.environ[REPRO_ENV] = uuid.uuid4().hex  # the stages tag their runs with it (tracking.model_run)
     try:
         return subprocess.call([sys.executable, "-m", "dvc", "repro", *args])
     finally:
         if project:
-            nest_new_runs(project, started_ms)
+            nest_new_runs(project, started_ms, repro_id)
 
 
-def nest_new_runs(project: str, since_ms: int) -> list[str]:
-    """Nest the top-level runs started in the project run's experiments since `since_ms` under it (nesting is a
-    tag in MLflow), and leave a note on it; returns their ids. A tune study's trials stay under their study's run."""
+def nest_new_runs(project: str, since_ms: int, repro_id: str) -> list[str]:
+    """Nest the top-level runs this `dvc repro` started (tagged `ferops_repro` = `repro_id`, since `since_ms`) in the
+    project run's experiments under it (nesting is a tag in MLflow), and leave a note on it; returns their ids. Other
+    runs started meanwhile in the same store (another user's, another pipeline's) stay where they are; a tune study's
+    trials stay under their study's run."""
     from mlflow import MlflowClient
 
-    from ferops.tracking import EXPERIMENT, init_tracking
+    from ferops.tracking import EXPERIMENT, REPRO_TAG, init_tracking
 
     init_tracking()  # the stages' store (MLFLOW_TRACKING_URI, as `mlflow run` passes it, else the project's)
     client = MlflowClient()
     experiments = {client.get_run(project).info.experiment_id}
     if (ferops := client.get_experiment_by_name(EXPERIMENT)) is not None:
         experiments.add(ferops.experiment_id)
-    runs = [r for r in client.search_runs(sorted(experiments), filter_string=f"attributes.start_time >= {since_ms}",
+    runs = [r for r in client.search_runs(sorted(experiments), filter_string=f"attributes.start_time >= {since_ms} and tags.{REPRO_TAG} = '{repro_id}'",
                                           max_results=5000)
             if r.info.run_id != project and "mlflow.parentRunId" not in r.data.tags]
     for r in runs:

@@ -14,6 +14,9 @@ from ferops.config import flatten, repo_root, sqlite_file, sqlite_url, store_roo
 
 EXPERIMENT = "ferops"
 RUN_ID_FILE = "mlflow_run_id.txt"
+# `mlflow run -e main` names its `dvc repro` in the stages' environment; each run they start carries it as a tag,
+# so the project run nests exactly those runs (ferops.mlproject)
+REPRO_ENV, REPRO_TAG = "FEROPS_REPRO_ID", "ferops_repro"
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -104,6 +107,21 @@ def dataset_tags(ingest_report: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def find_run(run_id: str, client: Any = None) -> Any | None:
+    """MLflow run `run_id`, or None where the store holds no such run (reset since, or the id is not one). Any other
+    store error (locked, unreachable) is raised: read as "no run", it started a second run of a model being resumed
+    and left the first one's tags stale."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return (client or MlflowClient()).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
 @contextmanager
 def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, str], run_dir: Path | None = None,
               nested: bool = False) -> Iterator[Any]:
@@ -115,18 +133,18 @@ def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, st
 
     run_id = None
     if run_dir is not None and (run_dir / RUN_ID_FILE).exists():
+        # an empty file names no run: a fresh one, as for a run the store no longer holds (reset since)
         run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
-        try:
-            # an empty file names no run: a fresh one, as for a run the store no longer holds
-            deleted = run_id is not None and mlflow.get_run(run_id).info.lifecycle_stage == "deleted"
-        except Exception:  # the store was reset: start a fresh run
+        old = find_run(run_id) if run_id else None
+        if old is None:
             run_id = None
-        else:  # deleted in the UI (a killed run, cleaned up): MLflow refuses to start it again
-            if deleted:
-                print(f"MLflow run {run_id} (named in {run_dir / RUN_ID_FILE}) was deleted: starting a new run",
-                      file=sys.stderr)
-                run_id = None
+        elif old.info.lifecycle_stage == "deleted":  # deleted in the UI (a killed run, cleaned up): MLflow refuses
+            print(f"MLflow run {run_id} (named in {run_dir / RUN_ID_FILE}) was deleted: starting a new run",
+                  file=sys.stderr)
+            run_id = None
     all_tags = {"stage": stage, "model": model, "dvc_stage": f"{stage}@{model}", "git_commit": git_commit(), **tags}
+    if os.environ.get(REPRO_ENV):  # under `mlflow run -e main`: which runs its `dvc repro` started (mlproject)
+        all_tags[REPRO_TAG] = os.environ[REPRO_ENV]
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage}-{model}", nested=nested, tags=all_tags) as run:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Keras training for the deep models: config merge, seeds, precision, tf.data, schedules, resume, TTA.
+"""Keras training for the deep models: config merge, seeds, precision, tf.data, schedules, resume.
 
 `train_keras` is shared by the train_deep stage and the Optuna trials (tune).
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ferops.config import deep_merge, number_problem
-from ferops.constants import IMG_SIZE, NUM_CLASSES, TTA_VIEW_MODES
+from ferops.constants import IMG_SIZE, NUM_CLASSES
 from ferops.data.io import FerData, data_digest
 from ferops.errors import ConfigError, DataError
 
@@ -399,6 +399,14 @@ def save_weights_npz(path: Path, weights: list[np.ndarray], **extra: np.ndarray)
     tmp = path.with_name(path.stem + ".tmp.npz")
     # numpy's stub: mypy takes the unpacked dicts as possibly filling savez's allow_pickle (a bool), hence the ignore
     np.savez(tmp, **extra, **{f"w{i}": w for i, w in enumerate(weights)})  # type: ignore[arg-type]
+    tmp.replace(path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` through a temporary file and a rename: a kill never leaves half a file (a half-written checkpoint
+    record read as another config started a run afresh; a half-written member result broke every rerun)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -936,9 +944,7 @@ def _callbacks():
             if self.plateau is not None:
                 st["plateau"] = {"best": float(self.plateau.best), "wait": int(self.plateau.wait),
                                  "cooldown_counter": int(self.plateau.cooldown_counter)}
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(st))
-            tmp.replace(self.state_file)  # atomic: a kill never leaves half a state file
+            write_atomic(self.state_file, json.dumps(st))
 
     class MlflowEpochLogger(keras.callbacks.Callback):
         """Log per-epoch loss/accuracy/val_*/lr to the active MLflow run as `epoch_<key>` (step = 1-based epoch).
@@ -1100,7 +1106,7 @@ def train_keras(train: FerData, val: FerData, cfg: dict[str, Any], *, seed: int,
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: a rerun must start fresh
 
     clean = inference_model(model, cfg)
-    proba = predict_proba(clean, val.pixels, batch_size=512)
+    proba = _predict(clean, val.pixels)
     m = classification_metrics(val.emotion.astype(int), proba.argmax(1), prefix="val_")
     return TrainResult(model=clean, train_model=model, history=history, best_epoch=best_epoch, epochs_run=len(history["val_accuracy"]),
                        val_accuracy=m["val_accuracy"], val_macro_f1=m["val_macro_f1"], wall_s=wall,
@@ -1189,91 +1195,15 @@ def _guard_checkpoint(ckpt: Path, identity: dict[str, Any], file: str = "config.
         print(f"checkpoint {ckpt} was made with another config or data: starting fresh", file=sys.stderr)
         shutil.rmtree(ckpt, ignore_errors=True)
     ckpt.mkdir(parents=True, exist_ok=True)
-    f.write_text(text)
+    write_atomic(f, text)
     return same
 
 
-def _as_input(pixels: np.ndarray) -> np.ndarray:
-    x = np.asarray(pixels, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.shape[1:] != (IMG_SIZE, IMG_SIZE, 1):
-        raise DataError(f"pixels have shape {x.shape}; expected (N,{IMG_SIZE},{IMG_SIZE}) or (N,{IMG_SIZE},{IMG_SIZE},1).")
-    return x
-
-
-
-def _view_offsets(tta: str, crop: int) -> list[tuple[int, int]]:
-    """(dy, dx) image shifts of a mode's views besides the unshifted one (none without a crop smaller than 48).
-
-    Shifting the 48x48 image moves the model's own centre crop: by ±(48-crop)/2 px it lands on a corner crop
-    (ten-crop), by ±1 px on a neighbouring crop (shift); np.roll's wrapped rows fall outside the crop.
-    """
-    d = (IMG_SIZE - crop) // 2 if crop and crop < IMG_SIZE else 0
-    if not d:
-        return []
-    corners = [(dy, dx) for dy in (-d, d) for dx in (-d, d)]
-    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    return {"tencrop": corners, "shift": shifts, "all": corners + shifts}.get(tta, [])
-
-
-def _iter_views(pixels: np.ndarray, tta: str, crop: int):
-    if tta not in (*TTA_VIEW_MODES, "all"):
-        raise ConfigError(f"tta={tta!r}: use {' | '.join(TTA_VIEW_MODES)}.")
-    x = _as_input(pixels)
-    if tta == "none":
-        yield x
-        return
-    for shift in [(0, 0)] + _view_offsets(tta, crop):
-        b = np.roll(x, shift, axis=(1, 2)) if shift != (0, 0) else x
-        yield b
-        yield b[:, :, ::-1, :]
-
-
-def tta_views(pixels: np.ndarray, tta: str = "none", crop: int = 0) -> list[np.ndarray]:
-    """The test-time views of a batch: none → [x]; flip → x and its mirror; tencrop → 5 crops x 2 flips;
-    shift → the centre crop and its 8 one-pixel neighbours x 2 flips (18 views); `all` → every view of every
-    mode once (26), ordered plain, mirror, corners, shifts — `view_indices` picks a mode's views out of it.
-    """
-    return list(_iter_views(pixels, tta, crop))
-
-
-def view_indices(tta: str, n_views: int) -> list[int]:
-    """Positions of mode `tta`'s views in an `all` view list of `n_views` (2 for a model without a crop layer)."""
-    if tta not in TTA_VIEW_MODES:
-        raise ConfigError(f"tta={tta!r}: use {' | '.join(TTA_VIEW_MODES)}.")
-    if tta == "none":
-        return [0]
-    if tta == "flip" or n_views == 2:
-        return [0, 1]
-    idx = {"tencrop": list(range(10)), "shift": [0, 1, *range(10, 26)]}[tta]
-    if idx[-1] >= n_views:
-        raise DataError(f"tta={tta!r} needs the views of an `all` pass (26); got {n_views} — re-score the model.")
-    return idx
-
-
-def view_probas(model: Any, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> list[np.ndarray]:
-    """Class probabilities (float64) of each test-time view, in `tta_views` order (`all`: every mode's views,
-    predicted once). Views are made one at a time, so only one extra copy of `pixels` is held."""
-    from ferops.models.zoo import crop_size
-
-    views = _iter_views(pixels, tta, crop_size(model) if tta in ("tencrop", "shift", "all") else 0)
-    return [np.asarray(model.predict(v, batch_size=batch_size, verbose=0), dtype=np.float64) for v in views]
-
-
-def average_views(probas: list[np.ndarray]) -> np.ndarray:
-    """The mean of per-view probabilities, as float32."""
-    out = np.zeros_like(probas[0])
-    for p in probas:
-        out += p
-    return (out / len(probas)).astype(np.float32)
-
-
-def predict_proba(model: Any, pixels: np.ndarray, batch_size: int = 512, tta: str = "none") -> np.ndarray:
-    """Class probabilities [N,7] for raw 0..255 pixels, averaged over test-time-augmented views."""
-    if len(pixels) == 0:
-        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    return average_views(view_probas(model, pixels, batch_size, tta))
+def _predict(model: Any, pixels: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities [N,7] (float32) of one plain pass, for val scoring in training. Test-time views live in
+    ferops.tta, which training does not import: a TTA change re-runs evaluate, not every training stage."""
+    x = np.asarray(pixels, dtype=np.float32).reshape(-1, IMG_SIZE, IMG_SIZE, 1)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64).astype(np.float32)
 
 
 # --- the train_deep stage: config resolution, MLflow logging, model directory -------------------------------
@@ -1329,16 +1259,17 @@ def save_member(res: TrainResult, folder: Path, key: str) -> None:
     res.model.save(folder / "model.keras")
     fields = ("history", "best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "wall_s", "images_per_s", "precision",
               "swa_val_accuracy", "swa_epochs", "swa_used", "ema_bn_val_accuracy", "ema_bn_used")
-    (folder / "result.json").write_text(json.dumps({"key": key, **{f: getattr(res, f) for f in fields}}))
+    write_atomic(folder / "result.json", json.dumps({"key": key, **{f: getattr(res, f) for f in fields}}))
 
 
 def load_member(folder: Path, key: str) -> TrainResult | None:
     """A member kept by `save_member` with the same config, seed and data size; None otherwise."""
     f = folder / "result.json"
-    if not f.exists():
+    try:
+        saved = json.loads(f.read_text())
+    except (OSError, ValueError):  # missing, or half-written by a version without write_atomic: train it again
         return None
-    saved = json.loads(f.read_text())
-    if saved.pop("key") != key:
+    if saved.pop("key", None) != key:
         print(f"finished member in {folder} was made with another config: training it again", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -1438,7 +1369,7 @@ def fit_deep(cfg: dict[str, Any], train: FerData, val: FerData, seed: int, *, ch
     from ferops.models.zoo import ensemble_model
 
     model = ensemble_model([r.model for r in members], name=name)
-    proba = predict_proba(model, _labeled(val, "validation").pixels, batch_size=512)
+    proba = _predict(model, _labeled(val, "validation").pixels)
     return FitResult(model, members, seeds, proba, ensemble_history([r.history for r in members]))
 
 
@@ -1456,6 +1387,13 @@ def average_metrics(res: TrainResult) -> dict[str, float | int]:
     if res.ema_bn_val_accuracy is not None:
         out.update({"ema_bn_val_accuracy": float(res.ema_bn_val_accuracy), "ema_bn_used": int(res.ema_bn_used)})
     return out
+
+
+def training_code() -> str:
+    """Fingerprint of this module and every ferops module it reaches (the model zoo, the data pipeline, tracking)."""
+    from ferops.codebase import code_fingerprint
+
+    return code_fingerprint(Path(__file__).resolve())
 
 
 def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerData, *, seed: int,
@@ -1480,7 +1418,9 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     # included) before the id is copied: after a change the training starts fresh, and so must its run, or the old
     # run's params would describe the new model and its curves hold two epoch 1s.
     digest = data_digest(train, val)  # once: the members' and the epochs' checkpoints record it too
-    identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs}
+    # the training code too: DVC re-runs this stage after a code change, and a checkpoint of the old code resumed
+    # under the new one made a model of neither
+    identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs, "code": training_code()}
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
     if resume and ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
@@ -1492,7 +1432,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     with model_run(stage="train_deep", model=name, params=cfg, tags=tags, run_dir=out) as run:
         if ckpt is not None:
             (ckpt / RUN_ID_FILE).write_text(run.info.run_id + "\n")
-        mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs})
+        mlflow.log_params({"n_train": len(train), "n_val": len(val), "max_epochs": max_epochs, "seed": seed})
         fit = fit_deep(cfg, train, val, seed, checkpoint_dir=ckpt, verbose=verbose, max_epochs=max_epochs, name=name,
                        callbacks_for=lambda prefix: [MlflowEpochLogger(prefix + "epoch_")], digest=digest,
                        # removed below, after the model and its MLflow logging: a kill in that logging (a single

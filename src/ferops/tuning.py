@@ -717,22 +717,26 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
     errors = ctx.SimpleQueue()
     procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers, "errors": errors},
                          name=f"tune-worker-{i + 1}") for i in range(workers)]
-    for p in procs:
-        p.start()
     try:
+        for p in procs:  # inside the try: a failed start stops the workers already started
+            p.start()
         while any(p.is_alive() for p in procs):
             time.sleep(1.0)
             n = counted(study)
             if bar is not None and n != bar.n:
                 bar.n = n
                 bar.refresh()
-    except KeyboardInterrupt:
+    except BaseException:
+        # Ctrl-C, or the parent failing to poll (storage locked, the bar's refresh): stop the workers, or the join below
+        # waits out their whole study (hours) before the error shows, with no one watching them.
         for p in procs:
-            p.terminate()
+            if p.is_alive():
+                p.terminate()
         raise
     finally:
         for p in procs:
-            p.join()
+            if p.pid is not None:  # started (join() refuses a process that never was)
+                p.join()
     if not errors.empty():  # e.g. a sampled value check_config refuses: the same one line as with one worker
         raise errors.get()
     bad = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
@@ -744,17 +748,12 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
 @contextlib.contextmanager
 def _parent_run(study: "optuna.Study", family: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Any]:
     """The study's MLflow parent run: reopened when the study already has one (resume), else created."""
-    import mlflow
-
-    from ferops.tracking import RUN_ID_FILE, git_commit, model_run
+    from ferops.tracking import RUN_ID_FILE, find_run, git_commit, model_run
 
     with tempfile.TemporaryDirectory() as tmp:
         run_id, started_at = study.user_attrs.get("mlflow_parent_run_id"), None
         if run_id:
-            try:
-                old = mlflow.get_run(run_id)
-            except Exception:  # another tracking store
-                old = None
+            old = find_run(run_id)  # None: another tracking store, or one reset since
             if old is not None and old.info.lifecycle_stage == "active":
                 Path(tmp, RUN_ID_FILE).write_text(run_id + "\n")
                 _release_project_run(run_id, study.study_name)

@@ -75,6 +75,7 @@ def test_stage_logs_run_and_loadable_model(tmp_path, env):
     assert run.data.tags["stage"] == "train_baselines" and run.data.tags["model"] == "hog"
     assert run.data.tags["dataset"] == "synthetic" and run.data.tags["kind"] == "hog_svm"
     assert run.data.params["kind"] == "hog_svm" and "best.C" in run.data.params
+    assert run.data.params["seed"] == "7"  # params.yaml's seed: folds, forests and PCA draw from it
     assert run.data.metrics["val_accuracy"] == pytest.approx(metrics["val_accuracy"])
     assert "val_f1_happy" in run.data.metrics and "train_wall_s" in run.data.metrics
     steps = mlflow.MlflowClient().get_metric_history(run_id, "grid_val_accuracy")

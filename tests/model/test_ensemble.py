@@ -11,7 +11,8 @@ import mlflow
 from ferops.data.io import read_json  # noqa: E402
 from ferops.errors import ConfigError  # noqa: E402
 from ferops.models.zoo import build_model, crop_size, ensemble_model, fold_batchnorm  # noqa: E402
-from ferops.training import ensemble_seeds, predict_proba, train_deep_model, train_members  # noqa: E402
+from ferops.training import ensemble_seeds, train_deep_model, train_members  # noqa: E402
+from ferops.tta import predict_proba  # noqa: E402
 
 RESNET = {"arch": "resnet", "stages": [1, 1], "widths": [8, 16], "online_aug": {"crop": 44}}
 TINY = {"arch": "dnn", "hidden": [16], "dropout": 0.0, "epochs": 2, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",

@@ -61,6 +61,7 @@ def test_mlflow_run_has_params_epoch_metrics_artifacts_and_a_loadable_model(trai
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["arch"] == "cnn" and run.data.params["online_aug.crop"] == "44"
+    assert run.data.params["seed"] == "0"  # the run says which seed made it (the config alone does not)
     assert run.data.tags["stage"] == "train_deep" and run.data.tags["dataset"] == "synthetic"
     assert run.data.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"])
     client = mlflow.MlflowClient()
@@ -133,3 +134,35 @@ def test_a_run_killed_while_logging_its_model_resumes_without_training_again(tra
     steps = [h.step for h in mlflow.MlflowClient().get_metric_history(first, "epoch_val_accuracy")]
     assert steps == list(range(1, m["epochs_run"] + 1))  # each epoch logged once: none trained again
     assert not ckpt.exists()
+
+
+def test_a_checkpoint_of_other_training_code_starts_fresh(trained, tmp_path, monkeypatch):
+    """Killed, then the training code changed (a `git pull`; DVC re-runs the stage for it): the rerun trains from
+    epoch 1 into a new run. Resumed, its model had been trained partly by each version of the code."""
+    import ferops.plots
+    from ferops import training
+    from ferops.data.synthetic import make_synthetic
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained[3]}/mlflow.db")
+    init_tracking()
+    d = make_synthetic(120, 6)
+    train, val = d.subset(np.arange(120) < 90), d.subset(np.arange(120) >= 90)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    report = {"synthetic": True, "sha256": "abc", "format": "synthetic"}
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as kill:
+        kill.setattr(ferops.plots, "training_curves", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt,
+                             verbose=0)
+    mlflow.end_run()
+    first = (out / "mlflow_run_id.txt").read_text().strip()
+    assert training.training_code() == training.training_code()  # stable while the code is the same
+    monkeypatch.setattr(training, "training_code", lambda: "0123456789abcdef")  # as after an edit of zoo.py
+    m = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
+    assert m["mlflow_run_id"] != first
+    steps = [h.step for h in mlflow.MlflowClient().get_metric_history(m["mlflow_run_id"], "epoch_val_accuracy")]
+    assert steps == list(range(1, m["epochs_run"] + 1))  # every epoch trained in the new run

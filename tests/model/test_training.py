@@ -23,15 +23,14 @@ from ferops.training import (  # noqa: E402
     make_optimizer,
     mix_batch,
     mix_config,
-    predict_proba,
     recompute_bn_stats,
     resolve_config,
     steps_per_execution,
     swa_config,
     time_budget_s,
     train_keras,
-    tta_views,
 )
+from ferops.tta import predict_proba, tta_views  # noqa: E402
 
 TINY = {"arch": "dnn", "hidden": [16], "dropout": 0.0, "epochs": 3, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw",
         "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1, "class_weights": True,
@@ -133,7 +132,7 @@ def test_subsample_keeps_every_class():
 
 
 def test_tta_views_hit_the_corner_and_neighbour_crops():
-    from ferops.training import view_indices
+    from ferops.tta import view_indices
 
     x = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
     views = tta_views(x, "tencrop", crop=44)

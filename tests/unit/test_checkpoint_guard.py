@@ -38,3 +38,34 @@ def test_strict_guard_drops_a_checkpoint_without_its_record(tmp_path):
     assert not (ckpt / RUN_ID_FILE).exists() and (ckpt / RUN_CONFIG_FILE).exists()
     (ckpt / "weights").write_text("w")  # the lenient (per-training) guard keeps unrecorded files: its caller's
     assert not _guard_checkpoint(ckpt, {"epochs": 1}) and (ckpt / "weights").exists()
+
+
+def test_the_training_code_fingerprint_follows_every_module_training_reaches(tmp_path):
+    """A checkpoint records the training code (training.py and what it imports): an edit of the model zoo changes it."""
+    from ferops.codebase import code_fingerprint
+
+    pkg = tmp_path / "ferops"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "training.py").write_text("from ferops.models import zoo\n")
+    (pkg / "models" / "zoo.py").write_text("WIDTH = 32\n")
+    (pkg / "inference.py").write_text("X = 1\n")  # not reached from training
+    before = code_fingerprint(pkg / "training.py", tmp_path)
+    (pkg / "inference.py").write_text("X = 2\n")
+    assert code_fingerprint(pkg / "training.py", tmp_path) == before
+    (pkg / "models" / "zoo.py").write_text("WIDTH = 64\n")
+    assert code_fingerprint(pkg / "training.py", tmp_path) != before
+
+
+def test_a_half_written_member_result_trains_the_member_again(tmp_path):
+    """A kill while a finished ensemble member's result.json was written left half a file, and every rerun of the
+    stage failed reading it; now the file is written atomically, and a broken one means "not finished"."""
+    from ferops.training import load_member, write_atomic
+
+    done = tmp_path / "member_1_done"
+    done.mkdir()
+    (done / "result.json").write_text('{"key": "abc", "history": {"accu')
+    assert load_member(done, "abc") is None
+    write_atomic(done / "result.json", '{"key": "other"}')
+    assert not list(done.glob("*.tmp")) and load_member(done, "abc") is None

@@ -429,7 +429,7 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     from ferops.diagnostics import fit_temperature
     from ferops.evaluation import choose_tta, tta_probas
     from ferops.tracking import RUN_ID_FILE
-    from ferops.training import view_probas
+    from ferops.tta import view_probas
 
     data = _separable(300, seed=3)
     d = tmp_path / "models" / "deep" / "tiny"

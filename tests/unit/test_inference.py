@@ -182,14 +182,14 @@ def test_pyfunc_crop_face_param(registered, keras_model):
 
 def test_predict_proba_tta_matches_evaluate(keras_model):
     """Serving's TTA (all views of a chunk in one call) gives evaluate's probabilities (one predict per view)."""
-    from ferops import training
+    from ferops import tta
     from ferops.errors import ConfigError
 
     x = np.random.default_rng(4).integers(0, 256, (9, IMG_SIZE, IMG_SIZE), dtype=np.uint8)
     by_mode = {}
-    for mode in training.TTA_VIEW_MODES:
+    for mode in tta.TTA_VIEW_MODES:
         by_mode[mode] = inf.predict_proba(keras_model, x, batch_size=25, tta=mode)  # 25 rows: chunks of 1–12 faces
-        np.testing.assert_allclose(by_mode[mode], training.predict_proba(keras_model, x, tta=mode), atol=1e-5)
+        np.testing.assert_allclose(by_mode[mode], tta.predict_proba(keras_model, x, tta=mode), atol=1e-5)
     assert not np.allclose(by_mode["tencrop"], by_mode["flip"], atol=1e-4)  # the corner crops are really used
     with pytest.raises(ConfigError, match="tta='tencorp': use one of none, flip, tencrop, shift"):
         inf.predict_proba(keras_model, x, tta="tencorp")

@@ -158,7 +158,7 @@ def test_data_without_competition_usage_is_split_by_class_under_the_default_stra
     labeled = FerData(d.pixels, d.emotion, np.full(len(d), "Unknown"), d.source_id)
     unl = make_synthetic(10, seed=6)
     unl = FerData(unl.pixels, np.full(10, -1, np.int8), np.full(10, "Unlabeled"), np.char.add(unl.source_id, "t"))
-    with caplog.at_level("WARNING", logger="ferops.split"):
+    with caplog.at_level("INFO", logger="ferops.split"):
         parts, report = split_dataset(FerData.concat([labeled, unl]), strategy="usage", seed=1)
     assert report["strategy"] == "stratified" and report["strategy_requested"] == "usage" and report["seed"] == 1
     assert len(parts["predict"]) == 10 and len(parts["train"]) == 240  # 80 % (per-class rounding moves val/test a bit)

@@ -85,3 +85,39 @@ def test_a_sqlite_query_string_is_kept_and_not_part_of_the_file(tmp_path, monkey
     assert tuning.make_storage("sqlite:///studies.db?timeout=30", tmp_path) == \
         f"sqlite:///{tmp_path.resolve() / 'studies.db'}?timeout=30"
     assert tuning._storage_file("sqlite:///studies.db?timeout=30", tmp_path) == tmp_path.resolve() / "studies.db"
+
+
+def test_a_resumed_run_is_looked_up_and_only_a_missing_one_is_replaced(tmp_path, monkeypatch):
+    """model_run reopens the run its run-id file names. A store that no longer holds it (reset since, or the file
+    holds no run id) gets a fresh run; any other store error stops the stage. It used to start a fresh run on any
+    error: a locked store made a killed training resume its epochs into a second run, the first left RUNNING."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ferops.tracking import RUN_ID_FILE, find_run, init_tracking, model_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    run_dir = tmp_path / "out"
+    with model_run("train_deep", "cnn", {"lr": 0.1}, {}, run_dir=run_dir) as run:
+        first = run.info.run_id
+    assert find_run(first).info.run_id == first
+    assert find_run("0" * 32) is None and find_run("not a run id") is None
+    with model_run("train_deep", "cnn", {"lr": 0.1}, {}, run_dir=run_dir) as run:
+        assert run.info.run_id == first  # resumed
+    (run_dir / RUN_ID_FILE).write_text("0" * 32 + "\n")  # a run of a store since reset
+    with model_run("train_deep", "cnn", {"lr": 0.1}, {}, run_dir=run_dir) as run:
+        fresh = run.info.run_id
+    assert fresh != first
+
+    def locked(self, run_id):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code="INTERNAL_ERROR")
+
+    n_runs = len(mlflow.search_runs(search_all_experiments=True))
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", locked)
+    with pytest.raises(MlflowException, match="database is locked"):
+        with model_run("train_deep", "cnn", {"lr": 0.1}, {}, run_dir=run_dir):
+            pass
+    monkeypatch.undo()
+    assert len(mlflow.search_runs(search_all_experiments=True)) == n_runs and \
+        (run_dir / RUN_ID_FILE).read_text().strip() == fresh

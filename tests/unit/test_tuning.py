@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -460,3 +462,23 @@ def test_study_figures_are_made_legible():
                 assert matplotlib.colors.rgb_to_hsv(worst[:3])[2] < 0.5  # the worst trial is dark, not white
                 assert fig.get_size_inches()[0] > 6.4  # room for its axes (3 here: objective, lr, wd)
             pyplot().close(fig)
+
+
+def _sleeping_worker(**kwargs: object) -> None:
+    """A tune worker that would outlive the test: module-level, so a spawned child imports it by name."""
+    time.sleep(60)
+
+
+def test_a_failing_poll_stops_the_workers_instead_of_waiting_for_their_study(monkeypatch):
+    """Only Ctrl-C stopped the spawned workers: when the parent's poll raised (the storage locked or unreachable), the
+    join waited for the workers' whole study (hours) before the error showed, and they ran on unwatched."""
+    def locked(study, running=False):
+        raise RuntimeError("storage locked")
+
+    monkeypatch.setattr(tuning, "_worker_main", _sleeping_worker)
+    monkeypatch.setattr(tuning, "counted", locked)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="storage locked"):
+        tuning._spawn_workers(2, None, None)
+    assert time.monotonic() - start < 45  # the workers sleep 60 s: not waited out (spawning them takes a few)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("tune-worker-")]

@@ -157,8 +157,8 @@ def split_dataset(data: FerData, strategy: str = "usage", fractions: dict[str, f
     lab = data.emotion != UNLABELED
     if strategy == "usage" and lab.any() and set(data.usage[lab].tolist()) <= {"Unknown"}:
         # No labeled row says where it belongs (e.g. Kaggle train.csv + unlabeled test.csv): `usage` has nothing to
-        # go by, so split by class instead of stopping.
-        log.warning("no labeled row has a competition usage (Training/PublicTest/PrivateTest): splitting with the "
+        # go by, so split by class instead of stopping (documented: a notice, not a warning).
+        log.info("no labeled row has a competition usage (Training/PublicTest/PrivateTest): splitting with the "
                     "`stratified` strategy (split.fractions) instead of `usage`")
         strategy = "stratified"
     fr = check_fractions(fractions or {"train": 0.8, "val": 0.1, "test": 0.1}) if strategy == "stratified" else None

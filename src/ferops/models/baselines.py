@@ -377,7 +377,7 @@ def train_baseline_model(name: str, kind: str, cfg: dict[str, Any], train: tuple
     out.mkdir(parents=True, exist_ok=True)
     tracking.init_tracking()
     (out / tracking.RUN_ID_FILE).unlink(missing_ok=True)  # a retrain is a new run, never a resumed one
-    with tracking.model_run(stage="train_baselines", model=name, params=cfg,
+    with tracking.model_run(stage="train_baselines", model=name, params={**cfg, "seed": seed},
                             tags=tracking.dataset_tags(ingest_report) | {"kind": kind}, run_dir=out) as run:
         t0 = time.perf_counter()
         model, grid, best = fit_with_grid(kind, cfg, Xtr, ytr, Xva, yva, seed)
