@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 
@@ -21,18 +20,17 @@ def repro(args: list[str]) -> int:
     from ferops.tracking import REPRO_ENV
 
     project = os.environ.pop("MLFLOW_RUN_ID", None)
-    started_ms = int(time.time() * 1000)
     repro_id = os.environ[REPRO_ENV] = uuid.uuid4().hex  # the stages tag their runs with it (tracking.model_run)
     try:
         return subprocess.call([sys.executable, "-m", "dvc", "repro", *args])
     finally:
         if project:
-            nest_new_runs(project, started_ms, repro_id)
+            nest_new_runs(project, repro_id)
 
 
-def nest_new_runs(project: str, since_ms: int, repro_id: str) -> list[str]:
-    """Nest the top-level runs this `dvc repro` started (tagged `ferops_repro` = `repro_id`, since `since_ms`) in the
-    project run's experiments under it (nesting is a tag in MLflow), and leave a note on it; returns their ids. Other
+def nest_new_runs(project: str, repro_id: str) -> list[str]:
+    """Nest the top-level runs this `dvc repro` started (tagged `ferops_repro` = `repro_id`; by tag, not by start
+    time, which a remote tracking server's clock would decide) in the project run's experiments under it (nesting is a tag in MLflow), and leave a note on it; returns their ids. Other
     runs started meanwhile in the same store (another user's, another pipeline's) stay where they are; a tune study's
     trials stay under their study's run."""
     from mlflow import MlflowClient
@@ -44,7 +42,7 @@ def nest_new_runs(project: str, since_ms: int, repro_id: str) -> list[str]:
     experiments = {client.get_run(project).info.experiment_id}
     if (ferops := client.get_experiment_by_name(EXPERIMENT)) is not None:
         experiments.add(ferops.experiment_id)
-    runs = [r for r in client.search_runs(sorted(experiments), filter_string=f"attributes.start_time >= {since_ms} and tags.{REPRO_TAG} = '{repro_id}'",
+    runs = [r for r in client.search_runs(sorted(experiments), filter_string=f"tags.{REPRO_TAG} = '{repro_id}'",
                                           max_results=5000)
             if r.info.run_id != project and "mlflow.parentRunId" not in r.data.tags]
     for r in runs:

@@ -122,6 +122,16 @@ def find_run(run_id: str, client: Any = None) -> Any | None:
         raise
 
 
+def end_killed_run(run_id: str) -> None:
+    """Mark run `run_id` KILLED if it is still RUNNING (its process was killed, and its training starts afresh in a
+    new run); a run the store does not hold, or one that ended, is left as it is."""
+    from mlflow import MlflowClient
+
+    run = find_run(run_id)
+    if run is not None and run.info.status == "RUNNING":
+        MlflowClient().set_terminated(run_id, status="KILLED")
+
+
 @contextmanager
 def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, str], run_dir: Path | None = None,
               nested: bool = False) -> Iterator[Any]:

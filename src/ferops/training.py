@@ -404,7 +404,8 @@ def save_weights_npz(path: Path, weights: list[np.ndarray], **extra: np.ndarray)
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` through a temporary file and a rename: a kill never leaves half a file (a half-written checkpoint
-    record read as another config started a run afresh; a half-written member result broke every rerun)."""
+    record read as another config started a run afresh; a half-written member result broke every rerun). No fsync: a
+    power cut may leave the file empty, which every reader takes as "start afresh"; one writer per folder (DVC's lock)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -1192,7 +1193,7 @@ def _guard_checkpoint(ckpt: Path, identity: dict[str, Any], file: str = "config.
     text = json.dumps(identity, sort_keys=True, default=str)
     same = f.exists() and f.read_text() == text
     if (f.exists() and not same) or (strict and not f.exists() and ckpt.is_dir() and any(ckpt.iterdir())):
-        print(f"checkpoint {ckpt} was made with another config or data: starting fresh", file=sys.stderr)
+        print(f"checkpoint {ckpt} was made with another config, data or training code: starting fresh", file=sys.stderr)
         shutil.rmtree(ckpt, ignore_errors=True)
     ckpt.mkdir(parents=True, exist_ok=True)
     write_atomic(f, text)
@@ -1408,7 +1409,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     from ferops.data.io import write_json
     from ferops.metrics import classification_metrics, confusion
     from ferops.plots import confusion_matrix_plot, training_curves
-    from ferops.tracking import RUN_ID_FILE, dataset_tags, init_tracking, model_run
+    from ferops.tracking import RUN_ID_FILE, dataset_tags, end_killed_run, init_tracking, model_run
 
     out = Path(out_dir)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -1421,12 +1422,15 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     # the training code too: DVC re-runs this stage after a code change, and a checkpoint of the old code resumed
     # under the new one made a model of neither
     identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs, "code": training_code()}
+    killed = (ckpt / RUN_ID_FILE).read_text().strip() if ckpt is not None and (ckpt / RUN_ID_FILE).is_file() else ""
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
     if resume and ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
     elif not resume:  # a fresh training is a new run, also where nothing emptied `out` (the script run by hand)
         (out / RUN_ID_FILE).unlink(missing_ok=True)
     init_tracking()
+    if killed and not resume:  # the killed run is not resumed: it would show RUNNING in the MLflow UI for good
+        end_killed_run(killed)
     extra = tags or {}
     tags = {**dataset_tags(ingest_report), "arch": str(cfg.get("arch")), **extra}
     with model_run(stage="train_deep", model=name, params=cfg, tags=tags, run_dir=out) as run:

@@ -23,7 +23,6 @@ def _as_input(pixels: np.ndarray) -> np.ndarray:
     return x
 
 
-
 def _view_offsets(tta: str, crop: int) -> list[tuple[int, int]]:
     """(dy, dx) image shifts of a mode's views besides the unshifted one (none without a crop smaller than 48).
 

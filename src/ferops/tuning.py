@@ -717,18 +717,25 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
     errors = ctx.SimpleQueue()
     procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers, "errors": errors},
                          name=f"tune-worker-{i + 1}") for i in range(workers)]
+    polled = True
     try:
         for p in procs:  # inside the try: a failed start stops the workers already started
             p.start()
         while any(p.is_alive() for p in procs):
             time.sleep(1.0)
-            n = counted(study)
+            try:
+                n = counted(study)
+            except Exception as exc:  # the bar's count only: a busy storage must not stop the workers' trials
+                if polled:
+                    log.warning("tuning progress not shown (%s); the workers go on", exc)
+                polled = False
+                continue
             if bar is not None and n != bar.n:
                 bar.n = n
                 bar.refresh()
     except BaseException:
-        # Ctrl-C, or the parent failing to poll (storage locked, the bar's refresh): stop the workers, or the join below
-        # waits out their whole study (hours) before the error shows, with no one watching them.
+        # Ctrl-C or a failed start: stop the workers, or the join below waits out their whole study (hours) before
+        # the error shows, with no one watching them.
         for p in procs:
             if p.is_alive():
                 p.terminate()

@@ -136,7 +136,7 @@ def test_a_run_killed_while_logging_its_model_resumes_without_training_again(tra
     assert not ckpt.exists()
 
 
-def test_a_checkpoint_of_other_training_code_starts_fresh(trained, tmp_path, monkeypatch):
+def test_a_checkpoint_of_other_training_code_starts_fresh(trained, tmp_path, monkeypatch, capsys):
     """Killed, then the training code changed (a `git pull`; DVC re-runs the stage for it): the rerun trains from
     epoch 1 into a new run. Resumed, its model had been trained partly by each version of the code."""
     import ferops.plots
@@ -160,9 +160,11 @@ def test_a_checkpoint_of_other_training_code_starts_fresh(trained, tmp_path, mon
                              verbose=0)
     mlflow.end_run()
     first = (out / "mlflow_run_id.txt").read_text().strip()
+    mlflow.MlflowClient().update_run(first, status="RUNNING")  # as a killed process leaves it
     assert training.training_code() == training.training_code()  # stable while the code is the same
     monkeypatch.setattr(training, "training_code", lambda: "0123456789abcdef")  # as after an edit of zoo.py
     m = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
-    assert m["mlflow_run_id"] != first
+    assert m["mlflow_run_id"] != first and "another config, data or training code" in capsys.readouterr().err
+    assert mlflow.get_run(first).info.status == "KILLED"  # not left RUNNING in the UI for good
     steps = [h.step for h in mlflow.MlflowClient().get_metric_history(m["mlflow_run_id"], "epoch_val_accuracy")]
     assert steps == list(range(1, m["epochs_run"] + 1))  # every epoch trained in the new run

@@ -54,6 +54,11 @@ def test_the_training_code_fingerprint_follows_every_module_training_reaches(tmp
     before = code_fingerprint(pkg / "training.py", tmp_path)
     (pkg / "inference.py").write_text("X = 2\n")
     assert code_fingerprint(pkg / "training.py", tmp_path) == before
+    import shutil
+
+    moved = tmp_path / "elsewhere"  # another clone, install or machine: the same code, the same fingerprint
+    shutil.copytree(pkg, moved / "ferops")
+    assert code_fingerprint(moved / "ferops" / "training.py", moved) == before
     (pkg / "models" / "zoo.py").write_text("WIDTH = 64\n")
     assert code_fingerprint(pkg / "training.py", tmp_path) != before
 

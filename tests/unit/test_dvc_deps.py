@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # Names, params access, error types and process start-up: no stage lists them, so a change to them that alters
 # results needs `dvc repro -f`.
 INFRASTRUCTURE = {"src/ferops/config.py", "src/ferops/constants.py", "src/ferops/errors.py", "src/ferops/runner.py"}
-# Reached through an import the stage never exercises, with why.
+# Reached through an import the stage never exercises, or one no output depends on, with why.
+_FINGERPRINT = ("the training code's fingerprint: it decides only whether a killed run's checkpoint resumes, never "
+                "what a model learns (as a dep, each edit of it re-trained every model)")
 NOT_RUN: dict[str, dict[str, str]] = {
+    "train_deep": {"src/ferops/codebase.py": _FINGERPRINT},
+    "tune": {"src/ferops/codebase.py": "reached through training.py's checkpoint fingerprint, which trials never use"},
     "evaluate": {"src/ferops/data/formats.py": "inference parses REST `pixels` and resizes photos with it; evaluate "
                                                "passes arrays"},
     "register": {"src/ferops/diagnostics.py": "reached through evaluation's figures; register only reads its "
