@@ -2,7 +2,7 @@
 
 python stages/evaluate.py --split data/processed/split --models models --ingest-report reports/ingest.json \
     --metrics reports/metrics.json --comparison reports/model_comparison.md --submission reports/submission.csv \
-    --out reports/evaluation --mistakes reports/mistakes
+    --out reports/evaluation --mistakes reports/mistakes --serving reports/serving.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ferops.runner import run
 
 
 def main() -> None:
-    """Parse paths, evaluate all models, write metrics.json, the comparison table and the submission."""
+    """Parse paths, evaluate all models, write metrics.json, the comparison table, the submission and serving.json."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", required=True, type=Path, help="folder with train.npz, val.npz, test.npz and predict.npz")
     ap.add_argument("--models", required=True, type=Path, help="folder with baselines/*/ and deep/*/")
@@ -29,6 +29,8 @@ def main() -> None:
                     "confusion matrix (PNG + CSV), calibration plot and the val mistakes gallery (PNG)")
     ap.add_argument("--mistakes", type=Path, help="folder for each model's <m>/mistakes_val.csv (every val error, "
                     "most confident first); default: `mistakes` beside --out")
+    ap.add_argument("--serving", required=True, type=Path, help="per deep model, the TTA mode and temperatures the "
+                    "register stage serves (reports/serving.json)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
@@ -40,7 +42,7 @@ def main() -> None:
 
     from ferops.data.io import load_npz, read_json, write_json
     from ferops.evaluation import (comparison_markdown, declared_models, discover_models, evaluate_all, load_predict,
-                                   metrics_summary, write_submission)
+                                   metrics_summary, serving_summary, write_submission)
     from ferops.tracking import init_tracking
 
     ingest = read_json(args.ingest_report)
@@ -51,6 +53,7 @@ def main() -> None:
     results, labels = evaluate_all(entries, test, predict, args.out, tta=tta, batch_size=batch_size, val=val,
                                    mistakes_dir=args.mistakes, train_pixels=load_npz(args.split / "train.npz").pixels)
     write_json(metrics_summary(results), args.metrics)
+    write_json(serving_summary(results, tta), args.serving)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)
     args.comparison.write_text(comparison_markdown(results, tta, ingest))
     write_submission(predict.source_id, labels, args.submission)

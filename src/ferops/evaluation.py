@@ -202,7 +202,7 @@ def write_diagnostics(y_test: np.ndarray, probs_test: np.ndarray, val: FerData |
     bins = calibration_bins(y_test, probs_test)
     ece = ece_of_bins(*bins)
     files = [reliability_diagram(*bins, out_dir / "calibration_test.png",
-                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} %{views and ', ' + views}"
+                                 title=f"{name} — test calibration (ECE {100 * ece:.1f} points{views and ', ' + views}"
                                        f"{calibration})")]
     if val is not None and probs_val is not None:
         lab = val.labeled
@@ -284,6 +284,15 @@ def metrics_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float 
     """reports/metrics.json: per model the validation and headline test numbers (None where not applicable)."""
     return {r["model"]: {k: (None if r.get(k) is None else r[k] if isinstance(r[k], int) else round(float(r[k]), 6))
                          for k in SUMMARY_KEYS} for r in results}
+
+
+def serving_summary(results: list[dict[str, Any]], tta: str) -> dict[str, dict[str, Any]]:
+    """reports/serving.json: per deep model what register serves — the TTA mode used, whether chosen on val (`auto`) or
+    set in params.yaml, each mode's temperature fitted on val (the values `log_to_run` tags the training run with).
+    A file, not only the tags: DVC sees it, and an experiment re-evaluating the same run cannot change the workspace's."""
+    return {r["model"]: {"tta": r["tta_mode"], "tta_chosen": "val" if tta == "auto" else "params",
+                         "temperatures": dict(sorted(r["temperatures"].items()))}
+            for r in results if r.get("kind") == "deep"}
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -378,7 +387,8 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     lines += ["", f"★ best by validation accuracy as served: `{best}` ({submits}). "
               "Test ECE: expected calibration error of the probabilities served (with TTA), in points: how far "
               "confidence is from accuracy (0 = calibrated; `calibration_test.png` per model); where a raw ECE "
-              "follows in brackets, the probabilities were calibrated by a temperature fitted on val. Figures: "
+              "follows in brackets, the probabilities were calibrated by a temperature fitted on val." + _sure(rows)
+              + " Figures: "
               "`model_comparison.png`, and per model `confusion_test.png` (single pass), `calibration_test.png` and "
               "`mistakes_val.png` (with the TTA mode served) under the evaluation folder; every val error, most "
               "confident first (where label noise shows), in `mistakes/<model>/mistakes_val.csv`.", "",
@@ -387,6 +397,15 @@ def comparison_markdown(results: list[dict[str, Any]], tta: str, data: dict[str,
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"test_f1_{e.lower()}")) for e in EMOTIONS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _sure(rows: list[dict[str, Any]]) -> str:
+    """A clause for models whose ECE is 100 minus their accuracy: always sure (probability 1 for every answer, as KNN
+    with k = 1), which reads as a calibration failure without it."""
+    sure = [r["model"] for r in rows if r.get("test_ece") is not None and r.get("test_accuracy") is not None
+            and abs(float(r["test_ece"]) - (1 - float(r["test_accuracy"]))) < 5e-4]
+    return (f" {', '.join(f'`{m}`' for m in sure)} {'is' if len(sure) == 1 else 'are'} sure of every answer "
+            "(probability 1, as KNN with one neighbour), so its ECE is 100 minus its accuracy.") if sure else ""
 
 
 def _unseen_sentence(rows: list[dict[str, Any]]) -> list[str]:
@@ -449,7 +468,8 @@ def log_to_run(entry: ModelEntry, metrics: dict[str, Any], artifacts: list[Path]
                chosen_on_val: bool = True, temperatures: dict[str, float] | None = None) -> bool:
     """Add test metrics and confusion artifacts to the model's own MLflow training run (False if gone); `tta` the
     mode used, `chosen_on_val` whether evaluate chose it (`evaluate.tta: auto`) or params.yaml named it,
-    `temperatures` the calibration fitted on val per mode (the register stage serves them: tag `eval_temperatures`)."""
+    `temperatures` the calibration fitted on val per mode (tag `eval_temperatures`). The register stage reads them from
+    reports/serving.json (`serving_summary`); the tags stay for the MLflow UI and for registering without that file."""
     import time
 
     from mlflow import MlflowClient
@@ -539,7 +559,7 @@ def evaluate_all(entries: list[ModelEntry], test: FerData, predict: FerData, out
         raw_ece = ece(y, raw) if temps else None
         served = apply_temperature(raw, t_mode)
         served_val = None if probs_val is None else apply_temperature(probs_val, t_mode)
-        note = (f", temperature {t_mode:g} fitted on val; {100 * raw_ece:.1f} % before"
+        note = (f", temperature {t_mode:g} fitted on val; {100 * raw_ece:.1f} points before"
                 if raw_ece is not None and mode in temps else "")
         more, metrics["test_ece"] = write_diagnostics(
             y, served, val, served_val, Path(out_dir) / entry.key, entry.key, calibration=note,

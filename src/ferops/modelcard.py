@@ -151,8 +151,11 @@ def model_card(*, name: str, version: str, model: str, config: dict[str, Any], m
     if test.get("test_ece") is not None:
         mode = f"with `{tta}` (what `ferops predict` and a REST request with `tta: auto` get)" if tta != "none" else ""
         single = test.get("test_ece_single")
-        plain = (f"; a plain REST request (single pass) gets probabilities off by "
-                 f"{100 * float(single):.1f} points" if tta != "none" and single is not None else "")
+        plain = ""
+        if tta != "none" and single is not None:  # "off by 3.4 … off by 3.4" read as a contrast: say "as much"
+            same = f"{100 * float(single):.1f}" == f"{100 * float(test['test_ece']):.1f}"
+            plain = (f"; a plain REST request (single pass) gets probabilities off by "
+                     f"{'as much' if same else f'{100 * float(single):.1f} points'}")
         lines += ["", f"Calibration: the probabilities {mode or 'served'} are off from the accuracy they achieve by "
                       f"{100 * float(test['test_ece']):.1f} points on average (expected calibration error on test; "
                       f"`reports/evaluation/{model}/calibration_test.png`){plain}." + _scaled(temperatures, tta, test)]

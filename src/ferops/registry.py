@@ -236,9 +236,12 @@ def _test_metrics(metrics: Mapping[str, Any], model: str) -> dict[str, Any]:
 
 def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_report: dict[str, Any],
                   cfg: dict[str, Any], split_dir: str | Path | None = None,
-                  split_report: dict[str, Any] | None = None, experiment: str | None = None) -> dict[str, Any]:
+                  split_report: dict[str, Any] | None = None, experiment: str | None = None,
+                  serving: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it.
-    `experiment`: the DVC experiment running the stage, if any (`champion_decision`).
+    `experiment`: the DVC experiment running the stage, if any (`champion_decision`). `serving`: evaluate's
+    reports/serving.json (`read_serving`), the TTA mode and temperatures to serve; a model it lacks (or no `serving`)
+    is served with its training run's `eval_*` tags.
 
     `split_dir` (data/processed/split): its val.npz's digest is tagged, so a champion validated on another val split
     (the same raw file, split otherwise) is not compared by accuracy; `split_report` (reports/split.json) describes
@@ -277,12 +280,22 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     from ferops.inference import first_line, log_pyfunc_model, recorded_tta
 
-    # The mode evaluate chose on val (its tag on the training run) becomes what a request's `tta: auto` uses, and the
-    # temperatures it fitted on val calibrate each mode's probabilities. A version of this run is reused only if it
-    # serves both (temperatures within TEMPERATURE_RTOL): one from before they were recorded, or with others
-    # (evaluate.tta changed), gets a fresh version — its pyfunc holds them, and the test figures are the new mode's.
-    tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
-    temperatures = _recorded_temperatures(run.data.tags.get("eval_temperatures"))
+    # The mode evaluate chose on val becomes what a request's `tta: auto` uses, and the temperatures it fitted on val
+    # calibrate each mode's probabilities. A version of this run is reused only if it serves both (temperatures within
+    # TEMPERATURE_RTOL): one from before they were recorded, or with others (evaluate.tta changed), gets a fresh
+    # version — its pyfunc holds them, and the test figures are the new mode's. From reports/serving.json, a DVC dep:
+    # the run's tags are shared with every experiment that re-evaluates the same cached run, and the last one wins.
+    evaluated = _evaluate_served(serving, best.name)
+    if evaluated is not None:
+        tta, temperatures = evaluated["tta"], evaluated["temperatures"]
+        chosen_on_val = evaluated["tta_chosen"] == "val"
+    else:
+        if serving is not None:
+            log.warning("%s: not in evaluate's serving file — serving the TTA mode and temperatures its MLflow run "
+                        "%s is tagged with (`dvc repro -f evaluate` writes the file anew)", best.name, run_id)
+        tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
+        temperatures = _recorded_temperatures(run.data.tags.get("eval_temperatures"))
+        chosen_on_val = run.data.tags.get("eval_tta_chosen", "val") == "val"
     served = {"tta_mode": tta, "temperatures": json.dumps(temperatures, sort_keys=True)}
     def calibrated_alike(tag: str | None) -> bool:
         return tag is not None and same_temperatures(_recorded_temperatures(tag), temperatures)
@@ -336,7 +349,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         log.info("registered %s v%s from %s (run %s)", name, mv.version, best.name, run_id)
     version = str(mv.version)
     card = _describe(client, name, version, best, test, ingest_report, tta, run.data.tags.get("git_commit") or git_commit(),
-                     split_report, tta_chosen=run.data.tags.get("eval_tta_chosen", "val") == "val",
+                     split_report, tta_chosen=chosen_on_val,
                      temperatures=temperatures, code=(mv.tags or {}).get("code_sha256") or code)
 
     client.set_registered_model_alias(name, challenger_alias, version)
@@ -370,6 +383,54 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         "tta_mode": (registered.tags or {}).get("tta_mode", "none"),  # what a request's `tta: auto` uses
         "model_card": card,  # the stage writes it to reports/model_card.md
     }
+
+
+SERVING_FIX = "re-run evaluate to write it anew: `dvc repro -f evaluate`"
+
+
+def check_serving_entry(entry: Any, where: str) -> dict[str, Any]:
+    """One deep model's entry of evaluate's serving file (`evaluation.serving_summary`), checked:
+    {"tta": mode, "tta_chosen": "val" | "params", "temperatures": {mode: T}}; a DataError naming `where` otherwise."""
+    from ferops.constants import TTA_VIEW_MODES
+
+    def bad(why: str) -> DataError:
+        return DataError(f"{where}: {why} — {SERVING_FIX}.")
+
+    if not isinstance(entry, dict):
+        raise bad(f"{entry!r} is not an object with tta, tta_chosen and temperatures")
+    tta, chosen, temps = entry.get("tta"), entry.get("tta_chosen"), entry.get("temperatures")
+    if tta not in TTA_VIEW_MODES:
+        raise bad(f"tta {tta!r} is not one of {', '.join(TTA_VIEW_MODES)}")
+    if chosen not in ("val", "params"):
+        raise bad(f"tta_chosen {chosen!r} is not val or params")
+    if not isinstance(temps, dict):
+        raise bad(f"temperatures {temps!r} is not an object (TTA mode: temperature)")
+    for mode, t in temps.items():
+        # evaluate fits within 0.05-20; the bounds are those a served model_config accepts (recorded_temperatures)
+        if mode not in TTA_VIEW_MODES or isinstance(t, bool) or not isinstance(t, (int, float)) or not 1e-3 <= t <= 1e3:
+            raise bad(f"temperature {mode!r}: {t!r} is not a TTA mode's number between 0.001 and 1000")
+    return {"tta": tta, "tta_chosen": chosen, "temperatures": {str(m): float(t) for m, t in temps.items()}}
+
+
+def read_serving(path: str | Path) -> dict[str, dict[str, Any]]:
+    """evaluate's reports/serving.json, every entry checked (`check_serving_entry`); a DataError naming the file otherwise."""
+    from ferops.data.io import read_json
+
+    try:
+        raw = read_json(path)
+    except ValueError as exc:
+        raise DataError(f"{path}: not JSON ({exc}) — {SERVING_FIX}.") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not an object of deep model → TTA mode and temperatures — {SERVING_FIX}.")
+    return {str(k): check_serving_entry(v, f"{path}: {k}") for k, v in raw.items()}
+
+
+def _evaluate_served(serving: Mapping[str, Any] | None, model: str) -> dict[str, Any] | None:
+    """`model`'s checked entry of `serving` (keys `name` or `deep/name`, as in metrics.json); None when absent."""
+    for key in (model, f"deep/{model}"):
+        if serving is not None and key in serving:
+            return check_serving_entry(serving[key], f"serving.json: {key}")
+    return None
 
 
 def _recorded_temperatures(tag: str | None) -> dict[str, float]:

@@ -131,6 +131,10 @@ def test_metrics_summary_and_comparison_table():
     assert "this data has no unlabeled rows, so the file is empty" in md
     kaggle = comparison_markdown(results, "flip", {"synthetic": False, "format": "kaggle", "unlabeled": 7178})
     assert "its predictions of the 7178 unlabeled rows are in the submission file" in kaggle
+    assert "sure of every answer" not in md
+    # KNN with k = 1: probability 1 for every answer, so its ECE is 100 minus its accuracy (59 points read as broken)
+    knn = comparison_markdown([*results, _result("knn", 0.40, 0.406799, test_ece=0.593201)], "flip")
+    assert "`knn` is sure of every answer (probability 1, as KNN with one neighbour), so its ECE is 100 minus" in knn
 
 
 def test_test_images_copied_from_train_are_counted_and_scored_apart():
@@ -359,7 +363,7 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path, monkeypatc
     assert "test_accuracy_tta_unseen" in auto[0]
     served = "single pass" if auto[0]["tta_mode"] == "none" else f"TTA {auto[0]['tta_mode']}"
     assert titles["confusion_matrix_plot"].endswith("(single pass)")  # test_accuracy's, not the TTA one
-    assert f"on val, {served} (" in titles["mistakes_grid"] and f"%, {served}" in titles["reliability_diagram"]
+    assert f"on val, {served} (" in titles["mistakes_grid"] and f"points, {served}" in titles["reliability_diagram"]
     assert (tmp_path / "mistakes" / "tiny" / "mistakes_val.csv").exists()
     assert by_mode["tencrop"] == by_mode["shift"] == by_mode["flip"]  # no crop layer: only flip's views
     assert best_tta({"none": 0.5, "flip": 0.6, "tencrop": 0.6}) == "flip"  # ties → fewer views
@@ -457,6 +461,16 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
     assert json.loads(logged.tags["eval_temperatures"]) == pytest.approx(want)
     assert logged.metrics["temperature_none"] == pytest.approx(want["none"])
     assert "raw)" in comparison_markdown(results, "auto")
+    # reports/serving.json, what register serves: the very values tagged (register read only the tags, which an
+    # experiment re-evaluating the same run overwrote), in the form register reads back; no entry for a baseline
+    from ferops.data.io import write_json
+    from ferops.evaluation import serving_summary
+    from ferops.registry import read_serving
+
+    serving = serving_summary([*results, _result("logreg", 0.5, 0.5)], "auto")
+    assert serving == {"tiny": {"tta": logged.tags["eval_tta"], "tta_chosen": logged.tags["eval_tta_chosen"],
+                                "temperatures": json.loads(logged.tags["eval_temperatures"])}}
+    assert logged.tags["eval_tta_chosen"] == "val" and read_serving(write_json(serving, tmp_path / "s.json")) == serving
 
     # a mode set in params.yaml (the single pass, and a large mode): every mode is calibrated all the same (a request
     # may ask for any), and val's accuracy by mode is logged beside it, while the mode used stays the one set
@@ -464,6 +478,8 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
         fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)),
                                 tmp_path / "eval", tta=mode, val=val, track=False)
         assert fixed[0]["tta_mode"] == mode and fixed[0]["temperatures"] == pytest.approx(want)
+        assert serving_summary(fixed, mode)["tiny"] == {"tta": mode, "tta_chosen": "params",
+                                                        "temperatures": fixed[0]["temperatures"]}
         assert fixed[0]["val_accuracy_tta_shift"] == r["val_accuracy_tta_shift"]
     # ... and the val probabilities it goes on with (diagnostics, the val figures) are the set mode's
     mode, _, probs_val, _ = choose_tta(model, discover_models(tmp_path / "models")[0], val, "none", 64)

@@ -43,6 +43,8 @@ def test_card_states_model_data_selection_and_figures():
     assert "the probabilities with `tencrop` (what `ferops predict` and a REST request with `tta: auto` get) are off " \
            "from the accuracy they achieve by 3.1 points" in c and "evaluation/resnet/calibration_test.png" in c
     assert "a plain REST request (single pass) gets probabilities off by 10.6 points" in c
+    alike = card(test={**TEST, "test_ece": 0.034, "test_ece_single": 0.0341})  # equal as shown: not a contrast
+    assert "a plain REST request (single pass) gets probabilities off by as much." in alike
     # its own weakest classes and the rarest class, from the figures given
     assert "Weakest classes by validation recall (single pass): Disgust (41 %), Fear (48 %)" in c
     assert "Per class, on validation, single pass:" in c

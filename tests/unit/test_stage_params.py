@@ -23,9 +23,11 @@ def _set(params: dict, dotted: str, value: object) -> None:
 
 
 @pytest.mark.parametrize("stage, args, key, value, words", [
-    ("evaluate", ["--split", "--models", "--ingest-report", "--metrics", "--comparison", "--submission", "--out"],
+    ("evaluate", ["--split", "--models", "--ingest-report", "--metrics", "--comparison", "--submission", "--out",
+                  "--serving"],
      "evaluate.batch_size", "big", "params.yaml evaluate.batch_size: 'big' is not a whole number ≥ 1."),
-    ("evaluate", ["--split", "--models", "--ingest-report", "--metrics", "--comparison", "--submission", "--out"],
+    ("evaluate", ["--split", "--models", "--ingest-report", "--metrics", "--comparison", "--submission", "--out",
+                  "--serving"],
      "evaluate.tta", "ten-crop", "params.yaml evaluate.tta='ten-crop': use one of none, flip, tencrop, shift, auto."),
     ("validate", ["--data", "--report", "--docs"],
      "validate.min_class_fraction", "lots", "params.yaml validate.min_class_fraction: 'lots' is not a number ≥ 0 and ≤ 1."),
