@@ -288,10 +288,17 @@ def metrics_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float 
 
 def serving_summary(results: list[dict[str, Any]], tta: str) -> dict[str, dict[str, Any]]:
     """reports/serving.json: per deep model what register serves — the TTA mode used, whether chosen on val (`auto`) or
-    set in params.yaml, each mode's temperature fitted on val (the values `log_to_run` tags the training run with).
-    A file, not only the tags: DVC sees it, and an experiment re-evaluating the same run cannot change the workspace's."""
+    set in params.yaml, each mode's temperature fitted on val (the values `log_to_run` tags the training run with),
+    and the training run they belong to (register refuses them for a model trained since). A file, not only the
+    tags: DVC sees it, and an experiment re-evaluating the same run cannot change the workspace's."""
+    from ferops.tracking import RUN_ID_FILE
+
+    def run_id(folder: str) -> str | None:
+        f = Path(folder) / RUN_ID_FILE
+        return (f.read_text().strip() or None) if f.is_file() else None
+
     return {r["model"]: {"tta": r["tta_mode"], "tta_chosen": "val" if tta == "auto" else "params",
-                         "temperatures": dict(sorted(r["temperatures"].items()))}
+                         "temperatures": dict(sorted(r["temperatures"].items())), "run_id": run_id(r["dir"])}
             for r in results if r.get("kind") == "deep"}
 
 
@@ -404,8 +411,9 @@ def _sure(rows: list[dict[str, Any]]) -> str:
     with k = 1), which reads as a calibration failure without it."""
     sure = [r["model"] for r in rows if r.get("test_ece") is not None and r.get("test_accuracy") is not None
             and abs(float(r["test_ece"]) - (1 - float(r["test_accuracy"]))) < 5e-4]
-    return (f" {', '.join(f'`{m}`' for m in sure)} {'is' if len(sure) == 1 else 'are'} sure of every answer "
-            "(probability 1, as KNN with one neighbour), so its ECE is 100 minus its accuracy.") if sure else ""
+    one = len(sure) == 1
+    return (f" {', '.join(f'`{m}`' for m in sure)} {'is' if one else 'are'} sure of every answer (probability 1, as "
+            f"KNN with one neighbour), so {'its' if one else 'each one’s'} ECE is 100 minus its accuracy.") if sure else ""
 
 
 def _unseen_sentence(rows: list[dict[str, Any]]) -> list[str]:

@@ -240,8 +240,8 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
                   serving: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Register the best `cfg.family` model by validation accuracy, set challenger/champion aliases, report it.
     `experiment`: the DVC experiment running the stage, if any (`champion_decision`). `serving`: evaluate's
-    reports/serving.json (`read_serving`), the TTA mode and temperatures to serve; a model it lacks (or no `serving`)
-    is served with its training run's `eval_*` tags.
+    reports/serving.json (`read_serving`), the TTA mode and temperatures to serve (the stage always passes it; a
+    model it lacks, or another run's entry, is an error); without it, the training run's `eval_*` tags.
 
     `split_dir` (data/processed/split): its val.npz's digest is tagged, so a champion validated on another val split
     (the same raw file, split otherwise) is not compared by accuracy; `split_report` (reports/split.json) describes
@@ -285,14 +285,11 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     # TEMPERATURE_RTOL): one from before they were recorded, or with others (evaluate.tta changed), gets a fresh
     # version — its pyfunc holds them, and the test figures are the new mode's. From reports/serving.json, a DVC dep:
     # the run's tags are shared with every experiment that re-evaluates the same cached run, and the last one wins.
-    evaluated = _evaluate_served(serving, best.name)
-    if evaluated is not None:
+    if serving is not None:
+        evaluated = _evaluate_served(serving, best.name, run_id)
         tta, temperatures = evaluated["tta"], evaluated["temperatures"]
         chosen_on_val = evaluated["tta_chosen"] == "val"
-    else:
-        if serving is not None:
-            log.warning("%s: not in evaluate's serving file — serving the TTA mode and temperatures its MLflow run "
-                        "%s is tagged with (`dvc repro -f evaluate` writes the file anew)", best.name, run_id)
+    else:  # a caller without evaluate's file (benchmarks, the library): the run's tags
         tta = recorded_tta({"tta": run.data.tags.get("eval_tta")})
         temperatures = _recorded_temperatures(run.data.tags.get("eval_temperatures"))
         chosen_on_val = run.data.tags.get("eval_tta_chosen", "val") == "val"
@@ -385,31 +382,36 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     }
 
 
-SERVING_FIX = "re-run evaluate to write it anew: `dvc repro -f evaluate`"
+SERVING_FIX = "re-run evaluate to write it anew: `dvc repro -f -s evaluate` (-s: that stage alone), then register"
 
 
 def check_serving_entry(entry: Any, where: str) -> dict[str, Any]:
-    """One deep model's entry of evaluate's serving file (`evaluation.serving_summary`), checked:
-    {"tta": mode, "tta_chosen": "val" | "params", "temperatures": {mode: T}}; a DataError naming `where` otherwise."""
+    """One deep model's entry of evaluate's serving file (`evaluation.serving_summary`), checked by the rules a served
+    model_config is read with (`inference.recorded_tta`, `recorded_temperatures`), but strictly: {"tta": mode,
+    "tta_chosen": "val" | "params", "temperatures": {mode: T}, "run_id": the training run scored}; DataError naming
+    `where` otherwise."""
     from ferops.constants import TTA_VIEW_MODES
+    from ferops.inference import recorded_tta, recorded_temperatures
 
     def bad(why: str) -> DataError:
         return DataError(f"{where}: {why} — {SERVING_FIX}.")
 
     if not isinstance(entry, dict):
-        raise bad(f"{entry!r} is not an object with tta, tta_chosen and temperatures")
-    tta, chosen, temps = entry.get("tta"), entry.get("tta_chosen"), entry.get("temperatures")
-    if tta not in TTA_VIEW_MODES:
+        raise bad(f"{entry!r} is not an object with tta, tta_chosen, temperatures and run_id")
+    tta, chosen, temps, run_id = (entry.get(k) for k in ("tta", "tta_chosen", "temperatures", "run_id"))
+    if not isinstance(tta, str) or recorded_tta({"tta": tta}) != tta:
         raise bad(f"tta {tta!r} is not one of {', '.join(TTA_VIEW_MODES)}")
     if chosen not in ("val", "params"):
         raise bad(f"tta_chosen {chosen!r} is not val or params")
     if not isinstance(temps, dict):
         raise bad(f"temperatures {temps!r} is not an object (TTA mode: temperature)")
+    kept = recorded_temperatures({"temperature": temps})
     for mode, t in temps.items():
-        # evaluate fits within 0.05-20; the bounds are those a served model_config accepts (recorded_temperatures)
-        if mode not in TTA_VIEW_MODES or isinstance(t, bool) or not isinstance(t, (int, float)) or not 1e-3 <= t <= 1e3:
+        if isinstance(t, bool) or kept.get(mode) != t:
             raise bad(f"temperature {mode!r}: {t!r} is not a TTA mode's number between 0.001 and 1000")
-    return {"tta": tta, "tta_chosen": chosen, "temperatures": {str(m): float(t) for m, t in temps.items()}}
+    if run_id is not None and not isinstance(run_id, str):
+        raise bad(f"run_id {run_id!r} is not an MLflow run id")
+    return {"tta": tta, "tta_chosen": chosen, "temperatures": kept, "run_id": run_id}
 
 
 def read_serving(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -425,12 +427,20 @@ def read_serving(path: str | Path) -> dict[str, dict[str, Any]]:
     return {str(k): check_serving_entry(v, f"{path}: {k}") for k, v in raw.items()}
 
 
-def _evaluate_served(serving: Mapping[str, Any] | None, model: str) -> dict[str, Any] | None:
-    """`model`'s checked entry of `serving` (keys `name` or `deep/name`, as in metrics.json); None when absent."""
-    for key in (model, f"deep/{model}"):
-        if serving is not None and key in serving:
-            return check_serving_entry(serving[key], f"serving.json: {key}")
-    return None
+def _evaluate_served(serving: Mapping[str, Any], model: str, run_id: str) -> dict[str, Any]:
+    """`model`'s entry of evaluate's serving file (keys as metrics.json's: `name`, or `deep/name` beside a baseline of
+    that name), checked and of training run `run_id`. The file is a DVC dep, so under `dvc repro` it always holds the
+    model just evaluated; a missing or other run's entry means evaluate has not scored this model (a stage run by hand,
+    `mlflow run -e train_deep`), and its run's tags may be an experiment's: refused, not guessed."""
+    where = f"serving.json: {model}"
+    key = next((k for k in (model, f"deep/{model}") if k in serving), None)
+    if key is None:
+        raise DataError(f"{where}: no entry — evaluate has not scored this model; {SERVING_FIX}.")
+    entry = check_serving_entry(serving[key], where)
+    if entry["run_id"] is not None and entry["run_id"] != run_id:
+        raise DataError(f"{where}: evaluate scored MLflow run {entry['run_id']}, but the model now in its folder is run "
+                        f"{run_id} (trained since); {SERVING_FIX}.")
+    return entry
 
 
 def _recorded_temperatures(tag: str | None) -> dict[str, float]:

@@ -48,9 +48,12 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     assert {"train_baselines", "train_deep", "tune"} <= {r.data.tags.get("stage") for r in runs}
     assert {r.data.tags.get("tuned_from") for r in runs if r.data.tags.get("stage") == "train_deep"} == {
         "params.yaml"}  # use_tuned: false
-    # the champion carries the TTA mode evaluate chose on val for it, which `tta: auto` requests then use
-    chosen = client.get_run(reg["run_id"]).data.tags["eval_tta"]
+    # the champion carries the TTA mode evaluate chose on val for it (reports/serving.json, also tagged on its run),
+    # which `tta: auto` requests then use
+    serving = json.loads((repo / "reports/serving.json").read_text())[reg["model"]]
+    chosen = serving["tta"]
     assert chosen in ("none", "flip", "tencrop", "shift") and reg["tta_mode"] == chosen
+    assert serving["run_id"] == reg["run_id"] and client.get_run(reg["run_id"]).data.tags["eval_tta"] == chosen
     assert client.get_model_version(reg["name"], str(reg["version"])).tags["tta_mode"] == chosen
 
     second = dvc(repo, "repro")

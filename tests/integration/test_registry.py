@@ -112,7 +112,7 @@ def test_the_card_of_a_fixed_tta_mode_says_it_was_set_not_chosen(store):
     assert "the test-time augmentation mode, `flip`, was set in params.yaml `evaluate.tta`" in card
 
 
-def test_evaluates_serving_file_not_a_run_tag_an_experiment_rewrote_sets_what_is_served(store, caplog):
+def test_evaluates_serving_file_not_a_run_tag_an_experiment_rewrote_sets_what_is_served(store):
     """evaluate's TTA mode and temperatures reach register through reports/serving.json, a DVC dep. register read them
     from the training run's `eval_*` tags, which every experiment re-evaluating the same cached run (`dvc exp run
     --temp`, `dvc queue`) rewrites: a workspace register then served the experiment's mode and temperatures."""
@@ -124,8 +124,8 @@ def test_evaluates_serving_file_not_a_run_tag_an_experiment_rewrote_sets_what_is
     client, models = MlflowClient(), store / "models" / "deep"
     run_id = (_train(models, "resnet", "resnet", val=0.5, seed=2) / "mlflow_run_id.txt").read_text().strip()
     # the workspace's evaluate chose flip on val; an experiment then re-evaluated the run with tencrop set in params
-    path = write_json({"resnet": {"tta": "flip", "tta_chosen": "val", "temperatures": {"flip": 1.2, "none": 1.3}}},
-                      store / "reports" / "serving.json")
+    entry = {"tta": "flip", "tta_chosen": "val", "temperatures": {"flip": 1.2, "none": 1.3}, "run_id": run_id}
+    path = write_json({"resnet": entry}, store / "reports" / "serving.json")
     for k, v in {"eval_tta": "tencrop", "eval_tta_chosen": "params",
                  "eval_temperatures": json.dumps({"none": 2.0, "tencrop": 1.5})}.items():
         client.set_tag(run_id, k, v)
@@ -136,21 +136,25 @@ def test_evaluates_serving_file_not_a_run_tag_an_experiment_rewrote_sets_what_is
     assert json.loads(mv.tags["temperatures"]) == {"flip": 1.2, "none": 1.3}
     assert "mode were chosen on validation" in mv.description  # not "set in params.yaml", the experiment's
 
-    # a model the file lacks (or no file, as for older callers): the run's tags, as before, with a warning
-    r2 = register_best(models, scores, INGEST, CFG, serving={})
-    assert (r2["version"], r2["tta_mode"]) == (2, "tencrop") and "not in evaluate's serving file" in caplog.text
+    # evaluate has not scored the model now in the folder (a stage run by hand, `mlflow run -e train_deep`): no entry,
+    # or one of another training run — refused, naming the fix, not served with tags an experiment may have set
+    fix = r"`dvc repro -f -s evaluate` \(-s: that stage alone\), then register"
+    with pytest.raises(DataError, match=f"serving.json: resnet: no entry — evaluate has not scored this model; re-run .*{fix}"):
+        register_best(models, scores, INGEST, CFG, serving={})
+    with pytest.raises(DataError, match=f"evaluate scored MLflow run 0+, but the model now in its folder is run {run_id}"):
+        register_best(models, scores, INGEST, CFG, serving={"resnet": {**entry, "run_id": "0" * 32}})
 
     # a malformed file: one line naming it, its entry and the fix — before anything is registered
     bad = write_json({"resnet": {"tta": "ten-crop", "tta_chosen": "val", "temperatures": {}}}, store / "bad.json")
-    with pytest.raises(DataError, match=r"bad\.json: resnet: tta 'ten-crop' is not one of .*`dvc repro -f evaluate`"):
+    with pytest.raises(DataError, match=f"bad\\.json: resnet: tta 'ten-crop' is not one of .*{fix}"):
         read_serving(bad)
-    for entry in ({"tta": "flip", "tta_chosen": "val", "temperatures": {"flip": "hot"}}, ["flip"]):
-        with pytest.raises(DataError, match=r"serving\.json: resnet: .*`dvc repro -f evaluate`"):
-            register_best(models, scores, INGEST, CFG, serving={"resnet": entry})
+    for wrong in ({**entry, "temperatures": {"flip": "hot"}}, {**entry, "temperatures": {"flip": True}}, ["flip"]):
+        with pytest.raises(DataError, match=f"serving\\.json: resnet: .*{fix}"):
+            register_best(models, scores, INGEST, CFG, serving={"resnet": wrong})
     bad.write_text("[1, 2")
     with pytest.raises(DataError, match=r"bad\.json: not JSON"):
         read_serving(bad)
-    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
 
 
 def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):

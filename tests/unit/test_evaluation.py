@@ -469,7 +469,8 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
 
     serving = serving_summary([*results, _result("logreg", 0.5, 0.5)], "auto")
     assert serving == {"tiny": {"tta": logged.tags["eval_tta"], "tta_chosen": logged.tags["eval_tta_chosen"],
-                                "temperatures": json.loads(logged.tags["eval_temperatures"])}}
+                                "temperatures": json.loads(logged.tags["eval_temperatures"]),
+                                "run_id": run.info.run_id}}  # which training run they are of
     assert logged.tags["eval_tta_chosen"] == "val" and read_serving(write_json(serving, tmp_path / "s.json")) == serving
 
     # a mode set in params.yaml (the single pass, and a large mode): every mode is calibrated all the same (a request
@@ -478,7 +479,7 @@ def test_evaluate_calibrates_each_tta_mode_on_val_and_logs_the_temperatures(tmp_
         fixed, _ = evaluate_all(discover_models(tmp_path / "models"), test, test.subset(np.arange(0)),
                                 tmp_path / "eval", tta=mode, val=val, track=False)
         assert fixed[0]["tta_mode"] == mode and fixed[0]["temperatures"] == pytest.approx(want)
-        assert serving_summary(fixed, mode)["tiny"] == {"tta": mode, "tta_chosen": "params",
+        assert serving_summary(fixed, mode)["tiny"] == {"tta": mode, "tta_chosen": "params", "run_id": run.info.run_id,
                                                         "temperatures": fixed[0]["temperatures"]}
         assert fixed[0]["val_accuracy_tta_shift"] == r["val_accuracy_tta_shift"]
     # ... and the val probabilities it goes on with (diagnostics, the val figures) are the set mode's
