@@ -29,10 +29,10 @@ def repro(args: list[str]) -> int:
 
 
 def nest_new_runs(project: str, repro_id: str) -> list[str]:
-    """Nest the top-level runs this `dvc repro` started (tagged `ferops_repro` = `repro_id`; by tag, not by start
-    time, which a remote tracking server's clock would decide) in the project run's experiments under it (nesting is a tag in MLflow), and leave a note on it; returns their ids. Other
-    runs started meanwhile in the same store (another user's, another pipeline's) stay where they are; a tune study's
-    trials stay under their study's run."""
+    """Nest the top-level runs this `dvc repro` started (tagged `ferops_repro` = `repro_id`: by tag, not by start
+    time, which a remote tracking server's clock would decide) in the project run's experiments under it (nesting is
+    a tag in MLflow), and leave a note on it; returns their ids. Other runs started meanwhile in the same store
+    (another user's, another pipeline's) stay where they are; a tune study's trials stay under their study's run."""
     from mlflow import MlflowClient
 
     from ferops.tracking import EXPERIMENT, REPRO_TAG, init_tracking
