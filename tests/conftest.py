@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests that clean their subprocess' env lost pytest's mark
+# The caller's settings that point ferops, MLflow or make elsewhere: a developer who exported a shared Optuna or MLflow
+# store (as the README suggests) had test trials and runs written into it, and `make test VENV=/x` or an exported
+# PORT reached the Makefile tests' own `make` calls. Every test starts from the defaults; each sets what it needs.
+for _name in ("FEROPS_OPTUNA_STORAGE", "FEROPS_REPRO_ID", "FEROPS_SERVED_MODEL", "FEROPS_MAX_IMAGE_PIXELS",
+              "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_EXPERIMENT_ID", "DVC_EXP_NAME", "KERAS_BACKEND", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VENV",
+              "LOCK", "PORT", "HOST", "PROFILE", "TEST_WORKERS"):
+    os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CSV = REPO.parent / "shared" / "data" / "fer2013.csv.gz"

@@ -70,5 +70,6 @@ def dvc(dest: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProce
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{dest / 'mlflow.db'}"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["FEROPS_LOG_LEVEL"] = "WARNING"
+    env["DVC_SITE_CACHE_DIR"] = str(dest.parent / f"{dest.name}.dvc_site")  # DVC's per-repo state: not /var/tmp
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=dest, env=env,
                           capture_output=True, text=True, timeout=timeout)
