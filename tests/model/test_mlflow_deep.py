@@ -104,31 +104,36 @@ def test_a_checkpoint_of_another_config_gets_a_new_mlflow_run(trained, tmp_path,
     assert mlflow.get_run(summary["mlflow_run_id"]).data.params["dropout"] == "0.1"  # the old run left as it was
 
 
-def test_a_run_killed_while_logging_its_model_resumes_without_training_again(trained, tmp_path, monkeypatch):
-    """Killed after training, while the stage saved and logged the model: the rerun trains no epoch again and
-    finishes the same MLflow run (the old code had removed the checkpoint, run id included, at the end of
-    training: it retrained the model from epoch 1 into a second run and left the first one unfinished)."""
+def _killed_while_logging(store, tmp_path, monkeypatch, data_seed: int):
+    """A stage killed after training, while it saved and logged the model: (train, val, out, ckpt, report, the run
+    it left), for the rerun."""
     import ferops.plots
     from ferops.data.synthetic import make_synthetic
 
-    store = trained[3]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     init_tracking()
-    d = make_synthetic(120, 5)
+    d = make_synthetic(120, data_seed)
     train, val = d.subset(np.arange(120) < 90), d.subset(np.arange(120) >= 90)
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     report = {"synthetic": True, "sha256": "abc", "format": "synthetic"}
-    real = ferops.plots.training_curves
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed while logging")
 
-    monkeypatch.setattr(ferops.plots, "training_curves", killed)
-    with pytest.raises(RuntimeError, match="killed while logging"):
-        train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
+    with monkeypatch.context() as kill:
+        kill.setattr(ferops.plots, "training_curves", killed)
+        with pytest.raises(RuntimeError, match="killed while logging"):
+            train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt,
+                             verbose=0)
     mlflow.end_run()  # the killed process' run ends with it
-    first = (out / "mlflow_run_id.txt").read_text().strip()
-    monkeypatch.setattr(ferops.plots, "training_curves", real)
+    return train, val, out, ckpt, report, (out / "mlflow_run_id.txt").read_text().strip()
+
+
+def test_a_run_killed_while_logging_its_model_resumes_without_training_again(trained, tmp_path, monkeypatch):
+    """Killed after training, while the stage saved and logged the model: the rerun trains no epoch again and
+    finishes the same MLflow run (the old code had removed the checkpoint, run id included, at the end of
+    training: it retrained the model from epoch 1 into a second run and left the first one unfinished)."""
+    train, val, out, ckpt, report, first = _killed_while_logging(trained[3], tmp_path, monkeypatch, 5)
     m = train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt, verbose=0)
     assert m["mlflow_run_id"] == first and mlflow.get_run(first).info.status == "FINISHED"
     steps = [h.step for h in mlflow.MlflowClient().get_metric_history(first, "epoch_val_accuracy")]
@@ -139,27 +144,9 @@ def test_a_run_killed_while_logging_its_model_resumes_without_training_again(tra
 def test_a_checkpoint_of_other_training_code_starts_fresh(trained, tmp_path, monkeypatch, capsys):
     """Killed, then the training code changed (a `git pull`; DVC re-runs the stage for it): the rerun trains from
     epoch 1 into a new run. Resumed, its model had been trained partly by each version of the code."""
-    import ferops.plots
     from ferops import training
-    from ferops.data.synthetic import make_synthetic
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained[3]}/mlflow.db")
-    init_tracking()
-    d = make_synthetic(120, 6)
-    train, val = d.subset(np.arange(120) < 90), d.subset(np.arange(120) >= 90)
-    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    report = {"synthetic": True, "sha256": "abc", "format": "synthetic"}
-
-    def killed(*args, **kwargs):
-        raise RuntimeError("killed")
-
-    with monkeypatch.context() as kill:
-        kill.setattr(ferops.plots, "training_curves", killed)
-        with pytest.raises(RuntimeError, match="killed"):
-            train_deep_model("cnn", CFG, train, val, seed=0, ingest_report=report, out_dir=out, checkpoint_dir=ckpt,
-                             verbose=0)
-    mlflow.end_run()
-    first = (out / "mlflow_run_id.txt").read_text().strip()
+    train, val, out, ckpt, report, first = _killed_while_logging(trained[3], tmp_path, monkeypatch, 6)
     mlflow.MlflowClient().update_run(first, status="RUNNING")  # as a killed process leaves it
     assert training.training_code() == training.training_code()  # stable while the code is the same
     monkeypatch.setattr(training, "training_code", lambda: "0123456789abcdef")  # as after an edit of zoo.py
