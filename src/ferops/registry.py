@@ -116,20 +116,16 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                            f"{new_version}` does, deliberately")
         return True, (f"the champion's model (run {new_run_id}) registered again, serving with the current serving "
                       f"code and what evaluate chose on val: TTA mode and calibration (was v{cv})")
+    what, new_val, champ_val = _compared(new_val, new_served, champion)
     if reused or compared_before:
-        by = champion.get("promoted_by")
-        return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before; @champion "
-                       f"is v{cv} since"
-                       f"{f' (set by {by})' if by else ''}, and a re-run does not move it back — "
+        # the figures too: without them "compared before" read as a rollback even where the model had simply lost
+        by, figures = champion.get("promoted_by"), ""
+        if champ_val is not None:
+            figures = f" ({what} {new_val:.4f}, champion v{cv}'s {champ_val:.4f})"
+        return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before{figures}; "
+                       f"@champion stays v{cv}{f' (set by {by})' if by else ''}: a re-run does not move it — "
                        f"`ferops promote --version {new_version}` does, deliberately")
-    champ_served = _number(champion.get("val_accuracy_served"))
-    served = new_served is not None and champ_served is not None
-    what = "val accuracy as served (with its TTA mode)" if served else "val_accuracy"
-    if served:
-        new_val = float(new_served)  # type: ignore[arg-type]
-    try:
-        champ_val = float(champ_served if served else champion.get("val_accuracy"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    if champ_val is None:
         return False, (f"champion v{cv} has no val_accuracy tag to compare with; compare by hand and run "
                        f"`ferops promote --version {new_version}` if it should win")
     if champion.get("data_sha256") != new_data.get("data_sha256"):
@@ -147,6 +143,15 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                            f"--version {new_version}` does, deliberately")
         return True, f"{what} {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}"
     return False, f"{what} {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
+
+
+def _compared(new_val: float, new_served: float | None, champion: dict[str, Any]) -> tuple[str, float, float | None]:
+    """What the new version and the champion are compared on, and both figures: val as served (with the TTA mode
+    chosen on val) when both versions record it, else the single pass's; the champion's is None without a tag."""
+    champ_served = _number(champion.get("val_accuracy_served"))
+    if new_served is not None and champ_served is not None:
+        return "val accuracy as served (with its TTA mode)", float(new_served), champ_served
+    return "val_accuracy", new_val, _number(champion.get("val_accuracy"))
 
 
 def _number(tag: Any) -> float | None:
