@@ -121,9 +121,9 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
         # the figures too: without them "compared before" read as a rollback even where the model had simply lost
         by, figures = champion.get("promoted_by"), ""
         if champ_val is not None:
-            figures = f" ({what} {new_val:.4f}, champion v{cv}'s {champ_val:.4f})"
+            figures = f" ({what.split(' (')[0]} {new_val:.4f} against champion v{cv}'s {champ_val:.4f})"
         return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before{figures}; "
-                       f"@champion stays v{cv}{f' (set by {by})' if by else ''}: a re-run does not move it — "
+                       f"a re-run does not move @champion from v{cv}{f' (set by {by})' if by else ''} — "
                        f"`ferops promote --version {new_version}` does, deliberately")
     if champ_val is None:
         return False, (f"champion v{cv} has no val_accuracy tag to compare with; compare by hand and run "

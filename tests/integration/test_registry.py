@@ -361,7 +361,7 @@ def test_register_promote_and_list(store, capsys):
     r3b = _register(models)
     assert (r3b["version"], r3b["reused_existing_version"], r3b["decision"], r3b["champion_version"]) == (
         3, True, "challenger", 1)
-    assert "a re-run does not move it" in r3b["reason"]
+    assert "a re-run does not move @champion" in r3b["reason"]
 
     # 6) the listing shows every version with its aliases and accuracies
     cli_registry(Namespace(name=None, params=str(store / "params.yaml")))
@@ -523,7 +523,7 @@ def test_champion_decision_rules():
     # ...but a reused version of that run does not undo a person's move to the run's other version (a rollback)
     moved = {**champ, "run_id": "r1", "promoted_by": "alice"}
     ok, why = champion_decision("3", 0.6, data, moved, new_run_id="r1", reused=True)
-    assert not ok and "a re-run does not move it" in why and "(val_accuracy 0.6000, champion v4's 0.6000)" in why
+    assert not ok and "(val_accuracy 0.6000 against champion v4's 0.6000); a re-run does not move @champion from v4" in why
     assert champion_decision("3", 0.6, data, {**moved, "promoted_by": "register stage"}, new_run_id="r1",
                              reused=True)[0]  # the stage's own earlier move: it follows the mode evaluate chose
     # a new version (new serving code) of a run compared before does not take the alias from a person's choice...
