@@ -14,9 +14,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # tests that clean th
 # The caller's settings that point ferops, MLflow or make elsewhere: a developer who exported a shared Optuna or MLflow
 # store (as the README suggests) had test trials and runs written into it, and `make test VENV=/x` or an exported
 # PORT reached the Makefile tests' own `make` calls. Every test starts from the defaults; each sets what it needs.
+# (KERAS_BACKEND stays: a runtime choice, e.g. JAX on a machine without TensorFlow, not a place to write to.)
 for _name in ("FEROPS_OPTUNA_STORAGE", "FEROPS_REPRO_ID", "FEROPS_SERVED_MODEL", "FEROPS_MAX_IMAGE_PIXELS",
               "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME",
-              "MLFLOW_EXPERIMENT_ID", "DVC_EXP_NAME", "KERAS_BACKEND", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VENV",
+              "MLFLOW_EXPERIMENT_ID", "DVC_EXP_NAME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VENV",
               "LOCK", "PORT", "HOST", "PROFILE", "TEST_WORKERS"):
     os.environ.pop(_name, None)
 

@@ -291,14 +291,10 @@ def serving_summary(results: list[dict[str, Any]], tta: str) -> dict[str, dict[s
     set in params.yaml, each mode's temperature fitted on val (the values `log_to_run` tags the training run with),
     and the training run they belong to (register refuses them for a model trained since). A file, not only the
     tags: DVC sees it, and an experiment re-evaluating the same run cannot change the workspace's."""
-    from ferops.tracking import RUN_ID_FILE
-
-    def run_id(folder: str) -> str | None:
-        f = Path(folder) / RUN_ID_FILE
-        return (f.read_text().strip() or None) if f.is_file() else None
+    from ferops.tracking import read_run_id
 
     return {r["model"]: {"tta": r["tta_mode"], "tta_chosen": "val" if tta == "auto" else "params",
-                         "temperatures": dict(sorted(r["temperatures"].items())), "run_id": run_id(r["dir"])}
+                         "temperatures": dict(sorted(r["temperatures"].items())), "run_id": read_run_id(Path(r["dir"]))}
             for r in results if r.get("kind") == "deep"}
 
 

@@ -116,12 +116,13 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
                            f"{new_version}` does, deliberately")
         return True, (f"the champion's model (run {new_run_id}) registered again, serving with the current serving "
                       f"code and what evaluate chose on val: TTA mode and calibration (was v{cv})")
-    what, new_val, champ_val = _compared(new_val, new_served, champion)
+    served, new_val, champ_val = _compared(new_val, new_served, champion)
+    what = "val accuracy as served" if served else "val_accuracy"
     if reused or compared_before:
         # the figures too: without them "compared before" read as a rollback even where the model had simply lost
         by, figures = champion.get("promoted_by"), ""
         if champ_val is not None:
-            figures = f" ({what.split(' (')[0]} {new_val:.4f} against champion v{cv}'s {champ_val:.4f})"
+            figures = f" ({what} {new_val:.4f} against champion v{cv}'s {champ_val:.4f})"
         return False, (f"the model of v{new_version} (run {new_run_id}) was registered and compared before{figures}; "
                        f"a re-run does not move @champion from v{cv}{f' (set by {by})' if by else ''} — "
                        f"`ferops promote --version {new_version}` does, deliberately")
@@ -136,6 +137,7 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     if champion.get("val_digest") and new_data.get("val_digest") and champion["val_digest"] != new_data["val_digest"]:
         return _not_comparable(cv, f"another val split (digest {champion['val_digest'][:12]} ≠ "
                                    f"{new_data['val_digest'][:12]}: the split params changed)", new_version)
+    what += " (with its TTA mode)" if served else ""
     if round(new_val, 6) > champ_val:  # the tag holds 6 decimals: an equal score must not "beat" its rounding
         if experiment:
             return False, (f"{what} {new_val:.4f} beats champion v{cv}'s {champ_val:.4f}, but in DVC experiment "
@@ -145,13 +147,13 @@ def champion_decision(new_version: str, new_val: float, new_data: dict[str, str]
     return False, f"{what} {new_val:.4f} does not beat champion v{cv}'s {champ_val:.4f}: champion unchanged"
 
 
-def _compared(new_val: float, new_served: float | None, champion: dict[str, Any]) -> tuple[str, float, float | None]:
-    """What the new version and the champion are compared on, and both figures: val as served (with the TTA mode
-    chosen on val) when both versions record it, else the single pass's; the champion's is None without a tag."""
+def _compared(new_val: float, new_served: float | None, champion: dict[str, Any]) -> tuple[bool, float, float | None]:
+    """Whether the new version and the champion are compared as served (with the TTA mode chosen on val: when both
+    versions record it; else the single pass), and both figures; the champion's is None without a tag."""
     champ_served = _number(champion.get("val_accuracy_served"))
     if new_served is not None and champ_served is not None:
-        return "val accuracy as served (with its TTA mode)", float(new_served), champ_served
-    return "val_accuracy", new_val, _number(champion.get("val_accuracy"))
+        return True, float(new_served), champ_served
+    return False, new_val, _number(champion.get("val_accuracy"))
 
 
 def _number(tag: Any) -> float | None:

@@ -128,7 +128,8 @@ def end_killed_run(run_id: str) -> None:
     from mlflow import MlflowClient
 
     run = find_run(run_id)
-    if run is not None and run.info.status == "RUNNING":
+    # a run deleted in the UI (a clean-up) keeps its status, and MLflow refuses to update a deleted run
+    if run is not None and run.info.lifecycle_stage == "active" and run.info.status == "RUNNING":
         MlflowClient().set_terminated(run_id, status="KILLED")
 
 
@@ -182,6 +183,12 @@ def model_versions(client: Any, name: str) -> list[Any]:
     if '"' not in name:
         return list(client.search_model_versions(f'name="{name}"'))
     return [v for v in client.search_model_versions() if v.name == name]  # both quotes: no filter can name it
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The MLflow run id a training stage left in <run_dir>, or None (no file, or an empty one)."""
+    f = run_dir / RUN_ID_FILE
+    return (f.read_text().strip() or None) if f.is_file() else None
 
 
 def reopen_run(run_dir: Path) -> str:

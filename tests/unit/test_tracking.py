@@ -121,3 +121,26 @@ def test_a_resumed_run_is_looked_up_and_only_a_missing_one_is_replaced(tmp_path,
     monkeypatch.undo()
     assert len(mlflow.search_runs(search_all_experiments=True)) == n_runs and \
         (run_dir / RUN_ID_FILE).read_text().strip() == fresh
+
+
+def test_a_killed_run_is_marked_killed_unless_deleted_or_ended(tmp_path, monkeypatch):
+    """end_killed_run: a RUNNING run (its process killed) becomes KILLED; one deleted in the UI meanwhile (a clean-up)
+    is left as it is — MLflow refuses to update a deleted run, and train_deep stopped there with MLflow's error."""
+    import mlflow
+
+    from ferops.tracking import end_killed_run, init_tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_tracking()
+    client = mlflow.MlflowClient()
+    ids = []
+    for _ in range(3):
+        with mlflow.start_run() as run:
+            ids.append(run.info.run_id)
+    killed, deleted, finished = ids
+    for r in (killed, deleted):
+        client.update_run(r, status="RUNNING")  # as a killed process leaves it
+    client.delete_run(deleted)
+    for r in (*ids, "0" * 32):
+        end_killed_run(r)
+    assert [client.get_run(r).info.status for r in ids] == ["KILLED", "RUNNING", "FINISHED"]
