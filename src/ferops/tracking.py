@@ -142,11 +142,10 @@ def model_run(stage: str, model: str, params: dict[str, Any], tags: dict[str, st
     """
     import mlflow
 
-    run_id = None
-    if run_dir is not None and (run_dir / RUN_ID_FILE).exists():
-        # an empty file names no run: a fresh one, as for a run the store no longer holds (reset since)
-        run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
-        old = find_run(run_id) if run_id else None
+    # no file, or an empty one, names no run: a fresh one, as for a run the store no longer holds (reset since)
+    run_id = read_run_id(run_dir) if run_dir is not None else None
+    if run_dir is not None and run_id is not None:
+        old = find_run(run_id)
         if old is None:
             run_id = None
         elif old.info.lifecycle_stage == "deleted":  # deleted in the UI (a killed run, cleaned up): MLflow refuses

@@ -1409,7 +1409,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     from ferops.data.io import write_json
     from ferops.metrics import classification_metrics, confusion
     from ferops.plots import confusion_matrix_plot, training_curves
-    from ferops.tracking import RUN_ID_FILE, dataset_tags, end_killed_run, init_tracking, model_run
+    from ferops.tracking import RUN_ID_FILE, dataset_tags, end_killed_run, init_tracking, model_run, read_run_id
 
     out = Path(out_dir)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -1422,7 +1422,7 @@ def train_deep_model(name: str, cfg: dict[str, Any], train: FerData, val: FerDat
     # the training code too: DVC re-runs this stage after a code change, and a checkpoint of the old code resumed
     # under the new one made a model of neither
     identity = {"cfg": cfg, "seed": seed, "data": digest, "max_epochs": max_epochs, "code": training_code()}
-    killed = (ckpt / RUN_ID_FILE).read_text().strip() if ckpt is not None and (ckpt / RUN_ID_FILE).is_file() else ""
+    killed = read_run_id(ckpt) if ckpt is not None else None
     resume = ckpt is not None and _guard_checkpoint(ckpt, identity, RUN_CONFIG_FILE, strict=True)
     if resume and ckpt is not None and (ckpt / RUN_ID_FILE).exists() and not (out / RUN_ID_FILE).exists():
         shutil.copy(ckpt / RUN_ID_FILE, out / RUN_ID_FILE)
