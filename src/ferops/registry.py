@@ -258,7 +258,7 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
 
     from ferops.codebase import served_code_fingerprint
     from ferops.config import registry_challenger, registry_names
-    from ferops.tracking import RUN_ID_FILE, dataset_tags, git_commit, reopen_run
+    from ferops.tracking import RUN_ID_FILE, dataset_tags, find_run, git_commit, reopen_run
 
     name, champion_alias = registry_names({"register": cfg})
     family = str(cfg.get("family", "resnet"))
@@ -274,12 +274,11 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
         for e in cands))
     run_id = reopen_run(best.path)
     client = _client()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
+    run = find_run(run_id, client)  # only a missing run; a locked or unreachable store is no reason to retrain
+    if run is None:
         raise DataError(f"{best.path / RUN_ID_FILE}: run {run_id} is not in the MLflow store "
                         f"{mlflow.get_tracking_uri()} — the store was reset; retrain with "
-                        f"`dvc repro -f -s train_deep@{best.name}` (-s: that stage alone, not everything before it).") from None
+                        f"`dvc repro -f -s train_deep@{best.name}` (-s: that stage alone, not everything before it).")
     val = float(best.metrics["val_accuracy"])
     test = _test_metrics(eval_metrics, best.name)
     served_val = test.get("val_accuracy_tta")  # with the TTA mode served (evaluate's choice on val)

@@ -655,3 +655,24 @@ def test_a_model_name_with_an_apostrophe_is_registered_once_listed_and_promoted(
     assert capsys.readouterr().out.startswith(f"{name}: 1 version(s)")
     with pytest.raises(RegistryError, match="has no version '2'; versions: 1"):
         cli_promote(Namespace(name=None, version="2", alias="challenger", reason="x", params=str(params)))
+
+
+def test_only_a_run_the_store_lacks_asks_for_a_retrain(store, monkeypatch):
+    """register's training run not in the store (reset since): retrain, it says. A locked or unreachable store said
+    the same ("the store was reset; retrain"), an hour of needless training: its own error now comes through."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    models = store / "models" / "deep"
+    d = _train(models, "resnet", "resnet", val=0.5, seed=2)
+    (d / "mlflow_run_id.txt").write_text("0" * 32 + "\n")  # a run of a store since reset
+    with pytest.raises(DataError, match=r"run 0+ is not in the MLflow store .* the store was reset; retrain with "
+                                        r"`dvc repro -f -s train_deep@resnet`"):
+        _register(models)
+
+    def locked(self, run_id):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(MlflowClient, "get_run", locked)
+    with pytest.raises(MlflowException, match="database is locked"):
+        _register(models)
