@@ -69,6 +69,18 @@ def _wait_for_ping(url: str, proc: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"no /ping answer within {PING_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session, with every process it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def test_serve_champion_over_rest(tmp_path, mlflow_store):
     import cv2
 
@@ -129,14 +141,7 @@ def test_serve_champion_over_rest(tmp_path, mlflow_store):
         assert bad.status_code == 400
         assert "tta='ten-crop': use one of none, flip, tencrop, shift, auto" in bad.json()["message"]
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        _stop(proc)
 
 
 def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, tmp_path_factory, mlflow_store):
@@ -176,6 +181,45 @@ def test_serve_and_dashboard_say_what_is_missing_in_one_line(tmp_path, tmp_path_
                            env=env, timeout=120)
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         assert f"{outside} is not in a ferops project — run from the project folder" in r.stderr, (cmd, r.stderr)
+
+
+def test_dashboard_shows_the_tune_stages_study(tmp_path, mlflow_store):
+    """`ferops dashboard` (= `make dashboard`) for real: optuna-dashboard on the project's study storage, bound to
+    127.0.0.1, listing the study with its trials and the objective's name as the tune stage records them."""
+    import optuna
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("tune: {storage: null}\n")  # the default: optuna.db at the project root
+    from ferops.tuning import _open_study
+
+    study = _open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "resnet-demo", seed=0,
+                        pruner=optuna.pruners.NopPruner(), n_startup=2)  # opened as the tune stage opens it
+    for lr in (1e-3, 2e-3):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(lambda t: 0.5 + 100 * t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
+    port, log = _free_port(), tmp_path / "dashboard.log"
+    env = {k: v for k, v in os.environ.items() if k != "FEROPS_OPTUNA_STORAGE"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ferops.cli", "dashboard", "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline, listed = time.monotonic() + 120, None
+        while listed is None and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"ferops dashboard exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                listed = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=5)
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        assert listed is not None and listed.status_code == 200, log.read_text()[-3000:]
+        (summary,) = listed.json()["study_summaries"]
+        assert summary["study_name"] == "resnet-demo" and summary["directions"] == ["maximize"]
+        detail = requests.get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30).json()
+        assert len(detail["trials"]) == 2 and detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
+        assert [t["values"] for t in detail["best_trials"]] == [pytest.approx([0.7])]
+        assert f"optuna-dashboard on sqlite:///{tmp_path / 'optuna.db'}: http://127.0.0.1:{port}" in log.read_text()
+    finally:
+        _stop(proc)
 
 
 LOAD_WITHOUT_FEROPS = """
