@@ -184,6 +184,36 @@ def test_card_and_promote_follow_the_projects_champion_alias(store, capsys):
     assert f"undo with `ferops promote --version 2 --params {params}`." in capsys.readouterr().out  # @best: promote's default
 
 
+def test_the_undo_that_promote_prints_names_the_same_model(store, capsys):
+    """`ferops promote --version 1 --name other` printed `undo with ferops promote --version 2`: run as printed, it
+    moved @champion of the default model (register.model_name), not of `other`. The undo repeats --name / --params,
+    and run as printed it puts the alias back."""
+    from mlflow import MlflowClient
+
+    from ferops.registry import cli_promote, register_best
+
+    models = store / "models" / "deep"
+    for seed, val in ((2, 0.4), (3, 0.5)):  # v2 beats v1 on val: @champion is v2
+        _train(models, "resnet", "resnet", val=val, seed=seed)
+        register_best(models, {"resnet": {"test_accuracy": 0.5}}, INGEST, {**CFG, "model_name": "other"})
+
+    def holder(alias: str) -> str:
+        return str(MlflowClient().get_model_version_by_alias("other", alias).version)
+
+    assert holder("champion") == "2"
+    cli_promote(Namespace(version="1", alias=None, name="other", reason="drill", params=None))
+    assert "undo with `ferops promote --version 2 --name other`." in capsys.readouterr().out
+    assert holder("champion") == "1"
+    assert [m.name for m in MlflowClient().search_registered_models()] == ["other"]  # the default model untouched
+    params = store / "my params.yaml"  # a path with a space: quoted, so the line pastes into a shell
+    params.write_text("register:\n  model_name: other\n")
+    cli_promote(Namespace(version="2", alias="staging", name=None, reason="drill", params=str(params), new_alias=True))
+    cli_promote(Namespace(version="1", alias="staging", name=None, reason="drill", params=str(params)))
+    assert f"undo with `ferops promote --version 2 --alias staging --params '{params}'`." in capsys.readouterr().out
+    cli_promote(Namespace(version="2", alias="staging", name=None, reason="undo", params=str(params)))  # as printed
+    assert (holder("staging"), holder("champion")) == ("2", "1")
+
+
 def test_a_version_uri_that_is_not_there_is_one_line_listing_the_versions(store, caplog):
     """`ferops serve --model models:/<name>/<N>` with a deleted or mistyped version: a FerError naming the versions
     (it execed `mlflow models serve`, which died with MLflow's traceback); `latest` is pinned to the newest."""

@@ -20,25 +20,6 @@ def test_version_names_ferops_and_the_libraries_a_bug_report_needs():
         assert f"{pkg} {version(pkg)}" in out
 
 
-def test_the_undo_that_promote_prints_names_the_same_model(monkeypatch, capsys, tmp_path):
-    """`ferops promote --version 1 --name other` printed `undo with ferops promote --version 2`: run as printed, it
-    moved @champion of the default model (register.model_name), not of `other`. The undo repeats --name / --params."""
-    from argparse import Namespace
-
-    from ferops import registry
-
-    monkeypatch.setattr(registry, "_existing_store_client", lambda: None)
-    monkeypatch.setattr(registry, "promote", lambda client, name, version, alias, reason, champion_alias, **kw: {
-        "name": name, "alias": alias, "version": version, "previous_version": "2", "changed": True,
-        "val_accuracy": "0.5", "previous_val_accuracy": "0.4"})
-    registry.cli_promote(Namespace(version="1", alias=None, name="other", reason="drill", params=None))
-    assert "undo with `ferops promote --version 2 --name other`." in capsys.readouterr().out
-    params = tmp_path / "my params.yaml"  # a path with a space: quoted, so the line pastes into a shell
-    params.write_text("register:\n  model_name: other\n")
-    registry.cli_promote(Namespace(version="1", alias="staging", name=None, reason="drill", params=str(params)))
-    assert f"undo with `ferops promote --version 2 --alias staging --params '{params}'`." in capsys.readouterr().out
-
-
 def test_serve_refuses_what_mlflow_models_serve_cannot_load_in_one_line(tmp_path, monkeypatch):
     """`ferops serve --model models/deep/resnet/model.keras` (a path `ferops predict --model` takes) went on to
     `mlflow models serve`, which died with "No such artifact: 'MLmodel'" and a traceback. Now: one line, exit 2,
