@@ -34,6 +34,7 @@ def main() -> None:
 
     from ferops.data.formats import (EXPECTED_LAYOUTS, Rejected, check_on_bad_rows, dataset_sha256, detect_source,
                                      linked_folder, read_any, source_sha256, summarize, write_quarantine)
+    from ferops.data.dvc_copy import missing_from_dvc_copy
     from ferops.data.synthetic import make_synthetic
     from ferops.plots import class_histogram, sample_grid
 
@@ -67,6 +68,8 @@ def main() -> None:
                           f"{os.path.realpath(link)}` in params.yaml instead (DVC then watches that folder).")
     if found is None and is_path:
         raise DataError(f"ingest.source: {source} holds no dataset (expected {EXPECTED_LAYOUTS}).")
+    if found is None and source == "auto" and (problem := missing_from_dvc_copy(args.raw_dir)):
+        raise ConfigError(problem)
     rejected: list[Rejected]
     info: dict[str, Any]
     if found is None:

@@ -14,7 +14,8 @@ import yaml
 from ferops.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[2]
-COPY = ["dvc.yaml", "params.yaml", "MLproject", "python_env.yaml", "pyproject.toml", "stages", "src", ".dvc/config"]
+COPY = ["dvc.yaml", "params.yaml", "MLproject", "python_env.yaml", "pyproject.toml", "stages", "src", ".dvc/config",
+        "data/raw/.gitkeep"]
 
 # Tiny but complete: every stage kind runs, with minutes-scale compute on 2 cores.
 SHRINK: dict[str, Any] = {
@@ -44,7 +45,7 @@ def make_repo(dest: Path, with_training: bool = True) -> Path:
             shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dest / rel)
-    (dest / "data" / "raw").mkdir(parents=True)
+    (dest / "data" / "raw").mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = deep_merge(params, SHRINK)
     params["train_baselines"]["models"] = BASELINES
@@ -56,7 +57,10 @@ def make_repo(dest: Path, with_training: bool = True) -> Path:
         keep = {"ingest", "validate", "split", "augment"}
         stages["stages"] = {k: v for k, v in stages["stages"].items() if k in keep}
         (dest / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
-    (dest / ".gitignore").write_text("/data/interim\n/data/processed\n/models\n/reports\n/mlflow.db\n/mlartifacts\n/optuna.db\n/checkpoints\n")
+    raw_rules = [ln for ln in (REPO / ".gitignore").read_text().splitlines() if ln.lstrip("!").startswith("/data/raw/")]
+    (dest / ".gitignore").write_text("\n".join(["/data/interim", "/data/processed", "/models", "/reports", "/mlflow.db",
+                                                "/mlflow.db.lock", "/mlartifacts", "/optuna.db", "/checkpoints",
+                                                *raw_rules]) + "\n")  # the project's rules for datasets
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -40,3 +41,27 @@ def test_data_stages_repro_cache_and_param_change(tmp_path):
     third = dvc(repo, "repro")
     assert third.returncode == 0, third.stdout + third.stderr
     assert _ran(third.stdout) == {"augment"}
+
+    # `dvc exp run --temp` / `dvc queue` run in a copy of what git and DVC track. With a dataset git ignores in
+    # data/raw, the copy's ingest made the experiment a synthetic-demo run; it stops now, naming the `dvc add` that
+    # brings the data into experiments, and after it the experiment reads the real file.
+    from ferops.data.synthetic import make_synthetic
+
+    d = make_synthetic(300, seed=3)
+    rows = [f"{e},{' '.join(map(str, p.reshape(-1)))},{u}" for p, e, u in zip(d.pixels, d.emotion, d.usage)]
+    (repo / "data/raw/fer2013.csv").write_text("\n".join(["emotion,pixels,Usage", *rows]) + "\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    assert subprocess.run(git + ["check-ignore", "-q", "data/raw/fer2013.csv"], cwd=repo).returncode == 0
+    refused = dvc(repo, "exp", "run", "--temp")
+    assert refused.returncode != 0 and "SYNTHETIC" not in refused.stderr, refused.stdout + refused.stderr
+    assert "`dvc add data/raw/fer2013.csv && git add data/raw/fer2013.csv.dvc" in refused.stdout + refused.stderr
+    added = dvc(repo, "add", "data/raw/fer2013.csv")  # as the message says: DVC finds the .dvc file git keeps
+    assert added.returncode == 0, added.stdout + added.stderr
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "track the dataset"], cwd=repo, check=True)
+    exp = dvc(repo, "exp", "run", "--temp", "-S", "augment.preview_n=4")
+    assert exp.returncode == 0 and "SYNTHETIC" not in exp.stderr, exp.stdout + exp.stderr
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    (trial,) = [r for base in shown for e in base.get("experiments") or [] for r in e["revs"]]
+    assert trial["data"]["deps"]["data/raw"]["nfiles"] == 3  # .gitkeep, the dataset and its .dvc file
+

@@ -212,3 +212,26 @@ def test_mlproject_ingest_reads_the_params_raw_dir_unless_given_one(tmp_path, mo
     # -P raw_dir=… still names the folder
     cmd = entry.compute_command({"raw_dir": "elsewhere"}, str(tmp_path))
     assert "--raw-dir elsewhere " in cmd
+
+
+def test_a_dvc_copy_without_the_workspaces_dataset_is_refused_not_the_demo_set(tmp_path):
+    """`dvc exp run --temp` and `dvc queue` run the stages in <repo>/.dvc/tmp/exps/…/, a copy holding what git and DVC
+    track. A dataset git ignores stays behind, and the copy's empty data/raw quietly made the experiment a
+    synthetic-demo run of the whole pipeline. Now: one line naming the files and the `dvc add` that brings them."""
+    workspace = tmp_path / "project"
+    copy = workspace / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12"
+    (copy / "data" / "raw").mkdir(parents=True)
+    (copy / "data" / "raw" / ".gitkeep").write_text("")
+    (workspace / "data" / "raw").mkdir(parents=True)
+    r = run_stage(copy, Path("data/raw"))  # the workspace's raw folder empty too: the demo set both ways
+    assert r.returncode == 0 and json.loads((copy / "ingest.json").read_text())["synthetic"] is True, r.stderr
+    write_csv(workspace / "data" / "raw" / "fer2013.csv", 20)
+    (workspace / "data" / "raw" / "fer2013.csv.dvc").write_text("outs: []\n")  # its DVC file: not named again
+    (copy / "ingest.json").unlink()
+    r = run_stage(copy, Path("data/raw"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (copy / "ingest.json").exists(), r.stderr
+    assert "data/raw/ holds no dataset in DVC's copy of the project (`dvc exp run --temp`, `dvc queue`)" in r.stderr
+    assert ("`dvc add data/raw/fer2013.csv && git add data/raw/fer2013.csv.dvc && git commit -m 'Track the dataset "
+            "with DVC'`") in r.stderr
+    assert run_stage(workspace, Path("data/raw")).returncode == 0  # the workspace itself reads its data
+    assert json.loads((workspace / "ingest.json").read_text())["synthetic"] is False
