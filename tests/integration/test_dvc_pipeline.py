@@ -60,6 +60,32 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
 
+    # An experiment is a trial: `dvc exp run` serving the champion's own model in another TTA mode registers it
+    # again, and outside an experiment that new version would take @champion; in one it stays @challenger. Only
+    # evaluate and register re-run (their outputs are all uncached reports), so putting those, params.yaml and
+    # dvc.lock back leaves the workspace as it was for the steps below.
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(repo / "reports", kept / "reports")
+    for f in ("params.yaml", "dvc.lock"):
+        shutil.copy2(repo / f, kept / f)
+    other = "flip" if chosen != "flip" else "none"
+    exp = dvc(repo, "exp", "run", "-n", "tta-trial", "-S", f"evaluate.tta={other}")
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    ran = {ln.split("'")[1] for ln in exp.stdout.splitlines() if ln.startswith("Running stage")}
+    assert ran == {"evaluate", "register"}, ran
+    assert "in DVC experiment 'tta-trial': an experiment does not move @champion" in exp.stdout, exp.stdout[-3000:]
+    trial = json.loads((repo / "reports/register.json").read_text())
+    assert trial["run_id"] == reg["run_id"] and trial["version"] > reg["version"] and trial["tta_mode"] == other
+    assert "champion" not in trial["aliases"]
+    assert str(client.get_model_version_by_alias(reg["name"], "champion").version) == str(reg["version"])
+    shutil.rmtree(repo / "reports")
+    shutil.copytree(kept / "reports", repo / "reports")
+    for f in ("params.yaml", "dvc.lock"):
+        shutil.copy2(kept / f, repo / f)
+    assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+
     # Re-tuning re-trains nothing while train_deep.use_tuned is false: train_deep@<m> depends on tune_select's
     # one-file selection for <m>, which comes out unchanged (it used to depend on all of reports/tuning).
     params = yaml.safe_load((repo / "params.yaml").read_text())
