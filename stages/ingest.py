@@ -43,6 +43,8 @@ def main() -> None:
     args.raw_dir = Path(str(args.raw_dir or p.get("raw_dir") or "data/raw"))
     source = str(p.get("source") or "auto")
     check_on_bad_rows(str(p.get("on_bad_rows", "fail")))  # also when the demo set is generated and nothing is read
+    if source != "synthetic" and not Path(source).is_absolute() and (problem := missing_from_dvc_copy(args.raw_dir)):
+        raise ConfigError(problem)  # `dvc exp run --temp`: the workspace's git-ignored dataset is not in DVC's copy
     if source == "auto" and not args.raw_dir.exists():  # a typo: else the demo set, as for an empty folder
         raise DataError(f"ingest.raw_dir: {args.raw_dir} not found — fix the path (params.yaml `ingest.raw_dir`, or "
                         "`-P raw_dir=` of `mlflow run`); an empty folder there means the synthetic demo set.")
@@ -68,8 +70,6 @@ def main() -> None:
                           f"{os.path.realpath(link)}` in params.yaml instead (DVC then watches that folder).")
     if found is None and is_path:
         raise DataError(f"ingest.source: {source} holds no dataset (expected {EXPECTED_LAYOUTS}).")
-    if found is None and source == "auto" and (problem := missing_from_dvc_copy(args.raw_dir)):
-        raise ConfigError(problem)
     rejected: list[Rejected]
     info: dict[str, Any]
     if found is None:

@@ -233,5 +233,7 @@ def test_a_dvc_copy_without_the_workspaces_dataset_is_refused_not_the_demo_set(t
     assert "data/raw/ holds no dataset in DVC's copy of the project (`dvc exp run --temp`, `dvc queue`)" in r.stderr
     assert ("`dvc add data/raw/fer2013.csv && git add data/raw/fer2013.csv.dvc && git commit -m 'Track the dataset "
             "with DVC'`") in r.stderr
+    named = run_stage(copy, Path("data/raw"), source="fer2013.csv")  # said "not found … set it to auto"
+    assert named.returncode == 2 and "holds no dataset in DVC's copy" in named.stderr, named.stderr
     assert run_stage(workspace, Path("data/raw")).returncode == 0  # the workspace itself reads its data
     assert json.loads((workspace / "ingest.json").read_text())["synthetic"] is False
