@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ferops.errors import ConfigError, FerError
@@ -136,6 +137,7 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 def run(main: Callable[[], object]) -> None:
     """Run a stage's main(); expected failures print `error: …` and exit non-zero, no traceback."""
+    _import_the_copys_code()
     setup_logging()
     project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow deletes it once it reads it
     try:
@@ -156,6 +158,30 @@ def run(main: Callable[[], object]) -> None:
               "(MLflow's Default, unless named); ferops logs into experiment `ferops` — add `--experiment-name ferops` "
               "to `mlflow run` (see MLproject).", file=sys.stderr)
         sys.exit(2)
+
+
+COPY_CODE_ENV = "FEROPS_COPY_CODE"  # set on the re-started stage: it restarts once at most
+
+
+def _import_the_copys_code() -> None:
+    """`dvc exp run --temp` / `dvc queue` run a stage in DVC's copy of the project (<repo>/.dvc/tmp/exps/…/), but the
+    editable install puts the *workspace's* src/ on every interpreter's path: the stage ran the workspace's code as
+    it was when the stage started, not the code the experiment was queued with (and which its dvc.lock hashes). A
+    stage script there restarts itself once with the copy's src/ first on the path."""
+    import ferops
+    from ferops.config import store_root
+
+    here = Path.cwd().resolve()
+    src = here / "src"
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if (os.environ.get(COPY_CODE_ENV) or script is None or not script.is_relative_to(here / "stages")
+            or store_root(here) == here or not (src / "ferops" / "__init__.py").is_file()
+            or Path(ferops.__file__).resolve().is_relative_to(src)):
+        return
+    path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH")) if p)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONPATH": path, COPY_CODE_ENV: "1"})
 
 
 def _outside_project_experiment(exc: Exception) -> bool:

@@ -128,3 +128,43 @@ def test_an_unknown_log_level_is_info_with_a_warning_not_a_traceback():
                           capture_output=True, text=True, env={**os.environ, "FEROPS_LOG_LEVEL": "loud"}, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "ran\n"  # the old code: ValueError: Unknown level: 'LOUD'
     assert "FEROPS_LOG_LEVEL=LOUD is not a log level" in proc.stderr and "Traceback" not in proc.stderr
+
+
+PROBE = """
+from ferops.runner import run
+
+
+def main():
+    import ferops
+    print(ferops.__file__)
+
+
+run(main)
+"""
+
+
+def test_a_stage_in_a_dvc_copy_runs_the_copys_code_not_the_workspaces(tmp_path):
+    """`dvc exp run --temp` / `dvc queue` run stages in <repo>/.dvc/tmp/exps/…/, but the editable install put the
+    installed src/ first: the experiment ran whatever code the workspace held when each stage started (edits made
+    after queueing, another branch checked out), while its dvc.lock hashed the queued code."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ferops
+
+    installed = Path(ferops.__file__).resolve()
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12"
+    shutil.copytree(installed.parent, copy / "src" / "ferops", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "stages").mkdir()
+    (copy / "stages" / "probe.py").write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FEROPS_COPY_CODE")}
+    r = subprocess.run([sys.executable, "stages/probe.py"], cwd=copy, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and Path(r.stdout.strip()) == copy / "src" / "ferops" / "__init__.py", r.stdout + r.stderr
+    workspace = tmp_path / "project"  # not a copy: the installed code, as always
+    shutil.copytree(copy / "stages", workspace / "stages")
+    r = subprocess.run([sys.executable, "stages/probe.py"], cwd=workspace, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and Path(r.stdout.strip()) == installed, r.stdout + r.stderr
