@@ -167,21 +167,25 @@ def _import_the_copys_code() -> None:
     """`dvc exp run --temp` / `dvc queue` run a stage in DVC's copy of the project (<repo>/.dvc/tmp/exps/…/), but the
     editable install puts the *workspace's* src/ on every interpreter's path: the stage ran the workspace's code as
     it was when the stage started, not the code the experiment was queued with (and which its dvc.lock hashes). A
-    stage script there restarts itself once with the copy's src/ first on the path."""
+    stage script there restarts itself once with the copy's src/ first on the path. The check itself is the
+    workspace's code (it ran first): a workspace on code older than this does not restart. POSIX only: elsewhere
+    exec starts a new process, and DVC would see the stage end at once."""
     import ferops
     from ferops.config import store_root
 
     here = Path.cwd().resolve()
-    src = here / "src"
+    src = (here / "src").resolve()
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if (os.environ.get(COPY_CODE_ENV) or script is None or not script.is_relative_to(here / "stages")
-            or store_root(here) == here or not (src / "ferops" / "__init__.py").is_file()
-            or Path(ferops.__file__).resolve().is_relative_to(src)):
+    if (os.name != "posix" or os.environ.get(COPY_CODE_ENV) or script is None
+            or not script.is_relative_to(here / "stages") or store_root(here) == here
+            or not (src / "ferops" / "__init__.py").is_file() or Path(ferops.__file__).resolve().is_relative_to(src)):
         return
     path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH")) if p)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONPATH": path, COPY_CODE_ENV: "1"})
+    # orig_argv: the interpreter's own options (-u, -W …) too, not only the script's arguments
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "PYTHONPATH": path,
+                                                                     COPY_CODE_ENV: "1"})
 
 
 def _outside_project_experiment(exc: Exception) -> bool:

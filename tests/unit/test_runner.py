@@ -135,8 +135,11 @@ from ferops.runner import run
 
 
 def main():
+    import sys
+
     import ferops
     print(ferops.__file__)
+    print(sys.argv, *sys.warnoptions)
 
 
 run(main)
@@ -160,11 +163,12 @@ def test_a_stage_in_a_dvc_copy_runs_the_copys_code_not_the_workspaces(tmp_path):
     (copy / "stages").mkdir()
     (copy / "stages" / "probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FEROPS_COPY_CODE")}
-    r = subprocess.run([sys.executable, "stages/probe.py"], cwd=copy, env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0 and Path(r.stdout.strip()) == copy / "src" / "ferops" / "__init__.py", r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-W", "error::UserWarning", "stages/probe.py", "an arg"], cwd=copy, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and Path(r.stdout.splitlines()[0]) == copy / "src" / "ferops" / "__init__.py", r.stdout
+    assert r.stdout.splitlines()[1:] == ["['stages/probe.py', 'an arg'] error::UserWarning"]  # arguments and options
     workspace = tmp_path / "project"  # not a copy: the installed code, as always
     shutil.copytree(copy / "stages", workspace / "stages")
     r = subprocess.run([sys.executable, "stages/probe.py"], cwd=workspace, env=env, capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 0 and Path(r.stdout.strip()) == installed, r.stdout + r.stderr
+    assert r.returncode == 0 and Path(r.stdout.splitlines()[0]) == installed, r.stdout + r.stderr
