@@ -55,18 +55,19 @@ lock: setup  ## rewrite constraints.txt (or LOCK=<file>) from .venv's installed 
 run: setup  ## run the whole pipeline (real data if data/raw/ has it, else the synthetic demo)
 	dvc repro
 
-# `dvc exp run -S` writes the override into params.yaml (and reformats it): restore the file afterwards, so a later
-# `make run` trains on data/raw/ again instead of silently staying on the demo set. The copy stays in the project
+# `dvc exp run -S` writes the override into params.yaml (and reformats it): `make exp` restores the file afterwards,
+# so a later `make run` trains on params.yaml's own settings again, not the profile's. The copy stays in the project
 # (.dvc/tmp, git-ignored by DVC), not in VENV: projects sharing one VENV would restore each other's params.yaml.
 # An EXIT trap restores it on Ctrl-C too (the INT/TERM trap turns the signal into an exit that runs it); the
 # recipe's status stays dvc's.
 SAVED = .dvc/tmp/params-before-$@.yaml
 RESTORE = trap 'cp $(SAVED) params.yaml' EXIT; trap 'exit 130' INT TERM
+# --temp: in DVC's copy of the project, so the workspace's params.yaml, dvc.lock and outputs stay as they were (in
+# the workspace, returning to the real data re-trained every model: DVC's run cache skips stages with uncached outs).
 demo: setup  ## the pipeline on the synthetic demo set (a DVC experiment), whatever is in data/raw/
-	@mkdir -p $(dir $(SAVED)) && cp params.yaml $(SAVED)
-	$(RESTORE); dvc exp run -S ingest.source=synthetic
+	dvc exp run --temp -S ingest.source=synthetic
 
-# A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards, as for demo.
+# A params profile as one DVC experiment (`dvc exp run -S` per key); params.yaml restored afterwards.
 # set -f: the overrides hold brackets (stages=[2,2,2,2]) that the shell must not glob; `&&`: a bad profile stops here
 # instead of leaving an empty override list, which would run the default pipeline.
 exp: setup  ## a params profile as a DVC experiment: make exp PROFILE=profiles/gpu.yaml

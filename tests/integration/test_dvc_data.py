@@ -59,8 +59,10 @@ def test_data_stages_repro_cache_and_param_change(tmp_path):
     assert added.returncode == 0, added.stdout + added.stderr
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-qm", "track the dataset"], cwd=repo, check=True)
+    before = {f: (repo / f).read_text() for f in ("params.yaml", "dvc.lock", "reports/augment.json")}
     exp = dvc(repo, "exp", "run", "--temp", "-S", "augment.preview_n=4")
     assert exp.returncode == 0 and "SYNTHETIC" not in exp.stderr, exp.stdout + exp.stderr
+    assert {f: (repo / f).read_text() for f in before} == before  # --temp (`make demo`): the workspace untouched
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     (trial,) = [r for base in shown for e in base.get("experiments") or [] for r in e["revs"]]
     assert trial["data"]["deps"]["data/raw"]["nfiles"] == 3  # .gitkeep, the dataset and its .dvc file

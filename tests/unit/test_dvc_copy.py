@@ -34,6 +34,7 @@ def test_only_a_copy_without_the_workspaces_data_is_refused(project):
     assert message is not None and "would train on the synthetic demo set" in message
     assert ("`dvc add data/raw/fer2013.csv && git add data/raw/fer2013.csv.dvc && git commit -m 'Track the dataset with "
             "DVC'`") in message and "tar.gz" not in message
+    assert "`dvc exp run --temp -C data/raw/fer2013.csv`" in message
     (copy / "data/raw/fer2013.csv").write_text(HEADER)  # DVC checked it out: nothing missing
     assert missing_from_dvc_copy("data/raw", here=copy) is None
 

@@ -38,13 +38,14 @@ def test_an_absolute_venv_is_put_on_the_path_as_given(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_path):
-    # the copy of params.yaml was kept in $(VENV): project B's `make demo` during A's overwrote A's copy, and A's
+def test_make_exp_restores_each_projects_own_params_when_they_share_a_venv(tmp_path):
+    # the copy of params.yaml was kept in $(VENV): project B's `make exp` during A's overwrote A's copy, and A's
     # params.yaml was then "restored" to B's. A stand-in dvc edits params.yaml as `dvc exp run -S` does, and in A
-    # runs B's demo meanwhile.
+    # runs B's experiment meanwhile.
     venv = tmp_path / "venv"
     _stand_in(venv, "dvc", 'echo "changed: by dvc exp run" >> params.yaml\n'
-                           'if [ -n "$OTHER" ]; then OTHER= make -s -C "$OTHER" demo; fi')
+                           'if [ -n "$OTHER" ]; then OTHER= make -s -C "$OTHER" exp PROFILE=p.yaml; fi')
+    _stand_in(venv, "python", '[ "$1" = -c ] || echo -S x=1')  # `python -m ferops.profiles` prints the overrides
     projects = []
     for name in ("a", "b"):
         p = tmp_path / name
@@ -55,7 +56,8 @@ def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_
         projects.append(p)
     (venv / ".installed").touch()  # newer than pyproject.toml: `setup` installs nothing
     a, b = projects
-    subprocess.run(["make", "-s", "-C", str(a), "demo", f"VENV={venv}"], check=True, timeout=60, capture_output=True,
+    subprocess.run(["make", "-s", "-C", str(a), "exp", "PROFILE=p.yaml", f"VENV={venv}"], check=True, timeout=60,
+                   capture_output=True,
                    env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin", "OTHER": str(b)})  # OTHER in the
     # environment, not on make's command line: make would pass it on to the nested make too
     assert (a / "params.yaml").read_text() == "project: a\n"
@@ -63,8 +65,27 @@ def test_make_demo_restores_each_projects_own_params_when_they_share_a_venv(tmp_
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-@pytest.mark.parametrize("target", ["demo", "exp"])
-def test_ctrl_c_during_make_demo_or_exp_restores_params(tmp_path, target):
+def test_make_demo_runs_in_dvcs_copy_and_leaves_the_workspace_alone(tmp_path):
+    # `make demo` ran in the workspace: its outputs and dvc.lock replaced a real-data run's, and going back with
+    # `make run` re-trained every model (DVC's run cache skips stages with uncached outputs). In DVC's copy
+    # (--temp), params.yaml needs no restoring either (a real `dvc exp run --temp` leaving the workspace as it was is
+    # checked in tests/integration/test_dvc_data.py).
+    venv = tmp_path / "venv"
+    _stand_in(venv, "dvc", 'echo "$@" > dvc-args')
+    proj = tmp_path / "p"
+    proj.mkdir()
+    shutil.copy(ROOT / "Makefile", proj)
+    (proj / "pyproject.toml").write_text("")
+    (proj / "params.yaml").write_text("mine: true\n")
+    (venv / ".installed").touch()
+    subprocess.run(["make", "-s", "-C", str(proj), "demo", f"VENV={venv}"], check=True, timeout=60,
+                   capture_output=True, env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"})
+    assert (proj / "dvc-args").read_text() == "exp run --temp -S ingest.source=synthetic\n"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_ctrl_c_during_make_exp_restores_params(tmp_path):
+    target = "exp"
     # the copy was restored only after dvc returned: a Ctrl-C (SIGINT to the whole foreground group) left the
     # `-S` overrides in params.yaml, and the next `make run` trained on the demo set / the profile silently
     venv = tmp_path / "venv"

@@ -53,12 +53,15 @@ def missing_from_dvc_copy(raw_dir: str | Path, here: Path | None = None) -> str 
             f"so this experiment would train on the synthetic demo set. Track the data with DVC once, in the "
             f"workspace: `dvc add {' '.join(map(shlex.quote, rels))} && git add "
             f"{' '.join(shlex.quote(r + '.dvc') for r in rels)} && git commit -m 'Track the dataset with DVC'`; or "
-            "run the experiment in the workspace (`dvc exp run` without --temp or --queue).")
+            f"copy it into each experiment (`dvc exp run --temp -C {' -C '.join(map(shlex.quote, rels))}`, the same "
+            "-C with --queue); or run the experiment in the workspace (`dvc exp run` without --temp or --queue).")
 
 
 def _dataset_entries(raw: Path, fmt: str, path: Path) -> list[Path]:
     """The entries of `raw` that make up the dataset `detect_source` found there: what `dvc add` must track (a
     .dvc file beside them, where git keeps it; not the archive or notes lying next to them)."""
+    if raw.is_file():  # `ingest.raw_dir` naming the dataset file itself
+        return [raw]
     rel = path.relative_to(raw)
     if rel == Path("."):  # image folders directly in raw: train/, test/, val/
         return sorted(c for c in raw.iterdir() if c.is_dir() and not c.name.startswith("."))
