@@ -29,6 +29,17 @@ def _stand_in(venv: Path, tool: str, script: str) -> Path:
     return path
 
 
+def _project(tmp_path: Path) -> Path:
+    """A project folder holding this Makefile and a params.yaml, its VENV marked installed (`setup` does nothing)."""
+    proj = tmp_path / "p"
+    proj.mkdir()
+    shutil.copy(ROOT / "Makefile", proj)
+    (proj / "pyproject.toml").write_text("")
+    (proj / "params.yaml").write_text("mine: true\n")
+    (tmp_path / "venv" / ".installed").touch()
+    return proj
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_an_absolute_venv_is_put_on_the_path_as_given(tmp_path):
     # `make run VENV=/abs/venv` put $(CURDIR)//abs/venv/bin on the PATH: dvc, mlflow and ruff were then not found
@@ -72,12 +83,7 @@ def test_make_demo_runs_in_dvcs_copy_and_leaves_the_workspace_alone(tmp_path):
     # checked in tests/integration/test_dvc_data.py).
     venv = tmp_path / "venv"
     _stand_in(venv, "dvc", 'echo "$@" > dvc-args')
-    proj = tmp_path / "p"
-    proj.mkdir()
-    shutil.copy(ROOT / "Makefile", proj)
-    (proj / "pyproject.toml").write_text("")
-    (proj / "params.yaml").write_text("mine: true\n")
-    (venv / ".installed").touch()
+    proj = _project(tmp_path)
     subprocess.run(["make", "-s", "-C", str(proj), "demo", f"VENV={venv}"], check=True, timeout=60,
                    capture_output=True, env={"PATH": f"{Path(str(shutil.which('make'))).parent}:/usr/bin:/bin"})
     assert (proj / "dvc-args").read_text() == "exp run --temp -S ingest.source=synthetic\n"
@@ -85,20 +91,14 @@ def test_make_demo_runs_in_dvcs_copy_and_leaves_the_workspace_alone(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_ctrl_c_during_make_exp_restores_params(tmp_path):
-    target = "exp"
     # the copy was restored only after dvc returned: a Ctrl-C (SIGINT to the whole foreground group) left the
     # `-S` overrides in params.yaml, and the next `make run` trained on the demo set / the profile silently
     venv = tmp_path / "venv"
     _stand_in(venv, "dvc", 'echo "changed: by dvc exp run" >> params.yaml; touch dvc-started; sleep 30')
     # `python -m ferops.profiles` prints the overrides; `python -c` (where setup's ferops is) prints nothing
     _stand_in(venv, "python", '[ "$1" = -c ] || echo -S x=1')
-    proj = tmp_path / "p"
-    proj.mkdir()
-    shutil.copy(ROOT / "Makefile", proj)
-    (proj / "pyproject.toml").write_text("")
-    (proj / "params.yaml").write_text("mine: true\n")
-    (venv / ".installed").touch()
-    make = subprocess.Popen(["make", "-s", "-C", str(proj), target, f"VENV={venv}", "PROFILE=p.yaml"],
+    proj = _project(tmp_path)
+    make = subprocess.Popen(["make", "-s", "-C", str(proj), "exp", f"VENV={venv}", "PROFILE=p.yaml"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             # a terminal's default SIGINT: an xdist worker ignores it, and children inherit that
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
