@@ -170,15 +170,17 @@ def _import_the_copys_code() -> None:
     stage script there restarts itself once with the copy's src/ first on the path. The check itself is the
     workspace's code (it ran first): a workspace on code older than this does not restart. POSIX only: elsewhere
     exec starts a new process, and DVC would see the stage end at once."""
+    here = Path.cwd().resolve()
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if (os.name != "posix" or os.environ.get(COPY_CODE_ENV) or script is None
+            or not script.is_relative_to(here / "stages")):
+        return  # before the imports below: the CLI and library callers pay nothing for this
     import ferops
     from ferops.config import store_root
 
-    here = Path.cwd().resolve()
     src = (here / "src").resolve()
-    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if (os.name != "posix" or os.environ.get(COPY_CODE_ENV) or script is None
-            or not script.is_relative_to(here / "stages") or store_root(here) == here
-            or not (src / "ferops" / "__init__.py").is_file() or Path(ferops.__file__).resolve().is_relative_to(src)):
+    if (store_root(here) == here or not (src / "ferops" / "__init__.py").is_file()
+            or Path(ferops.__file__).resolve().is_relative_to(src)):
         return
     path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH")) if p)
     sys.stdout.flush()

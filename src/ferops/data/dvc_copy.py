@@ -50,8 +50,8 @@ def missing_from_dvc_copy(raw_dir: str | Path, here: Path | None = None) -> str 
                 f"cache), so the copy got only the .dvc file. Put it back in the cache, in the workspace: "
                 f"`dvc add {' '.join(map(shlex.quote, rels))}`.")
     return (f"{where}: the copy holds what git and DVC track, and git ignores {', '.join(rels)} in your workspace, "
-            f"so this experiment cannot read it (with `source: auto` it would train on the synthetic demo set). Track the data with DVC once, in the "
-            f"workspace: `dvc add {' '.join(map(shlex.quote, rels))} && git add "
+            "so this experiment cannot read it (with `source: auto` it would train on the synthetic demo set). Track "
+            f"the data with DVC once, in the workspace: `dvc add {' '.join(map(shlex.quote, rels))} && git add "
             f"{' '.join(shlex.quote(r + '.dvc') for r in rels)} && git commit -m 'Track the dataset with DVC'`; or "
             f"copy it into each experiment (`dvc exp run --temp -C {' -C '.join(map(shlex.quote, rels))}`, the same "
             "-C with --queue); or run the experiment in the workspace (`dvc exp run` without --temp or --queue).")
