@@ -77,3 +77,8 @@ def dvc(dest: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProce
     env["DVC_SITE_CACHE_DIR"] = str(dest.parent / f"{dest.name}.dvc_site")  # DVC's per-repo state: not /var/tmp
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=dest, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def ran_stages(out: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}

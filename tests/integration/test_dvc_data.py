@@ -8,20 +8,16 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline_repo import dvc, make_repo
+from pipeline_repo import dvc, make_repo, ran_stages
 
 pytestmark = pytest.mark.integration
-
-
-def _ran(out: str) -> set[str]:
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
 
 
 def test_data_stages_repro_cache_and_param_change(tmp_path):
     repo = make_repo(tmp_path / "repo", with_training=False)
     first = dvc(repo, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert _ran(first.stdout) == {"ingest", "validate", "split", "augment"}
+    assert ran_stages(first.stdout) == {"ingest", "validate", "split", "augment"}
 
     ingest = json.loads((repo / "reports/ingest.json").read_text())
     assert ingest["synthetic"] is True and ingest["rows"] == 700
@@ -33,14 +29,14 @@ def test_data_stages_repro_cache_and_param_change(tmp_path):
     assert json.loads((repo / "reports/validation.json").read_text())["success"] is True
 
     second = dvc(repo, "repro")
-    assert second.returncode == 0 and _ran(second.stdout) == set(), second.stdout
+    assert second.returncode == 0 and ran_stages(second.stdout) == set(), second.stdout
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["augment"]["copies"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = dvc(repo, "repro")
     assert third.returncode == 0, third.stdout + third.stderr
-    assert _ran(third.stdout) == {"augment"}
+    assert ran_stages(third.stdout) == {"augment"}
 
     # `dvc exp run --temp` / `dvc queue` run in a copy of what git and DVC track. With a dataset git ignores in
     # data/raw, the copy's ingest made the experiment a synthetic-demo run; it stops now, naming the `dvc add` that
@@ -66,4 +62,3 @@ def test_data_stages_repro_cache_and_param_change(tmp_path):
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     (trial,) = [r for base in shown for e in base.get("experiments") or [] for r in e["revs"]]
     assert trial["data"]["deps"]["data/raw"]["nfiles"] == 3  # .gitkeep, the dataset and its .dvc file
-

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_repo import dvc, make_repo
+from pipeline_repo import dvc, make_repo, ran_stages
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     other = "flip" if chosen != "flip" else "none"
     exp = dvc(repo, "exp", "run", "-n", "tta-trial", "-S", f"evaluate.tta={other}")
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    ran = {ln.split("'")[1] for ln in exp.stdout.splitlines() if ln.startswith("Running stage")}
+    ran = ran_stages(exp.stdout)
     assert ran == {"evaluate", "register"}, ran
     assert "in DVC experiment 'tta-trial': an experiment does not move @champion" in exp.stdout, exp.stdout[-3000:]
     trial = json.loads((repo / "reports/register.json").read_text())
@@ -110,7 +110,7 @@ def test_full_pipeline_end_to_end_then_noop(tmp_path):
     params["train_baselines"]["models"]["logreg"] = {"kind": "logreg", "max_iter": 50, "grid": {"C": [0.01]}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = dvc(repo, "repro")
-    ran = {ln.split("'")[1] for ln in fourth.stdout.splitlines() if ln.startswith("Running stage")}
+    ran = ran_stages(fourth.stdout)
     assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
     assert {"augment", "train_deep@resnet", "train_baselines@logreg", "evaluate", "register"} <= ran, ran
     assert "train_deep@cnn" not in ran, ran
