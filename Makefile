@@ -88,8 +88,10 @@ lint: setup typecheck  ## typecheck (mypy), then ruff: unused and undefined name
 # 475 / 511 s against 502 / 561 s). `make test TEST_WORKERS=0` runs in one process. --dist loadscope: a module's tests
 # on one worker, so its module-scoped fixtures (trained models, studies) are built once, not on both: 9 min 0 s against
 # 10 min 44 s for the suite, 12.8 against 16.5 CPU-minutes (2-core Zen 4, back to back, session 62).
+# --no-loadscope-reorder: modules go out in file order, not most-tests-first, which sent the one-test end-to-end DVC
+# module (~4.5 min) out last, to run alone while the other worker sat idle: 7 min 44 s against 9 min 51 s, back to back.
 TEST_WORKERS ?= 2
-DIST = $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope)
+DIST = $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope --no-loadscope-reorder)
 
 test: lint  ## lint, then the default test suite (fast tiers; slow ones are marked)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(DIST)
