@@ -631,28 +631,27 @@ def _objective(trial_fn: TrialFn, cfg_base: dict[str, Any], space: dict[str, Any
 # --------------------------------------------------------------------------- the study
 
 
-def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int = 0) -> "optuna.Study":
-    """Create or load the study; the sampler seed moves on with the trials done and the worker index,
-    so a resumed run or a second worker does not replay the same random configurations."""
+def _sampler(seed: int, n_startup: int) -> "optuna.samplers.TPESampler":
     import optuna
 
-    def sampler(s: int) -> optuna.samplers.TPESampler:
-        return optuna.samplers.TPESampler(seed=s, n_startup_trials=n_startup)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
 
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler(seed),
-                                pruner=pruner, load_if_exists=True)
+
+def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int) -> "optuna.Study":
+    """Create or load the study (each trial's sampler is seeded in `_optimize`)."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=_sampler(seed, n_startup), pruner=pruner, load_if_exists=True)
     if study.metric_names is None:  # optuna-dashboard names the objective by it ("Objective 0" without)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE])
-    offset = len(study.trials) + 7919 * worker_index
-    if offset:
-        study.sampler = sampler(seed + offset)
     return study
 
 
 def _optimize(study: "optuna.Study", objective_kwargs: dict[str, Any], n_trials: int, timeout_s: float | None,
-              claim_path: Path, track: bool, bar: Any = None) -> None:
+              claim_path: Path, track: bool, n_startup: int, bar: Any = None) -> None:
     """Run trials until COMPLETE+PRUNED (+ running elsewhere) reach n_trials, or the timeout; one claim per trial."""
     _quiet_expected_trial_errors()  # here, so spawned workers get it too
     t0 = time.monotonic()
@@ -662,6 +661,10 @@ def _optimize(study: "optuna.Study", objective_kwargs: dict[str, Any], n_trials:
             fail_dead_trials(study, track)
             if counted(study, running=True) >= n_trials:
                 break
+            # The sampler is seeded by the number the trial will get, read under the claim: no two trials share a
+            # seed, also across processes — a resumed study, a second worker, or two experiments that opened one new
+            # study at the same moment and, seeded once when they opened it, drew the same configurations.
+            study.sampler = _sampler(objective_kwargs["seed"] + len(study.get_trials(deepcopy=False)), n_startup)
             objective = _objective(claim=claim, track=track, **objective_kwargs)
             study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
         finally:
@@ -680,8 +683,7 @@ def _best_value(study: "optuna.Study") -> float | None:
     return max(cast(float, t.value) for t in done) if done else None  # a complete trial has its value
 
 
-def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, worker_index: int,
-                 workers: int, n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
+def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, workers: int, n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
                  objective_kwargs: dict[str, Any], errors: Any = None) -> None:
     """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study. A FerError
     (a bad params value) goes to `errors` for the parent to raise, as one worker would, not as a traceback."""
@@ -699,9 +701,9 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
     storage = make_storage(spec, Path(root), workers=2 if spec.startswith("journal:") else 1)
-    study = _open_study(storage, name, seed, pruner, n_startup, worker_index)
+    study = _open_study(storage, name, seed, pruner, n_startup)
     try:
-        _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track)
+        _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track, n_startup)
     except FerError as exc:
         if errors is None:
             raise
@@ -715,7 +717,7 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
 
     ctx = multiprocessing.get_context("spawn")  # fork after TF/threads is unsafe
     errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_worker_main, kwargs={**kw, "worker_index": i + 1, "workers": workers, "errors": errors},
+    procs = [ctx.Process(target=_worker_main, kwargs={**kw, "workers": workers, "errors": errors},
                          name=f"tune-worker-{i + 1}") for i in range(workers)]
     polled = True
     try:
@@ -909,18 +911,20 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     if isinstance(storage, (str, type(None))):
         spec = storage_spec(storage, root, workers)
         store = make_storage(storage, root, workers)  # the setting as given: its messages say where it was set
-        if not storage and not os.environ.get(STORAGE_ENV):
-            adopt_default_study(store, study_name, root, workers)
     elif workers > 1:
         raise ConfigError("parallel workers need the storage as a spec string (journal:<path> or a URL), not an object.")
     else:
         spec, store = f"object:{id(storage)}", storage
     pruner = pruner if pruner is not None else make_pruner(None, epochs)
     n_startup = n_startup_trials or min(10, max(3, n_trials // 3))
-    study = _open_study(store, study_name, seed, pruner, n_startup)
     claim_path = _claim_path(spec, study_name, root)
+    # Opened under the claim: two processes creating a new sqlite file's tables at once fail (`table ... already
+    # exists`, a unique constraint), as two queued experiments (`dvc queue start -j 2`) on a fresh project would.
     claim = _Claim(claim_path).acquire()
     try:
+        if isinstance(storage, (str, type(None))) and not storage and not os.environ.get(STORAGE_ENV):
+            adopt_default_study(store, study_name, root, workers)
+        study = _open_study(store, study_name, seed, pruner, n_startup)
         fail_dead_trials(study, track)
     finally:
         claim.release()
@@ -954,7 +958,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
         bar = tqdm(total=n_trials, initial=done, desc=f"tune {family}", unit="trial", disable=not progress)
         try:
             if workers == 1:
-                _optimize(study, okw, n_trials, timeout_s, claim_path, track, bar)
+                _optimize(study, okw, n_trials, timeout_s, claim_path, track, n_startup, bar)
             else:
                 _spawn_workers(workers, bar, study, spec=spec, root=str(root), name=study_name, seed=seed, pruner=pruner,
                                n_startup=n_startup, n_trials=n_trials, timeout_s=timeout_s, track=track,

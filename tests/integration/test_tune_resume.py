@@ -290,6 +290,41 @@ def test_killed_study_resumes_without_losing_trials(tmp_path, tracking, monkeypa
     assert all(status[t.number] == "FINISHED" for t in trials if t.state == TrialState.COMPLETE)
 
 
+TOGETHER_SCRIPT = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    import optuna
+    from ferops import tuning
+    sys.path.insert(0, sys.argv[2])
+    from test_tune_resume import CNN, SPACE, _fer, cheap_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = _fer(30)
+    time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all start at once, their imports done
+    study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="together", n_trials=4, epochs=1,
+                             seed=0, pruner=optuna.pruners.NopPruner(), trial_fn=cheap_trial, track=False,
+                             root=Path(sys.argv[1]), progress=False)
+    print("DONE", len(study.trials))
+''')
+
+
+def test_processes_opening_one_new_study_at_once_all_run_and_draw_their_own_configurations(tmp_path):
+    """Two experiments of a fresh project (`dvc queue start -j 2`) open one new sqlite study at the same moment. Both
+    used to create its tables (one failed: `table ... already exists`), and both seeded their sampler when the study
+    had no trials, so they drew the same configurations."""
+    script = tmp_path / "together.py"
+    script.write_text(TOGETHER_SCRIPT)
+    start = f"{time.time() + 6:.3f}"
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent), start],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outs)
+    study = optuna.load_study(study_name="together", storage=f"sqlite:///{tmp_path / tuning.DEFAULT_DB}")
+    assert tuning.counted(study) == 4 and len(study.trials) == 4  # exactly n_trials among the four processes
+    drawn = [(t.params["lr"], t.params["batch_size"]) for t in study.trials]
+    assert len(set(drawn)) == 4, drawn
+
+
 def test_parallel_workers_share_one_journal_study(tmp_path, tracking):
     data = _fer(30)
     spec = f"journal:{tmp_path / 'journal.log'}"
