@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -135,19 +137,43 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
                               f"Stop it, or pick another port with --port.") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def run(main: Callable[[], object]) -> None:
-    """Run a stage's main(); expected failures print `error: …` and exit non-zero, no traceback."""
+    """Run a stage's main(); expected failures print `error: …` and exit non-zero, no traceback.
+
+    SIGTERM (`kill`, `timeout`, a batch scheduler's time limit, `docker stop`) stops it as Ctrl-C does: Python's
+    default dies on the spot, which left the stage's MLflow runs RUNNING for ever and Optuna's trial RUNNING until a
+    later session failed it; as an interrupt, they end (FAILED, a trial KILLED) on the way out."""
     _import_the_copys_code()
     setup_logging()
+    main_thread = threading.current_thread() is threading.main_thread()  # Python allows handlers there only
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow deletes it once it reads it
+    try:
+        _main(main, project_run)
+    finally:
+        if main_thread:  # a caller's own handler (a test process, a library user) is theirs again
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+def _main(main: Callable[[], object], project_run: str | None) -> None:
     try:
         main()
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print("terminated (SIGTERM)" if term else "interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if term else 130)
     except BrokenPipeError:  # `ferops registry | head`: the reader left; nothing more to say, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail too
         sys.exit(0)

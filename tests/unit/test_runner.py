@@ -172,3 +172,57 @@ def test_a_stage_in_a_dvc_copy_runs_the_copys_code_not_the_workspaces(tmp_path):
     r = subprocess.run([sys.executable, "stages/probe.py"], cwd=workspace, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and Path(r.stdout.splitlines()[0]) == installed, r.stdout + r.stderr
+
+
+def test_sigterm_ends_the_stages_mlflow_run_and_exits_as_terminated(tmp_path):
+    """`kill`, `timeout`, a batch scheduler's time limit, `docker stop`: SIGTERM killed a stage on the spot, its MLflow
+    run left RUNNING for ever. Now it stops as Ctrl-C does: the run ends, one line, exit 143, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    ready = tmp_path / "ready"
+    code = ("import sys, time\n"
+            "from pathlib import Path\n"
+            "from ferops.runner import run\n"
+            "from ferops.tracking import init_tracking, model_run\n"
+            "def main():\n"
+            "    init_tracking()\n"
+            "    with model_run('train_deep', 'cnn', {'epochs': 1}, {}, run_dir=Path(sys.argv[1])):\n"
+            "        Path(sys.argv[2]).touch()\n"
+            "        while True:\n"
+            "            time.sleep(0.05)\n"
+            "run(main)\n")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(ready)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.communicate(timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().endswith("terminated (SIGTERM)") and "Traceback" not in err, err
+    run_id = (tmp_path / "run" / "mlflow_run_id.txt").read_text().strip()
+    assert mlflow.MlflowClient(tracking_uri=store).get_run(run_id).info.status == "FAILED"  # not RUNNING
+
+
+def test_run_gives_the_callers_sigterm_handler_back():
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        run(lambda: None)
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
