@@ -683,10 +683,28 @@ def _best_value(study: "optuna.Study") -> float | None:
     return max(cast(float, t.value) for t in done) if done else None  # a complete trial has its value
 
 
-def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, workers: int, n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
+def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, workers: int,
+                 n_trials: int, timeout_s: float | None, track: bool, tracking_uri: str | None,
                  objective_kwargs: dict[str, Any], errors: Any = None) -> None:
     """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study. A FerError
     (a bad params value) goes to `errors` for the parent to raise, as one worker would, not as a traceback."""
+    from ferops.runner import Terminated, sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # the parent stops its workers so (Ctrl-C, SIGTERM, a failed start): trials end KILLED
+    try:
+        _work(spec, root, name, seed, pruner, n_startup, workers, n_trials, timeout_s, track, tracking_uri,
+              objective_kwargs)
+    except FerError as exc:
+        if errors is None:
+            raise
+        errors.put(exc)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:  # multiprocessing would print its stack; the stage says what stopped it
+        raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
+
+
+def _work(spec: str, root: str, name: str, seed: int, pruner: Any, n_startup: int, workers: int, n_trials: int,
+          timeout_s: float | None, track: bool, tracking_uri: str | None, objective_kwargs: dict[str, Any]) -> None:
     from ferops.runner import setup_logging, start_tensorflow
 
     # Share the cores instead of every worker's TF using all of them (read when TF first loads, i.e. later).
@@ -702,13 +720,7 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
         mlflow.set_tracking_uri(tracking_uri)
     storage = make_storage(spec, Path(root), workers=2 if spec.startswith("journal:") else 1)
     study = _open_study(storage, name, seed, pruner, n_startup)
-    try:
-        _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track, n_startup)
-    except FerError as exc:
-        if errors is None:
-            raise
-        errors.put(exc)
-        raise SystemExit(exc.exit_code) from None
+    _optimize(study, objective_kwargs, n_trials, timeout_s, _claim_path(spec, name, Path(root)), track, n_startup)
 
 
 def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> None:

@@ -432,3 +432,56 @@ def test_a_bad_params_value_in_parallel_workers_is_the_same_one_line(tmp_path, c
                          study_name="bad-parallel", n_trials=2, epochs=1, seed=0, workers=2, trial_fn=config_error_trial,
                          root=tmp_path, progress=False, track=False)
     assert "Traceback" not in capfd.readouterr().err
+
+
+TERM_SCRIPT = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    import optuna
+    from ferops import tuning
+    from ferops.runner import run
+    from ferops.tracking import init_tracking
+    sys.path.insert(0, sys.argv[2])
+    from test_tune_resume import CNN, SPACE, _fer, cheap_trial
+
+    def main():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        init_tracking()
+        data = _fer(30)
+        tuning.run_study("cnn", CNN, SPACE, data, data, storage=f"journal:{sys.argv[1]}/j.log", study_name="term",
+                         n_trials=20, epochs=50, seed=0, workers=2, pruner=optuna.pruners.NopPruner(),
+                         trial_fn=cheap_trial, root=Path(sys.argv[1]), progress=False)
+
+    if __name__ == "__main__":  # spawned workers import this file as their main module
+        run(main)
+''')
+
+
+def test_sigterm_stops_a_parallel_study_and_its_workers_trials_end(tmp_path, tracking):
+    """`kill`/`timeout`/a scheduler's limit on a tune stage with workers: the stage stopped on the spot, its workers
+    went on alone (or, stopped by the parent, died with their trials and MLflow runs left RUNNING). Now the stage stops
+    its workers, whose trials end (Optuna FAIL, MLflow KILLED), and says so in one line, exit 143."""
+    script = tmp_path / "term.py"
+    script.write_text(TERM_SCRIPT)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "FEROPS_TEST_EPOCH_S": "0.2", "FEROPS_TEST_MARKERS": str(markers)}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                (markers / "t0e1").exists() and (markers / "t1e1").exists()):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().endswith("terminated (SIGTERM)"), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    study = optuna.load_study(study_name="term", storage=tuning.make_storage(f"journal:{tmp_path / 'j.log'}", tmp_path, 2))
+    assert len(study.trials) >= 2 and not [t for t in study.trials if t.state == TrialState.RUNNING], study.trials
+    parents, children, _ = _runs("term")
+    assert {r.info.status for r in children} <= {"KILLED", "FINISHED"} and "KILLED" in {r.info.status for r in children}
+    assert [r.info.status for r in parents] == ["FAILED"]
