@@ -32,11 +32,13 @@ TTA_MODES: tuple[str, ...] = TTA_VIEW_MODES  # none | flip | tencrop | shift, ch
 # temperatures fitted on val; *_raw: the same before that scaling.
 # val_accuracy_tta: with the mode served (the figure recipe changes are judged by). *_unseen: on the test images that
 # are not exact copies of a train image (FER2013 keeps 259 such copies in PrivateTest under `split.duplicates: report`,
-# scored far above the rest: memorised); test_n_seen counts those copies.
+# scored far above the rest: memorised); test_n_seen counts those copies. epochs_run (deep models) and train_wall_s:
+# what the training cost — a time-budgeted model's epochs depend on the host and what else ran, so `dvc exp show`
+# says when two experiments' figures came from unequal training.
 SUMMARY_KEYS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "val_accuracy_tta", "test_accuracy", "test_accuracy_tta",
                                  "test_macro_f1", "test_macro_f1_tta", "test_weighted_f1", "test_ece", "test_ece_single",
                                  "test_ece_raw", "test_ece_single_raw", "test_accuracy_unseen",
-                                 "test_accuracy_tta_unseen", "test_n_seen")
+                                 "test_accuracy_tta_unseen", "test_n_seen", "epochs_run", "train_wall_s")
 
 
 @dataclass
@@ -236,7 +238,8 @@ def result_of(entry: ModelEntry, test_metrics: dict[str, Any]) -> dict[str, Any]
     m = entry.metrics
     return {"model": entry.key, "kind": entry.kind, "arch": entry.arch, "dir": str(entry.path),
             "val_accuracy": float(m["val_accuracy"]), "val_macro_f1": _num(m.get("val_macro_f1")),
-            "train_wall_s": _num(m.get("train_wall_s")), **test_metrics}
+            "train_wall_s": _num(m.get("train_wall_s")),
+            "epochs_run": None if m.get("epochs_run") is None else int(m["epochs_run"]), **test_metrics}
 
 
 def full_val_scores(entry: ModelEntry, val: FerData | None, probs_val: np.ndarray | None) -> dict[str, float]:

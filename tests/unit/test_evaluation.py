@@ -344,11 +344,14 @@ def test_evaluate_deep_model_reports_plain_and_tta_accuracy(tmp_path, monkeypatc
                               keras.layers.Dense(7, activation="softmax")])
     model.save(d / "model.keras")
     (d / "config.json").write_text(json.dumps({"arch": "dnn"}))
-    (d / "metrics.json").write_text(json.dumps({"model": "tiny", "kind": "deep", "arch": "dnn", "val_accuracy": 0.2}))
+    (d / "metrics.json").write_text(json.dumps({"model": "tiny", "kind": "deep", "arch": "dnn", "val_accuracy": 0.2,
+                                                "epochs_run": 3, "train_wall_s": 12.5}))
     results, labels = evaluate_all(discover_models(tmp_path / "models"), data.subset(np.arange(100)),
                                    data.subset(np.arange(100, 120)), tmp_path / "eval", tta="flip", track=False)
     r = results[0]
     assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_accuracy_tta"] <= 1.0
+    # what the training cost, beside the figures in `dvc exp show` (a time budget's epochs vary with the host)
+    assert metrics_summary(results)["tiny"]["epochs_run"] == 3 and metrics_summary(results)["tiny"]["train_wall_s"] == 12.5
     assert labels.shape == (20,) and set(labels.tolist()) <= set(range(7))
 
     # auto: the mode is chosen per model on val, never on test
