@@ -8,6 +8,7 @@ accuracy beats the champion's (same validation data) — a worse model never sil
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import getpass
 import json
@@ -15,7 +16,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,27 @@ def _client():
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@contextlib.contextmanager
+def aliases_locked(uri: str | None) -> Iterator[None]:
+    """One register or promote at a time on a local sqlite registry (a lock file beside it, `<db>.registry.lock`):
+    each reads the champion, compares, then moves aliases, and two at once (`dvc queue start -j 2`, a promote while
+    register runs) could leave @champion on the version that lost the comparison. A server store (other machines
+    too) is not locked: run one at a time there. Nothing without fcntl (Windows)."""
+    from ferops.config import sqlite_file
+
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
+    db = sqlite_file(uri) if uri else None
+    if fcntl is None or db is None or not db.parent.is_dir():
+        yield
+        return
+    with open(db.with_name(db.name + ".registry.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def _existing_store_client():
     """`_client()` for the CLI, which only reads or moves aliases: RegistryError when the sqlite store does not exist
     (opening it would leave an empty mlflow.db in whatever folder the command ran from)."""
@@ -253,6 +275,16 @@ def register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_r
     `split_dir` (data/processed/split): its val.npz's digest is tagged, so a champion validated on another val split
     (the same raw file, split otherwise) is not compared by accuracy; `split_report` (reports/split.json) describes
     the split in the model card."""
+    from ferops.tracking import tracking_uri
+
+    with aliases_locked(tracking_uri()):  # the store `_client()` opens
+        return _register_best(models_dir, eval_metrics, ingest_report, cfg, split_dir, split_report, experiment,
+                              serving)
+
+
+def _register_best(models_dir: str | Path, eval_metrics: dict[str, Any], ingest_report: dict[str, Any],
+                   cfg: dict[str, Any], split_dir: str | Path | None, split_report: dict[str, Any] | None,
+                   experiment: str | None, serving: Mapping[str, Any] | None) -> dict[str, Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -667,6 +699,12 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
     who put @champion there); another alias writes them prefixed with its name (`challenger_promoted_by`, ...), so
     marking the champion's version @staging does not make @champion look placed by a person. `known_aliases`: only
     those and the model's own aliases may be moved (`_check_alias`); None creates any alias asked for."""
+    with aliases_locked(getattr(client, "_registry_uri", None)):
+        return _promote(client, name, version, alias, reason, by, champion_alias, known_aliases)
+
+
+def _promote(client: Any, name: str, version: str, alias: str, reason: str, by: str | None, champion_alias: str,
+             known_aliases: Sequence[str] | None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     _check_alias(alias, _registered(client, name), known_aliases)

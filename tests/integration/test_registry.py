@@ -706,3 +706,36 @@ def test_only_a_run_the_store_lacks_asks_for_a_retrain(store, monkeypatch):
     monkeypatch.setattr(MlflowClient, "get_run", locked)
     with pytest.raises(MlflowException, match="database is locked"):
         _register(models)
+
+
+def test_register_and_promote_wait_for_each_other_on_one_store(store):
+    """Each reads the champion, compares, then moves aliases: two at once (`dvc queue start -j 2`, a promote while
+    register runs) could leave @champion on the version that lost the comparison. On a sqlite store each now waits
+    while another holds the store's registry lock."""
+    import os
+    import threading
+
+    from mlflow import MlflowClient
+
+    from ferops.registry import aliases_locked, promote
+
+    models = store / "models" / "deep"
+    for seed, val in ((2, 0.4), (3, 0.5)):  # v2 beats v1 on val: @champion is v2
+        _train(models, "resnet", "resnet", val=val, seed=seed)
+        _register(models)
+    client = MlflowClient()
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+    _train(models, "resnet", "resnet", val=0.6, seed=4)
+    for move in (lambda: promote(client, NAME, "1"), lambda: _register(models)):
+        done = threading.Event()
+        before = champion()
+        with aliases_locked(os.environ["MLFLOW_TRACKING_URI"]):  # another process, mid-comparison
+            worker = threading.Thread(target=lambda m=move, d=done: (m(), d.set()))
+            worker.start()
+            assert not done.wait(1.5) and champion() == before  # it waits
+        worker.join(60)
+        assert done.is_set() and champion() != before  # then moves the alias
+    assert champion() == "3" and (store / "mlflow.db.registry.lock").exists()
