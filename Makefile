@@ -115,7 +115,7 @@ serve: setup  ## serve the champion (params.yaml register:) over REST on http://
 # reports/ goes too, but for what git tracks there (the README has users commit reports/metrics.json as the baseline
 # `dvc exp show` compares against; removing it left a deleted tracked file)
 clean:  ## remove pipeline outputs, stores and caches (keeps data/raw, .venv, your predictions/ and committed reports)
-	rm -rf data/interim data/processed models checkpoints mlflow.db mlflow.db.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* dvc_plots .dvc/cache .dvc/tmp
+	rm -rf data/interim data/processed models checkpoints mlflow.db mlflow.db.lock mlflow.db.registry.lock mlartifacts mlruns optuna.db optuna.db.claim.lock optuna_journal* dvc_plots .dvc/cache .dvc/tmp
 	@tracked=$$(git ls-files reports 2>/dev/null); \
 	if [ -z "$$tracked" ]; then rm -rf reports; \
 	else find reports -depth -mindepth 1 \( -type f -o -type l \) | grep -vxF "$$tracked" | xargs -r -d '\n' rm -f; \

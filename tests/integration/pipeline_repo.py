@@ -59,7 +59,7 @@ def make_repo(dest: Path, with_training: bool = True) -> Path:
         (dest / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     raw_rules = [ln for ln in (REPO / ".gitignore").read_text().splitlines() if ln.lstrip("!").startswith("/data/raw/")]
     (dest / ".gitignore").write_text("\n".join(["/data/interim", "/data/processed", "/models", "/reports", "/mlflow.db",
-                                                "/mlflow.db.lock", "/mlartifacts", "/optuna.db", "/checkpoints",
+                                                "/mlflow.db.lock", "/mlflow.db.registry.lock", "/mlartifacts", "/optuna.db", "/checkpoints",
                                                 *raw_rules]) + "\n")  # the project's rules for datasets
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
