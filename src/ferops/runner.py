@@ -146,12 +146,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def sigterm_as_interrupt() -> Any:
-    """From now on SIGTERM raises `Terminated` (a KeyboardInterrupt) in this process's main thread; returns the
-    handler it replaces."""
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def run(main: Callable[[], object]) -> None:
     """Run a stage's main(); expected failures print `error: …` and exit non-zero, no traceback.
 
@@ -161,7 +155,7 @@ def run(main: Callable[[], object]) -> None:
     _import_the_copys_code()
     setup_logging()
     main_thread = threading.current_thread() is threading.main_thread()  # Python allows handlers there only
-    before = sigterm_as_interrupt() if main_thread else None
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`; MLflow deletes it once it reads it
     try:
         _main(main, project_run)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -55,6 +56,7 @@ def _quiet_expected_trial_errors() -> None:
     if not any(isinstance(f, _NoTracebackForFerError) for f in logger.filters):
         logger.addFilter(_NoTracebackForFerError())
 
+WORKER_GRACE_S = 30  # a stopped worker's time to end its trial (Optuna, MLflow) before it is killed
 STORAGE_ENV = "FEROPS_OPTUNA_STORAGE"      # overrides tune.storage (e.g. a PostgreSQL URL for many machines)
 DEFAULT_DB = "optuna.db"
 DEFAULT_JOURNAL = "optuna_journal.log"
@@ -637,6 +639,14 @@ def _sampler(seed: int, n_startup: int) -> "optuna.samplers.TPESampler":
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
 
 
+def _trial_seed(seed: int, n: int) -> int:
+    """The sampler seed of a study's trial `n`: both numbers mixed, as `seed + n` would give the study of seed 43 the
+    draws of seed 42's, one trial behind."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+
+
 def _open_study(storage: Any, name: str, seed: int, pruner: Any, n_startup: int) -> "optuna.Study":
     """Create or load the study (each trial's sampler is seeded in `_optimize`)."""
     import optuna
@@ -664,7 +674,8 @@ def _optimize(study: "optuna.Study", objective_kwargs: dict[str, Any], n_trials:
             # The sampler is seeded by the number the trial will get, read under the claim: no two trials share a
             # seed, also across processes — a resumed study, a second worker, or two experiments that opened one new
             # study at the same moment and, seeded once when they opened it, drew the same configurations.
-            study.sampler = _sampler(objective_kwargs["seed"] + len(study.get_trials(deepcopy=False)), n_startup)
+            study.sampler = _sampler(_trial_seed(objective_kwargs["seed"], len(study.get_trials(deepcopy=False))),
+                                     n_startup)
             objective = _objective(claim=claim, track=track, **objective_kwargs)
             study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
         finally:
@@ -688,9 +699,18 @@ def _worker_main(spec: str, root: str, name: str, seed: int, pruner: Any, n_star
                  objective_kwargs: dict[str, Any], errors: Any = None) -> None:
     """Entry of a spawned worker process: reopen storage and MLflow, then run trials of the shared study. A FerError
     (a bad params value) goes to `errors` for the parent to raise, as one worker would, not as a traceback."""
-    from ferops.runner import Terminated, sigterm_as_interrupt
+    from ferops.runner import Terminated
 
-    sigterm_as_interrupt()  # the parent stops its workers so (Ctrl-C, SIGTERM, a failed start): trials end KILLED
+    # The parent stops its workers with SIGTERM (after Ctrl-C, SIGTERM or a failed start): the trial ends KILLED. The
+    # first signal only: Ctrl-C reaches a worker too, and so does a SIGTERM sent to the whole group (`timeout`, Slurm),
+    # and the parent's SIGTERM must not cut that worker's clean-up short (the parent kills it after a grace period).
+    def stop_once(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_once)
     try:
         _work(spec, root, name, seed, pruner, n_startup, workers, n_trials, timeout_s, track, tracking_uri,
               objective_kwargs)
@@ -748,11 +768,16 @@ def _spawn_workers(workers: int, bar: Any, study: "optuna.Study", **kw: Any) -> 
                 bar.n = n
                 bar.refresh()
     except BaseException:
-        # Ctrl-C or a failed start: stop the workers, or the join below waits out their whole study (hours) before
-        # the error shows, with no one watching them.
+        # Ctrl-C, SIGTERM or a failed start: stop the workers, or the join below waits out their whole study (hours)
+        # before the error shows, with no one watching them. Each ends its trial first; one that does not is killed.
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        for p in procs:
+            if p.pid is not None:
+                p.join(WORKER_GRACE_S)
+                if p.is_alive():
+                    p.kill()
         raise
     finally:
         for p in procs:

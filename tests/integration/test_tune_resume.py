@@ -300,7 +300,10 @@ TOGETHER_SCRIPT = textwrap.dedent('''
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = _fer(30)
-    time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all start at once, their imports done
+    Path(sys.argv[1], f"ready-{sys.argv[3]}").touch()  # all start at once, their imports done
+    deadline = time.monotonic() + 120
+    while len(list(Path(sys.argv[1]).glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
     study = tuning.run_study("cnn", CNN, SPACE, data, data, storage=None, study_name="together", n_trials=4, epochs=1,
                              seed=0, pruner=optuna.pruners.NopPruner(), trial_fn=cheap_trial, track=False,
                              root=Path(sys.argv[1]), progress=False)
@@ -314,9 +317,8 @@ def test_processes_opening_one_new_study_at_once_all_run_and_draw_their_own_conf
     had no trials, so they drew the same configurations."""
     script = tmp_path / "together.py"
     script.write_text(TOGETHER_SCRIPT)
-    start = f"{time.time() + 6:.3f}"
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent), start],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(outs)
     study = optuna.load_study(study_name="together", storage=f"sqlite:///{tmp_path / tuning.DEFAULT_DB}")
@@ -448,7 +450,7 @@ TERM_SCRIPT = textwrap.dedent('''
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         init_tracking()
         data = _fer(30)
-        tuning.run_study("cnn", CNN, SPACE, data, data, storage=f"journal:{sys.argv[1]}/j.log", study_name="term",
+        tuning.run_study("cnn", CNN, SPACE, data, data, storage=f"journal:{sys.argv[1]}/j.log", study_name=sys.argv[3],
                          n_trials=20, epochs=50, seed=0, workers=2, pruner=optuna.pruners.NopPruner(),
                          trial_fn=cheap_trial, root=Path(sys.argv[1]), progress=False)
 
@@ -457,31 +459,37 @@ TERM_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_sigterm_stops_a_parallel_study_and_its_workers_trials_end(tmp_path, tracking):
+@pytest.mark.parametrize("group", [False, True], ids=["stage", "process-group"])
+def test_sigterm_stops_a_parallel_study_and_its_workers_trials_end(tmp_path, tracking, group):
     """`kill`/`timeout`/a scheduler's limit on a tune stage with workers: the stage stopped on the spot, its workers
     went on alone (or, stopped by the parent, died with their trials and MLflow runs left RUNNING). Now the stage stops
-    its workers, whose trials end (Optuna FAIL, MLflow KILLED), and says so in one line, exit 143."""
+    its workers, whose trials end (Optuna FAIL, MLflow KILLED), and says so in one line, exit 143. `timeout` and Slurm
+    signal the whole group: the parent's own SIGTERM to a worker then must not cut its clean-up short."""
     script = tmp_path / "term.py"
     script.write_text(TERM_SCRIPT)
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "FEROPS_TEST_EPOCH_S": "0.2", "FEROPS_TEST_MARKERS": str(markers)}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = f"term-{'group' if group else 'stage'}"  # one MLflow store for the module: a study name each
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent), name], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not (
                 (markers / "t0e1").exists() and (markers / "t1e1").exists()):
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 143 and err.strip().endswith("terminated (SIGTERM)"), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    study = optuna.load_study(study_name="term", storage=tuning.make_storage(f"journal:{tmp_path / 'j.log'}", tmp_path, 2))
+    study = optuna.load_study(study_name=name, storage=tuning.make_storage(f"journal:{tmp_path / 'j.log'}", tmp_path, 2))
     assert len(study.trials) >= 2 and not [t for t in study.trials if t.state == TrialState.RUNNING], study.trials
-    parents, children, _ = _runs("term")
+    parents, children, _ = _runs(name)
     assert {r.info.status for r in children} <= {"KILLED", "FINISHED"} and "KILLED" in {r.info.status for r in children}
     assert [r.info.status for r in parents] == ["FAILED"]

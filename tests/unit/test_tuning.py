@@ -501,3 +501,11 @@ def test_a_failed_start_stops_the_workers_already_started(monkeypatch):
     (first,) = started
     first.join(timeout=120)  # the old code left it running: it ended 60 s later, by itself (exit code 0)
     assert first.exitcode == -signal.SIGTERM  # stopped, not waited out
+
+
+def test_trial_seeds_are_fixed_and_differ_across_trials_and_study_seeds():
+    """Each trial's sampler is seeded from the study's seed and the trial's number. `seed + n` gave the study of seed 43
+    the draws of seed 42's, one trial behind (a `dvc exp run -S seed=43` replaying the start-up trials)."""
+    seeds = {(s, n): tuning._trial_seed(s, n) for s in (42, 43) for n in range(20)}
+    assert len(set(seeds.values())) == len(seeds) and tuning._trial_seed(42, 3) == seeds[(42, 3)]
+    assert all(0 <= v < 2**32 for v in seeds.values())  # what numpy's RandomState (Optuna's samplers) takes
