@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,12 +191,15 @@ def _client():
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+_HELD: set[tuple[Path, int]] = set()  # registry locks held here, by thread: a nested take must not wait on itself
+
+
 @contextlib.contextmanager
 def aliases_locked(uri: str | None) -> Iterator[None]:
     """One register or promote at a time on a local sqlite registry (a lock file beside it, `<db>.registry.lock`):
     each reads the champion, compares, then moves aliases, and two at once (`dvc queue start -j 2`, a promote while
-    register runs) could leave @champion on the version that lost the comparison. A server store (other machines
-    too) is not locked: run one at a time there. Nothing without fcntl (Windows)."""
+    register runs) could leave @champion on the version that lost the comparison. A server or `file:` store (other
+    machines too) is not locked: run one at a time there. Nothing without fcntl (Windows)."""
     from ferops.config import sqlite_file
 
     try:
@@ -203,12 +207,22 @@ def aliases_locked(uri: str | None) -> Iterator[None]:
     except ImportError:  # Windows
         fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
     db = sqlite_file(uri) if uri else None
-    if fcntl is None or db is None or not db.parent.is_dir():
+    held = None if db is None else (db.resolve(), threading.get_ident())
+    if fcntl is None or held is None or not held[0].parent.is_dir() or held in _HELD:
         yield
         return
-    with open(db.with_name(db.name + ".registry.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
-        yield
+    path = held[0].with_name(held[0].name + ".registry.lock")
+    with open(path, "a") as fh:  # the lock goes when the file closes
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another register or promote on %s to finish (%s)", held[0], path.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        _HELD.add(held)
+        try:
+            yield
+        finally:
+            _HELD.discard(held)
 
 
 def _existing_store_client():
@@ -699,7 +713,9 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", reaso
     who put @champion there); another alias writes them prefixed with its name (`challenger_promoted_by`, ...), so
     marking the champion's version @staging does not make @champion look placed by a person. `known_aliases`: only
     those and the model's own aliases may be moved (`_check_alias`); None creates any alias asked for."""
-    with aliases_locked(getattr(client, "_registry_uri", None)):
+    import mlflow
+
+    with aliases_locked(getattr(client, "_registry_uri", None) or mlflow.get_registry_uri()):
         return _promote(client, name, version, alias, reason, by, champion_alias, known_aliases)
 
 

@@ -708,10 +708,11 @@ def test_only_a_run_the_store_lacks_asks_for_a_retrain(store, monkeypatch):
         _register(models)
 
 
-def test_register_and_promote_wait_for_each_other_on_one_store(store):
+def test_register_and_promote_wait_for_each_other_on_one_store(store, caplog):
     """Each reads the champion, compares, then moves aliases: two at once (`dvc queue start -j 2`, a promote while
-    register runs) could leave @champion on the version that lost the comparison. On a sqlite store each now waits
-    while another holds the store's registry lock."""
+    register runs) could leave @champion on the version that lost the comparison. On a sqlite store each now waits,
+    saying so, while another holds the store's registry lock; a nested take in one thread does not wait on itself."""
+    import logging
     import os
     import threading
 
@@ -719,23 +720,36 @@ def test_register_and_promote_wait_for_each_other_on_one_store(store):
 
     from ferops.registry import aliases_locked, promote
 
+    caplog.set_level(logging.INFO, logger="ferops.registry")
     models = store / "models" / "deep"
     for seed, val in ((2, 0.4), (3, 0.5)):  # v2 beats v1 on val: @champion is v2
         _train(models, "resnet", "resnet", val=val, seed=seed)
         _register(models)
     client = MlflowClient()
+    uri = os.environ["MLFLOW_TRACKING_URI"]
 
     def champion() -> str:
         return str(client.get_model_version_by_alias(NAME, "champion").version)
 
     _train(models, "resnet", "resnet", val=0.6, seed=4)
     for move in (lambda: promote(client, NAME, "1"), lambda: _register(models)):
-        done = threading.Event()
+        done, failed = threading.Event(), []
+
+        def work(m=move, d=done, f=failed):
+            try:
+                m()
+                d.set()
+            except Exception as exc:  # shown by the assertion below, not lost in the thread
+                f.append(exc)
+
         before = champion()
-        with aliases_locked(os.environ["MLFLOW_TRACKING_URI"]):  # another process, mid-comparison
-            worker = threading.Thread(target=lambda m=move, d=done: (m(), d.set()))
+        with aliases_locked(uri):  # another process, mid-comparison
+            worker = threading.Thread(target=work)
             worker.start()
-            assert not done.wait(1.5) and champion() == before  # it waits
-        worker.join(60)
-        assert done.is_set() and champion() != before  # then moves the alias
+            assert not done.wait(1.5) and champion() == before and not failed, failed  # it waits
+        worker.join(120)
+        assert done.is_set() and champion() != before, failed  # then moves the alias
     assert champion() == "3" and (store / "mlflow.db.registry.lock").exists()
+    assert "waiting for another register or promote" in caplog.text
+    with aliases_locked(uri), aliases_locked(uri):  # re-entered: no self-deadlock
+        pass

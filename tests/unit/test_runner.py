@@ -217,12 +217,18 @@ def test_sigterm_ends_the_stages_mlflow_run_and_exits_as_terminated(tmp_path):
 def test_run_gives_the_callers_sigterm_handler_back():
     import signal
 
+    from ferops import runner
+
     def mine(signum, frame):
         pass
 
+    during = []
     before = signal.signal(signal.SIGTERM, mine)
     try:
-        run(lambda: None)
+        run(lambda: during.append(signal.getsignal(signal.SIGTERM)))
+        assert during == [runner._on_sigterm] and signal.getsignal(signal.SIGTERM) is mine
+        with pytest.raises(SystemExit):  # an expected failure's exit gives it back too
+            run(lambda: (_ for _ in ()).throw(DataError("bad")))
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
