@@ -89,7 +89,8 @@ lint: setup typecheck  ## typecheck (mypy), then ruff: unused and undefined name
 # on one worker, so its module-scoped fixtures (trained models, studies) are built once, not on both: 9 min 0 s against
 # 10 min 44 s for the suite, 12.8 against 16.5 CPU-minutes (2-core Zen 4, back to back, session 62).
 # --no-loadscope-reorder: modules go out in file order, not most-tests-first, which sent the one-test end-to-end DVC
-# module (~4.5 min) out last, to run alone while the other worker sat idle: 7 min 44 s against 9 min 51 s, back to back.
+# module (~4.5 min) out last, to run alone while the other worker sat idle: 7 min 44 s against 9 min 51 s, back to back
+# in one tree, and 8 min 51 s against 9 min 52 s in a fresh clone (2-core Zen 4, session 63).
 TEST_WORKERS ?= 2
 DIST = $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope --no-loadscope-reorder)
 
