@@ -948,10 +948,11 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     if isinstance(storage, (str, type(None))):
         spec = storage_spec(storage, root, workers)
         store = make_storage(storage, root, workers)  # the setting as given: its messages say where it was set
+        adopt = not storage and not os.environ.get(STORAGE_ENV)  # a default file: the study may be in the other one
     elif workers > 1:
         raise ConfigError("parallel workers need the storage as a spec string (journal:<path> or a URL), not an object.")
     else:
-        spec, store = f"object:{id(storage)}", storage
+        spec, store, adopt = f"object:{id(storage)}", storage, False
     pruner = pruner if pruner is not None else make_pruner(None, epochs)
     n_startup = n_startup_trials or min(10, max(3, n_trials // 3))
     claim_path = _claim_path(spec, study_name, root)
@@ -959,7 +960,7 @@ def run_study(family: str, cfg_base: dict[str, Any], space: dict[str, Any], trai
     # exists`, a unique constraint), as two queued experiments (`dvc queue start -j 2`) on a fresh project would.
     claim = _Claim(claim_path).acquire()
     try:
-        if isinstance(storage, (str, type(None))) and not storage and not os.environ.get(STORAGE_ENV):
+        if adopt:
             adopt_default_study(store, study_name, root, workers)
         study = _open_study(store, study_name, seed, pruner, n_startup)
         fail_dead_trials(study, track)
